@@ -1,0 +1,36 @@
+# The two quick-start commands:  `make demo` (maps for the sample photos)  and  `make test`.
+# Both create .venv and install what they need; nothing else has to be set up first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP := $(VENV)/.installed
+
+.PHONY: demo test browser bench figure clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+demo: $(STAMP)
+	$(PY) scripts/sample_images.py samples
+	$(VENV)/bin/guided-backprop samples -o out --methods guided_backprop,deconvnet,saliency,guided_gradcam --report
+
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
+
+test: $(STAMP) browser
+	$(PY) -m pytest -q
+
+bench: $(STAMP)
+	$(PY) -m pip install -q -e '.[bench]'
+	$(PY) benchmarks/bench_attribution.py
+
+figure: $(STAMP)
+	$(PY) scripts/make_readme_figure.py docs/figures/readme.png
+
+clean:
+	rm -rf $(VENV) out samples .pytest_cache

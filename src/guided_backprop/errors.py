@@ -1,0 +1,62 @@
+"""Typed errors. Every error names the offending value and what would be valid."""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class GuidedBackpropError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class UnknownNameError(GuidedBackpropError, LookupError):
+    """A name (layer, model, method, class, ...) that does not exist."""
+
+    def __init__(self, kind: str, value: str, choices: Iterable[str], *, hint: str = "") -> None:
+        self.kind = kind
+        self.value = value
+        self.choices = list(choices)
+        self.matches = close_matches(value, self.choices)
+        msg = f"unknown {kind} {value!r}"
+        if self.matches:
+            msg += "; did you mean " + ", ".join(repr(m) for m in self.matches) + "?"
+        elif self.choices and len(self.choices) <= 12:
+            msg += "; valid: " + ", ".join(repr(c) for c in self.choices)
+        if hint:
+            msg += f" ({hint})"
+        super().__init__(msg)
+
+
+class TargetError(GuidedBackpropError, ValueError):
+    """A target that does not fit the model's output (class out of range, bad shape...)."""
+
+
+class InputError(GuidedBackpropError, ValueError):
+    """An input tensor the model cannot take (wrong shape, dtype, ...)."""
+
+
+class NoReLUError(GuidedBackpropError):
+    """The forward pass applied no ReLU, so a ReLU rule would silently equal the plain gradient."""
+
+
+class ModelError(GuidedBackpropError):
+    """A model that cannot be built, loaded or run as asked."""
+
+
+class CheckpointError(ModelError):
+    """A checkpoint that does not fit the model, or that is unsafe to load."""
+
+
+class ImageError(GuidedBackpropError):
+    """An image file that cannot be read as an image."""
+
+
+def close_matches(value: str, choices: Iterable[str], n: int = 3) -> list[str]:
+    """Up to ``n`` entries of ``choices`` that look like ``value`` (difflib ratio >= 0.5)."""
+    choices = list(choices)
+    found = difflib.get_close_matches(value, choices, n=n, cutoff=0.5)
+    if not found:
+        low = value.lower()
+        found = [c for c in choices if low and low in c.lower()][:n]
+    return found
