@@ -123,7 +123,8 @@ class Explanation:
         """Softmax probabilities ``(N, K)`` of the explained classes (class targets only)."""
         if self.logits is None or self.targets is None:
             return None
-        return self.logits.float().softmax(dim=1).gather(1, self.targets)
+        logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))  # half -> float
+        return logits.softmax(dim=1).gather(1, self.targets)
 
 
 class Explainer:

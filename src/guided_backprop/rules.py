@@ -69,9 +69,8 @@ class RuleState:
 
 
 def _gate(out: torch.Tensor, upper: float | None) -> torch.Tensor:
-    # The gate is computed from the *output*: relu(x) > 0 iff x > 0, and 0 < relu6(x) < 6
-    # iff 0 < x < 6. Saving the output (as PyTorch's own relu does) makes in-place forms
-    # free of extra copies.
+    # The same gate whether computed from the input or the output of the ReLU:
+    # relu(x) > 0 iff x > 0, and 0 < relu6(x) < 6 iff 0 < x < 6.
     if upper is None:
         return out > 0
     return (out > 0) & (out < upper)
@@ -88,14 +87,16 @@ class _RoutedReLU(torch.autograd.Function):
             ctx.mark_dirty(out)
         else:
             out = x.clamp(0, upper) if upper is not None else torch.relu(x)
-        ctx.save_for_backward(out)
+        # Save what PyTorch's own backward saves, so that the same later in-place ops are allowed:
+        # relu and the in-place forms keep the result, out-of-place relu6/hardtanh the input.
+        ctx.save_for_backward(x if upper is not None and not inplace else out)
         ctx.state = state
         ctx.upper = upper
         return out
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
-        (out,) = ctx.saved_tensors
+        (out,) = ctx.saved_tensors  # the input or the output: the gate is the same
         method = ctx.state.method
         zero = g.new_zeros(())
         if method is Method.SALIENCY:

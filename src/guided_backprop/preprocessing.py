@@ -1,0 +1,255 @@
+"""Preprocessing that travels with a model's weights: image -> input tensor, and back.
+
+:class:`Preprocessing` reproduces torchvision's ``Resize`` / ``CenterCrop`` / ``ToTensor`` /
+``Normalize`` chain on PIL images (so torchvision presets give the same tensors), plus the
+Caffe convention of the seed's VGG19 (BGR channel order, pixel range 0-255, mean subtraction).
+:meth:`Preprocessing.invert` gives back the picture the network saw, for overlays and panels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import ImageError, InputError, UnknownNameError
+
+__all__ = [
+    "CAFFE_MEAN",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "INTERPOLATIONS",
+    "Preprocessing",
+]
+
+#: torchvision's ImageNet statistics (RGB, pixel range 0-1).
+IMAGENET_MEAN: tuple[float, float, float] = (0.485, 0.456, 0.406)
+IMAGENET_STD: tuple[float, float, float] = (0.229, 0.224, 0.225)
+#: The Caffe VGG means in RGB order, pixel range 0-255 (quoted as B 103.939, G 116.779, R 123.68).
+CAFFE_MEAN: tuple[float, float, float] = (123.68, 116.779, 103.939)
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+    "hamming": Image.Resampling.HAMMING,
+}
+#: Interpolation names :class:`Preprocessing` accepts (PIL resampling filters).
+INTERPOLATIONS: tuple[str, ...] = tuple(_RESAMPLE)
+
+
+def _size_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
+    if isinstance(value, bool):
+        raise InputError(f"{what} must be a positive int or (height, width), got {value!r}")
+    if isinstance(value, (int, np.integer)):
+        pair = (int(value), int(value))
+    else:
+        try:
+            pair = tuple(int(v) for v in value)  # type: ignore[assignment]
+        except (TypeError, ValueError) as err:
+            raise InputError(f"{what} must be a positive int or (height, width), got {value!r}") from err
+        if len(pair) != 2:
+            raise InputError(f"{what} must be a positive int or (height, width), got {value!r}")
+    if min(pair) <= 0:
+        raise InputError(f"{what} must be positive, got {value!r}")
+    return pair
+
+
+def _fmt(values: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:g}" for v in values) + ")"
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How an RGB picture becomes the network's input tensor.
+
+    Steps, in order (torchvision's semantics for PIL images):
+
+    1. ``resize``: an int resizes the shorter side to that many pixels, aspect ratio kept
+       (the longer side is truncated like torchvision's ``Resize(int)``); a ``(height, width)``
+       pair resizes to exactly that size; ``None`` keeps the size.
+    2. ``crop``: centre crop to ``crop x crop`` (an int) or ``(height, width)``, zero-padded if the
+       picture is smaller; ``None`` keeps the whole picture (inputs of varying size).
+    3. Pixels go to ``[0, scale]`` (divided by 255, times ``scale``), then per channel
+       ``(value - mean) / std``. ``mean`` and ``std`` are always given in **RGB order** and in the
+       ``scale`` units, whatever order the network takes.
+    4. ``bgr=True`` reverses the channels (Caffe models).
+
+    Calling the object maps a PIL image (or an ``(H, W, 3)`` uint8 array) to a ``(3, H, W)``
+    float32 tensor; :meth:`invert` maps such a tensor back to the ``(H, W, 3)`` uint8 RGB picture
+    the network saw; :meth:`describe` says all this in one sentence for reports.
+    """
+
+    resize: int | tuple[int, int] | None = 256
+    crop: int | tuple[int, int] | None = 224
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    scale: float = 1.0
+    bgr: bool = False
+    interpolation: str = "bilinear"
+
+    def __post_init__(self) -> None:
+        for what in ("resize", "crop"):
+            value = getattr(self, what)
+            if value is not None:  # an int stays an int (shorter side / square), a pair becomes a tuple
+                pair = _size_pair(value, what)
+                object.__setattr__(self, what, int(value) if isinstance(value, (int, np.integer)) else pair)
+        for what in ("mean", "std"):
+            values = getattr(self, what)
+            try:
+                values = tuple(float(v) for v in values)
+            except (TypeError, ValueError) as err:
+                raise InputError(f"{what} must be three numbers (R, G, B), got {values!r}") from err
+            if len(values) != 3:
+                raise InputError(f"{what} must be three numbers (R, G, B), got {values!r}")
+            object.__setattr__(self, what, values)
+        if any(s == 0 for s in self.std):
+            raise InputError(f"std must be non-zero, got {self.std!r}")
+        if not float(self.scale) > 0:
+            raise InputError(f"scale must be positive (1 for 0-1 pixels, 255 for Caffe), got {self.scale!r}")
+        object.__setattr__(self, "scale", float(self.scale))
+        key = str(self.interpolation).lower()
+        if key not in _RESAMPLE:
+            raise UnknownNameError("interpolation", str(self.interpolation), INTERPOLATIONS)
+        object.__setattr__(self, "interpolation", key)
+
+    # -- geometry ---------------------------------------------------------------------------
+    def resized_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` after the resize step, for a picture of ``height x width``."""
+        if self.resize is None:
+            return height, width
+        if isinstance(self.resize, tuple):
+            return self.resize
+        short, long = (height, width) if height <= width else (width, height)
+        new_short, new_long = self.resize, int(self.resize * long / short)
+        return (new_short, new_long) if height <= width else (new_long, new_short)
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        """``(height, width)`` of the tensor made from a picture of ``height x width``."""
+        if self.crop is not None:
+            return _size_pair(self.crop, "crop")
+        return self.resized_size(height, width)
+
+    @property
+    def fixed_size(self) -> tuple[int, int] | None:
+        """The input size if every picture gets the same one, else ``None``."""
+        if self.crop is not None:
+            return _size_pair(self.crop, "crop")
+        if isinstance(self.resize, tuple):
+            return self.resize
+        return None
+
+    # -- forward / inverse ------------------------------------------------------------------
+    def geometric(self, image: Image.Image | np.ndarray) -> Image.Image:
+        """The RGB picture after resize and crop (before scaling and normalisation)."""
+        img = _to_pil(image)
+        height, width = img.height, img.width
+        new_h, new_w = self.resized_size(height, width)
+        if (new_h, new_w) != (height, width):
+            img = img.resize((new_w, new_h), resample=_RESAMPLE[self.interpolation])
+        if self.crop is not None:
+            ch, cw = _size_pair(self.crop, "crop")
+            if ch > img.height or cw > img.width:  # torchvision pads with zeros, centred
+                canvas = Image.new("RGB", (max(cw, img.width), max(ch, img.height)))
+                canvas.paste(img, ((canvas.width - img.width) // 2, (canvas.height - img.height) // 2))
+                img = canvas
+            top = int(round((img.height - ch) / 2.0))
+            left = int(round((img.width - cw) / 2.0))
+            img = img.crop((left, top, left + cw, top + ch))
+        return img
+
+    def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
+        """RGB PIL image (or ``(H, W, 3)`` / ``(H, W)`` uint8 array) -> ``(3, H, W)`` float32 tensor."""
+        pixels = np.asarray(self.geometric(image), dtype=np.float32)  # (H, W, 3) in 0..255
+        pixels = pixels * np.float32(self.scale / 255.0)
+        pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
+        if self.bgr:
+            pixels = pixels[:, :, ::-1]
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+    def invert(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
+        """``(3, H, W)`` (or ``(1, 3, H, W)``) network input -> ``(H, W, 3)`` uint8 RGB picture it shows."""
+        arr = x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
+        if arr.ndim == 4 and arr.shape[0] == 1:
+            arr = arr[0]
+        if arr.ndim != 3 or arr.shape[0] != 3:
+            raise InputError(f"invert() takes one (3, H, W) input, got shape {tuple(arr.shape)}")
+        pixels = arr.transpose(1, 2, 0)
+        if self.bgr:
+            pixels = pixels[:, :, ::-1]
+        pixels = pixels * np.asarray(self.std) + np.asarray(self.mean)
+        pixels = pixels * (255.0 / self.scale)
+        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+    def batch(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
+        """Several pictures -> one ``(N, 3, H, W)`` tensor; they must come out the same size."""
+        tensors = [self(im) for im in images]
+        if not tensors:
+            raise InputError("batch() needs at least one image")
+        shapes = {tuple(t.shape) for t in tensors}
+        if len(shapes) > 1:
+            raise InputError(
+                f"the images give tensors of different sizes {sorted(shapes)} (this preprocessing has no crop); "
+                f"pass them one at a time or use a preprocessing with a crop"
+            )
+        return torch.stack(tensors)
+
+    # -- text -------------------------------------------------------------------------------
+    def describe(self) -> str:
+        """What is done, in prose (for reports and ``run.json``)."""
+        steps: list[str] = ["The image is converted to RGB"]
+        if self.resize is None:
+            steps.append("kept at its size")
+        elif isinstance(self.resize, tuple):
+            steps.append(f"resized to {self.resize[0]}x{self.resize[1]} pixels (height x width, aspect ratio "
+                         f"not kept) with {self.interpolation} interpolation")
+        else:
+            steps.append(f"its shorter side resized to {self.resize} pixels (aspect ratio kept) with "
+                         f"{self.interpolation} interpolation")
+        if self.crop is None:
+            steps.append("not cropped (the network sees the whole picture, at any size)")
+        else:
+            ch, cw = _size_pair(self.crop, "crop")
+            steps.append(f"centre-cropped to {ch}x{cw}")
+        steps.append(f"scaled to [0, {self.scale:g}]")
+        if all(s == 1 for s in self.std):
+            steps.append(f"the per-channel means R, G, B = {_fmt(self.mean)} subtracted")
+        else:
+            steps.append(f"normalised per channel with mean {_fmt(self.mean)} and std {_fmt(self.std)} (R, G, B)")
+        text = ", ".join(steps[:-1]) + " and " + steps[-1]
+        if self.bgr:
+            text += ", and its channels reordered to BGR"
+        return text + "."
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready fields (for ``run.json``)."""
+        return {
+            "resize": list(self.resize) if isinstance(self.resize, tuple) else self.resize,
+            "crop": list(self.crop) if isinstance(self.crop, tuple) else self.crop,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "scale": self.scale,
+            "bgr": self.bgr,
+            "interpolation": self.interpolation,
+            "description": self.describe(),
+        }
+
+
+def _to_pil(image: Image.Image | np.ndarray) -> Image.Image:
+    if isinstance(image, Image.Image):
+        return image if image.mode == "RGB" else image.convert("RGB")
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ImageError(f"an image array must be uint8 (0-255), got dtype {image.dtype}")
+        if image.ndim == 2:
+            return Image.fromarray(image).convert("RGB")
+        if image.ndim == 3 and image.shape[2] in (3, 4):
+            return Image.fromarray(np.ascontiguousarray(image[:, :, :3]))
+        raise ImageError(f"an image array must be (H, W), (H, W, 3) or (H, W, 4), got shape {image.shape}")
+    raise ImageError(f"expected a PIL image or a uint8 array, got {type(image).__name__}")

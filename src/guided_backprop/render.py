@@ -1,0 +1,543 @@
+"""Maps -> pictures: normalisation, colour maps, heat-map overlays, colour bars, panels, saving.
+
+Used by the command line, the HTML report and the Python API. Nothing here reads a file;
+only :func:`save_image` writes one (atomically). Colour maps come from matplotlib as lookup
+tables (imported lazily, never ``pyplot``); drawing is done with Pillow.
+
+Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB; :func:`panel` and
+:func:`colorbar` return ``PIL.Image.Image``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import secrets
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont
+
+from .errors import InputError, UnknownNameError
+
+__all__ = [
+    "DEFAULT_PERCENTILE",
+    "HEAT_CMAP",
+    "NORMALIZATIONS",
+    "SIGNED_CMAP",
+    "bytescale",
+    "colorbar",
+    "heatmap",
+    "heatmap_overlay",
+    "map_to_image",
+    "method_picture",
+    "panel",
+    "save_image",
+    "to_pil",
+    "value_range",
+]
+
+Normalization = Literal["percentile", "minmax", "abs", "signed"]
+#: The ways :func:`map_to_image` turns a map into a picture; the first is the default.
+NORMALIZATIONS: tuple[str, ...] = ("percentile", "minmax", "abs", "signed")
+DEFAULT_PERCENTILE = 99.5
+SIGNED_CMAP = "RdBu_r"  # diverging: negative blue, zero neutral (#f7f7f7), positive red
+HEAT_CMAP = "inferno"  # perceptually uniform, for Grad-CAM heat maps
+
+ArrayLike = np.ndarray | torch.Tensor
+Picture = np.ndarray | Image.Image
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _to_numpy(m: Any) -> np.ndarray:
+    """Tensor or array -> numpy array (detached, on the CPU; half/bfloat16 widened to float32)."""
+    if isinstance(m, torch.Tensor):
+        t = m.detach().cpu()
+        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+            t = t.float()
+        return t.numpy()
+    return np.asarray(m)
+
+
+def _finite(a: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+    """A float copy with NaN and +-inf replaced by 0 (a map with them would otherwise be all NaN)."""
+    out = np.array(a, dtype=dtype)
+    out[~np.isfinite(out)] = 0
+    return out
+
+
+def _chw(m: Any, *, what: str = "map") -> np.ndarray:
+    """A map of shape (C, H, W) or (H, W) -> numpy (C, H, W), same dtype."""
+    a = _to_numpy(m)
+    if a.ndim == 2:
+        a = a[None]
+    if a.ndim != 3 or a.shape[1] == 0 or a.shape[2] == 0:
+        raise InputError(
+            f"{what} must have shape (C, H, W) or (H, W), got {tuple(a.shape)}; "
+            "pick one map first, e.g. explanation.maps['guided_backprop'][0, 0]"
+        )
+    return a
+
+
+def _check_percentile(percentile: float) -> float:
+    if not 0 < percentile <= 100:
+        raise InputError(f"percentile must be in (0, 100], got {percentile!r}; 99.5 is the default")
+    return float(percentile)
+
+
+def _check_norm(norm: str) -> str:
+    if norm not in NORMALIZATIONS:
+        raise UnknownNameError("normalization", str(norm), NORMALIZATIONS)
+    return norm
+
+
+def _clip_value(magnitudes: np.ndarray, percentile: float) -> float:
+    """The ``percentile``-th percentile of ``magnitudes`` (>= 0); its maximum if that is 0; 0 if all are 0."""
+    p = float(np.percentile(magnitudes, percentile))
+    if not p > 0:
+        p = float(magnitudes.max())
+    return p
+
+
+def _round_byte(x: np.ndarray) -> np.ndarray:
+    """Values in [0, 255] -> uint8, rounding halves up (127.5 -> 128)."""
+    return np.floor(np.clip(x, 0, 255) + 0.5).astype(np.uint8)
+
+
+@lru_cache(maxsize=64)
+def _lut(name: str, n: int = 256) -> np.ndarray:
+    """Matplotlib colour map ``name`` sampled at ``n`` evenly spaced points -> (n, 3) uint8, read-only."""
+    import matplotlib  # lazy: keeps ``import guided_backprop`` light
+
+    try:
+        cmap = matplotlib.colormaps[name]
+    except KeyError:
+        raise UnknownNameError(
+            "colour map", name, sorted(matplotlib.colormaps), hint="any name of matplotlib.colormaps"
+        ) from None
+    rgba = cmap.resampled(n)(np.arange(n))
+    lut = _round_byte(np.asarray(rgba)[:, :3] * 255.0)
+    lut.setflags(write=False)
+    return lut
+
+
+def _colorize(t: np.ndarray, cmap: str, *, odd: bool = False) -> np.ndarray:
+    """Values ``t`` in [0, 1] (H, W) -> (H, W, 3) uint8 through colour map ``cmap``.
+
+    With ``odd`` the table has 255 entries, so t = 0.5 lands exactly on the colour map's centre
+    (the neutral colour of a diverging map).
+    """
+    n = 255 if odd else 256
+    idx = np.floor(np.clip(t, 0.0, 1.0) * (n - 1) + 0.5).astype(np.intp)
+    return _lut(cmap, n)[idx]
+
+
+def _grey_or_cmap(byte_values: np.ndarray, cmap: str | None) -> np.ndarray:
+    """(H, W) uint8 -> (H, W, 3): grey, or through ``cmap`` (byte value = table index)."""
+    if cmap is None:
+        return np.repeat(byte_values[..., None], 3, axis=-1)
+    return _lut(cmap, 256)[byte_values]
+
+
+# ----------------------------------------------------------------------------- maps -> pictures
+
+
+def bytescale(data: np.ndarray, cmin: float | None = None, cmax: float | None = None) -> np.ndarray:
+    """``scipy.misc.bytescale`` as ``scipy.misc.imsave`` applied it (scipy < 1.2): the seed's look.
+
+    ``(data - min) * (255 / (max - min))``, then ``.clip(0, 255) + 0.5`` cast to uint8 (i.e.
+    rounded half up), computed in the data's own float type like scipy did. A constant array
+    (max == min) has its range taken as 1, so it comes out all 0 (black). A uint8 array is
+    returned unchanged, as scipy did.
+    """
+    if data.dtype == np.uint8:
+        return data
+    if not np.issubdtype(data.dtype, np.floating):
+        data = data.astype(np.float64)  # scipy's int array * float64 scale gave float64 too
+    kind = data.dtype.type
+    lo = kind(data.min() if cmin is None else cmin)
+    hi = kind(data.max() if cmax is None else cmax)
+    span = hi - lo
+    if span < 0:
+        raise InputError(f"cmax ({hi!r}) must not be below cmin ({lo!r})")
+    if span == 0:
+        span = kind(1)
+    # scipy computed the scale in float64, then numpy (< 2) cast it to the array's type for the product
+    scale = kind(255.0 / float(span))
+    scaled = (data - lo) * scale + kind(0)
+    return (scaled.clip(0, 255) + kind(0.5)).astype(np.uint8)
+
+
+def value_range(m: ArrayLike, *, norm: str = "percentile", percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
+    """The map values that :func:`map_to_image` puts at the two ends of its scale (for colour bars).
+
+    percentile / signed: (-p, p); abs: (0, p); minmax: (min, max) of the whole map. ``p`` is the
+    clip value described in :func:`map_to_image`.
+    """
+    _check_norm(norm)
+    percentile = _check_percentile(percentile)
+    a = _finite(_chw(m))
+    if norm == "minmax":
+        return float(a.min()), float(a.max())
+    if norm == "abs":
+        return 0.0, _clip_value(np.abs(a).max(axis=0), percentile)
+    if norm == "signed":
+        p = _clip_value(np.abs(a.sum(axis=0)), percentile)
+        return -p, p
+    p = _clip_value(np.abs(a), percentile)
+    return -p, p
+
+
+def map_to_image(
+    m: ArrayLike,
+    *,
+    norm: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    cmap: str | None = None,
+) -> np.ndarray:
+    """Turn one attribution map (C, H, W) or (H, W) into an RGB picture (H, W, 3) uint8.
+
+    Channels are taken in the map's order as R, G, B (flip a BGR network's map first).
+    NaN and infinite values count as 0. ``p`` below is the ``percentile``-th percentile of
+    the magnitudes, or their maximum when that percentile is 0 (sparse maps).
+
+    - ``"percentile"`` (default; Captum's ``outlier_perc`` idea): ``p`` of |value| over all pixels
+      and channels; each value clipped to [-p, p] and mapped linearly to [0, 255], per pixel and
+      channel, so 0 is mid grey (128) and a few dominant pixels do not wash out the rest.
+      An all-zero map gives uniform mid grey.
+    - ``"minmax"``: the seed's exact look, ``scipy.misc.imsave``'s :func:`bytescale` over the whole
+      map (all pixels and channels together). A constant map gives black.
+    - ``"abs"``: max over channels of |value|, clipped at ``p`` and scaled to [0, 255]: grayscale,
+      or through ``cmap``. An all-zero map gives black (the colour map's low end).
+    - ``"signed"``: sum over channels, divided by ``p`` of its magnitude, clipped to [-1, 1], through
+      a diverging colour map (``cmap``, default ``"RdBu_r"``): negative blue, 0 the map's neutral
+      centre, positive red. An all-zero map gives the neutral colour everywhere.
+
+    ``cmap`` (any ``matplotlib.colormaps`` name) colours single-channel pictures: ``abs``,
+    ``signed``, and ``percentile``/``minmax`` of a one-channel map.
+    """
+    _check_norm(norm)
+    percentile = _check_percentile(percentile)
+    raw = _chw(m)
+    channels = raw.shape[0]
+    if norm in ("percentile", "minmax") and channels not in (1, 3):
+        hint = " (channels first: transpose an (H, W, C) array)" if raw.shape[2] in (1, 3) else ""
+        raise InputError(
+            f"norm={norm!r} needs a map with 1 or 3 channels, got shape {tuple(raw.shape)}{hint}; "
+            "norm='abs' or 'signed' reduce any number of channels"
+        )
+    if cmap is not None and norm in ("percentile", "minmax") and channels == 3:
+        raise InputError(
+            f"cmap={cmap!r} colours single-channel pictures, but norm={norm!r} of a 3-channel map is "
+            "already in colour; use norm='abs' or norm='signed' with a colour map"
+        )
+
+    if norm == "minmax":
+        dtype = raw.dtype if raw.dtype in (np.float32, np.float64) else np.float64
+        data = raw if raw.dtype == np.uint8 else _finite(raw, dtype)
+        hwc = bytescale(np.ascontiguousarray(data.transpose(1, 2, 0)))
+        return hwc if channels == 3 else _grey_or_cmap(hwc[..., 0], cmap)
+
+    a = _finite(raw)
+    if norm == "percentile":
+        p = _clip_value(np.abs(a), percentile)
+        v = np.clip(a / p, -1.0, 1.0) if p > 0 else np.zeros_like(a)
+        if channels == 1 and cmap is not None:
+            return _colorize((v[0] + 1.0) / 2.0, cmap)
+        out = _round_byte((v + 1.0) * 127.5).transpose(1, 2, 0)
+        return np.ascontiguousarray(np.repeat(out, 3, axis=2) if channels == 1 else out)
+    if norm == "abs":
+        mag = np.abs(a).max(axis=0)
+        p = _clip_value(mag, percentile)
+        g = np.clip(mag / p, 0.0, 1.0) if p > 0 else np.zeros_like(mag)
+        return _grey_or_cmap(_round_byte(g * 255.0), cmap)
+    # signed
+    s = a.sum(axis=0)
+    p = _clip_value(np.abs(s), percentile)
+    v = np.clip(s / p, -1.0, 1.0) if p > 0 else np.zeros_like(s)
+    return _colorize((v + 1.0) / 2.0, cmap or SIGNED_CMAP, odd=True)
+
+
+def to_pil(m: ArrayLike, **options: Any) -> Image.Image:
+    """:func:`map_to_image` as a ``PIL.Image`` (same options), e.g. for a notebook."""
+    return Image.fromarray(map_to_image(m, **options))
+
+
+def _image_array(image: Picture, *, what: str = "image") -> np.ndarray:
+    """An RGB picture (PIL, or uint8 (H, W, 3) / (H, W)) -> uint8 (H, W, 3)."""
+    if isinstance(image, Image.Image):
+        return np.asarray(image.convert("RGB"))
+    a = _to_numpy(image)
+    if a.ndim == 2:
+        a = np.repeat(a[..., None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4) or a.dtype != np.uint8:
+        raise InputError(
+            f"{what} must be a uint8 array of shape (H, W, 3) or a PIL image, got {a.dtype} {tuple(a.shape)}; "
+            "turn a map into one with map_to_image()"
+        )
+    return a[..., :3]
+
+
+def _heat2d(heat: ArrayLike) -> np.ndarray:
+    """A heat map (H, W), (1, H, W) or (1, 1, H, W) -> float64 (H, W), finite, >= 0."""
+    h = _to_numpy(heat)
+    while h.ndim > 2 and h.shape[0] == 1:
+        h = h[0]
+    if h.ndim != 2 or h.size == 0:
+        raise InputError(f"heat map must have shape (H, W) or (1, H, W), got {tuple(_to_numpy(heat).shape)}")
+    return _finite(h).clip(min=0.0)
+
+
+def _resize_float(h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize of a float (H, W) array to ``size`` = (width, height)."""
+    if (h.shape[1], h.shape[0]) == size:
+        return h
+    img = Image.fromarray(h.astype(np.float32), mode="F").resize(size, Image.Resampling.BILINEAR)
+    return np.asarray(img, dtype=np.float64)
+
+
+def heatmap(heat: ArrayLike, *, cmap: str = HEAT_CMAP, size: tuple[int, int] | None = None) -> np.ndarray:
+    """A heat map (H, W) or (1, H, W) -> (H, W, 3) uint8 through ``cmap``, normalised by its maximum.
+
+    Grad-CAM convention: negative values count as 0, the maximum maps to the top of the colour
+    map; an all-zero map gives the bottom colour. ``size`` = (width, height) resizes (bilinear).
+    """
+    h = _heat2d(heat)
+    if size is not None:
+        h = _resize_float(h, size)
+    top = float(h.max())
+    return _colorize(h / top if top > 0 else np.zeros_like(h), cmap)
+
+
+def heatmap_overlay(image: Picture, heat: ArrayLike, *, cmap: str = HEAT_CMAP, alpha: float = 0.5) -> np.ndarray:
+    """Blend a heat map over an RGB picture: ``(1 - alpha) * image + alpha * colour(heat / max)``.
+
+    ``image``: uint8 (H, W, 3) or PIL; ``heat``: (H, W) or (1, H, W), resized (bilinear) to the
+    image if its size differs. Returns uint8 (H, W, 3), the size of ``image``.
+    """
+    if not 0.0 <= alpha <= 1.0:
+        raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
+    base = _image_array(image)
+    colours = heatmap(heat, cmap=cmap, size=(base.shape[1], base.shape[0]))
+    mixed = (1.0 - alpha) * base.astype(np.float64) + alpha * colours.astype(np.float64)
+    return _round_byte(mixed)
+
+
+def method_picture(
+    method: str,
+    m: ArrayLike,
+    *,
+    image: Picture | None = None,
+    norm: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    cmap: str | None = None,
+) -> np.ndarray:
+    """The picture for one method's map: Grad-CAM as a heat map (over ``image`` when given), the
+    pixel-space methods (guided backprop, deconvnet, saliency, Guided Grad-CAM) through
+    :func:`map_to_image`. Returns uint8 (H, W, 3)."""
+    if method == "gradcam":
+        heat_cmap = cmap or HEAT_CMAP
+        return heatmap(m, cmap=heat_cmap) if image is None else heatmap_overlay(image, m, cmap=heat_cmap)
+    return map_to_image(m, norm=norm, percentile=percentile, cmap=cmap)
+
+
+# ----------------------------------------------------------------------------- text, colour bars, panels
+
+_TEXT = (25, 25, 25)
+_BACKGROUND = (255, 255, 255)
+
+
+@lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    """Pillow's built-in font at ``size`` px (FreeType); the fixed bitmap font where that is missing."""
+    try:
+        return ImageFont.load_default(size=size)
+    except Exception:  # old Pillow or no FreeType: the bitmap font, whatever the size
+        return ImageFont.load_default()
+
+
+def _printable(text: str, font: Any) -> str:
+    """The bitmap fallback font encodes Latin-1 only; replace what it cannot draw."""
+    if isinstance(font, ImageFont.FreeTypeFont):
+        return text
+    return text.encode("latin-1", "replace").decode("latin-1")
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
+    """``text``, shortened with an ellipsis if it is wider than ``width`` pixels."""
+    text = _printable(" ".join(text.split()), font)
+    if draw.textlength(text, font=font) <= width:
+        return text
+    ellipsis = _printable("…", font)
+    while text and draw.textlength(text + ellipsis, font=font) > width:
+        text = text[:-1]
+    return text.rstrip() + ellipsis if text else ""
+
+
+def _line_height(font: Any) -> int:
+    box = font.getbbox("Ag·Éy")
+    return int(box[3]) + 2
+
+
+def colorbar(
+    cmap: str,
+    vmin: float,
+    vmax: float,
+    *,
+    width: int = 256,
+    height: int = 12,
+    label: str | None = None,
+    font_size: int = 11,
+    diverging: bool = False,
+) -> Image.Image:
+    """A horizontal colour-bar strip with ``vmin`` under its left end and ``vmax`` under its right.
+
+    ``label`` (e.g. ``"0"`` for a signed map, or a unit) is written under the centre. With
+    ``diverging`` the strip is sampled like ``norm="signed"`` (odd table, exact neutral centre).
+    Returns an RGB ``PIL.Image`` of ``width`` px wide.
+    """
+    if width < 2 or height < 1:
+        raise InputError(f"colour bar needs width >= 2 and height >= 1, got {width}x{height}")
+    t = np.linspace(0.0, 1.0, width)[None, :].repeat(height, axis=0)
+    strip = _colorize(t, cmap, odd=diverging)
+    font = _font(font_size)
+    line = _line_height(font)
+    canvas = Image.new("RGB", (width, height + 2 + line), _BACKGROUND)
+    canvas.paste(Image.fromarray(strip), (0, 0))
+    draw = ImageDraw.Draw(canvas)
+    y = height + 1
+    lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
+    draw.text((0, y), _printable(lo, font), fill=_TEXT, font=font)
+    draw.text((width - draw.textlength(hi, font=font), y), _printable(hi, font), fill=_TEXT, font=font)
+    if label:
+        text = _fit(draw, label, font, width / 2)
+        draw.text(((width - draw.textlength(text, font=font)) / 2, y), text, fill=_TEXT, font=font)
+    return canvas
+
+
+def panel(
+    image: Picture,
+    maps: Mapping[str, Picture],
+    *,
+    title: str | None = None,
+    titles: Mapping[str, str] | None = None,
+    input_title: str | None = "input",
+    colorbars: Mapping[str, Image.Image] | None = None,
+    min_tile: int = 128,
+    gap: int = 8,
+) -> Image.Image:
+    """The input the network saw, then each map, side by side, each with its title above it.
+
+    - ``image``: uint8 (H, W, 3) or PIL — what the network saw (e.g. ``Preprocessing.invert``);
+    - ``maps``: title -> picture (uint8 (H, W, 3) or PIL), in display order, e.g.
+      ``{"guided backprop · Egyptian cat 0.76": pic}``; pictures of another size are resized;
+    - ``titles``: optional display titles for some keys of ``maps`` (default: the key);
+    - ``input_title``: the first tile's title (``None`` for none); ``title``: a headline on top;
+    - ``colorbars``: key of ``maps`` -> a strip (see :func:`colorbar`) shown under that tile;
+    - images smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour)
+      so tiny inputs stay visible and titles fit.
+
+    Long titles are shortened with an ellipsis. Returns an RGB ``PIL.Image``.
+    """
+    base = Image.fromarray(_image_array(image))
+    factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
+    tile_w, tile_h = base.width * factor, base.height * factor
+    tiles: list[tuple[str | None, Image.Image, Image.Image | None]] = []
+    tiles.append((input_title, base.resize((tile_w, tile_h), Image.Resampling.NEAREST), None))
+    for key, pic in maps.items():
+        tile = Image.fromarray(_image_array(pic, what=f"picture {key!r}"))
+        if tile.size != (tile_w, tile_h):
+            same_aspect = tile.width * tile_h == tile.height * tile_w and tile_w % tile.width == 0
+            resample = Image.Resampling.NEAREST if same_aspect else Image.Resampling.BILINEAR
+            tile = tile.resize((tile_w, tile_h), resample)
+        bar = (colorbars or {}).get(key)
+        if bar is not None and bar.width != tile_w:
+            bar = bar.resize((tile_w, bar.height), Image.Resampling.BILINEAR)
+        tiles.append(((titles or {}).get(key, key), tile, bar))
+
+    font = _font(max(11, min(18, tile_w // 14)))
+    head_font = _font(max(12, min(22, tile_w // 11)))
+    line = _line_height(font)
+    has_titles = any(t for t, _, _ in tiles)
+    title_h = line + 2 if has_titles else 0
+    bar_h = max((b.height + 2 for _, _, b in tiles if b is not None), default=0)
+    head_h = _line_height(head_font) + gap // 2 if title else 0
+    width = gap + len(tiles) * (tile_w + gap)
+    height = gap + head_h + title_h + tile_h + bar_h + gap
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((gap, gap), _fit(draw, title, head_font, width - 2 * gap), fill=_TEXT, font=head_font)
+    top = gap + head_h
+    for i, (text, tile, bar) in enumerate(tiles):
+        x = gap + i * (tile_w + gap)
+        if text:
+            fitted = _fit(draw, text, font, tile_w)
+            draw.text((x + (tile_w - draw.textlength(fitted, font=font)) / 2, top), fitted, fill=_TEXT, font=font)
+        canvas.paste(tile, (x, top + title_h))
+        if bar is not None:
+            canvas.paste(bar, (x, top + title_h + tile_h + 2))
+    return canvas
+
+
+# ----------------------------------------------------------------------------- saving
+
+
+def _writable_formats() -> dict[str, str]:
+    Image.init()
+    return {ext.lower(): fmt for ext, fmt in Image.registered_extensions().items() if fmt in Image.SAVE}
+
+
+def save_image(picture: Picture, path: str | Path) -> Path:
+    """Write a picture (PIL, or uint8 (H, W), (H, W, 3), (H, W, 4)) to ``path``, atomically.
+
+    The format follows the extension (any case; none -> PNG). The bytes go to a hidden temporary
+    file in the same folder (``.<name>.<pid>.<random>.tmp``), are flushed and fsynced, then the
+    file is renamed over ``path`` with ``os.replace``: a reader, or a run killed at any moment,
+    never sees half a file. The temporary file is removed on any error. Missing parent folders
+    are created. Returns ``path`` as a ``Path``.
+    """
+    target = Path(path)
+    suffix = target.suffix.lower()
+    formats = _writable_formats()
+    if suffix and suffix not in formats:
+        raise UnknownNameError(
+            "image file extension", suffix, sorted(formats), hint=f"in {os.fspath(target)!r}; .png is the default"
+        )
+    fmt = formats.get(suffix, "PNG")
+    if isinstance(picture, Image.Image):
+        img = picture
+    else:
+        a = _to_numpy(picture)
+        if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)):
+            raise InputError(
+                f"picture must be uint8 (H, W), (H, W, 3) or (H, W, 4), got {a.dtype} {tuple(a.shape)}; "
+                "turn a map into one with map_to_image()"
+            )
+        img = Image.fromarray(np.ascontiguousarray(a))
+    options: dict[str, Any] = {}
+    if fmt == "JPEG":
+        img = img.convert("RGB") if img.mode not in ("RGB", "L", "CMYK") else img
+        options["quality"] = 95
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name[:200]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            img.save(f, format=fmt, **options)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return target

@@ -1,0 +1,385 @@
+"""The HTML gallery of a run: ``index.html`` beside the maps of an output folder.
+
+:func:`write_report` reads the folder's ``run.json`` (settings) and ``index.jsonl`` (one JSON object per
+input, see the output folder contract in :mod:`.batch`) and writes one self-contained page:
+
+* one row per input: the input the network saw, the top-5 classes with probabilities and every map of
+  its ``files``; click a picture to enlarge it;
+* filters by predicted class, file name and status; sort by confidence; pagination, so thousands of
+  rows stay fast (small thumbnails in ``thumbs/``, ``loading="lazy"``, only one page in the DOM);
+* the failed inputs with their reasons, and the run's settings.
+
+The page works offline from ``file://``: CSS and JS are inline, there is no external URL, and a
+Content-Security-Policy forbids every network request. Names from the user's files never become
+markup: they travel as escaped JSON and are rendered with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from importlib import resources
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import jinja2
+from PIL import Image
+
+from .errors import GuidedBackpropError
+
+__all__ = ["CSP", "REPORT_NAME", "THUMB_DIR", "THUMB_SIZE", "write_report"]
+
+log = logging.getLogger(__name__)
+
+#: File name of the page, written in the output folder.
+REPORT_NAME = "index.html"
+#: Sub-folder of the output folder that holds the thumbnails.
+THUMB_DIR = "thumbs"
+#: Longest side of a thumbnail, in pixels; pictures no larger than this are shown as they are.
+THUMB_SIZE = 160
+#: The page's Content-Security-Policy: no network at all, only local pictures and the inline CSS/JS.
+CSP = (
+    "default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; "
+    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+)
+
+_METHOD_LABELS = {
+    "input": "Input (as the network saw it)",
+    "guided_backprop": "Guided backprop",
+    "deconvnet": "Deconvnet",
+    "saliency": "Saliency",
+    "gradcam": "Grad-CAM",
+    "guided_gradcam": "Guided Grad-CAM",
+}
+# Known run.json keys, in the order the settings table shows them; other keys follow in file order.
+_SETTING_LABELS = {
+    "model": "Model",
+    "weights": "Weights",
+    "preprocessing": "Preprocessing",
+    "methods": "Methods",
+    "normalization": "Normalisation",
+    "normalisation": "Normalisation",
+    "target": "Target",
+    "gradcam_layer": "Grad-CAM layer",
+    "version": "guided-backprop version",
+    "started": "Started",
+    "finished": "Finished",
+}
+_TEMPLATE_PACKAGE = "guided_backprop"
+_THUMB_QUALITY = 85
+
+
+@dataclass(frozen=True)
+class _Picture:
+    """Where the page finds one picture: the full file and its thumbnail (URLs relative to the page)."""
+
+    src: str
+    thumb: str
+
+
+def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None, page_size: int = 100) -> Path:
+    """Write ``output_dir/index.html``, the gallery of the run in ``output_dir``; return its path.
+
+    ``output_dir`` must hold ``run.json`` and ``index.jsonl`` (the output folder contract). Thumbnails of
+    pictures larger than :data:`THUMB_SIZE` are written to ``output_dir/thumbs/`` (existing, up-to-date
+    ones are kept). ``title`` defaults to the model and folder name; ``page_size`` rows are shown per page.
+    The page and every thumbnail are written atomically (temporary file, then ``os.replace``).
+    """
+    folder = Path(output_dir)
+    if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
+        raise GuidedBackpropError(f"page_size must be a whole number >= 1, got {page_size!r}; the default is 100")
+    if not folder.is_dir():
+        raise GuidedBackpropError(
+            f"output folder {str(folder)!r} does not exist; run `guided-backprop IMAGES -o {folder}` first"
+        )
+    settings = _read_run(folder / "run.json")
+    rows = _read_index(folder / "index.jsonl")
+    columns = _columns(rows, settings.get("methods"))
+    pictures = _pictures(folder, rows)
+
+    names = _display_names([str(r.get("input", "")) for r in rows])
+    data = {
+        "columns": [{"key": key, "label": _METHOD_LABELS.get(key, key)} for key in columns],
+        "pageSize": page_size,
+        "rows": [_row_data(row, name, columns, pictures) for row, name in zip(rows, names)],
+    }
+    n_failed = sum(1 for r in rows if r.get("status") != "ok")
+    model = settings.get("model")
+    page = _template().render(
+        title=title or f"guided-backprop: {model or 'run'} on {folder.resolve().name}",
+        csp=CSP,
+        css=_asset("report.css"),
+        script=_asset("report.js"),
+        data_json=_script_json(data),
+        settings=_settings_table(settings),
+        n_rows=len(rows),
+        n_ok=len(rows) - n_failed,
+        n_failed=n_failed,
+        n_maps=sum(1 for c in columns if c != "input"),
+        version=_version(),
+    )
+    out = folder / REPORT_NAME
+    _atomic_write(out, page.encode("utf-8", errors="replace"))
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- reading
+
+
+def _read_run(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise GuidedBackpropError(
+            f"no run.json in {str(path.parent)!r}: not a guided-backprop output folder; "
+            f"run `guided-backprop IMAGES -o {path.parent}` first"
+        )
+    try:
+        settings = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise GuidedBackpropError(f"cannot read {str(path)!r}: {err}; rerun the batch to rewrite it") from err
+    if not isinstance(settings, dict):
+        raise GuidedBackpropError(
+            f"{str(path)!r} holds a JSON {type(settings).__name__}, expected an object of settings"
+        )
+    return settings
+
+
+def _read_index(path: Path) -> list[dict[str, Any]]:
+    """Rows of ``index.jsonl`` in file order; a later row with the same ``idx`` replaces an earlier one.
+
+    An unreadable *last* line without a final newline (a run killed mid-write) is skipped with a warning;
+    any other unreadable line is an error naming the line.
+    """
+    if not path.is_file():
+        raise GuidedBackpropError(
+            f"no index.jsonl in {str(path.parent)!r}: the run has not listed any input yet; "
+            f"run `guided-backprop IMAGES -o {path.parent}` first"
+        )
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise GuidedBackpropError(f"cannot read {str(path)!r}: {err}") from err
+    lines = text.split("\n")
+    by_idx: dict[Any, dict[str, Any]] = {}
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"a JSON {type(row).__name__}, expected an object")
+        except ValueError as err:
+            if number == len(lines) and not text.endswith("\n"):
+                log.warning("%s:%d: skipping a truncated last line (%s)", path, number, err)
+                continue
+            raise GuidedBackpropError(f"{path}:{number}: not a JSON object ({err}); rerun the batch") from err
+        key = row.get("idx", f"line {number}")
+        by_idx.pop(key, None)  # a re-run row moves to the end, like the file says
+        by_idx[key] = row
+    return list(by_idx.values())
+
+
+def _columns(rows: Sequence[Mapping[str, Any]], methods: Any) -> list[str]:
+    """Picture columns: ``input`` first, then the run's methods in order, then any other ``files`` key."""
+    seen: list[str] = []
+    for row in rows:
+        files = row.get("files")
+        if isinstance(files, Mapping):
+            seen.extend(k for k in files if k not in seen)
+    order = ["input"] + [str(m) for m in methods] if isinstance(methods, list) else ["input"]
+    return [k for k in order if k in seen] + [k for k in seen if k not in order]
+
+
+# -------------------------------------------------------------------------------------------- thumbnails
+
+
+def _pictures(folder: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, _Picture | None]:
+    """Every file the rows name, mapped to its page URLs (``None`` where the file is missing or unreadable)."""
+    rels: list[str] = []
+    for row in rows:
+        files = row.get("files")
+        if isinstance(files, Mapping):
+            rels.extend(v for v in files.values() if isinstance(v, str) and v)
+    unique = list(dict.fromkeys(rels))
+    if not unique:
+        return {}
+    (folder / THUMB_DIR).mkdir(exist_ok=True)
+    workers = max(1, min(8, os.cpu_count() or 1, len(unique) // 16 + 1))
+    if workers == 1:
+        found = [_picture(folder, rel) for rel in unique]
+    else:  # Pillow decodes, resizes and encodes without the GIL
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            found = list(pool.map(lambda rel: _picture(folder, rel), unique))
+    missing = [rel for rel, pic in zip(unique, found) if pic is None]
+    if missing:
+        log.warning("%d picture(s) missing or unreadable in %s, e.g. %r", len(missing), folder, missing[0])
+    return dict(zip(unique, found))
+
+
+def _picture(folder: Path, rel: str) -> _Picture | None:
+    src = Path(rel) if os.path.isabs(rel) else folder / rel
+    url = src.as_uri() if os.path.isabs(rel) else quote(rel.replace(os.sep, "/"), safe="/")
+    thumb = folder / THUMB_DIR / _thumb_name(rel)
+    thumb_url = f"{THUMB_DIR}/{thumb.name}"
+    try:
+        src_mtime = src.stat().st_mtime_ns
+        if thumb.is_file() and thumb.stat().st_mtime_ns >= src_mtime:
+            return _Picture(url, thumb_url)
+        with Image.open(src) as im:
+            if max(im.size) <= THUMB_SIZE:
+                return _Picture(url, url)
+            im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG: decode at a reduced scale
+            small = _rgb(im)
+            small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
+        buf = io.BytesIO()
+        small.save(buf, format="JPEG", quality=_THUMB_QUALITY, optimize=True)
+        _atomic_write(thumb, buf.getvalue())
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        log.debug("no picture for %r: %s", rel, err)
+        return None
+    return _Picture(url, thumb_url)
+
+
+def _thumb_name(rel: str) -> str:
+    """A safe, unique, stable thumbnail name: the file's stem (ASCII letters only) and a hash of its path."""
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(rel).stem).strip("._")[:40] or "picture"
+    digest = hashlib.sha1(rel.encode("utf-8", errors="surrogatepass")).hexdigest()[:12]
+    return f"{stem}-{digest}.jpg"
+
+
+def _rgb(im: Image.Image) -> Image.Image:
+    """RGB copy of ``im``; transparent pixels become white."""
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return im.convert("RGB")
+
+
+# ------------------------------------------------------------------------------------------------- page
+
+
+def _row_data(
+    row: Mapping[str, Any], name: str, columns: Sequence[str], pictures: Mapping[str, _Picture | None]
+) -> dict[str, Any]:
+    """One row as the page's script reads it (short, flat, JSON-safe)."""
+    ok = row.get("status") == "ok"
+    out: dict[str, Any] = {
+        "idx": row.get("idx"),
+        "name": name,
+        "path": _text(row.get("input")),
+        "ok": ok,
+    }
+    if not ok:
+        out["error"] = _text(row.get("error")) or "failed (no reason given)"
+        return out
+    files = row.get("files") if isinstance(row.get("files"), Mapping) else {}
+    cells: list[list[str] | None] = []
+    for key in columns:
+        rel = files.get(key)
+        pic = pictures.get(rel) if isinstance(rel, str) else None
+        cells.append([pic.src, pic.thumb] if pic else None)
+    top5 = []
+    for entry in row.get("top5") or []:
+        if isinstance(entry, (list, tuple)) and len(entry) >= 3:
+            top5.append([entry[0], _text(entry[1]), _prob(entry[2])])
+    out.update(
+        cls=row.get("class_index") if isinstance(row.get("class_index"), int) else None,
+        label=_text(row.get("class_name")),
+        prob=_prob(row.get("probability")),
+        top5=top5,
+        img=cells,
+    )
+    return out
+
+
+def _display_names(paths: Sequence[str]) -> list[str]:
+    """The input paths relative to their common folder (a single input: its file name)."""
+    parents = [os.path.dirname(p) for p in paths if p]
+    try:
+        common = os.path.commonpath(parents) if parents else ""
+    except ValueError:  # absolute and relative paths mixed
+        common = ""
+    names = []
+    for p in paths:
+        rel = p[len(common):].lstrip("/\\") if common and p.startswith(common) else p
+        names.append(rel or p)
+    return names
+
+
+def _settings_table(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+    keys = [k for k in _SETTING_LABELS if k in settings] + [k for k in settings if k not in _SETTING_LABELS]
+    return [(_SETTING_LABELS.get(k, k.replace("_", " ").capitalize()), _words(settings[k])) for k in keys]
+
+
+def _words(value: Any) -> str:
+    """A setting as a line of text: lists joined by commas, mappings as ``key: value; ...``."""
+    if value is None:
+        return "—"
+    if isinstance(value, str):
+        return value
+    if isinstance(value, Mapping):
+        return "; ".join(f"{k}: {_words(v)}" for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return ", ".join(_words(v) for v in value)
+    return str(value)
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None else str(value)
+
+
+def _prob(value: Any) -> float | None:
+    try:
+        p = float(value)
+    except (TypeError, ValueError):
+        return None
+    return round(p, 5) if math.isfinite(p) else None
+
+
+def _script_json(obj: Any) -> str:
+    """JSON that is safe inside ``<script type="application/json">``: no ``<``, ``>`` or ``&`` survive,
+    so ``</script>`` or ``<!--`` in a file name cannot end the block; non-ASCII is escaped too."""
+    text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+def _template() -> jinja2.Template:
+    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.from_string(_asset("report.html.j2"))
+
+
+def _asset(name: str) -> str:
+    return resources.files(_TEMPLATE_PACKAGE).joinpath("templates", name).read_text(encoding="utf-8")
+
+
+def _version() -> str:
+    try:
+        return version("guided-backprop")
+    except PackageNotFoundError:  # pragma: no cover - source tree without install
+        return "0+unknown"
+
+
+def _atomic_write(path: Path, payload: bytes) -> None:
+    """Write ``payload`` to a temporary file beside ``path``, then move it over ``path`` in one step."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(payload)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
