@@ -174,8 +174,7 @@ def _reason(err: BaseException) -> str:
         return "not an image Pillow can read (unknown format or not an image at all)"
     if isinstance(err, Image.DecompressionBombError | Image.DecompressionBombWarning):
         return (
-            f"refused as a possible decompression bomb: {err} "
-            "(raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file)"
+            f"refused as a possible decompression bomb: {err} (raise PIL.Image.MAX_IMAGE_PIXELS if you trust this file)"
         )
     text = " ".join(str(err).split()) or type(err).__name__
     if "truncated" in text:

@@ -11,6 +11,7 @@ Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB; :func:`panel` and
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import os
 import secrets
@@ -175,7 +176,9 @@ def bytescale(data: np.ndarray, cmin: float | None = None, cmax: float | None = 
     return (scaled.clip(0, 255) + kind(0.5)).astype(np.uint8)
 
 
-def value_range(m: ArrayLike, *, norm: str = "percentile", percentile: float = DEFAULT_PERCENTILE) -> tuple[float, float]:
+def value_range(
+    m: ArrayLike, *, norm: str = "percentile", percentile: float = DEFAULT_PERCENTILE
+) -> tuple[float, float]:
     """The map values that :func:`map_to_image` puts at the two ends of its scale (for colour bars).
 
     percentile / signed: (-p, p); abs: (0, p); minmax: (min, max) of the whole map. ``p`` is the
@@ -354,9 +357,25 @@ _TEXT = (25, 25, 25)
 _BACKGROUND = (255, 255, 255)
 
 
+def _dejavu_path() -> str | None:
+    """matplotlib's bundled DejaVu Sans (wide Unicode coverage: accents, Greek, Cyrillic, dashes), found
+    without importing matplotlib; None if it is not there."""
+    spec = importlib.util.find_spec("matplotlib")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        candidate = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
 @lru_cache(maxsize=16)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """Pillow's built-in font at ``size`` px (FreeType); the fixed bitmap font where that is missing."""
+    """A font at ``size`` px that exists offline: matplotlib's DejaVu Sans, else Pillow's built-in
+    FreeType font (ASCII only), else Pillow's fixed bitmap font."""
+    path = _dejavu_path()
+    if path is not None:
+        with contextlib.suppress(OSError, ImportError):
+            return ImageFont.truetype(path, size=size)
     try:
         return ImageFont.load_default(size=size)
     except Exception:  # old Pillow or no FreeType: the bitmap font, whatever the size
@@ -384,6 +403,16 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
 def _line_height(font: Any) -> int:
     box = font.getbbox("Ag·Éy")
     return int(box[3]) + 2
+
+
+def _title_font(texts: list[str], width: int, *, largest: int, smallest: int = 10) -> Any:
+    """The largest font (``smallest``..``largest`` px) in which every text fits ``width`` px."""
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for size in range(largest, smallest, -1):
+        font = _font(size)
+        if all(measure.textlength(_printable(t, font), font=font) <= width for t in texts):
+            return font
+    return _font(smallest)
 
 
 def colorbar(
@@ -462,8 +491,8 @@ def panel(
             bar = bar.resize((tile_w, bar.height), Image.Resampling.BILINEAR)
         tiles.append(((titles or {}).get(key, key), tile, bar))
 
-    font = _font(max(11, min(18, tile_w // 14)))
-    head_font = _font(max(12, min(22, tile_w // 11)))
+    font = _title_font([t for t, _, _ in tiles if t], tile_w, largest=max(10, min(15, tile_w // 16)))
+    head_font = _font(max(12, min(20, tile_w // 12)))
     line = _line_height(font)
     has_titles = any(t for t, _, _ in tiles)
     title_h = line + 2 if has_titles else 0
