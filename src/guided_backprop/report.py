@@ -16,6 +16,7 @@ markup: they travel as escaped JSON and are rendered with ``textContent``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import io
@@ -50,9 +51,11 @@ THUMB_DIR = "thumbs"
 #: Longest side of a thumbnail, in pixels; pictures no larger than this are shown as they are.
 THUMB_SIZE = 160
 #: The page's Content-Security-Policy: no network at all, only local pictures and the inline CSS/JS.
+#: ``{script_hash}`` is the hash of the page's one script: browsers that know hashes then run that script
+#: and nothing else (no injected handler), older ones fall back to ``'unsafe-inline'``.
 CSP = (
     "default-src 'none'; img-src 'self' data: file:; style-src 'unsafe-inline'; "
-    "script-src 'unsafe-inline'; base-uri 'none'; form-action 'none'"
+    "script-src '{script_hash}' 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
 
 _METHOD_LABELS = {
@@ -67,16 +70,33 @@ _METHOD_LABELS = {
 _SETTING_LABELS = {
     "model": "Model",
     "weights": "Weights",
+    "labels": "Class names",
     "preprocessing": "Preprocessing",
+    "input_size": "Input size",
     "methods": "Methods",
     "normalization": "Normalisation",
     "normalisation": "Normalisation",
     "target": "Target",
     "gradcam_layer": "Grad-CAM layer",
+    "smooth": "SmoothGrad samples",
+    "noise": "SmoothGrad noise",
     "version": "guided-backprop version",
     "started": "Started",
     "finished": "Finished",
+    "inputs": "Input paths",
+    "name": "Map file names",
+    "input_name": "Input file names",
+    "images": "Inputs",
+    "ok": "Explained",
+    "failed": "Failed",
+    "maps": "Map files",
 }
+# Shown at once; the other settings sit in a folded "more settings" part of the table.
+_MAIN_SETTINGS = frozenset({"model", "weights", "labels", "preprocessing", "methods", "normalization", "normalisation",
+                            "target", "gradcam_layer", "version", "started", "finished"})
+_HIDDEN_SETTINGS = frozenset({"tool"})
+_MAX_LIST_ITEMS = 5  # longer lists (e.g. the inputs) are shortened in the settings table
+_MAX_TEXT = 600
 _TEMPLATE_PACKAGE = "guided_backprop"
 _THUMB_QUALITY = 85
 
@@ -111,19 +131,23 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
 
     names = _display_names([str(r.get("input", "")) for r in rows])
     data = {
-        "columns": [{"key": key, "label": _METHOD_LABELS.get(key, key)} for key in columns],
+        "columns": [_column(key) for key in columns],
         "pageSize": page_size,
-        "rows": [_row_data(row, name, columns, pictures) for row, name in zip(rows, names)],
+        "rows": [_row_data(row, name, columns, pictures, position=i) for i, (row, name) in enumerate(zip(rows, names))],
     }
     n_failed = sum(1 for r in rows if r.get("status") != "ok")
     model = settings.get("model")
+    main_settings, more_settings = _settings_table(settings)
+    script = "\n" + _asset("report.js") + "\n"  # exactly the text between <script> and </script>
+    script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     page = _template().render(
         title=title or f"guided-backprop: {model or 'run'} on {folder.resolve().name}",
-        csp=CSP,
+        csp=CSP.format(script_hash=script_hash),
         css=_asset("report.css"),
-        script=_asset("report.js"),
+        script=script,
         data_json=_script_json(data),
-        settings=_settings_table(settings),
+        settings=main_settings,
+        more_settings=more_settings,
         n_rows=len(rows),
         n_ok=len(rows) - n_failed,
         n_failed=n_failed,
@@ -184,7 +208,8 @@ def _read_index(path: Path) -> list[dict[str, Any]]:
                 log.warning("%s:%d: skipping a truncated last line (%s)", path, number, err)
                 continue
             raise GuidedBackpropError(f"{path}:{number}: not a JSON object ({err}); rerun the batch") from err
-        key = row.get("idx", f"line {number}")
+        idx = row.get("idx")
+        key = idx if isinstance(idx, (int, str)) else f"line {number}"
         by_idx.pop(key, None)  # a re-run row moves to the end, like the file says
         by_idx[key] = row
     return list(by_idx.values())
@@ -199,6 +224,17 @@ def _columns(rows: Sequence[Mapping[str, Any]], methods: Any) -> list[str]:
             seen.extend(k for k in files if k not in seen)
     order = ["input"] + [str(m) for m in methods] if isinstance(methods, list) else ["input"]
     return [k for k in order if k in seen] + [k for k in seen if k not in order]
+
+
+def _column(key: str) -> dict[str, Any]:
+    """A column's title, and which explained class (1 = the first) its maps show (``None``: the input)."""
+    if key == "input":
+        return {"key": key, "label": _METHOD_LABELS[key], "rank": None}
+    ranked = re.fullmatch(r"(.+)_top(\d+)", key)
+    if ranked and ranked.group(1) in _METHOD_LABELS:
+        rank = int(ranked.group(2))
+        return {"key": key, "label": f"{_METHOD_LABELS[ranked.group(1)]}, class #{rank}", "rank": rank}
+    return {"key": key, "label": _METHOD_LABELS.get(key, key), "rank": 1}
 
 
 # -------------------------------------------------------------------------------------------- thumbnails
@@ -243,7 +279,7 @@ def _picture(folder: Path, rel: str) -> _Picture | None:
             small = _rgb(im)
             small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
         buf = io.BytesIO()
-        small.save(buf, format="JPEG", quality=_THUMB_QUALITY, optimize=True)
+        small.save(buf, format="JPEG", quality=_THUMB_QUALITY)
         _atomic_write(thumb, buf.getvalue())
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         log.debug("no picture for %r: %s", rel, err)
@@ -271,12 +307,17 @@ def _rgb(im: Image.Image) -> Image.Image:
 
 
 def _row_data(
-    row: Mapping[str, Any], name: str, columns: Sequence[str], pictures: Mapping[str, _Picture | None]
+    row: Mapping[str, Any],
+    name: str,
+    columns: Sequence[str],
+    pictures: Mapping[str, _Picture | None],
+    *,
+    position: int,
 ) -> dict[str, Any]:
-    """One row as the page's script reads it (short, flat, JSON-safe)."""
+    """One row as the page's script reads it (short, flat, JSON-safe: odd values become ``None``)."""
     ok = row.get("status") == "ok"
     out: dict[str, Any] = {
-        "idx": row.get("idx"),
+        "idx": _int(row.get("idx"), default=position),
         "name": name,
         "path": _text(row.get("input")),
         "ok": ok,
@@ -293,15 +334,42 @@ def _row_data(
     top5 = []
     for entry in row.get("top5") or []:
         if isinstance(entry, (list, tuple)) and len(entry) >= 3:
-            top5.append([entry[0], _text(entry[1]), _prob(entry[2])])
+            top5.append([_int(entry[0]), _text(entry[1]), _prob(entry[2])])
+    targets = [t for t in row.get("targets") or [] if isinstance(t, (list, tuple)) and len(t) >= 3]
     out.update(
-        cls=row.get("class_index") if isinstance(row.get("class_index"), int) else None,
+        explains=_explains(row, targets),
+        targets=[_text(t[1]) for t in targets] or None,
+        cls=_int(row.get("class_index")),
         label=_text(row.get("class_name")),
         prob=_prob(row.get("probability")),
         top5=top5,
         img=cells,
     )
     return out
+
+
+def _explains(row: Mapping[str, Any], targets: Sequence[Sequence[Any]]) -> str | None:
+    """What the maps explain, in words, when it is not simply the predicted class."""
+    layer = row.get("layer_target")
+    if isinstance(layer, Mapping):
+        text = f"layer {layer.get('layer')}, channel {layer.get('channel')}"
+        neuron = layer.get("neuron")
+        position = layer.get("position") or (layer.get("positions") or [None])[0]
+        if neuron == "max":
+            text += ", its most active unit"
+            if isinstance(position, (list, tuple)) and len(position) == 2:
+                text += f" at (y={position[0]}, x={position[1]})"
+        elif isinstance(neuron, (list, tuple)) and len(neuron) == 2:
+            text += f", unit (y={neuron[0]}, x={neuron[1]})"
+        score = _prob(layer.get("score"))
+        return text + (f"; activation {score:.4g}" if score is not None else "")
+    if not targets or (len(targets) == 1 and targets[0][0] == row.get("class_index")):
+        return None
+    parts = []
+    for cls, label, p in targets:
+        prob = _prob(p)
+        parts.append(f"{label if label is not None else f'class {cls}'}" + (f" {prob:.1%}" if prob is not None else ""))
+    return ", ".join(parts)
 
 
 def _display_names(paths: Sequence[str]) -> list[str]:
@@ -318,13 +386,23 @@ def _display_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
-def _settings_table(settings: Mapping[str, Any]) -> list[tuple[str, str]]:
-    keys = [k for k in _SETTING_LABELS if k in settings] + [k for k in settings if k not in _SETTING_LABELS]
-    return [(_SETTING_LABELS.get(k, k.replace("_", " ").capitalize()), _words(settings[k])) for k in keys]
+def _settings_table(settings: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(label, text) rows of the settings: the main ones, then the others."""
+    keys = [k for k in _SETTING_LABELS if k in settings]
+    keys += [k for k in settings if k not in _SETTING_LABELS and k not in _HIDDEN_SETTINGS]
+    main: list[tuple[str, str]] = []
+    more: list[tuple[str, str]] = []
+    for key in keys:
+        text = _words(settings[key])
+        if len(text) > _MAX_TEXT:
+            text = text[: _MAX_TEXT - 1] + "…"
+        label = _SETTING_LABELS.get(key, key.replace("_", " ").capitalize())
+        (main if key in _MAIN_SETTINGS else more).append((label, text))
+    return main, more
 
 
 def _words(value: Any) -> str:
-    """A setting as a line of text: lists joined by commas, mappings as ``key: value; ...``."""
+    """A setting as a line of text: lists joined by commas (long ones shortened), mappings as ``key: value; ...``."""
     if value is None:
         return "—"
     if isinstance(value, str):
@@ -332,12 +410,19 @@ def _words(value: Any) -> str:
     if isinstance(value, Mapping):
         return "; ".join(f"{k}: {_words(v)}" for k, v in value.items())
     if isinstance(value, (list, tuple)):
+        if len(value) > _MAX_LIST_ITEMS:
+            shown = ", ".join(_words(v) for v in value[: _MAX_LIST_ITEMS - 2])
+            return f"{shown}, … ({len(value)} in all)"
         return ", ".join(_words(v) for v in value)
     return str(value)
 
 
 def _text(value: Any) -> str | None:
     return None if value is None else str(value)
+
+
+def _int(value: Any, default: int | None = None) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _prob(value: Any) -> float | None:

@@ -126,6 +126,14 @@
     return list;
   }
 
+  // Caption words for one picture: the input shows the prediction; a map shows what it explains.
+  function whatItShows(r, c) {
+    if (c.rank && r.targets && r.targets[c.rank - 1] != null) return "explains " + r.targets[c.rank - 1];
+    if (c.rank && r.explains) return "explains " + r.explains;
+    const predicted = r.label !== null && r.label !== undefined ? r.label : "class " + r.cls;
+    return (c.rank ? "explains " : "predicted ") + predicted + " " + percent(r.prob);
+  }
+
   function rowElement(r) {
     const row = el("article", r.ok ? "row" : "row failed-row");
     row.dataset.idx = String(r.idx);
@@ -140,6 +148,7 @@
       return row;
     }
     meta.appendChild(top5List(r));
+    if (r.explains) meta.appendChild(el("div", "explains", "explains: " + r.explains));
     row.appendChild(meta);
     columns.forEach((c, i) => {
       const pic = r.img[i];
@@ -150,7 +159,7 @@
       const cell = el("div", "cell");
       const button = el("button");
       button.type = "button";
-      const caption = c.label + " · " + r.name + (r.label ? " · " + r.label + " " + percent(r.prob) : "");
+      const caption = c.label + " · " + r.name + " · " + whatItShows(r, c);
       button.title = caption;
       const img = document.createElement("img");
       img.loading = "lazy";
