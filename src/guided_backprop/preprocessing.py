@@ -213,7 +213,7 @@ class Preprocessing:
             steps.append(f"its shorter side resized to {self.resize} pixels (aspect ratio kept) with "
                          f"{self.interpolation} interpolation")
         if self.crop is None:
-            steps.append("not cropped (the network sees the whole picture, at any size)")
+            steps.append("not cropped" + ("" if isinstance(self.resize, tuple) else " (any size goes in)"))
         else:
             ch, cw = _size_pair(self.crop, "crop")
             steps.append(f"centre-cropped to {ch}x{cw}")
