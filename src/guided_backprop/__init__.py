@@ -20,12 +20,38 @@ from .errors import (
 from .rules import Method
 from .targets import Channel, MaxNeuron, Neuron, TopK
 
+# Heavier parts (models pull in timm and torchvision weights metadata, render pulls in Pillow
+# fonts and colour maps) load on first use, so that `import guided_backprop` stays light.
+_LAZY = {
+    "load_model": "models", "LoadedModel": "models", "available_models": "models", "DEFAULT_MODEL": "models",
+    "Preprocessing": "preprocessing",
+    "load_image": "images", "find_images": "images",
+    "map_to_image": "render", "heatmap_overlay": "render", "panel": "render", "save_image": "render",
+    "to_pil": "render",
+    "receptive_field": "receptive", "ReceptiveField": "receptive",
+    "unit_grids": "units", "save_unit_grids": "units",
+    "write_report": "report",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'guided_backprop' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
 try:
     __version__ = version("guided-backprop")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
     __version__ = "0+unknown"
 
 __all__ = [
+    *_LAZY,
     "METHODS",
     "Channel",
     "CheckpointError",
