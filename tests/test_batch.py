@@ -1,0 +1,275 @@
+"""guided_backprop.batch: the pipeline behind the command, driven through its Python API."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from guided_backprop import batch, render
+from guided_backprop.errors import GuidedBackpropError
+from guided_backprop.preprocessing import Preprocessing
+from tests.fixtures.cli_images import write_plain
+
+MODELS = Path(__file__).resolve().parent / "fixtures" / "cli_models.py"
+TINY = f"{MODELS}:tiny"
+
+
+def config(**changes: object) -> batch.BatchConfig:
+    base = dict(model=TINY, input_size=32, workers=0, batch_size=2)
+    base.update(changes)
+    return batch.BatchConfig(**base)  # type: ignore[arg-type]
+
+
+def index(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+
+
+def journal(out: Path) -> list[dict]:
+    lines = []
+    for p in sorted((out / batch.STATE_DIR).glob("journal-*.jsonl")):
+        lines += [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    return lines
+
+
+# ----------------------------------------------------------------------------------- names
+
+
+def test_default_map_names_follow_the_seed_and_stay_unique() -> None:
+    assert batch.default_map_name(["guided_backprop"]) == "map_{idx}_class_{class_index}.png"
+    assert batch.default_map_name(["guided_backprop", "deconvnet"]) == "map_{idx}_class_{class_index}_{method}.png"
+    assert batch.default_map_name(["saliency"], 5) == "map_{idx}_class_{class_index}_top{rank}.png"
+    assert batch.default_map_name(["saliency", "gradcam"], 2) == "map_{idx}_class_{class_index}_{method}_top{rank}.png"
+    assert batch.default_map_name(["guided_backprop"], layer_target=True) == "map_{idx}_{layer}_ch{channel}.png"
+
+
+def test_duplicate_stems_are_refused_when_the_name_has_no_idx(tmp_path: Path) -> None:
+    write_plain(tmp_path / "a", 1)
+    write_plain(tmp_path / "b", 1)
+    with pytest.raises(GuidedBackpropError, match=r"same \{stem\}.*add \{idx\}"):
+        batch.run([tmp_path / "a", tmp_path / "b"], tmp_path / "out", config(name="{stem}.png"))
+    with pytest.raises(GuidedBackpropError, match="relative path"):
+        batch.run([tmp_path / "a"], tmp_path / "out", config(name="../{idx}.png"))
+
+
+# ------------------------------------------------------------------------------ preprocessing
+
+
+@pytest.mark.parametrize(
+    ("model_pre", "size", "resize", "crop"),
+    [
+        (Preprocessing(resize=256, crop=224), 32, 37, 32),  # resize / crop ratio kept
+        (Preprocessing(resize=(224, 224), crop=None), 48, (48, 48), None),  # direct resize
+        (Preprocessing(resize=224, crop=None), 64, 64, None),  # shorter side, any size (the seed's VGG)
+    ],
+)
+def test_input_size_follows_the_models_convention(model_pre: Preprocessing, size: int, resize: object,
+                                                  crop: object) -> None:
+    pre = batch._apply_preprocessing(model_pre, batch.BatchConfig(input_size=size))
+    assert (pre.resize, pre.crop) == (resize, crop)
+    pre = batch._apply_preprocessing(model_pre, batch.BatchConfig(resize=None, crop=20))
+    assert (pre.resize, pre.crop, pre.mean) == (None, 20, model_pre.mean)
+
+
+# ---------------------------------------------------------------------------------- the job
+
+
+def test_run_result_and_error_log(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 3)
+    (tmp_path / "in" / "zz broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    lines: list[str] = []
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
+    assert (result.images, result.ok, result.failed, result.maps, result.computed) == (4, 3, 1, 3, 4)
+    assert result.exit_code == batch.EXIT_SOME_FAILED and not result.interrupted
+    assert len(lines) == 1 and "zz broken.png" in lines[0] and lines[0].startswith("error: ")
+    assert result.errors == [lines[0][len("error: "):]]
+    assert result.summary().startswith("4 images, 3 maps, 1 failed in ")
+    rows = index(tmp_path / "out")
+    assert set(rows[0]) >= {"idx", "input", "status", "error", "class_index", "class_name", "probability",
+                            "top5", "files"}
+    assert not any(k.startswith("_") for row in rows for k in row)  # journal bookkeeping stays private
+
+
+def test_smoothgrad_maps_do_not_depend_on_batching(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 3)
+    one = batch.run([tmp_path / "in"], tmp_path / "one", config(smooth=3, save_raw=True, batch_size=1))
+    three = batch.run([tmp_path / "in"], tmp_path / "three", config(smooth=3, save_raw=True, batch_size=3))
+    assert one.exit_code == three.exit_code == 0
+    for a, b in zip(index(tmp_path / "one"), index(tmp_path / "three"), strict=True):
+        x = np.load(tmp_path / "one" / a["raw"]["guided_backprop"])
+        assert np.array_equal(x, np.load(tmp_path / "three" / b["raw"]["guided_backprop"]))
+        assert np.abs(x).sum() > 0
+    plain = batch.run([tmp_path / "in"], tmp_path / "plain", config(save_raw=True))
+    assert plain.exit_code == 0
+    row = index(tmp_path / "plain")[0]
+    assert not np.array_equal(np.load(tmp_path / "plain" / row["raw"]["guided_backprop"]), np.load(
+        tmp_path / "one" / index(tmp_path / "one")[0]["raw"]["guided_backprop"]))
+
+
+def test_images_of_different_sizes_are_batched_by_size(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_plain(tmp_path / "in", 3, size=(36, 40), prefix="a")
+    write_plain(tmp_path / "in", 3, size=(44, 32), prefix="b")
+    shapes: list[tuple[int, ...]] = []
+    explain = batch.Explainer.explain
+
+    def spy(self: object, x: object, *args: object, **kw: object) -> object:
+        shapes.append(tuple(x.shape))  # type: ignore[attr-defined]
+        return explain(self, x, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(batch.Explainer, "explain", spy)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(input_size=None, resize=None, crop=None,
+                                                                   batch_size=3))
+    assert result.exit_code == 0
+    assert sorted(shapes) == [(3, 3, 36, 40), (3, 3, 44, 32)]
+    for row in index(tmp_path / "out"):
+        with render.Image.open(tmp_path / "out" / row["files"]["guided_backprop"]) as im:
+            assert im.size == ((40, 36) if Path(row["input"]).name.startswith("a") else (32, 44))
+
+
+def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_plain(tmp_path / "in", 3)
+    save = render.save_image
+
+    def flaky(picture: object, path: object) -> object:
+        if Path(str(path)).name == "map_1_class_2.png" or Path(str(path)).name.startswith("map_1_"):
+            raise OSError(28, "No space left on device")
+        return save(picture, path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(render, "save_image", flaky)
+    lines: list[str] = []
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
+    assert result.exit_code == 1 and result.failed == 1 and result.ok == 2
+    assert len(lines) == 1 and "cannot write the outputs of" in lines[0] and "img001.png" in lines[0]
+    assert [r["status"] for r in index(tmp_path / "out")] == ["ok", "error", "ok"]
+
+
+# ------------------------------------------------------------------------- interrupt, resume
+
+
+def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_plain(tmp_path / "in", 5)
+    calls = {"n": 0}
+    compute = batch._Job.compute
+
+    def interrupted(self: batch._Job, items: list, writer: batch._Writer) -> None:
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt
+        compute(self, items, writer)
+
+    monkeypatch.setattr(batch._Job, "compute", interrupted)
+    out = tmp_path / "out"
+    first = batch.run([tmp_path / "in"], out, config(batch_size=1))
+    assert first.interrupted and first.exit_code == batch.EXIT_INTERRUPTED and first.ok == 2
+    assert [r["idx"] for r in journal(out)] == [0, 1]
+    assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl").exists()
+
+    monkeypatch.setattr(batch._Job, "compute", compute)
+    second = batch.run([tmp_path / "in"], out, config(batch_size=1))
+    assert second.exit_code == 0 and second.resumed == 2 and second.computed == 3
+    assert [r["status"] for r in index(out)] == ["ok"] * 5
+
+
+def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path) -> None:
+    state = tmp_path / batch.STATE_DIR
+    state.mkdir()
+    path = state / "journal-0.jsonl"
+    old = {"idx": 0, "status": "error", "_fp": "f", "_t": 1.0}
+    new = {"idx": 0, "status": "ok", "_fp": "f", "_t": 2.0}
+    other = {"idx": 1, "status": "ok", "_fp": "not this job", "_t": 3.0}
+    path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n" + '{"idx": 1, "sta')  # killed mid-line
+    (state / "journal-1.jsonl").write_text(json.dumps(new) + "\n")
+    j = batch._Journal(path)
+    j.write({"idx": 2, "status": "ok", "_fp": "f", "_t": 0.5})
+    j.close()
+    assert path.read_text().splitlines()[2] == '{"idx": 1, "sta'
+    records = batch._read_journals(state, "f")
+    assert sorted(records) == [0, 2] and records[0]["status"] == "ok"
+
+
+def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
+    (tmp_path / "im_0.png").write_bytes(b"x")
+    rec = {"status": "ok", "input": "/a.png", "files": {"input": "im_0.png", "guided_backprop": "map_0.png"}}
+    assert not batch._complete(rec, "/a.png", tmp_path)
+    (tmp_path / "map_0.png").write_bytes(b"x")
+    assert batch._complete(rec, "/a.png", tmp_path)
+    assert not batch._complete(rec, "/b.png", tmp_path)  # another input now has this idx
+    assert not batch._complete({**rec, "status": "error"}, "/a.png", tmp_path)
+
+
+def test_atomic_write_leaves_no_temporary_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    target = tmp_path / "index.jsonl"
+    batch._atomic_text(target, "old\n")
+
+    def boom(*_a: object) -> None:
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(batch.os, "replace", boom)
+    with pytest.raises(OSError, match="disk gone"):
+        batch._atomic_text(target, "new\n")
+    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["index.jsonl"]
+
+
+def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    with batch._folder_lock(tmp_path / "out" / batch.STATE_DIR):
+        with pytest.raises(GuidedBackpropError, match="another guided-backprop run is writing"):
+            batch.run([tmp_path / "in"], tmp_path / "out", config())
+
+
+# ------------------------------------------------------------------------------- flat memory
+
+
+def test_writer_backlog_is_bounded() -> None:
+    """The compute loop blocks once ``backlog`` jobs wait for the writer: memory cannot grow."""
+    writer = batch._Writer(threads=1, backlog=2)
+    release = threading.Event()
+    third = threading.Thread(target=writer.submit, args=(lambda: None,), daemon=True)
+    try:
+        writer.submit(lambda: release.wait(10))
+        writer.submit(lambda: release.wait(10))
+        third.start()
+        time.sleep(0.3)
+        assert third.is_alive()  # blocked: the backlog is full
+    finally:
+        release.set()
+    third.join(timeout=10)
+    assert not third.is_alive()
+    writer.close()
+
+
+def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    write_plain(tmp_path / "in", 40, size=(20, 20))
+    live = {"now": 0, "max": 0}
+    lock = threading.Lock()
+    submit = batch._Writer.submit
+
+    def counting(self: batch._Writer, fn: object) -> None:
+        def wrapped() -> None:
+            time.sleep(0.01)  # a slow disk
+            fn()  # type: ignore[operator]
+            with lock:
+                live["now"] -= 1
+
+        with lock:
+            live["now"] += 1
+            live["max"] = max(live["max"], live["now"])
+        submit(self, wrapped)
+
+    monkeypatch.setattr(batch._Writer, "submit", counting)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(input_size=16, batch_size=4, workers=1))
+    assert result.exit_code == 0 and result.ok == 40
+    threads = max(1, min(4, __import__("os").cpu_count() or 1))
+    assert live["max"] <= 2 * 4 + threads + 1  # the backlog, plus the one being handed over
+
+
+def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write_plain(tmp_path / "in", 2)
+    batch.run([tmp_path / "in"], tmp_path / "a", config(), progress=True)
+    assert "img" in capsys.readouterr().err
+    batch.run([tmp_path / "in"], tmp_path / "b", config(), progress=False)
+    assert capsys.readouterr().err == ""

@@ -1,0 +1,459 @@
+"""End-to-end runs of the real ``guided-backprop`` command on generated images.
+
+In-process runs use click's ``CliRunner``; the kill-and-resume, Ctrl-C and torchrun cases run real
+processes. The network is a tiny seeded CNN loaded through the factory path, at 32 px.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from PIL import Image
+
+import guided_backprop as gbp
+from guided_backprop import images, render
+from guided_backprop.cli import main
+from guided_backprop.preprocessing import Preprocessing
+from tests.fixtures.cli_images import BAD, BLUE, RED, write_plain, write_zoo
+from tests.fixtures.cli_models import tiny
+
+REPO = Path(__file__).resolve().parents[1]
+MODELS = REPO / "tests" / "fixtures" / "cli_models.py"
+TINY = f"{MODELS}:tiny"
+SLOW = f"{MODELS}:slow"
+FAST = ["--model", TINY, "--input-size", "32"]
+# What --input-size 32 makes of a factory model's default preprocessing (resize 256 / crop 224).
+PRE = Preprocessing(resize=37, crop=32)
+SUMMARY = re.compile(r"^(\d+) images(?: \((\d+) already done\))?, (\d+) maps, (\d+) failed in [\d.]+ s "
+                     r"\([\d.]+ img/s\) -> (.+)$")
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def read_index(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").splitlines()]
+
+
+def pixels(path: Path) -> np.ndarray:
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(im)
+
+
+def _strip_probabilities(row: dict) -> tuple[dict, list[float]]:
+    probs = [row["probability"]] + [p for _c, _n, p in row["top5"]] + [p for _c, _n, p in row["targets"] or []]
+    plain = {**row, "probability": None, "top5": [[c, n] for c, n, _p in row["top5"]],
+             "targets": None if row["targets"] is None else [[c, n] for c, n, _p in row["targets"]]}
+    return plain, [p for p in probs if p is not None]
+
+
+def assert_same_outputs(out: Path, ref: Path) -> None:
+    """Same index (probabilities to 1e-5: batches of another size may round differently), same files,
+    same pictures (to one grey level, for the same reason)."""
+    rows, ref_rows = read_index(out), read_index(ref)
+    assert len(rows) == len(ref_rows)
+    for row, ref_row in zip(rows, ref_rows, strict=True):
+        (a, pa), (b, pb) = _strip_probabilities(row), _strip_probabilities(ref_row)
+        assert a == b
+        assert np.allclose(pa, pb, atol=1e-5)
+    assert visible_files(out) == visible_files(ref)
+    for name in visible_files(ref):
+        if name.endswith(".png"):
+            diff = np.abs(pixels(out / name).astype(int) - pixels(ref / name).astype(int))
+            assert diff.max() <= 1 and (diff > 0).mean() < 0.01, name
+
+
+def visible_files(out: Path) -> set[str]:
+    return {str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and not any(
+        part.startswith(".") for part in p.relative_to(out).parts)}
+
+
+def temp_files(out: Path) -> list[Path]:
+    return [p for p in out.rglob("*.tmp")]
+
+
+def cli_process(*args: str, env: dict | None = None, **kw: object) -> subprocess.Popen:
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.Popen([sys.executable, "-m", "guided_backprop", *map(str, args)], cwd=REPO, env=full_env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def zoo(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path], list[Path]]:
+    folder = tmp_path_factory.mktemp("zoo") / "inputs with space"
+    good, bad = write_zoo(folder)
+    return folder, good, bad
+
+
+# ------------------------------------------------------------------------------------ bad input
+
+
+def test_every_input_kind_end_to_end(zoo: tuple[Path, list[Path], list[Path]], tmp_path: Path) -> None:
+    folder, good, bad = zoo
+    out = tmp_path / "out"
+    result = invoke(folder, "-o", out, *FAST, "--workers", "2", "--batch-size", "4")
+
+    assert result.exit_code == 1, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == len(BAD), lines  # one line per bad file, nothing else
+    for path in bad:
+        (line,) = [ln for ln in lines if repr(str(path)) in ln]
+        assert line.startswith("error: cannot read image")
+    reasons = " ".join(lines)
+    for word in ("empty file", "truncated", "not an image", "decompression bomb"):
+        assert word in reasons
+
+    order = images.find_images([folder])
+    rows = read_index(out)
+    assert [r["idx"] for r in rows] == list(range(len(order)))
+    assert [r["input"] for r in rows] == [str(p) for p in order]
+    by_name = {Path(r["input"]).name: r for r in rows}
+    for path in bad:
+        row = by_name[path.name]
+        assert row["status"] == "error" and path.name in row["error"] and row["files"] == {}
+    for path in good:
+        row = by_name[path.name]
+        assert row["status"] == "ok", row
+        assert row["files"] == {"input": f"im_{row['idx']}.png",
+                                "guided_backprop": f"map_{row['idx']}_class_{row['class_index']}.png"}
+        assert row["class_name"] == f"class {row['class_index']}"
+        assert len(row["top5"]) == 5 and row["top5"][0][0] == row["class_index"]
+        assert abs(sum(p for _c, _n, p in row["top5"]) - 1) < 1  # probabilities, best first
+        assert [p for _c, _n, p in row["top5"]] == sorted((p for _c, _n, p in row["top5"]), reverse=True)
+        for name in row["files"].values():
+            assert pixels(out / name).shape == (32, 32, 3)
+
+    # EXIF orientation applied: stored left red / right blue, shown top red / bottom blue.
+    seen = pixels(out / by_name["exif rotated.jpg"]["files"]["input"]).astype(int)
+    assert np.abs(seen[2, 16] - RED).max() < 40 and np.abs(seen[-3, 16] - BLUE).max() < 40
+    # Animated GIF: the first (red) frame.
+    assert np.abs(pixels(out / by_name["animated.gif"]["files"]["input"]).astype(int) - RED).max() < 40
+
+    csv_lines = (out / "predictions.csv").read_text(encoding="utf-8").splitlines()
+    assert len(csv_lines) == len(order) + 1
+    assert csv_lines[0].startswith("idx,input,status,error,class_index,class_name,probability,top1_class_index")
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    assert run["methods"] == ["guided_backprop"] and run["normalization"] == "percentile"
+    assert run["model"] == TINY and run["version"] == gbp.__version__
+    assert run["images"] == len(order) and run["failed"] == len(bad) and run["maps"] == len(good)
+    assert run["finished"] and "centre-cropped to 32x32" in run["preprocessing"]
+    (summary,) = result.stdout.strip().splitlines()
+    m = SUMMARY.match(summary)
+    assert m and m.group(1) == str(len(order)) and m.group(3) == str(len(good)) and m.group(4) == str(len(bad))
+    assert not temp_files(out)
+
+
+def test_one_pixel_image_is_reported_when_the_network_cannot_take_it(zoo, tmp_path: Path) -> None:
+    """Without resize the 1x1 picture is too small for a 3x3 conv: that input fails, the others do not."""
+    folder, _good, _bad = zoo
+    out = tmp_path / "out"
+    result = invoke(folder / "one pixel.png", folder / "plain.png", "-o", out, "--model", TINY,
+                    "--resize", "none", "--crop", "none", "--workers", "0", "--batch-size", "2")
+    assert result.exit_code == 1
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: cannot process") and "one pixel.png" in line
+    rows = read_index(out)
+    assert [r["status"] for r in rows] == ["error", "ok"]
+    assert pixels(out / rows[1]["files"]["guided_backprop"]).shape == (40, 48, 3)  # the picture's own size
+
+
+# --------------------------------------------------------------------------------- seed's look
+
+
+def test_seed_names_and_minmax_look(tmp_path: Path) -> None:
+    paths = write_plain(tmp_path / "in", 3)
+    out = tmp_path / "out"
+    result = invoke(tmp_path / "in", "-o", out, *FAST, "--norm", "minmax", "--batch-size", "1", "--workers", "0")
+    assert result.exit_code == 0, result.output
+
+    model = tiny().eval()
+    expected_files = {"index.jsonl", "predictions.csv", "run.json"}
+    for idx, path in enumerate(paths):
+        x = PRE(images.load_image(path))[None]
+        with torch.no_grad():
+            cls = int(model(x).argmax())
+        gbp_map = gbp.attribute(model, x, method="guided_backprop")[0].numpy()
+        name = f"map_{idx}_class_{cls}.png"
+        expected_files |= {name, f"im_{idx}.png"}
+        # The seed's look: scipy.misc.imsave's bytescale over all pixels and channels.
+        assert np.array_equal(pixels(out / name), render.bytescale(gbp_map.transpose(1, 2, 0)))
+        assert np.array_equal(pixels(out / f"im_{idx}.png"), PRE.invert(x[0]))
+    assert visible_files(out) == expected_files
+
+    seed = tmp_path / "seed"
+    seed_run = invoke(tmp_path / "in", "-o", seed, *FAST, "--seed-look", "--batch-size", "1", "--workers", "0")
+    assert seed_run.exit_code == 0
+    for name in expected_files - {"run.json"}:
+        if name.endswith(".png"):
+            assert np.array_equal(pixels(seed / name), pixels(out / name))
+    # The default look differs: percentile clipping around mid grey.
+    default = tmp_path / "default"
+    assert invoke(tmp_path / "in", "-o", default, *FAST, "--batch-size", "1", "--workers", "0").exit_code == 0
+    name = read_index(default)[0]["files"]["guided_backprop"]
+    assert not np.array_equal(pixels(default / name), pixels(out / name))
+
+
+def test_several_methods_and_top_k_keep_names_unique(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    result = invoke(tmp_path / "in", "-o", out, *FAST, "--methods", "gbp,deconvnet,gradcam,guided_gradcam",
+                    "--target", "top3", "--save-raw", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    rows = read_index(out)
+    for row in rows:
+        files = row["files"]
+        assert len(files) == 1 + 4 * 3 and len(set(files.values())) == len(files)
+        top3 = [c for c, _n, _p in row["targets"]]
+        assert top3 == [c for c, _n, _p in row["top5"][:3]]
+        for r, cls in enumerate(top3, start=1):
+            key = "deconvnet" if r == 1 else f"deconvnet_top{r}"
+            assert files[key] == f"map_{row['idx']}_class_{cls}_deconvnet_top{r}.png"
+        raw = np.load(out / row["raw"]["guided_backprop_top2"])
+        assert raw.shape == (3, 32, 32) and raw.dtype == np.float32
+        assert np.load(out / row["raw"]["gradcam"]).shape == (1, 32, 32)
+    header = (out / "predictions.csv").read_text().splitlines()[0].split(",")
+    assert "file_guided_gradcam_top3" in header and "raw_deconvnet_top2" in header
+
+
+def test_name_template_fields(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2, prefix="photo ")
+    out = tmp_path / "out"
+    result = invoke(tmp_path / "in", "-o", out, *FAST, "--name", "{method}/{stem}_{label}.png",
+                    "--input-name", "inputs/{stem}.png", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    row = read_index(out)[1]
+    assert row["files"] == {"input": "inputs/photo_001.png",
+                            "guided_backprop": f"guided_backprop/photo_001_class_{row['class_index']}.png"}
+    assert (out / row["files"]["guided_backprop"]).is_file()
+
+
+def test_layer_target(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    result = invoke(tmp_path / "in", "-o", out, *FAST, "--layer", "1", "--channel", "1", "--neuron", "max",
+                    "--workers", "0")
+    assert result.exit_code == 0, result.output
+    row = read_index(out)[0]
+    assert row["files"]["guided_backprop"] == "map_0_1_ch1.png"
+    assert row["layer_target"]["layer"] == "1" and row["layer_target"]["neuron"] == "max"
+    assert len(row["layer_target"]["position"]) == 2 and row["class_index"] is not None
+
+
+# ------------------------------------------------------------------------------- usage errors
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--model", "efficientnet_lite00"], ["unknown model", "efficientnet_lite0"]),
+        (["--model", f"{MODELS}:tinny"], ["unknown factory function", "'tiny'"]),
+        ([*FAST, "--methods", "guided,deconvnett"], ["unknown method", "deconvnet"]),
+        ([*FAST, "--target", "dog"], ["unknown class", "dog"]),
+        ([*FAST, "--target", "12"], ["class index 12 is out of range"]),
+        ([*FAST, "--layer", "9", "--channel", "0"], ["unknown layer", "'9'"]),
+        ([*FAST, "--layer", "0"], ["--channel"]),
+        ([*FAST, "--name", "map_{idx}_{clas}.png"], ["unknown --name field", "class_index"]),
+        ([*FAST, "--name", "same.png"], ["{idx}"]),
+        ([*FAST, "--norm", "fancy"], ["--norm", "percentile"]),
+        ([*FAST, "--bogus"], ["no such option", "--bogus"]),
+        ([*FAST, "--batch-size", "0"], ["--batch-size"]),
+    ],
+)
+def test_usage_errors_exit_2_with_one_line(tmp_path: Path, extra: list[str], words: list[str]) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *extra)
+    assert result.exit_code == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for word in words:
+        assert word.lower() in lines[0].lower()
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "out" / "index.jsonl").exists()
+
+
+def test_missing_input_is_a_usage_error(tmp_path: Path) -> None:
+    result = invoke(tmp_path / "nope", "-o", tmp_path / "out", *FAST)
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("error: no such file") and str(tmp_path / "nope") in line
+
+
+def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--target", "dog", "--verbose")
+    assert result.exit_code == 2
+    assert "Traceback" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: unknown class")
+
+
+def test_help_version_and_subcommands() -> None:
+    help_text = invoke("--help").output
+    for text in ("Exit codes: 0", "1 some inputs failed", "2 usage error", "130 interrupted", "--methods",
+                 "--target", "--norm", "--name", "models", "report"):
+        assert text in " ".join(help_text.split()), text
+    assert invoke("run", "--help").exit_code == 0
+    version = invoke("--version")
+    assert version.exit_code == 0 and version.output.strip() == f"guided-backprop {gbp.__version__}"
+    listing = invoke("models")
+    assert listing.exit_code == 0 and "efficientnet_lite0" in listing.output
+
+
+def test_explicit_run_subcommand_and_report(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    result = invoke("run", tmp_path / "in", "-o", out, *FAST, "--workers", "0", "--report", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == "" and (out / "index.html").is_file()
+    (out / "index.html").unlink()
+    again = invoke("report", out)
+    assert again.exit_code == 0 and (out / "index.html").is_file()
+
+
+def test_not_a_terminal_means_no_progress_bar(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--workers", "0")
+    assert result.exit_code == 0 and result.stderr == ""
+    assert SUMMARY.match(result.stdout.strip())
+
+
+# ------------------------------------------------------------------------------------ resume
+
+
+def test_rerun_skips_complete_work_and_overwrite_redoes_it(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 4)
+    out = tmp_path / "out"
+    args = [tmp_path / "in", "-o", out, *FAST, "--workers", "0", "--batch-size", "1"]
+    assert invoke(*args).exit_code == 0
+    before = read_index(out)
+    stamps = {n: (out / n).stat().st_mtime_ns for n in visible_files(out) if n.endswith(".png")}
+    victim = before[2]["files"]["guided_backprop"]
+    (out / victim).unlink()
+    (out / ".map_0_class_0.png.123.abcd.tmp").write_bytes(b"half")  # left by a killed run
+
+    again = invoke(*args)
+    assert again.exit_code == 0
+    assert SUMMARY.match(again.stdout.strip()).group(2) == "3"
+    assert read_index(out) == before and (out / victim).is_file() and not temp_files(out)
+    for name, stamp in stamps.items():
+        if name not in (victim, before[2]["files"]["input"]):
+            assert (out / name).stat().st_mtime_ns == stamp, name  # untouched
+
+    redo = invoke(*args, "--overwrite")
+    assert redo.exit_code == 0 and SUMMARY.match(redo.stdout.strip()).group(2) is None
+    assert read_index(out) == before
+
+    other = invoke(*args, "--methods", "saliency")
+    assert other.exit_code == 2 and "other settings" in other.stderr and "--overwrite" in other.stderr
+
+
+def test_outputs_inside_the_input_folder_are_not_inputs(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2)
+    args = [tmp_path / "in", "-o", tmp_path / "in" / "out", *FAST, "--workers", "0"]
+    assert invoke(*args).exit_code == 0
+    again = invoke(*args)
+    assert again.exit_code == 0 and SUMMARY.match(again.stdout.strip()).group(1) == "2"
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_a_clean_run(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 14)
+    common = ["--input-size", "32", "--batch-size", "1", "--workers", "1", "--quiet"]
+    clean = tmp_path / "clean"
+    assert invoke(tmp_path / "in", "-o", clean, "--model", TINY, *common).exit_code == 0
+
+    out = tmp_path / "out"
+    args = [tmp_path / "in", "-o", out, "--model", SLOW, *common]
+    proc = cli_process(*args, env={"GBP_TEST_DELAY": "0.3"})
+    journal = out / ".guided-backprop" / "journal-0.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and proc.poll() is None:
+        if journal.is_file() and journal.read_bytes().count(b"\n") >= 3:
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGKILL
+
+    # Killed at an arbitrary moment: every visible file is whole.
+    for name in visible_files(out):
+        if name.endswith(".png"):
+            pixels(out / name)
+        else:
+            json.loads((out / name).read_text(encoding="utf-8"))
+    assert not (out / "index.jsonl").exists()
+
+    rerun = cli_process(*args, env={"GBP_TEST_DELAY": "0"})
+    stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert not temp_files(out)
+    assert_same_outputs(out, clean)
+    resumed = json.loads((out / "run.json").read_text())
+    assert resumed["images"] == 14 and resumed["failed"] == 0
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 12)
+    out = tmp_path / "out"
+    args = [tmp_path / "in", "-o", out, "--model", SLOW, "--input-size", "32", "--batch-size", "1",
+            "--workers", "1"]
+    proc = cli_process(*args, env={"GBP_TEST_DELAY": "0.3"})
+    journal = out / ".guided-backprop" / "journal-0.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (journal.is_file() and journal.read_bytes().count(b"\n") >= 2):
+        time.sleep(0.02)
+    assert proc.poll() is None
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    _stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert time.monotonic() - start < 20
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert not temp_files(out)
+    done = [json.loads(line) for line in journal.read_text().splitlines()]
+    assert 2 <= len(done) < 12 and all(r["status"] == "ok" for r in done)
+
+    rerun = cli_process(*args, "--quiet", env={"GBP_TEST_DELAY": "0"})
+    _stdout, stderr = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, stderr
+    assert len(read_index(out)) == 12
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 7)
+    (tmp_path / "in" / "broken.png").write_text("not a png")
+    common = ["--input-size", "32", "--batch-size", "2", "--workers", "1", "--model", TINY, "--device", "cpu"]
+    single = tmp_path / "single"
+    assert invoke(tmp_path / "in", "-o", single, *common, "--quiet").exit_code == 1
+
+    out = tmp_path / "multi"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+         "-m", "guided_backprop", tmp_path / "in", "-o", out, *common],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 1, proc.stderr  # torchrun: some input failed
+    assert proc.stderr.count("error: cannot read image") == 1
+    assert proc.stdout.count(" images, ") == 1  # one summary, from rank 0
+    assert [r["idx"] for r in read_index(out)] == list(range(8))  # complete: no gap, no repeat
+    assert_same_outputs(out, single)
+    # Each input was computed by the rank it belongs to: idx % 2.
+    journal = [json.loads(line) for line in (out / ".guided-backprop" / "journal-0.jsonl").read_text().splitlines()]
+    assert sorted(r["idx"] for r in journal) == list(range(8))
+    assert all(r["_rank"] == r["idx"] % 2 for r in journal)
+    assert json.loads((out / "run.json").read_text())["processes"] == 2
