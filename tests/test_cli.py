@@ -457,3 +457,30 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     assert sorted(r["idx"] for r in journal) == list(range(8))
     assert all(r["_rank"] == r["idx"] % 2 for r in journal)
     assert json.loads((out / "run.json").read_text())["processes"] == 2
+
+
+def test_units_subcommand_writes_one_grid_per_channel(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 5)
+    (src / "broken.png").write_text("not an image")
+    out = tmp_path / "units"
+    result = invoke("units", src, "-o", out, "--model", TINY, "--layer", "0", "--channel", "1", "--channel", "3",
+                    "--top", "4", "--device", "cpu", "--quiet")
+    assert result.exit_code == 1, result.output  # the broken file is reported, the others used
+    assert [line for line in result.output.splitlines() if "broken.png" in line][0].startswith("error: ")
+    grids = sorted(p.name for p in out.glob("*.png"))
+    assert grids == ["unit_0_c1.png", "unit_0_c3.png"]
+    manifest = json.loads((out / "units.json").read_text())
+    assert [u["channel"] for u in manifest["units"]] == [1, 3]
+    assert len(manifest["units"][0]["top"]) == 4
+    picture = np.asarray(Image.open(out / "unit_0_c1.png"))
+    assert picture.std() > 0
+
+
+def test_units_subcommand_unknown_layer_is_one_line_usage_error(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 2)
+    result = invoke("units", src, "-o", tmp_path / "u", "--model", TINY, "--layer", "5x", "--quiet")
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: unknown layer '5x'"), result.output

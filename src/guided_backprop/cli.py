@@ -2,7 +2,8 @@
 
 ``guided-backprop INPUTS... -o OUT`` runs the main job (the ``run`` subcommand, implied when the first
 argument is not a subcommand name); ``guided-backprop models`` lists the models; ``guided-backprop
-report OUT`` writes the HTML gallery of an existing output folder. Errors are printed as one line
+report OUT`` writes the HTML gallery of an existing output folder; ``guided-backprop units INPUTS
+--layer L -o OUT`` draws what single units of a layer respond to. Errors are printed as one line
 ``error: ...`` (a traceback only with ``--verbose``), and the exit code says what happened.
 """
 
@@ -12,6 +13,7 @@ import os
 import re
 import sys
 import traceback
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -163,6 +165,7 @@ def main() -> None:
       guided-backprop 'photos/**/*.jpg' -o out --methods gbp,deconvnet,guided_gradcam --target top5
       guided-backprop photos -o out --model vgg19 --norm minmax          # the seed's look
       torchrun --standalone --nproc-per-node 2 -m guided_backprop photos -o out
+      guided-backprop units photos -o units --layer blocks.5 --top-channels 4
 
     Outputs in OUT: the maps (default names map_{idx}_class_{class_index}.png, as the seed),
     im_{idx}.png (the input as the network saw it), index.jsonl, predictions.csv and run.json.
@@ -337,3 +340,70 @@ def models_command(verbose: bool) -> int:
 def report_command(output: Path, verbose: bool) -> int:
     """Write OUT/index.html, the HTML gallery of an existing output folder."""
     return _write_report(output, quiet=False, verbose=verbose)
+
+
+@main.command("units", context_settings={"max_content_width": 100})
+@click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
+@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
+@click.option("--layer", required=True, metavar="NAME", help="Layer whose units are shown (model.named_modules()).")
+@click.option("--channel", "channels", type=click.IntRange(min=0), multiple=True,
+              help="Channel to show (repeatable); default: the most active channels.")
+@click.option("--top-channels", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Without --channel: how many of the layer's most active channels.")
+@click.option("--top", "k", type=click.IntRange(min=1), default=9, show_default=True,
+              help="Strongest activations shown per unit (9: a 3x3 grid).")
+@click.option("--model", default=None, metavar="NAME", help="Model name or factory (see 'guided-backprop models').")
+@click.option("--weights", default=None, metavar="FILE|NAME", help="Checkpoint file or weights name.")
+@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes of a factory model.")
+@click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
+@click.option("--norm", type=click.Choice(NORMALIZATIONS), default="percentile", show_default=True,
+              help="How the maps are turned into pictures.")
+@click.option("--device", type=_Device(), default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+def units_command(inputs: tuple[str, ...], output: Path, layer: str, channels: tuple[int, ...], top_channels: int,
+                  k: int, model: str | None, weights: str | None, num_classes: int | None,
+                  trust_checkpoint: bool, norm: str, device: str, batch_size: int, quiet: bool,
+                  verbose: bool) -> int:
+    """What units of a higher layer respond to (Springenberg et al. 2014, fig. 3): for each channel,
+    the images and positions where it fires most, shown as the image patch in the unit's receptive
+    field beside the unit's guided-backprop and deconvnet maps, cropped the same way (3x3 grids).
+    Unreadable images are reported and skipped.
+    """
+    import torch
+    from tqdm import tqdm
+
+    from . import models, units
+
+    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
+    try:
+        loaded = models.load_model(model or models.DEFAULT_MODEL, weights=weights, num_classes=num_classes,
+                                   trust_checkpoint=trust_checkpoint, device=dev)
+        bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
+
+        def progress(done: int, total: int) -> None:
+            if bar is not None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+        with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
+            warnings.simplefilter("always", UserWarning)
+            grids = units.unit_grids_from_paths(
+                loaded.model, list(inputs), layer, loaded.preprocessing, channels=list(channels) or None,
+                top_channels=top_channels, k=k, norm=norm, batch_size=batch_size, on_error="skip",
+                progress=progress,
+            )
+        if bar is not None:
+            bar.close()
+        paths = units.save_unit_grids(grids, output)
+    except GuidedBackpropError as err:
+        _echo_error(str(err), verbose=verbose, err=err)
+        return 2
+    for w in skipped:
+        _echo_error(str(w.message))
+    if not quiet:
+        click.echo(f"{len(grids)} unit grids of layer {layer} -> {output}")
+    return 1 if skipped else 0
