@@ -239,13 +239,16 @@ def test_float32_and_inference_tensors(model: SmallCNN, x: torch.Tensor) -> None
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_matches_cpu(model: SmallCNN, x: torch.Tensor) -> None:
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cuda_matches_cpu(model: SmallCNN, x: torch.Tensor, dtype: torch.dtype) -> None:
+    model, x = model.to(dtype), x.to(dtype)
     cpu = gbp.Explainer(model).explain(x, methods=gbp.METHODS)
-    gpu_model = model.to("cuda")
-    gpu = gbp.Explainer(gpu_model).explain(x.cuda(), methods=gbp.METHODS)
+    tf32 = torch.backends.cudnn.allow_tf32
+    gpu = gbp.Explainer(model.to("cuda")).explain(x.cuda(), methods=gbp.METHODS)
+    assert torch.backends.cudnn.allow_tf32 == tf32  # the global switch is restored
     for m in gbp.METHODS:
         assert gpu.maps[m].device.type == "cuda"
-        torch.testing.assert_close(gpu.maps[m].cpu(), cpu.maps[m])
+        torch.testing.assert_close(gpu.maps[m].cpu(), cpu.maps[m], rtol=1e-4, atol=1e-5 * cpu.maps[m].abs().max().item())
 
 
 def test_two_models_in_two_threads_do_not_interfere(x: torch.Tensor) -> None:

@@ -90,6 +90,26 @@ def _forward_hooks(hooks: Sequence[tuple[nn.Module, Any]]) -> Iterator[None]:
             h.remove()
 
 
+@contextlib.contextmanager
+def _exact_cuda_math(device: torch.device) -> Iterator[None]:
+    """Full float32 precision for CUDA convolutions and matmuls during the call.
+
+    cuDNN's default TF32 convolutions round inputs to 10 mantissa bits: guided-backprop maps then
+    differ from the CPU's by up to ~10% of their maximum. The switches are global, so they are
+    restored on exit.
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
+    try:
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 class _StopForward(Exception):
     """Raised from a hook once a layer target's activation is known: the rest is not needed."""
 
@@ -176,7 +196,7 @@ class Explainer:
         """
         names = parse_methods(methods)
         x = self._check_input(x)
-        with self._lock:
+        with self._lock, _exact_cuda_math(x.device):
             if smooth and smooth > 0:
                 return self._smooth(x, target, names, gradcam_layer, int(smooth), float(noise),
                                     int(smooth_batch), generator)
@@ -333,7 +353,8 @@ class Explainer:
                 maps[m] = torch.stack(cams, dim=1)
             else:
                 maps[m] = torch.stack(per_rule[Method.GUIDED_BACKPROP], dim=1) * torch.stack(cams, dim=1)
-        maps = {m: v.detach().to(dtype=x.dtype) for m, v in maps.items()}
+        # contiguous NCHW also where the caller's input or model is channels_last
+        maps = {m: v.detach().to(dtype=x.dtype).contiguous() for m, v in maps.items()}
         return Explanation(
             maps=maps,
             scores=scores.detach(),
