@@ -484,3 +484,18 @@ def test_units_subcommand_unknown_layer_is_one_line_usage_error(tmp_path: Path) 
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: unknown layer '5x'"), result.output
+
+
+def test_panel_shows_the_input_then_each_method_titled(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 2)
+    out = tmp_path / "out"
+    result = invoke(src, "-o", out, *FAST, "--methods", "gbp,saliency,gradcam", "--panel", "--quiet")
+    assert result.exit_code == 0, result.output
+    rows = read_index(out)
+    assert [r["files"]["panel"] for r in rows] == ["panel_0.png", "panel_1.png"]
+    assert json.loads((out / "run.json").read_text())["maps"] == 6  # panels are not counted as maps
+    panel = pixels(out / "panel_0.png")
+    tile = pixels(out / "im_0.png")
+    assert panel.shape[1] > 4 * tile.shape[1] * (128 // tile.shape[1])  # input + 3 maps, enlarged to >= 128 px
+    assert panel.std() > 0

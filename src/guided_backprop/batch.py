@@ -93,6 +93,7 @@ EXIT_INTERRUPTED = 130  # Ctrl-C (or SIGTERM): stopped cleanly, rerun the same c
 #: Hidden folder inside the output folder: resume journal, job settings, lock.
 STATE_DIR = ".guided-backprop"
 DEFAULT_INPUT_NAME = "im_{idx}.png"
+PANEL_NAME = "panel_{idx}.png"  # with --panel
 #: Fields a ``--name`` template may use.
 MAP_NAME_FIELDS = ("idx", "stem", "label", "class_index", "method", "rank", "layer", "channel")
 INPUT_NAME_FIELDS = ("idx", "stem")
@@ -136,6 +137,7 @@ class BatchConfig:
     name: str | None = None
     input_name: str = DEFAULT_INPUT_NAME
     save_raw: bool = False
+    panel: bool = False  # also write panel_{idx}.png: the input then every method's map, titled
     device: str = "auto"
     batch_size: int = 8
     workers: int = 2
@@ -267,6 +269,11 @@ class _DecodeDataset(torch.utils.data.Dataset):
 def _pass_through(item: _Decoded) -> _Decoded:
     """The DataLoader's collate: items travel one by one, errors included (batched after decoding)."""
     return item
+
+
+def _map_count(rec: dict[str, Any]) -> int:
+    """Maps written for one input (its files but the input picture and the panel)."""
+    return sum(1 for key in rec["files"] if key not in ("input", "panel"))
 
 
 def _one_line(text: str) -> str:
@@ -628,11 +635,15 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
                 seen[key] = p
     sample = dict(idx=0, stem="s", label="l", class_index=0, rank=1, layer="x", channel=0)
     names = [_fill(map_template, method=m, **sample) for m in methods] + [_fill(cfg.input_name, **sample)]
+    if cfg.panel:
+        names.append(_fill(PANEL_NAME, **sample))
     if len(set(names)) != len(names):
         raise GuidedBackpropError(f"--name {map_template!r} and --input-name {cfg.input_name!r} give the same "
                                   f"file name; make them differ")
 
     file_keys = ["input"] + [m if r == 1 else f"{m}_top{r}" for m in methods for r in range(1, k + 1)]
+    if cfg.panel:
+        file_keys.append("panel")
     weights_text = getattr(loaded, "weights", None)
     settings = {
         "model": model_name,
@@ -650,6 +661,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
         "name": map_template,
         "input_name": cfg.input_name,
         "save_raw": bool(cfg.save_raw),
+        "panel": bool(cfg.panel),
         "weights_description": weights_text,
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
@@ -798,7 +810,7 @@ class _Job:
             self.journal.write(rec)
             with self._lock:
                 self.ok += 1
-                self.maps += len(rec["files"]) - 1
+                self.maps += _map_count(rec)
         return write
 
     def _write(self, item: _Decoded, job: dict[str, Any]) -> dict[str, Any]:
@@ -817,6 +829,7 @@ class _Job:
         else:
             classes = [pred]
         bgr = bool(getattr(plan.preprocessing, "bgr", False))
+        first: dict[str, np.ndarray] = {}  # rank-1 maps, RGB, for the panel
         for method in plan.methods:
             stack = job["maps"][method]  # (K, C, H, W)
             for r in range(stack.shape[0]):
@@ -829,6 +842,8 @@ class _Job:
                 m = stack[r]
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB
+                if r == 0:
+                    first[method] = m
                 pic = render.method_picture(method, m, image=picture, norm=cfg.norm)
                 render.save_image(pic, out / name)
                 key = method if r == 0 else f"{method}_top{r + 1}"
@@ -837,6 +852,17 @@ class _Job:
                     raw_name = str(Path(name).with_suffix(".npy"))
                     _atomic_bytes(out / raw_name, _npy_bytes(m.astype(np.float32)))
                     raw[key] = raw_name
+        if cfg.panel:
+            if plan.layer_target is not None:
+                what, prob = f"{plan.layer_target.layer} channel {plan.layer_target.channel}", None
+            elif job["targets"] is not None:
+                what, prob = _label(plan.loaded, job["targets"][0][0]), job["targets"][0][1]
+            else:
+                what, prob = (top5[0][1], top5[0][2]) if top5 else (None, None)
+            pic = render.explanation_panel(picture, first, class_name=what, probability=prob, norm=cfg.norm)
+            panel_name = _fill(PANEL_NAME, idx=item.idx, stem=stem)
+            render.save_image(pic, out / panel_name)
+            files["panel"] = panel_name
         fields: dict[str, Any] = {
             "class_index": pred,
             "class_name": top5[0][1] if top5 else None,
@@ -1029,7 +1055,7 @@ def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[dict[str, An
                 p.unlink()
     ok = [r for r in rows if r["status"] == "ok"]
     counts = {"images": len(rows), "ok": len(ok), "failed": len(rows) - len(ok),
-              "maps": sum(max(0, len(r["files"]) - 1) for r in ok)}
+              "maps": sum(_map_count(r) for r in ok)}
     return rows, counts
 
 

@@ -223,6 +223,9 @@ def main() -> None:
                    "_top{rank} when several classes are asked.")
 @click.option("--input-name", default="im_{idx}.png", show_default=True, metavar="TEMPLATE",
               help="Name of the input picture as the network saw it; fields {idx} {stem}.")
+@click.option("--panel", is_flag=True,
+              help="Also write panel_{idx}.png: the input, then every method's map, titled with the class and "
+                   "its probability (colour bars for Grad-CAM and signed maps).")
 @click.option("--save-raw", is_flag=True, help="Also save the float maps as .npy (C, H, W), RGB channel order.")
 @click.option("--device", type=_Device(), default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
               help="auto picks CUDA when available; under torchrun each process takes cuda:LOCAL_RANK.")
@@ -239,7 +242,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
                 resize: Any, crop: Any, methods: tuple[str, ...], target: str, layer: str | None,
                 channel: int | None, neuron: str | None, gradcam_layer: str | None, smooth: int, noise: float,
                 seed: int, norm: str | None, seed_look: bool, name_template: str | None, input_name: str,
-                save_raw: bool, device: str, batch_size: int, workers: int, overwrite: bool, with_report: bool,
+                panel: bool, save_raw: bool, device: str, batch_size: int, workers: int, overwrite: bool, with_report: bool,
                 quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
@@ -259,7 +262,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
         input_size=input_size, resize=resize, crop=crop, methods=methods,
         target=None if layer is not None and target == "top1" else target, layer=layer, channel=channel,
         neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth, noise=noise, seed=seed,
-        norm=norm or "percentile", name=name_template, input_name=input_name, save_raw=save_raw, device=device,
+        norm=norm or "percentile", name=name_template, input_name=input_name, panel=panel, save_raw=save_raw, device=device,
         batch_size=batch_size, workers=workers, overwrite=overwrite,
     )
     progress = not quiet and sys.stderr.isatty()

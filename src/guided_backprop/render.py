@@ -33,6 +33,7 @@ __all__ = [
     "SIGNED_CMAP",
     "bytescale",
     "colorbar",
+    "explanation_panel",
     "heatmap",
     "heatmap_overlay",
     "map_to_image",
@@ -514,6 +515,48 @@ def panel(
         if bar is not None:
             canvas.paste(bar, (x, top + title_h + tile_h + 2))
     return canvas
+
+
+METHOD_TITLES = {"guided_backprop": "guided backprop", "deconvnet": "deconvnet", "saliency": "saliency",
+                 "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM"}
+
+
+def explanation_panel(
+    image: Picture,
+    maps: Mapping[str, ArrayLike],
+    *,
+    class_name: str | None = None,
+    probability: float | None = None,
+    norm: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    colorbars: bool = True,
+    title: str | None = None,
+) -> Image.Image:
+    """The per-image panel: the input the network saw, then each method's map.
+
+    ``maps``: method name -> its map ``(C, H, W)`` (Grad-CAM ``(1, H, W)`` or ``(H, W)``), in display
+    order. Each tile is titled with the method, and the class name and probability when given
+    ("guided backprop · Egyptian cat 0.76"). With ``colorbars``, Grad-CAM heat maps and ``signed``
+    maps get a colour bar with their value range (where the values matter). Returns a PIL image.
+    """
+    pictures: dict[str, np.ndarray] = {}
+    bars: dict[str, Image.Image] = {}
+    titles: dict[str, str] = {}
+    width = _image_array(image).shape[1]
+    suffix = ""
+    if class_name is not None:
+        suffix = f" · {class_name}" + (f" {probability:.2f}" if probability is not None else "")
+    for method, m in maps.items():
+        pictures[method] = method_picture(method, m, image=image, norm=norm, percentile=percentile)
+        titles[method] = METHOD_TITLES.get(method, method) + suffix
+        if not colorbars:
+            continue
+        if method == "gradcam":
+            bars[method] = colorbar(HEAT_CMAP, 0.0, float(np.max(_heat2d(m), initial=0.0)), width=width)
+        elif norm == "signed":
+            lo, hi = value_range(m, norm=norm, percentile=percentile)
+            bars[method] = colorbar(SIGNED_CMAP, lo, hi, width=width, label="0", diverging=True)
+    return panel(image, pictures, titles=titles, colorbars=bars, title=title)
 
 
 # ----------------------------------------------------------------------------- saving
