@@ -242,7 +242,8 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
                 resize: Any, crop: Any, methods: tuple[str, ...], target: str, layer: str | None,
                 channel: int | None, neuron: str | None, gradcam_layer: str | None, smooth: int, noise: float,
                 seed: int, norm: str | None, seed_look: bool, name_template: str | None, input_name: str,
-                panel: bool, save_raw: bool, device: str, batch_size: int, workers: int, overwrite: bool, with_report: bool,
+                panel: bool, save_raw: bool, device: str, batch_size: int, workers: int, overwrite: bool,
+                with_report: bool,
                 quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
@@ -262,7 +263,8 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
         input_size=input_size, resize=resize, crop=crop, methods=methods,
         target=None if layer is not None and target == "top1" else target, layer=layer, channel=channel,
         neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth, noise=noise, seed=seed,
-        norm=norm or "percentile", name=name_template, input_name=input_name, panel=panel, save_raw=save_raw, device=device,
+        norm=norm or "percentile", name=name_template, input_name=input_name, panel=panel, save_raw=save_raw,
+        device=device,
         batch_size=batch_size, workers=workers, overwrite=overwrite,
     )
     progress = not quiet and sys.stderr.isatty()
@@ -401,7 +403,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, channels: t
             )
         if bar is not None:
             bar.close()
-        paths = units.save_unit_grids(grids, output)
+        units.save_unit_grids(grids, output)
     except GuidedBackpropError as err:
         _echo_error(str(err), verbose=verbose, err=err)
         return 2
