@@ -16,7 +16,7 @@ class UnknownNameError(GuidedBackpropError, LookupError):
     def __init__(self, kind: str, value: str, choices: Iterable[str], *, hint: str = "") -> None:
         self.kind = kind
         self.value = value
-        self.choices = list(choices)
+        self.choices = list(dict.fromkeys(choices))
         self.matches = close_matches(value, self.choices)
         msg = f"unknown {kind} {value!r}"
         if self.matches:
@@ -54,7 +54,7 @@ class ImageError(GuidedBackpropError):
 
 def close_matches(value: str, choices: Iterable[str], n: int = 3) -> list[str]:
     """Up to ``n`` entries of ``choices`` that look like ``value`` (difflib ratio >= 0.5)."""
-    choices = list(choices)
+    choices = list(dict.fromkeys(choices))  # once each, in order
     found = difflib.get_close_matches(value, choices, n=n, cutoff=0.5)
     if not found:
         low = value.lower()
