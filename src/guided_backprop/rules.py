@@ -98,14 +98,14 @@ class _RoutedReLU(torch.autograd.Function):
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
         (out,) = ctx.saved_tensors  # the input or the output: the gate is the same
         method = ctx.state.method
-        zero = g.new_zeros(())
-        if method is Method.SALIENCY:
-            gx = torch.where(_gate(out, ctx.upper), g, zero)
-        elif method is Method.DECONVNET:
-            gx = g.clamp(min=0)
-        else:
-            gx = torch.where(_gate(out, ctx.upper) & (g > 0), g, zero)
-        return gx, None, None, None
+        if method is Method.DECONVNET:
+            return g.clamp(min=0), None, None, None
+        if method is Method.GUIDED_BACKPROP:
+            g = g.clamp(min=0)
+        if ctx.upper is None:
+            # PyTorch's own fused relu backward (g where out > 0, else 0): one pass, no mask tensor.
+            return torch.ops.aten.threshold_backward(g, out, 0), None, None, None
+        return torch.where(_gate(out, ctx.upper), g, g.new_zeros(())), None, None, None
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
