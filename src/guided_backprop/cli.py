@@ -36,6 +36,28 @@ EXIT_CODES = (
 )
 
 
+def _keep_freed_memory() -> None:
+    """Ask glibc to serve large buffers from the heap and keep freed memory for reuse.
+
+    By default glibc maps every buffer over 128 KiB with mmap and returns it on free, so each
+    batch page-faults its activations anew (measured: ~0.5 M faults and 15-20% of the time of a
+    VGG19 batch of 8 on 2 cores). The command owns its process, so it sets what the environment
+    variables MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ would; memory then stays at the run's
+    peak instead of going up and down. GUIDED_BACKPROP_MALLOC=default keeps glibc's defaults.
+    """
+    if not sys.platform.startswith("linux") or os.environ.get("GUIDED_BACKPROP_MALLOC", "") == "default":
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        m_trim_threshold, m_mmap_max = -1, -4  # from glibc's malloc.h
+        libc.mallopt(m_mmap_max, 0)
+        libc.mallopt(m_trim_threshold, 2**31 - 1)
+    except (OSError, AttributeError):  # not glibc (musl...): nothing to tune
+        return
+
+
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
@@ -254,6 +276,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
     """
     from . import batch
 
+    _keep_freed_memory()
     if seed_look:
         if norm not in (None, "minmax"):
             raise click.UsageError(f"--seed-look means --norm minmax; it cannot be combined with --norm {norm}")
