@@ -202,19 +202,6 @@ def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
     assert not batch._complete({**rec, "status": "error"}, "/a.png", tmp_path)
 
 
-def test_atomic_write_leaves_no_temporary_file_on_failure(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    target = tmp_path / "index.jsonl"
-    batch._atomic_text(target, "old\n")
-
-    def boom(*_a: object) -> None:
-        raise OSError("disk gone")
-
-    monkeypatch.setattr(batch.os, "replace", boom)
-    with pytest.raises(OSError, match="disk gone"):
-        batch._atomic_text(target, "new\n")
-    assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["index.jsonl"]
-
-
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
     with batch._folder_lock(tmp_path / "out" / batch.STATE_DIR):

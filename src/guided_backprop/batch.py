@@ -49,7 +49,6 @@ import re
 import signal
 import string
 import sys
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -63,6 +62,7 @@ import numpy as np
 import torch
 
 from . import images, render
+from .atomic import write_bytes, write_text
 from .attribution import Explainer, find_layer, model_state, parse_methods
 from .errors import GuidedBackpropError, ImageError, InputError, ModelError, TargetError, UnknownNameError
 from .targets import Channel, MaxNeuron, Neuron, Target, TopK
@@ -382,25 +382,6 @@ def _resolve_device(name: str, local_rank: int, world: int) -> torch.device:
 
 
 # --------------------------------------------------------------------------------------------- atomics
-
-
-def _atomic_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a hidden temporary file beside ``path``, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name[:200]}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    _atomic_bytes(path, text.encode("utf-8"))
 
 
 def _npy_bytes(array: np.ndarray) -> bytes:
@@ -850,7 +831,7 @@ class _Job:
                 files[key] = name
                 if cfg.save_raw:
                     raw_name = str(Path(name).with_suffix(".npy"))
-                    _atomic_bytes(out / raw_name, _npy_bytes(m.astype(np.float32)))
+                    write_bytes(out / raw_name, _npy_bytes(m.astype(np.float32)))
                     raw[key] = raw_name
         if cfg.panel:
             if plan.layer_target is not None:
@@ -959,7 +940,7 @@ def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
                 f"to replace it, or choose another --output"
             )
     _sweep_temp_files(out)
-    _atomic_text(job_path, json.dumps({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))
+    write_text(job_path, json.dumps({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))
 
 
 def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist, started: str,
@@ -1045,10 +1026,10 @@ def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[dict[str, An
         else:
             kept.append(rec)
         rows.append(_public(rec))
-    _atomic_text(out / "index.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    _atomic_text(out / "predictions.csv", _csv_text(rows, plan.file_keys, plan.settings["save_raw"]))
+    write_text(out / "index.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    write_text(out / "predictions.csv", _csv_text(rows, plan.file_keys, plan.settings["save_raw"]))
     # Compact: one journal with the newest record of each input.
-    _atomic_text(state / "journal-0.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    write_text(state / "journal-0.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
     for p in state.glob("journal-*.jsonl"):
         if p.name != "journal-0.jsonl":
             with contextlib.suppress(OSError):
@@ -1115,7 +1096,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(_folder_lock(state))
                 _prepare_folder(out, plan, cfg)
-                _atomic_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}))
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}))
             except BaseException as err:  # noqa: BLE001
                 error = err
         dist.agree(error)
@@ -1155,7 +1136,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
         if dist.rank == 0:
             try:
                 _rows, counts = _merge(out, plan, paths)
-                _atomic_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts))
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts))
                 result.index = out / "index.jsonl"
             except BaseException as err:  # noqa: BLE001 - after the ranks agree
                 error = err

@@ -14,7 +14,6 @@ import contextlib
 import importlib.util
 import math
 import os
-import secrets
 from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from .atomic import atomic_file
 from .errors import InputError, UnknownNameError
 
 __all__ = [
@@ -599,17 +599,6 @@ def save_image(picture: Picture, path: str | Path) -> Path:
         img = img.convert("RGB") if img.mode not in ("RGB", "L", "CMYK") else img
         options["quality"] = 95
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name[:200]}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            img.save(f, format=fmt, **options)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    with atomic_file(target) as f:
+        img.save(f, format=fmt, **options)
     return target

@@ -17,7 +17,6 @@ markup: they travel as escaped JSON and are rendered with ``textContent``.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import io
 import json
@@ -25,7 +24,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -38,6 +36,7 @@ from urllib.parse import quote
 import jinja2
 from PIL import Image
 
+from .atomic import write_bytes
 from .errors import GuidedBackpropError
 
 __all__ = ["CSP", "REPORT_NAME", "THUMB_DIR", "THUMB_SIZE", "write_report"]
@@ -155,7 +154,7 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         version=_version(),
     )
     out = folder / REPORT_NAME
-    _atomic_write(out, page.encode("utf-8", errors="replace"))
+    write_bytes(out, page.encode("utf-8", errors="replace"))
     return out
 
 
@@ -280,7 +279,7 @@ def _picture(folder: Path, rel: str) -> _Picture | None:
             small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=_THUMB_QUALITY)
-        _atomic_write(thumb, buf.getvalue())
+        write_bytes(thumb, buf.getvalue())
     except (OSError, ValueError, Image.DecompressionBombError) as err:
         log.debug("no picture for %r: %s", rel, err)
         return None
@@ -456,15 +455,3 @@ def _version() -> str:
         return "0+unknown"
 
 
-def _atomic_write(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to a temporary file beside ``path``, then move it over ``path`` in one step."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise

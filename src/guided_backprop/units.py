@@ -19,9 +19,7 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import re
-import secrets
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -34,6 +32,7 @@ from PIL import Image
 from torch import nn
 
 from . import render
+from .atomic import write_text
 from .attribution import Explainer, find_layer, model_state, parse_methods
 from .errors import ImageError, InputError, NoReLUError, TargetError, UnknownNameError
 from .receptive import ReceptiveField, receptive_field
@@ -615,18 +614,7 @@ def _safe(name: str) -> str:
 
 
 def _write_json(data: Any, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_unit_grids(grids: Sequence[UnitGrid], out_dir: str | Path, *, prefix: str = "unit",
