@@ -273,7 +273,8 @@ class Explainer:
 
         if want_cam and cam_layer is None:
             if not candidates:
-                raise TargetError("Grad-CAM found no layer with a spatial (N, C, h, w) output; name one with gradcam_layer")
+                raise TargetError("Grad-CAM found no layer with a spatial (N, C, h, w) output; "
+                                  "name one with gradcam_layer")
             cam_name, captured["cam"] = candidates[-1]
         if layer_target is not None:
             if "target" not in captured:
@@ -456,7 +457,8 @@ def attribute(
     eval_mode = options.pop("eval_mode", True)
     (name,) = parse_methods(method) if isinstance(method, (str, Method)) else (None,)
     if name is None:
-        raise UnknownNameError("method", str(method), METHODS, hint="attribute() takes one method; use Explainer for several")
+        raise UnknownNameError("method", str(method), METHODS,
+                               hint="attribute() takes one method; use Explainer for several")
     result = Explainer(model, eval_mode=eval_mode).explain(x, target, methods=(name,), **options)
     maps = result.maps[name]
     if maps.shape[1] == 1 and not isinstance(target, TopK) and not (

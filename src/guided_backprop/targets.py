@@ -138,7 +138,8 @@ def layer_scores(target: LayerTarget, activation: torch.Tensor) -> tuple[torch.T
     ``activation`` is the layer's output, ``(N, C, ...)``.
     """
     if activation.ndim < 2:
-        raise TargetError(f"layer {target.layer!r} outputs shape {tuple(activation.shape)}; a layer target needs (N, C, ...)")
+        raise TargetError(f"layer {target.layer!r} outputs shape {tuple(activation.shape)}; "
+                          f"a layer target needs (N, C, ...)")
     channels = activation.shape[1]
     if not 0 <= target.channel < channels:
         raise TargetError(
