@@ -331,3 +331,18 @@ def test_non_tensor_output_is_explained(x: torch.Tensor) -> None:
 
     with pytest.raises(gbp.ModelError, match="returned tuple"):
         gbp.attribute(TupleOut(), x)
+
+
+def test_layer_output_stops_the_forward_at_the_layer(model: SmallCNN, x: torch.Tensor) -> None:
+    from guided_backprop.attribution import layer_output
+
+    reached = []
+    handle = model.head.register_forward_hook(lambda *a: reached.append(1))
+    try:
+        out = layer_output(model, x, "features.4")
+    finally:
+        handle.remove()
+    torch.testing.assert_close(out, model.features[:5](x))
+    assert not reached and not out.requires_grad
+    with pytest.raises(gbp.UnknownNameError, match="features.4"):
+        layer_output(model, x, "features.44")

@@ -28,7 +28,8 @@ from .errors import GuidedBackpropError, InputError, ModelError, NoReLUError, Ta
 from .rules import Method, ReLURouting, RuleState
 from .targets import Channel, LayerTarget, MaxNeuron, Neuron, Target, TopK, layer_scores, resolve_classes
 
-__all__ = ["METHODS", "Explanation", "Explainer", "attribute", "find_layer", "parse_methods", "model_state"]
+__all__ = ["METHODS", "Explanation", "Explainer", "attribute", "find_layer", "forward_hooks", "layer_output",
+           "model_state", "parse_methods"]
 
 #: Every method name :meth:`Explainer.explain` accepts.
 METHODS: tuple[str, ...] = ("guided_backprop", "deconvnet", "saliency", "gradcam", "guided_gradcam")
@@ -79,7 +80,8 @@ def model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Modu
 
 
 @contextlib.contextmanager
-def _forward_hooks(hooks: Sequence[tuple[nn.Module, Any]]) -> Iterator[None]:
+def forward_hooks(hooks: Sequence[tuple[nn.Module, Any]]) -> Iterator[None]:
+    """Register ``(module, hook)`` forward hooks for the block; all removed on exit, also on errors."""
     handles = []
     try:
         for module, fn in hooks:
@@ -112,6 +114,33 @@ def _exact_cuda_math(device: torch.device) -> Iterator[None]:
 
 class _StopForward(Exception):
     """Raised from a hook once a layer target's activation is known: the rest is not needed."""
+
+
+def layer_output(model: nn.Module, x: torch.Tensor, layer: str, *, eval_mode: bool = True) -> torch.Tensor:
+    """The output of ``layer`` for batch ``x``, without gradients; the forward stops at the layer.
+
+    Used to find where units fire (no ReLU routing: the forward values do not depend on the rule).
+    """
+    module = find_layer(model, layer)
+    store: dict[str, Any] = {}
+
+    def stop(_m: nn.Module, _i: Any, out: Any) -> None:
+        store["out"] = out
+        raise _StopForward
+
+    try:
+        with model_state(model, eval_mode=eval_mode), torch.no_grad(), forward_hooks([(module, stop)]):
+            model(x)
+    except _StopForward:
+        pass
+    except RuntimeError as err:
+        raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
+    out = store.get("out")
+    if out is None:
+        raise TargetError(f"layer {layer!r} was not called during the forward pass")
+    if not isinstance(out, torch.Tensor):
+        raise TargetError(f"layer {layer!r} returns {type(out).__name__}, not a tensor")
+    return out
 
 
 @dataclass
@@ -261,7 +290,7 @@ class Explainer:
 
         output: Any = None
         try:
-            with model_state(self.model, eval_mode=self.eval_mode), _forward_hooks(hooks), \
+            with model_state(self.model, eval_mode=self.eval_mode), forward_hooks(hooks), \
                     ReLURouting(state), torch.enable_grad():
                 output = self.model(leaf.clone())
         except _StopForward:

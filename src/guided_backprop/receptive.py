@@ -27,8 +27,7 @@ unit, and exactly that set for sequential conv/pool networks with positive weigh
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,7 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .attribution import find_layer, model_state
+from .attribution import find_layer, forward_hooks, model_state
 from .errors import InputError, ModelError
 
 __all__ = ["ReceptiveField", "receptive_field", "receptive_fields"]
@@ -447,18 +446,6 @@ class _Stop(Exception):
     pass
 
 
-@contextlib.contextmanager
-def _hooks(pairs: Sequence[tuple[nn.Module, Any]]) -> Iterator[None]:
-    handles = []
-    try:
-        for module, fn in pairs:
-            handles.append(module.register_forward_hook(fn))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
 def _input_channels(model: nn.Module) -> int:
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
@@ -494,7 +481,7 @@ def _trace_once(model: nn.Module, modules: dict[str, nn.Module], x: torch.Tensor
 
     tracer.register(x, _Field((_Axis(0, 1, 1), _Axis(0, 1, 1)), (-2, -1), (int(x.shape[-2]), int(x.shape[-1]))))
     try:
-        with model_state(model), torch.no_grad(), _hooks([(m, make(n)) for n, m in modules.items()]), tracer:
+        with model_state(model), torch.no_grad(), forward_hooks([(m, make(n)) for n, m in modules.items()]), tracer:
             model(x)
     except _Stop:
         pass

@@ -15,7 +15,6 @@ and the few winning images are read again at the end to explain them.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import math
@@ -33,7 +32,7 @@ from torch import nn
 
 from . import render
 from .atomic import write_text
-from .attribution import Explainer, find_layer, model_state, parse_methods
+from .attribution import Explainer, find_layer, layer_output, parse_methods
 from .errors import ImageError, InputError, NoReLUError, TargetError, UnknownNameError
 from .receptive import ReceptiveField, receptive_field
 from .targets import Neuron
@@ -145,40 +144,12 @@ class UnitTop(NamedTuple):
 _ROW = 1 << 24  # positions are kept as y * _ROW + x: row-major order whatever each image's width
 
 
-class _Stop(Exception):
-    pass
-
-
-@contextlib.contextmanager
-def _capture(module: nn.Module, store: dict[str, Any]) -> Iterator[None]:
-    def hook(_m: nn.Module, _i: Any, out: Any) -> None:
-        store["out"] = out
-        raise _Stop
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield
-    finally:
-        handle.remove()
-
-
 def _layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
-    """``layer``'s output ``(N, C, h, w)`` for batch ``x``: no gradients, eval mode, forward stopped there."""
-    store: dict[str, Any] = {}
-    module = find_layer(model, layer)
-    try:
-        with model_state(model), torch.no_grad(), _capture(module, store):
-            model(x)
-    except _Stop:
-        pass
-    except RuntimeError as err:
-        raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
-    out = store.get("out")
-    if out is None:
-        raise TargetError(f"layer {layer!r} was not called during the forward pass")
-    if not isinstance(out, torch.Tensor) or out.ndim != 4:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise TargetError(f"layer {layer!r} outputs {shape}; units need a layer with an (N, C, H, W) feature map")
+    """``layer``'s output ``(N, C, h, w)`` for batch ``x`` (no gradients, eval mode, forward stopped there)."""
+    out = layer_output(model, x, layer)
+    if out.ndim != 4:
+        raise TargetError(f"layer {layer!r} outputs {tuple(out.shape)}; units need a layer with an (N, C, H, W) "
+                          f"feature map")
     return out
 
 
