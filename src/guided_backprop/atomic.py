@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_file", "write_bytes", "write_text"]
+__all__ = ["atomic_file", "safe_name", "write_bytes", "write_text"]
+
+_UNSAFE = re.compile(r"[^\w.\-]+")
 
 
 @contextlib.contextmanager
@@ -47,3 +50,9 @@ def write_bytes(path: str | os.PathLike[str], payload: bytes) -> None:
 def write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     write_bytes(path, text.encode("utf-8"))
+
+
+def safe_name(text: str, limit: int = 80) -> str:
+    """A file-name-safe version of a label, stem or layer name (no separators, no leading dot)."""
+    cleaned = _UNSAFE.sub("_", str(text)).strip("_").lstrip(".")
+    return cleaned[:limit] or "_"

@@ -61,8 +61,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from . import images, render
-from .atomic import write_bytes, write_text
+from . import __version__, images, render
+from .atomic import safe_name, write_bytes, write_text
 from .attribution import Explainer, find_layer, model_state, parse_methods
 from .errors import GuidedBackpropError, ImageError, InputError, ModelError, TargetError, UnknownNameError
 from .targets import Channel, MaxNeuron, Neuron, Target, TopK
@@ -98,7 +98,6 @@ PANEL_NAME = "panel_{idx}.png"  # with --panel
 MAP_NAME_FIELDS = ("idx", "stem", "label", "class_index", "method", "rank", "layer", "channel")
 INPUT_NAME_FIELDS = ("idx", "stem")
 _TOP5 = 5
-_UNSAFE = re.compile(r"[^\w.\-]+")
 
 
 # ----------------------------------------------------------------------------------------------- config
@@ -222,12 +221,6 @@ def _template_fields(template: str, allowed: Sequence[str], what: str) -> set[st
     if template.startswith(("/", "\\")) or ".." in parts or not template.strip():
         raise GuidedBackpropError(f"{what} template {template!r} must be a relative path inside the output folder")
     return used
-
-
-def _safe(text: str, limit: int = 80) -> str:
-    """A file-name-safe version of a label, stem or layer name (no separators, no leading dot)."""
-    cleaned = _UNSAFE.sub("_", str(text)).strip("_").lstrip(".")
-    return cleaned[:limit] or "_"
 
 
 def _fill(template: str, **fields: Any) -> str:
@@ -609,7 +602,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
         if "stem" in fields and "idx" not in fields:
             seen: dict[str, Path] = {}
             for p in paths:
-                key = _safe(p.stem).lower()
+                key = safe_name(p.stem).lower()
                 if key in seen:
                     raise InputError(f"inputs {str(seen[key])!r} and {str(p)!r} give the same {{stem}}, so "
                                      f"{template!r} would write one file for both; add {{idx}} to the template")
@@ -798,7 +791,7 @@ class _Job:
         plan, cfg, out = self.plan, self.cfg, self.out
         top5 = [[c, _label(plan.loaded, c), round(p, 6)] for c, p in job["top5"]]
         pred = top5[0][0] if top5 else None
-        stem = _safe(Path(item.path).stem)
+        stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
         files: dict[str, str] = {}
         raw: dict[str, str] = {}
@@ -816,8 +809,8 @@ class _Job:
             for r in range(stack.shape[0]):
                 cls = classes[r] if r < len(classes) else pred
                 fields = dict(idx=item.idx, stem=stem, method=method, rank=r + 1,
-                              class_index=cls, label=_safe(_label(plan.loaded, cls)) if cls is not None else "none",
-                              layer=_safe(plan.layer_target.layer) if plan.layer_target else "none",
+                              class_index=cls, label=safe_name(_label(plan.loaded, cls)) if cls is not None else "none",
+                              layer=safe_name(plan.layer_target.layer) if plan.layer_target else "none",
                               channel=plan.layer_target.channel if plan.layer_target else "none")
                 name = _fill(plan.map_template, **fields)
                 m = stack[r]
@@ -914,12 +907,6 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _version() -> str:
-    from . import __version__
-
-    return __version__
-
-
 def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
     """Rank 0, before any image: check the folder holds no other job, write job.json and run.json."""
     state = out / STATE_DIR
@@ -948,7 +935,7 @@ def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist,
     pre = plan.preprocessing
     data = {
         "tool": "guided-backprop",
-        "version": _version(),
+        "version": __version__,
         "model": plan.settings["model"],
         "weights": getattr(plan.loaded, "weights", None),
         "labels": plan.settings["labels"],

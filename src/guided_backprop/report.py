@@ -28,7 +28,6 @@ from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -36,6 +35,7 @@ from urllib.parse import quote
 import jinja2
 from PIL import Image
 
+from . import __version__
 from .atomic import write_bytes
 from .errors import GuidedBackpropError
 
@@ -151,7 +151,7 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         n_ok=len(rows) - n_failed,
         n_failed=n_failed,
         n_maps=sum(1 for c in columns if c != "input"),
-        version=_version(),
+        version=__version__,
     )
     out = folder / REPORT_NAME
     write_bytes(out, page.encode("utf-8", errors="replace"))
@@ -446,12 +446,5 @@ def _template() -> jinja2.Template:
 
 def _asset(name: str) -> str:
     return resources.files(_TEMPLATE_PACKAGE).joinpath("templates", name).read_text(encoding="utf-8")
-
-
-def _version() -> str:
-    try:
-        return version("guided-backprop")
-    except PackageNotFoundError:  # pragma: no cover - source tree without install
-        return "0+unknown"
 
 

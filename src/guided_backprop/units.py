@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from PIL import Image
 from torch import nn
 
 from . import render
-from .atomic import write_text
+from .atomic import safe_name, write_text
 from .attribution import Explainer, find_layer, layer_output, parse_methods
 from .errors import ImageError, InputError, NoReLUError, TargetError, UnknownNameError
 from .receptive import ReceptiveField, receptive_field
@@ -580,10 +579,6 @@ def unit_grids_from_paths(
 
 
 # -- saving -----------------------------------------------------------------------------------------------
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", name).strip("._") or "layer"
-
-
 def _write_json(data: Any, path: Path) -> None:
     write_text(path, json.dumps(data, indent=2) + "\n")
 
@@ -597,7 +592,7 @@ def save_unit_grids(grids: Sequence[UnitGrid], out_dir: str | Path, *, prefix: s
     out.mkdir(parents=True, exist_ok=True)
     paths, records = [], []
     for g in grids:
-        name = f"{prefix}_{_safe(g.layer)}_c{g.channel}.png"
+        name = f"{prefix}_{safe_name(g.layer)}_c{g.channel}.png"
         paths.append(render.save_image(g.picture, out / name))
         records.append({**g.to_dict(), "file": name})
     if manifest:
