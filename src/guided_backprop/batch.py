@@ -541,15 +541,7 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
                 return None, 1, None, "top1 (each image's predicted class)"
             return TopK(k), k, None, f"top{k} (each image's {k} best classes)"
     index = int(loaded.class_index(spec if not isinstance(spec, str) else spec.strip()))
-    return index, 1, None, f"class {index} ({_label(loaded, index)})"
-
-
-def _label(loaded: Any, index: int) -> str:
-    label = getattr(loaded, "label", None)
-    if callable(label):
-        return str(label(index))
-    labels = loaded.labels
-    return str(labels[index]) if 0 <= index < len(labels) else f"class {index}"
+    return index, 1, None, f"class {index} ({loaded.label(index)})"
 
 
 def _input_paths(inputs: Sequence[str], out: Path) -> list[Path]:
@@ -789,7 +781,7 @@ class _Job:
 
     def _write(self, item: _Decoded, job: dict[str, Any]) -> dict[str, Any]:
         plan, cfg, out = self.plan, self.cfg, self.out
-        top5 = [[c, _label(plan.loaded, c), round(p, 6)] for c, p in job["top5"]]
+        top5 = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["top5"]]
         pred = top5[0][0] if top5 else None
         stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
@@ -809,7 +801,7 @@ class _Job:
             for r in range(stack.shape[0]):
                 cls = classes[r] if r < len(classes) else pred
                 fields = dict(idx=item.idx, stem=stem, method=method, rank=r + 1,
-                              class_index=cls, label=safe_name(_label(plan.loaded, cls)) if cls is not None else "none",
+                              class_index=cls, label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
                               layer=safe_name(plan.layer_target.layer) if plan.layer_target else "none",
                               channel=plan.layer_target.channel if plan.layer_target else "none")
                 name = _fill(plan.map_template, **fields)
@@ -830,7 +822,7 @@ class _Job:
             if plan.layer_target is not None:
                 what, prob = f"{plan.layer_target.layer} channel {plan.layer_target.channel}", None
             elif job["targets"] is not None:
-                what, prob = _label(plan.loaded, job["targets"][0][0]), job["targets"][0][1]
+                what, prob = plan.loaded.label(job["targets"][0][0]), job["targets"][0][1]
             else:
                 what, prob = (top5[0][1], top5[0][2]) if top5 else (None, None)
             pic = render.explanation_panel(picture, first, class_name=what, probability=prob, norm=cfg.norm)
@@ -845,7 +837,7 @@ class _Job:
             "files": files,
         }
         if job["targets"] is not None:
-            fields["targets"] = [[c, _label(plan.loaded, c), round(p, 6)] for c, p in job["targets"]]
+            fields["targets"] = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["targets"]]
         if plan.layer_target is not None:
             lt = plan.layer_target
             neuron = "max" if isinstance(lt, MaxNeuron) else [lt.y, lt.x] if isinstance(lt, Neuron) else None
