@@ -100,11 +100,16 @@ class _RoutedReLU(torch.autograd.Function):
         method = ctx.state.method
         if method is Method.DECONVNET:
             return g.clamp(min=0), None, None, None
-        if method is Method.GUIDED_BACKPROP:
-            g = g.clamp(min=0)
         if ctx.upper is None:
             # PyTorch's own fused relu backward (g where out > 0, else 0): one pass, no mask tensor.
-            return torch.ops.aten.threshold_backward(g, out, 0), None, None, None
+            # Its result is a new tensor, so guided backprop clamps it in place: one allocation
+            # fewer per ReLU than clamping g first, and the same numbers (the two commute).
+            grad = torch.ops.aten.threshold_backward(g, out, 0)
+            if method is Method.GUIDED_BACKPROP:
+                grad.clamp_(min=0)
+            return grad, None, None, None
+        if method is Method.GUIDED_BACKPROP:
+            g = g.clamp(min=0)
         return torch.where(_gate(out, ctx.upper), g, g.new_zeros(())), None, None, None
 
 
