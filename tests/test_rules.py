@@ -102,6 +102,31 @@ def test_saliency_is_exactly_the_autograd_gradient(form: str) -> None:
     assert torch.equal(maps, g)
 
 
+@pytest.mark.parametrize("rule", RULES)
+@pytest.mark.parametrize("form", list(FORMS))
+def test_gate_is_closed_exactly_at_0_and_6(form: str, rule: str) -> None:
+    # Pre-activations exactly on the kinks: the gate is x > 0 (and x < 6), closed at both ends,
+    # like PyTorch's own relu/relu6 gradients; deconvnet ignores the gate.
+    act, upper = FORMS[form]
+    h0 = torch.tensor([[-1.0, 0.0, 3.0, 6.0, 7.0]], dtype=torch.float64)
+    model = nn.Sequential(nn.Identity(), _Act(act), nn.Linear(5, 1, bias=False)).double()
+    with torch.no_grad():
+        model[2].weight.copy_(torch.tensor([[1.0, -2.0, 3.0, 4.0, 5.0]]))
+    maps = gbp.attribute(model, h0, target=0, method=rule)
+    g = model[2].weight.detach()
+    gate = (h0 > 0) if upper is None else ((h0 > 0) & (h0 < upper))
+    torch.testing.assert_close(maps, hand_rule(rule, g, gate.double()), rtol=0, atol=0)
+
+
+class _Act(nn.Module):
+    def __init__(self, act) -> None:  # type: ignore[no-untyped-def]
+        super().__init__()
+        self.act = act
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.act(h * 1.0)  # a non-leaf, so in-place forms may run on it
+
+
 class Mixed(nn.Module):
     """Every form in one network, with one nn.ReLU module reused three times."""
 

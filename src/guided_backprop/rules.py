@@ -68,14 +68,6 @@ class RuleState:
         self.calls = 0  # how many ReLU applications were routed during the forward
 
 
-def _gate(out: torch.Tensor, upper: float | None) -> torch.Tensor:
-    # The same gate whether computed from the input or the output of the ReLU:
-    # relu(x) > 0 iff x > 0, and 0 < relu6(x) < 6 iff 0 < x < 6.
-    if upper is None:
-        return out > 0
-    return (out > 0) & (out < upper)
-
-
 class _RoutedReLU(torch.autograd.Function):
     """relu / relu6 whose backward follows ``state.method``."""
 
@@ -96,21 +88,22 @@ class _RoutedReLU(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, None, None, None]:  # type: ignore[override]
-        (out,) = ctx.saved_tensors  # the input or the output: the gate is the same
+        # The input or the output: the gate is the same (relu(x) > 0 iff x > 0, 0 < relu6(x) < 6 iff 0 < x < 6).
+        (out,) = ctx.saved_tensors
         method = ctx.state.method
         if method is Method.DECONVNET:
             return g.clamp(min=0), None, None, None
+        # PyTorch's own fused backward kernels (g where the gate is open, else 0): one pass, no mask
+        # tensor. relu: open where out > 0; relu6: where 0 < out < 6 (hardtanh_backward's gate).
         if ctx.upper is None:
-            # PyTorch's own fused relu backward (g where out > 0, else 0): one pass, no mask tensor.
-            # Its result is a new tensor, so guided backprop clamps it in place: one allocation
-            # fewer per ReLU than clamping g first, and the same numbers (the two commute).
             grad = torch.ops.aten.threshold_backward(g, out, 0)
-            if method is Method.GUIDED_BACKPROP:
-                grad.clamp_(min=0)
-            return grad, None, None, None
+        else:
+            grad = torch.ops.aten.hardtanh_backward(g, out, 0.0, ctx.upper)
         if method is Method.GUIDED_BACKPROP:
-            g = g.clamp(min=0)
-        return torch.where(_gate(out, ctx.upper), g, g.new_zeros(())), None, None, None
+            # The result is a new tensor, so it is clamped in place: one allocation fewer per ReLU
+            # than clamping g first, and the same numbers (the gate and the clamp commute).
+            grad.clamp_(min=0)
+        return grad, None, None, None
 
 
 def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
