@@ -28,6 +28,8 @@ test: $(STAMP) browser
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) benchmarks/bench_attribution.py
+	$(PY) benchmarks/bench_floor.py
+	$(PY) benchmarks/bench_cli.py --model efficientnet_lite0 --weights ''
 
 figure: $(STAMP)
 	$(PY) scripts/make_readme_figure.py docs/figures/readme.png

@@ -1,0 +1,42 @@
+"""The benchmark scripts keep running (their figures are published in docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):  # type: ignore[no-untyped-def]
+    sys.path.insert(0, str(BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, BENCH / f"{name}.py")
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    finally:
+        sys.path.remove(str(BENCH))
+
+
+def test_floor_benchmark_reports_every_variant_with_its_error(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_floor")
+    assert bench.main(["--quick", "--models", "resnet18", "--variants", "eager,channels_last,bf16"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"eager", "channels_last", "bf16"} <= set(rows)
+    # eager float32 against float64 on a 32x32 input: rounding-level, unless a gate flips;
+    # bfloat16 is always far off. Both columns hold one error per sample (batch 2).
+    bf16_errors = [float(v) for v in rows["bf16"].split("|")[5].split()]
+    assert len(bf16_errors) == 2 and min(bf16_errors) > 1e-3
+    assert "GFLOP per image" in out
+
+
+def test_floor_benchmark_rejects_an_unknown_variant() -> None:
+    bench = _load("bench_floor")
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--variants", "eager,fp8"])
