@@ -41,7 +41,7 @@ import torchvision
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attribution import cpu_model  # noqa: E402
+from bench_attribution import Case, cpu_model, floor  # noqa: E402
 
 VARIANTS = ("eager", "channels_last", "compile", "bf16")
 CLASS = 3
@@ -49,14 +49,12 @@ CLASS = 3
 
 def input_gradient(model: nn.Module, x0: torch.Tensor, *, channels_last: bool = False,
                    autocast: bool = False) -> torch.Tensor:
-    """The floor: d score[CLASS] / d input, input-only backward."""
-    x = x0.clone().requires_grad_(True)
-    xin = x.contiguous(memory_format=torch.channels_last) if channels_last else x
+    """The floor of ``bench_attribution.py`` (the same function): d score[CLASS] / d input."""
+    case = Case(model, x0, torch.full((x0.shape[0], 1), CLASS), x0.device)
     ctx = torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
     with ctx:
-        out = model(xin)
-    (g,) = torch.autograd.grad(out[:, CLASS].float().sum(), x)
-    return g
+        maps = floor(1, channels_last=channels_last)(case)
+    return maps[:, 0].float()
 
 
 def accuracy(g: torch.Tensor, g64: torch.Tensor) -> tuple[list[float], list[float]]:
