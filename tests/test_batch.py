@@ -166,7 +166,8 @@ def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypa
     first = batch.run([tmp_path / "in"], out, config(batch_size=1))
     # Images 0 and 1 were computed; a write still queued when Ctrl-C came is dropped, not half-done.
     assert first.interrupted and first.exit_code == batch.EXIT_INTERRUPTED and first.ok in (1, 2)
-    assert [r["idx"] for r in journal(out)] == list(range(first.ok))
+    # Two writer threads finish in either order: the journal holds exactly the first images, in any order.
+    assert sorted(r["idx"] for r in journal(out)) == list(range(first.ok))
     assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl").exists()
 
     monkeypatch.setattr(batch._Job, "compute", compute)
