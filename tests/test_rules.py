@@ -9,7 +9,6 @@ import torchvision
 from torch import nn
 
 import guided_backprop as gbp
-from guided_backprop.rules import Method, parse_method
 
 from .reference import reference_map
 
@@ -192,14 +191,6 @@ def test_torchvision_models_match_independent_reference(name: str) -> None:
         expected = reference_map(model, x, e.targets[:, 0], rule)
         torch.testing.assert_close(e.maps[rule][:, 0], expected, rtol=1e-9, atol=1e-12)
         assert e.maps[rule].abs().sum() > 0
-
-
-def test_parse_method_accepts_aliases_and_rejects_unknown_names() -> None:
-    assert parse_method("guided-backprop") is Method.GUIDED_BACKPROP
-    assert parse_method("GBP") is Method.GUIDED_BACKPROP
-    assert parse_method(Method.DECONVNET) is Method.DECONVNET
-    with pytest.raises(gbp.UnknownNameError, match="guided_backprop"):
-        parse_method("guided_backprob")
 
 
 def test_ordinary_hardtanh_keeps_its_ordinary_gradient() -> None:

@@ -6,7 +6,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .attribution import METHODS, Explainer, Explanation, attribute, find_layer, parse_methods
+from .attribution import Explainer, Explanation, attribute, find_layer
 from .errors import (
     CheckpointError,
     GuidedBackpropError,
@@ -17,7 +17,8 @@ from .errors import (
     TargetError,
     UnknownNameError,
 )
-from .rules import Method
+from .methods import METHODS, MethodSpec, get_method, parse_methods
+from .rules import Rule
 from .targets import Channel, MaxNeuron, Neuron, TopK
 
 # Heavier parts (models pull in timm and torchvision weights metadata, render pulls in Pillow
@@ -61,15 +62,17 @@ __all__ = [
     "ImageError",
     "InputError",
     "MaxNeuron",
-    "Method",
+    "MethodSpec",
     "ModelError",
     "Neuron",
     "NoReLUError",
+    "Rule",
     "TargetError",
     "TopK",
     "UnknownNameError",
     "__version__",
     "attribute",
     "find_layer",
+    "get_method",
     "parse_methods",
 ]

@@ -25,37 +25,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GuidedBackpropError, InputError, ModelError, NoReLUError, TargetError, UnknownNameError
-from .rules import Method, ReLURouting, RuleState
+from .methods import METHODS, REGISTRY, get_method, parse_methods
+from .rules import ReLURouting, Rule, RuleState
 from .targets import Channel, LayerTarget, MaxNeuron, Neuron, Target, TopK, layer_scores, resolve_classes
 
 __all__ = ["METHODS", "Explanation", "Explainer", "attribute", "find_layer", "forward_hooks", "layer_output",
            "model_state", "parse_methods"]
-
-#: Every method name :meth:`Explainer.explain` accepts.
-METHODS: tuple[str, ...] = ("guided_backprop", "deconvnet", "saliency", "gradcam", "guided_gradcam")
-_CAM_METHODS = ("gradcam", "guided_gradcam")
-_ALIASES = {
-    "gbp": "guided_backprop", "guided": "guided_backprop", "gradient": "saliency", "vanilla": "saliency",
-    "deconv": "deconvnet", "grad_cam": "gradcam", "guided_grad_cam": "guided_gradcam", "ggcam": "guided_gradcam",
-}
-
-
-def parse_methods(methods: str | Method | Sequence[str | Method]) -> tuple[str, ...]:
-    """Normalise method names (``"guided-backprop"``, ``"gbp"``, ``"Grad-CAM"``...), keep order, drop repeats."""
-    if isinstance(methods, (str, Method)):
-        methods = [methods]
-    out: list[str] = []
-    for m in methods:
-        key = m.value if isinstance(m, Method) else str(m).strip().lower().replace("-", "_")
-        key = _ALIASES.get(key, key)
-        if key not in METHODS:
-            raise UnknownNameError("method", str(m), METHODS)
-        if key not in out:
-            out.append(key)
-    if not out:
-        raise UnknownNameError("method", "", METHODS, hint="give at least one method")
-    return tuple(out)
-
 
 def find_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name`` in ``model.named_modules()``; unknown names list close matches."""
@@ -165,7 +140,7 @@ class Explanation:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __getitem__(self, method: str) -> torch.Tensor:
-        key = parse_methods(method)[0]
+        key = get_method(method).name
         if key not in self.maps:
             raise UnknownNameError("method", method, list(self.maps), hint="not computed in this explanation")
         return self.maps[key]
@@ -211,6 +186,7 @@ class Explainer:
         noise: float = 0.15,
         smooth_batch: int = 16,
         generator: torch.Generator | None = None,
+        strict: bool = True,
     ) -> Explanation:
         """Maps of every method in ``methods`` for every target, from one forward pass.
 
@@ -225,14 +201,17 @@ class Explainer:
             noise: SmoothGrad noise std as a fraction of each input's value range (max - min).
             smooth_batch: noisy copies per forward pass.
             generator: random generator for the SmoothGrad noise (reproducible maps).
+            strict: a forward pass that applies no ReLU is an error for the ReLU rules (their maps
+                would silently equal the plain gradient). ``False`` accepts it: every rule is then
+                exactly the plain gradient (e.g. a unit of the first layer, before any ReLU).
         """
         names = parse_methods(methods)
         x = self._check_input(x)
         with self._lock, _exact_cuda_math(x.device):
             if smooth and smooth > 0:
                 return self._smooth(x, target, names, gradcam_layer, int(smooth), float(noise),
-                                    int(smooth_batch), generator)
-            return self._explain(x, target, names, gradcam_layer)
+                                    int(smooth_batch), generator, strict)
+            return self._explain(x, target, names, gradcam_layer, strict=strict)
 
     # -- internals --------------------------------------------------------------------------
     def _check_input(self, x: Any) -> torch.Tensor:
@@ -326,8 +305,10 @@ class Explainer:
         methods: tuple[str, ...],
         cam_layer: str | None,
         positions: torch.Tensor | None = None,
+        *,
+        strict: bool = True,
     ) -> Explanation:
-        want_cam = any(m in _CAM_METHODS for m in methods)
+        want_cam = any(REGISTRY[m].gradcam for m in methods)
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
         leaf, out, cam_act, cam_name, state = self._forward(x, layer_target, cam_layer, want_cam)
 
@@ -343,12 +324,11 @@ class Explainer:
             classes = resolve_classes(target, logits)
             scores = logits.gather(1, classes)
 
-        rules = [Method(m) for m in methods if m in ("guided_backprop", "deconvnet", "saliency")]
-        if "guided_gradcam" in methods and Method.GUIDED_BACKPROP not in rules:
-            rules.append(Method.GUIDED_BACKPROP)
-        if state.calls == 0 and any(r is not Method.SALIENCY for r in rules):
+        rules = list(dict.fromkeys(r for m in methods if (r := REGISTRY[m].rule) is not None))
+        ruled = [r for r in rules if r is not Rule.SALIENCY]
+        if state.calls == 0 and ruled and strict:
             raise NoReLUError(
-                f"the model applied no ReLU or ReLU6 in its forward pass, so {rules[0].value} would equal the "
+                f"the model applied no ReLU or ReLU6 in its forward pass, so {ruled[0].value} would equal the "
                 f"plain gradient; use method='saliency', or a model with ReLU activations"
             )
         if not scores.requires_grad:
@@ -356,16 +336,16 @@ class Explainer:
                              "(is the model wrapped in torch.no_grad or built from detached tensors?)")
 
         n, k = scores.shape
-        per_rule: dict[Method, list[torch.Tensor]] = {r: [] for r in rules}
+        per_rule: dict[Rule, list[torch.Tensor]] = {r: [] for r in rules}
         cams: list[torch.Tensor] = []
-        jobs: list[tuple[Method | None, bool]] = [(r, want_cam and r is Method.SALIENCY) for r in rules]
-        if want_cam and Method.SALIENCY not in rules:
+        jobs: list[tuple[Rule | None, bool]] = [(r, want_cam and r is Rule.SALIENCY) for r in rules]
+        if want_cam and Rule.SALIENCY not in rules:
             jobs.append((None, True))  # the Grad-CAM gradient only: stops at the layer, cheap
         for j in range(k):
             grad_out = torch.zeros_like(scores)
             grad_out[:, j] = 1
             for i, (rule, with_cam) in enumerate(jobs):
-                state.method = rule if rule is not None else Method.SALIENCY
+                state.method = rule if rule is not None else Rule.SALIENCY
                 wrt = ([leaf] if rule is not None else []) + ([cam_act] if with_cam else [])
                 last = j == k - 1 and i == len(jobs) - 1
                 try:
@@ -380,12 +360,13 @@ class Explainer:
 
         maps: dict[str, torch.Tensor] = {}
         for m in methods:
-            if m in ("guided_backprop", "deconvnet", "saliency"):
-                maps[m] = torch.stack(per_rule[Method(m)], dim=1)
-            elif m == "gradcam":
+            spec = REGISTRY[m]
+            if spec.rule is None:  # Grad-CAM
                 maps[m] = torch.stack(cams, dim=1)
+            elif spec.gradcam:  # Guided Grad-CAM: the rule's map times the same target's Grad-CAM
+                maps[m] = torch.stack(per_rule[spec.rule], dim=1) * torch.stack(cams, dim=1)
             else:
-                maps[m] = torch.stack(per_rule[Method.GUIDED_BACKPROP], dim=1) * torch.stack(cams, dim=1)
+                maps[m] = torch.stack(per_rule[spec.rule], dim=1)
         # contiguous NCHW also where the caller's input or model is channels_last
         maps = {m: v.detach().to(dtype=x.dtype).contiguous() for m, v in maps.items()}
         return Explanation(
@@ -408,9 +389,10 @@ class Explainer:
         noise: float,
         batch: int,
         generator: torch.Generator | None,
+        strict: bool,
     ) -> Explanation:
         # Fix the targets on the clean input, so that every noisy copy explains the same score.
-        clean = self._explain(x, target, methods, cam_layer)
+        clean = self._explain(x, target, methods, cam_layer, strict=strict)
         n = x.shape[0]
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
         span = (x.reshape(n, -1).amax(1) - x.reshape(n, -1).amin(1)).reshape(n, *([1] * (x.ndim - 1)))
@@ -436,7 +418,8 @@ class Explainer:
                 else:
                     pos = None
                     tgt = clean.targets[s:e].repeat(reps, 1)
-                part = self._explain(noisy, tgt, methods, clean.gradcam_layer or cam_layer, positions=pos)
+                part = self._explain(noisy, tgt, methods, clean.gradcam_layer or cam_layer, positions=pos,
+                                     strict=strict)
                 for m, v in part.maps.items():
                     sums[m][s:e] += v.reshape(reps, e - s, *v.shape[1:]).sum(0)
             done += reps
@@ -487,10 +470,10 @@ def attribute(
     ``eval_mode``, to :class:`Explainer`.
     """
     eval_mode = options.pop("eval_mode", True)
-    (name,) = parse_methods(method) if isinstance(method, (str, Method)) else (None,)
-    if name is None:
+    if not isinstance(method, str):
         raise UnknownNameError("method", str(method), METHODS,
                                hint="attribute() takes one method; use Explainer for several")
+    name = get_method(method).name
     result = Explainer(model, eval_mode=eval_mode).explain(x, target, methods=(name,), **options)
     maps = result.maps[name]
     if maps.shape[1] == 1 and not isinstance(target, TopK) and not (

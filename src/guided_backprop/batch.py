@@ -63,8 +63,9 @@ import torch
 
 from . import __version__, images, render
 from .atomic import safe_name, write_bytes, write_text
-from .attribution import Explainer, find_layer, model_state, parse_methods
-from .errors import GuidedBackpropError, ImageError, InputError, ModelError, TargetError, UnknownNameError
+from .attribution import Explainer, find_layer, model_state
+from .methods import parse_methods
+from .errors import ExitCode, GuidedBackpropError, ImageError, InputError, ModelError, TargetError, UnknownNameError
 from .targets import Channel, MaxNeuron, Neuron, Target, TopK
 
 __all__ = [
@@ -83,12 +84,12 @@ __all__ = [
     "run",
 ]
 
-#: Exit codes of the command (:attr:`BatchResult.exit_code` gives the first three).
-EXIT_OK = 0  # every input done
-EXIT_SOME_FAILED = 1  # some inputs could not be read; each was reported, the others are done
-EXIT_USAGE = 2  # bad option, unknown model / layer / class, unusable output folder
-EXIT_FAILED = 3  # the run itself failed (an unexpected error; --verbose shows the traceback)
-EXIT_INTERRUPTED = 130  # Ctrl-C (or SIGTERM): stopped cleanly, rerun the same command to finish
+# Kept as module names for code written against them; the one table is errors.ExitCode.
+EXIT_OK = ExitCode.OK
+EXIT_SOME_FAILED = ExitCode.SOME_FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_FAILED = ExitCode.FAILED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 #: Hidden folder inside the output folder: resume journal, job settings, lock.
 STATE_DIR = ".guided-backprop"

@@ -21,8 +21,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .attribution import METHODS, parse_methods
-from .errors import GuidedBackpropError
+from .methods import METHODS, parse_methods
+from .errors import ExitCode, GuidedBackpropError
 from .render import NORMALIZATIONS
 
 __all__ = ["main"]
@@ -153,19 +153,19 @@ class _DefaultGroup(click.Group):
             code = rv if isinstance(rv, int) else 0
         except click.exceptions.NoArgsIsHelpError as err:
             click.echo(err.ctx.get_help() if err.ctx else "", err=True)
-            code = 2
+            code = ExitCode.USAGE
         except (click.exceptions.Abort, KeyboardInterrupt):
             click.echo("interrupted", err=True)
-            code = 130
+            code = ExitCode.INTERRUPTED
         except click.ClickException as err:
             hint = f" (see '{PROG} --help')" if isinstance(err, click.UsageError) else ""
             _echo_error(err.format_message() + hint)
             code = err.exit_code
         except GuidedBackpropError as err:
             _echo_error(str(err))
-            code = 2
+            code = ExitCode.USAGE
         if standalone_mode:
-            sys.exit(code)
+            sys.exit(int(code))
         return code
 
 
@@ -297,18 +297,18 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
         return err.exit_code
     except GuidedBackpropError as err:
         _echo_error(str(err), verbose=verbose, err=err)
-        return batch.EXIT_USAGE
+        return ExitCode.USAGE
     except KeyboardInterrupt:
         click.echo(f"interrupted; rerun the same command to finish ({output})", err=True)
-        return batch.EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         hint = "" if verbose else " (rerun with --verbose for the traceback)"
         _echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
-        return batch.EXIT_FAILED
+        return ExitCode.FAILED
     if result.interrupted:
         click.echo(f"interrupted after {result.computed} images; rerun the same command to finish "
                    f"({result.output})", err=True)
-        return batch.EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     if result.rank != 0:
         return result.exit_code
     if not quiet:
@@ -325,18 +325,18 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
         from . import report
     except ImportError as err:
         _echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
-        return 3
+        return ExitCode.FAILED
     try:
         page = report.write_report(output)
     except GuidedBackpropError as err:
         _echo_error(str(err), verbose=verbose, err=err)
-        return 2
+        return ExitCode.USAGE
     except Exception as err:  # noqa: BLE001
         _echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
-        return 3
+        return ExitCode.FAILED
     if not quiet:
         click.echo(f"report: {page}")
-    return 0
+    return ExitCode.OK
 
 
 # ------------------------------------------------------------------------------------- other commands
@@ -352,14 +352,14 @@ def models_command(verbose: bool) -> int:
         infos = list(models.available_models())
     except GuidedBackpropError as err:
         _echo_error(str(err), verbose=verbose, err=err)
-        return 2
+        return ExitCode.USAGE
     width = max([len(str(i.name)) for i in infos] + [4])
     click.echo(f"{'NAME':<{width}}  OFFLINE  SOURCE        DESCRIPTION")
     for info in infos:
         offline = "yes" if info.offline else "no"
         click.echo(f"{info.name:<{width}}  {offline:<7}  {str(info.source):<12}  {info.description}")
     click.echo(f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'")
-    return 0
+    return ExitCode.OK
 
 
 @main.command("report")
@@ -429,9 +429,9 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, channels: t
         units.save_unit_grids(grids, output)
     except GuidedBackpropError as err:
         _echo_error(str(err), verbose=verbose, err=err)
-        return 2
+        return ExitCode.USAGE
     for w in skipped:
         _echo_error(str(w.message))
     if not quiet:
         click.echo(f"{len(grids)} unit grids of layer {layer} -> {output}")
-    return 1 if skipped else 0
+    return ExitCode.SOME_FAILED if skipped else ExitCode.OK

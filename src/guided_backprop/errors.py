@@ -3,17 +3,42 @@
 from __future__ import annotations
 
 import difflib
+import enum
 from collections.abc import Iterable
 
 
+class ExitCode(enum.IntEnum):
+    """The exit codes of every ``guided-backprop`` command (one table, documented in the README)."""
+
+    OK = 0  #: every input done
+    SOME_FAILED = 1  #: some inputs could not be read or written; each was reported, the others are done
+    USAGE = 2  #: bad option, unknown model / layer / class, unusable output folder: nothing was computed
+    FAILED = 3  #: the run itself failed unexpectedly (``--verbose`` shows the traceback)
+    DISK_FULL = 4  #: the output folder's disk is full (or another write failed for every input): rerun to resume
+    INTERRUPTED = 130  #: Ctrl-C (SIGINT): stopped cleanly, rerun the same command to finish
+    TERMINATED = 143  #: SIGTERM (systemd, Slurm, ``kill``): stopped cleanly, rerun the same command to finish
+
+
 class GuidedBackpropError(Exception):
-    """Base class of every error this package raises on purpose."""
+    """Base class of every error this package raises on purpose.
+
+    ``field`` names the setting at fault in the library's words (``"target"``, ``"layer"``,
+    ``"weights"``...), so that a front end can name its own spelling of it (the CLI: ``--target``).
+    """
+
+    field: str | None = None
+
+    def __init__(self, *args: object, field: str | None = None) -> None:
+        super().__init__(*args)
+        if field is not None:
+            self.field = field
 
 
 class UnknownNameError(GuidedBackpropError, LookupError):
     """A name (layer, model, method, class, ...) that does not exist."""
 
-    def __init__(self, kind: str, value: str, choices: Iterable[str], *, hint: str = "") -> None:
+    def __init__(self, kind: str, value: str, choices: Iterable[str], *, hint: str = "",
+                 field: str | None = None) -> None:
         self.kind = kind
         self.value = value
         self.choices = list(dict.fromkeys(choices))
@@ -25,7 +50,7 @@ class UnknownNameError(GuidedBackpropError, LookupError):
             msg += "; valid: " + ", ".join(repr(c) for c in self.choices)
         if hint:
             msg += f" ({hint})"
-        super().__init__(msg)
+        super().__init__(msg, field=field)
 
 
 class TargetError(GuidedBackpropError, ValueError):

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from .atomic import atomic_file
 from .errors import InputError, UnknownNameError
+from .methods import Drawing, get_method, method_title
 
 __all__ = [
     "DEFAULT_PERCENTILE",
@@ -346,7 +347,7 @@ def method_picture(
     """The picture for one method's map: Grad-CAM as a heat map (over ``image`` when given), the
     pixel-space methods (guided backprop, deconvnet, saliency, Guided Grad-CAM) through
     :func:`map_to_image`. Returns uint8 (H, W, 3)."""
-    if method == "gradcam":
+    if get_method(method).drawing is Drawing.HEATMAP:
         heat_cmap = cmap or HEAT_CMAP
         return heatmap(m, cmap=heat_cmap) if image is None else heatmap_overlay(image, m, cmap=heat_cmap)
     return map_to_image(m, norm=norm, percentile=percentile, cmap=cmap)
@@ -517,8 +518,6 @@ def panel(
     return canvas
 
 
-METHOD_TITLES = {"guided_backprop": "guided backprop", "deconvnet": "deconvnet", "saliency": "saliency",
-                 "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM"}
 
 
 def explanation_panel(
@@ -548,10 +547,10 @@ def explanation_panel(
         suffix = f" · {class_name}" + (f" {probability:.2f}" if probability is not None else "")
     for method, m in maps.items():
         pictures[method] = method_picture(method, m, image=image, norm=norm, percentile=percentile)
-        titles[method] = METHOD_TITLES.get(method, method) + suffix
+        titles[method] = method_title(method) + suffix
         if not colorbars:
             continue
-        if method == "gradcam":
+        if get_method(method).drawing is Drawing.HEATMAP:
             bars[method] = colorbar(HEAT_CMAP, 0.0, float(np.max(_heat2d(m), initial=0.0)), width=width)
         elif norm == "signed":
             lo, hi = value_range(m, norm=norm, percentile=percentile)

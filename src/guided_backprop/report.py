@@ -38,6 +38,7 @@ from PIL import Image
 from . import __version__
 from .atomic import write_bytes
 from .errors import GuidedBackpropError
+from .methods import REGISTRY, method_title
 
 __all__ = ["CSP", "REPORT_NAME", "THUMB_DIR", "THUMB_SIZE", "write_report"]
 
@@ -57,14 +58,7 @@ CSP = (
     "script-src '{script_hash}' 'unsafe-inline'; base-uri 'none'; form-action 'none'"
 )
 
-_METHOD_LABELS = {
-    "input": "Input (as the network saw it)",
-    "guided_backprop": "Guided backprop",
-    "deconvnet": "Deconvnet",
-    "saliency": "Saliency",
-    "gradcam": "Grad-CAM",
-    "guided_gradcam": "Guided Grad-CAM",
-}
+_INPUT_LABEL = "Input (as the network saw it)"
 # Known run.json keys, in the order the settings table shows them; other keys follow in file order.
 _SETTING_LABELS = {
     "model": "Model",
@@ -228,12 +222,12 @@ def _columns(rows: Sequence[Mapping[str, Any]], methods: Any) -> list[str]:
 def _column(key: str) -> dict[str, Any]:
     """A column's title, and which explained class (1 = the first) its maps show (``None``: the input)."""
     if key == "input":
-        return {"key": key, "label": _METHOD_LABELS[key], "rank": None}
+        return {"key": key, "label": _INPUT_LABEL, "rank": None}
     ranked = re.fullmatch(r"(.+)_top(\d+)", key)
-    if ranked and ranked.group(1) in _METHOD_LABELS:
+    if ranked and ranked.group(1) in REGISTRY:
         rank = int(ranked.group(2))
-        return {"key": key, "label": f"{_METHOD_LABELS[ranked.group(1)]}, class #{rank}", "rank": rank}
-    return {"key": key, "label": _METHOD_LABELS.get(key, key), "rank": 1}
+        return {"key": key, "label": f"{method_title(ranked.group(1))}, class #{rank}", "rank": rank}
+    return {"key": key, "label": method_title(key), "rank": 1}
 
 
 # -------------------------------------------------------------------------------------------- thumbnails

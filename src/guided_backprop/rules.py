@@ -28,31 +28,15 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-__all__ = ["Method", "RuleState", "ReLURouting", "parse_method"]
+__all__ = ["Rule", "RuleState", "ReLURouting"]
 
 
-class Method(str, enum.Enum):
-    """The ReLU backward rule of a gradient method."""
+class Rule(str, enum.Enum):
+    """The ReLU backward rule of a gradient method (see :mod:`.methods` for the methods themselves)."""
 
     SALIENCY = "saliency"
     DECONVNET = "deconvnet"
     GUIDED_BACKPROP = "guided_backprop"
-
-
-def parse_method(method: str | Method) -> Method:
-    """``"guided_backprop"`` (or ``"guided-backprop"``, ``"gbp"``...) -> :class:`Method`."""
-    from .errors import UnknownNameError
-
-    if isinstance(method, Method):
-        return method
-    key = str(method).strip().lower().replace("-", "_")
-    aliases = {"gbp": "guided_backprop", "guided": "guided_backprop", "gradient": "saliency",
-               "vanilla": "saliency", "deconv": "deconvnet"}
-    key = aliases.get(key, key)
-    try:
-        return Method(key)
-    except ValueError:
-        raise UnknownNameError("method", str(method), [m.value for m in Method]) from None
 
 
 class RuleState:
@@ -63,7 +47,7 @@ class RuleState:
     runs, not when the forward ran.
     """
 
-    def __init__(self, method: Method = Method.SALIENCY) -> None:
+    def __init__(self, method: Rule = Rule.SALIENCY) -> None:
         self.method = method
         self.calls = 0  # how many ReLU applications were routed during the forward
 
@@ -91,7 +75,7 @@ class _RoutedReLU(torch.autograd.Function):
         # The input or the output: the gate is the same (relu(x) > 0 iff x > 0, 0 < relu6(x) < 6 iff 0 < x < 6).
         (out,) = ctx.saved_tensors
         method = ctx.state.method
-        if method is Method.DECONVNET:
+        if method is Rule.DECONVNET:
             return g.clamp(min=0), None, None, None
         # PyTorch's own fused backward kernels (g where the gate is open, else 0): one pass, no mask
         # tensor. relu: open where out > 0; relu6: where 0 < out < 6 (hardtanh_backward's gate).
@@ -99,7 +83,7 @@ class _RoutedReLU(torch.autograd.Function):
             grad = torch.ops.aten.threshold_backward(g, out, 0)
         else:
             grad = torch.ops.aten.hardtanh_backward(g, out, 0.0, ctx.upper)
-        if method is Method.GUIDED_BACKPROP:
+        if method is Rule.GUIDED_BACKPROP:
             # The result is a new tensor, so it is clamped in place: one allocation fewer per ReLU
             # than clamping g first, and the same numbers (the gate and the clamp commute).
             grad.clamp_(min=0)

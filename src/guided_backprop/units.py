@@ -31,8 +31,9 @@ from torch import nn
 
 from . import render
 from .atomic import safe_name, write_text
-from .attribution import Explainer, find_layer, layer_output, parse_methods
-from .errors import ImageError, InputError, NoReLUError, TargetError, UnknownNameError
+from .attribution import Explainer, find_layer, layer_output
+from .errors import ImageError, InputError, TargetError, UnknownNameError
+from .methods import method_title, parse_methods
 from .receptive import ReceptiveField, receptive_field
 from .targets import Neuron
 
@@ -50,8 +51,6 @@ __all__ = [
 Display = Callable[[torch.Tensor], np.ndarray]
 RankBy = Literal["mean", "max"]
 _RANKS = ("mean", "max")
-_TITLES = {"guided_backprop": "guided backpropagation", "deconvnet": "deconvnet", "saliency": "gradient",
-           "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "image": "image patches"}
 
 
 @dataclass
@@ -377,19 +376,9 @@ def _explain(
     explainer: Explainer, x: torch.Tensor, target: Neuron, methods: tuple[str, ...]
 ) -> dict[str, torch.Tensor]:
     """Maps ``(C, H, W)`` (Grad-CAM: ``(1, H, W)``) of ``target`` for ``x`` ``(1, C, H, W)``: one forward."""
-    try:
-        e = explainer.explain(x, target, methods=methods)
-        return {m: e.maps[m][0, 0] for m in methods}
-    except NoReLUError:
-        # No ReLU before the unit (a first-layer unit): every ReLU rule is then the plain gradient.
-        cams = tuple(m for m in ("gradcam",) if any(n in ("gradcam", "guided_gradcam") for n in methods))
-        e = explainer.explain(x, target, methods=("saliency", *cams))
-        grad = e.maps["saliency"][0, 0]
-        plain = {"guided_backprop": grad, "deconvnet": grad, "saliency": grad}
-        if cams:
-            plain["gradcam"] = e.maps["gradcam"][0, 0]
-            plain["guided_gradcam"] = grad * plain["gradcam"]
-        return {m: plain[m] for m in methods}
+    # strict=False: a unit before any ReLU (a first-layer unit) has every rule equal to the plain gradient.
+    e = explainer.explain(x, target, methods=methods, strict=False)
+    return {m: e.maps[m][0, 0] for m in methods}
 
 
 def _fill(
@@ -459,9 +448,9 @@ def _compose(layer: str, channel: int, rf: ReceptiveField, top: list[TopActivati
     title += f", receptive field {rf.size[0]}x{rf.size[1]}"
     picture = render.panel(
         panels["image"],
-        {_TITLES.get(m, m): panels[m] for m in methods},
+        {method_title(m): panels[m] for m in methods},
         title=title,
-        input_title=_TITLES["image"],
+        input_title="image patches",
         min_tile=0,
     )
     return {key: Image.fromarray(p) for key, p in panels.items()}, picture
