@@ -334,7 +334,7 @@ def test_non_tensor_output_is_explained(x: torch.Tensor) -> None:
 
 
 def test_layer_output_stops_the_forward_at_the_layer(model: SmallCNN, x: torch.Tensor) -> None:
-    from guided_backprop.attribution import layer_output
+    from guided_backprop.hooks import layer_output
 
     reached = []
     handle = model.head.register_forward_hook(lambda *a: reached.append(1))
@@ -346,3 +346,44 @@ def test_layer_output_stops_the_forward_at_the_layer(model: SmallCNN, x: torch.T
     assert not reached and not out.requires_grad
     with pytest.raises(gbp.UnknownNameError, match="features.4"):
         layer_output(model, x, "features.44")
+
+
+# -- batches, per-sample SmoothGrad seeds, Grad-CAM layer checks -------------------------------------
+def test_explanations_of_batches_concatenate_to_the_explanation_of_the_whole(model: SmallCNN,
+                                                                            x: torch.Tensor) -> None:
+    ex = gbp.Explainer(model)
+    methods = ["guided_backprop", "gradcam"]
+    whole = ex.explain(x, gbp.TopK(2), methods=methods)
+    parts = gbp.Explanation.concat([ex.explain(x[:1], gbp.TopK(2), methods=methods),
+                                    ex.explain(x[1:], gbp.TopK(2), methods=methods)])
+    assert len(parts) == 4 and parts.gradcam_layer == whole.gradcam_layer
+    for m in methods:
+        torch.testing.assert_close(parts.maps[m], whole.maps[m])
+    assert torch.equal(parts.targets, whole.targets)
+    torch.testing.assert_close(parts.logits, whole.logits)
+    with pytest.raises(ValueError, match="different methods"):
+        gbp.Explanation.concat([whole, ex.explain(x, methods=["saliency"])])
+
+
+def test_smoothgrad_seeded_per_sample_does_not_depend_on_the_batch(model: SmallCNN, x: torch.Tensor) -> None:
+    ex = gbp.Explainer(model)
+    opts = dict(methods=["guided_backprop"], smooth=3, noise=0.2, seed=7)
+    batch = ex.explain(x, [1, 2, 3, 4], sample_ids=[10, 11, 12, 13], **opts)
+    alone = ex.explain(x[2:3], [3], sample_ids=[12], **opts)
+    torch.testing.assert_close(batch.maps["guided_backprop"][2:3], alone.maps["guided_backprop"], rtol=0, atol=0)
+    # the noise really is the sample's own: another id gives another map, the same id the same
+    other = ex.explain(x[2:3], [3], sample_ids=[99], **opts)
+    assert not torch.equal(other.maps["guided_backprop"], alone.maps["guided_backprop"])
+    gen = torch.Generator().manual_seed(gbp.attribution.smoothgrad_seed(7, 12))
+    manual = ex.explain(x[2:3], [3], methods=["guided_backprop"], smooth=3, noise=0.2, generator=gen)
+    torch.testing.assert_close(manual.maps["guided_backprop"], alone.maps["guided_backprop"], rtol=0, atol=0)
+    with pytest.raises(gbp.InputError, match="sample ids"):
+        ex.explain(x, sample_ids=[1], **opts)
+
+
+def test_a_gradcam_layer_without_spatial_output_is_a_usage_error_naming_its_shape(model: SmallCNN,
+                                                                                 x: torch.Tensor) -> None:
+    with pytest.raises(gbp.TargetError, match=r"'head' outputs \(4, 10\), not a spatial.*e\.g\. 'features\.4'") as err:
+        gbp.Explainer(model).explain(x, methods=["gradcam"], gradcam_layer="head")
+    assert err.value.field == "gradcam_layer"
+    assert not model.head._forward_hooks  # the hooks came off on the error path

@@ -1,6 +1,6 @@
 """attribute() and Explainer: one forward pass, one backward pass per (method, target).
 
-Gradient methods (all exact on any ReLU network, see :mod:`.rules`):
+Gradient methods (all exact on any ReLU network, see :mod:`.rules`; the registry is :mod:`.methods`):
 
 * ``saliency`` -- the plain input gradient (Simonyan et al. 2013, arXiv:1312.6034);
 * ``deconvnet`` -- Zeiler & Fergus 2013 (arXiv:1311.2901);
@@ -10,13 +10,17 @@ Gradient methods (all exact on any ReLU network, see :mod:`.rules`):
 * ``guided_gradcam`` -- the guided-backprop map times the *same target's* Grad-CAM.
 
 SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825) averages any of them over noisy copies.
+
+An explanation runs in four steps, each a function of its own: :class:`_Capture` records what the
+forward pass produces (the explained layer, the Grad-CAM layer), :func:`_score` turns the output
+into the explained scores, :func:`_backward_plan` lists the backward passes the methods need,
+:func:`_assemble` builds each method's map from their gradients.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,100 +29,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import GuidedBackpropError, InputError, ModelError, NoReLUError, TargetError, UnknownNameError
+from .hooks import StopForward, exact_cuda_math, find_layer, forward_hooks, layer_output, logits_of, model_state
 from .methods import METHODS, REGISTRY, get_method, parse_methods
 from .rules import ReLURouting, Rule, RuleState
 from .targets import Channel, LayerTarget, MaxNeuron, Neuron, Target, TopK, layer_scores, resolve_classes
 
-__all__ = ["METHODS", "Explanation", "Explainer", "attribute", "find_layer", "forward_hooks", "layer_output",
-           "model_state", "parse_methods"]
-
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` in ``model.named_modules()``; unknown names list close matches."""
-    modules = dict(model.named_modules())
-    if name not in modules or name == "":
-        raise UnknownNameError("layer", name, [n for n in modules if n],
-                               hint="layer names are those of model.named_modules()")
-    return modules[name]
+__all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed"]
 
 
-@contextlib.contextmanager
-def model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Module]:
-    """Put ``model`` in eval mode for the block and restore every submodule's own ``training`` flag."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        # Only touch what changes: nn.Module.__setattr__ and the recursive eval() cost ~1.5 ms per
-        # call on a 200-module network, which shows where a whole forward takes a few ms (GPU).
-        if eval_mode and any(flag for _m, flag in flags):
-            model.eval()
-        yield model
-    finally:
-        for m, flag in flags:
-            if m.training != flag:
-                m.training = flag
+def smoothgrad_seed(seed: int, sample: int) -> int:
+    """The SmoothGrad noise seed of one sample: ``sample`` is its id (e.g. its index in a folder).
 
-
-@contextlib.contextmanager
-def forward_hooks(hooks: Sequence[tuple[nn.Module, Any]]) -> Iterator[None]:
-    """Register ``(module, hook)`` forward hooks for the block; all removed on exit, also on errors."""
-    handles = []
-    try:
-        for module, fn in hooks:
-            handles.append(module.register_forward_hook(fn))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-@contextlib.contextmanager
-def _exact_cuda_math(device: torch.device) -> Iterator[None]:
-    """Full float32 precision for CUDA convolutions and matmuls during the call.
-
-    cuDNN's default TF32 convolutions round inputs to 10 mantissa bits: guided-backprop maps then
-    differ from the CPU's by up to ~10% of their maximum. The switches are global, so they are
-    restored on exit.
+    Seeding each sample on its own makes its map independent of how samples were batched, so the
+    batch job and :meth:`Explainer.explain` compute the same maps.
     """
-    if device.type != "cuda":
-        yield
-        return
-    saved = (torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    try:
-        torch.backends.cudnn.allow_tf32 = False
-        torch.backends.cuda.matmul.allow_tf32 = False
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
-
-
-class _StopForward(Exception):
-    """Raised from a hook once a layer target's activation is known: the rest is not needed."""
-
-
-def layer_output(model: nn.Module, x: torch.Tensor, layer: str, *, eval_mode: bool = True) -> torch.Tensor:
-    """The output of ``layer`` for batch ``x``, without gradients; the forward stops at the layer.
-
-    Used to find where units fire (no ReLU routing: the forward values do not depend on the rule).
-    """
-    module = find_layer(model, layer)
-    store: dict[str, Any] = {}
-
-    def stop(_m: nn.Module, _i: Any, out: Any) -> None:
-        store["out"] = out
-        raise _StopForward
-
-    try:
-        with model_state(model, eval_mode=eval_mode), torch.no_grad(), forward_hooks([(module, stop)]):
-            model(x)
-    except _StopForward:
-        pass
-    except RuntimeError as err:
-        raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
-    out = store.get("out")
-    if out is None:
-        raise TargetError(f"layer {layer!r} was not called during the forward pass")
-    if not isinstance(out, torch.Tensor):
-        raise TargetError(f"layer {layer!r} returns {type(out).__name__}, not a tensor")
-    return out
+    return (int(seed) * 1_000_003 + int(sample)) % (2**63)
 
 
 @dataclass
@@ -145,6 +70,9 @@ class Explanation:
             raise UnknownNameError("method", method, list(self.maps), hint="not computed in this explanation")
         return self.maps[key]
 
+    def __len__(self) -> int:
+        return int(self.scores.shape[0])
+
     @property
     def probabilities(self) -> torch.Tensor | None:
         """Softmax probabilities ``(N, K)`` of the explained classes (class targets only)."""
@@ -152,6 +80,175 @@ class Explanation:
             return None
         logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))  # half -> float
         return logits.softmax(dim=1).gather(1, self.targets)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Explanation]) -> Explanation:
+        """The explanations of consecutive batches as one, samples in order (same methods and K)."""
+        if not parts:
+            raise ValueError("Explanation.concat needs at least one explanation")
+        first = parts[0]
+        if len(parts) == 1:
+            return first
+        if any(set(p.maps) != set(first.maps) for p in parts):
+            raise ValueError("Explanation.concat: the explanations hold different methods")
+
+        def cat(values: list[torch.Tensor | None]) -> torch.Tensor | None:
+            return None if any(v is None for v in values) else torch.cat(values)  # type: ignore[arg-type]
+
+        return cls(
+            maps={m: torch.cat([p.maps[m] for p in parts]) for m in first.maps},
+            scores=torch.cat([p.scores for p in parts]),
+            targets=cat([p.targets for p in parts]),
+            logits=cat([p.logits for p in parts]),
+            positions=cat([p.positions for p in parts]),
+            gradcam_layer=first.gradcam_layer,
+            relu_calls=first.relu_calls,
+            extra=dict(first.extra),
+        )
+
+
+# --------------------------------------------------------------------------------------------- steps
+
+
+class _Capture:
+    """Forward hooks that record the explained layer's output and the Grad-CAM layer's.
+
+    A layer target stops the forward at its layer (nothing after it is needed). Without a named
+    Grad-CAM layer, every spatial ``(N, C, h, w)`` output is a candidate and the last one is used.
+    """
+
+    def __init__(self, model: nn.Module, layer_target: LayerTarget | None, cam_layer: str | None,
+                 want_cam: bool) -> None:
+        self.model = model
+        self.layer_target = layer_target
+        self.cam_layer = cam_layer
+        self.want_cam = want_cam
+        self.target: Any = None
+        self.cam: Any = None
+        self.candidates: list[tuple[str, torch.Tensor]] = []
+
+    def hooks(self) -> list[tuple[nn.Module, Any]]:
+        hooks: list[tuple[nn.Module, Any]] = []
+        if self.layer_target is not None:
+            hooks.append((find_layer(self.model, self.layer_target.layer), self._stop))
+        if self.want_cam and self.cam_layer is not None:
+            hooks.append((find_layer(self.model, self.cam_layer), self._keep_cam))
+        elif self.want_cam:
+            hooks.extend((m, self._candidate(n)) for n, m in self.model.named_modules() if n)
+        return hooks
+
+    def _stop(self, _m: nn.Module, _i: Any, out: Any) -> None:
+        self.target = out
+        raise StopForward
+
+    def _keep_cam(self, _m: nn.Module, _i: Any, out: Any) -> Any:
+        if isinstance(out, torch.Tensor):
+            # Keep the layer's own output: later in-place ops then act on the clone.
+            self.cam = out
+            return out.clone()
+        self.cam = out
+        return None
+
+    def _candidate(self, name: str) -> Any:
+        def hook(module: nn.Module, _i: Any, out: Any) -> None:
+            # Adaptive pools only resample the last feature map (VGG's avgpool): skip them.
+            if _is_spatial(out) and not isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+                self.candidates.append((name, out))
+        return hook
+
+    def gradcam_activation(self) -> tuple[str | None, torch.Tensor | None]:
+        """The Grad-CAM layer's name and output, checked (after the forward)."""
+        if not self.want_cam:
+            return None, None
+        if self.cam_layer is None:
+            if not self.candidates:
+                raise TargetError("Grad-CAM found no layer with a spatial (N, C, h, w) output; "
+                                  "name one with gradcam_layer", field="gradcam_layer")
+            return self.candidates[-1]
+        if self.cam is None:
+            raise TargetError(f"Grad-CAM layer {self.cam_layer!r} was not called during the forward pass",
+                              field="gradcam_layer")
+        if not isinstance(self.cam, torch.Tensor) or self.cam.ndim != 4:
+            shape = tuple(self.cam.shape) if isinstance(self.cam, torch.Tensor) else type(self.cam).__name__
+            raise TargetError(
+                f"Grad-CAM layer {self.cam_layer!r} outputs {shape}, not a spatial (N, C, h, w) feature map; "
+                f"choose a convolutional layer{_spatial_hint(self.model, self.cam_layer)}", field="gradcam_layer")
+        return self.cam_layer, self.cam
+
+    def layer_activation(self) -> torch.Tensor:
+        """The explained layer's output, checked (after the forward)."""
+        assert self.layer_target is not None
+        name = self.layer_target.layer
+        if self.target is None:
+            raise TargetError(f"layer {name!r} was not called during the forward pass", field="layer")
+        if not isinstance(self.target, torch.Tensor):
+            raise TargetError(f"layer {name!r} returns {type(self.target).__name__}, not a tensor", field="layer")
+        return self.target
+
+
+def _is_spatial(out: Any) -> bool:
+    return isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1
+
+
+def _spatial_hint(model: nn.Module, skip: str) -> str:
+    """", e.g. 'a', 'b'": the last spatial layers, named by name (the error path only)."""
+    names = [n for n, m in model.named_modules() if n and isinstance(m, (nn.Conv2d, nn.BatchNorm2d))][-3:]
+    names = [n for n in names if n != skip]
+    return ", e.g. " + ", ".join(repr(n) for n in reversed(names)) if names else ""
+
+
+def _score(
+    out: Any, target: Target, layer_target: LayerTarget | None, positions: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    """(scores (N, K), class indices or None, logits or None, unit positions or None)."""
+    if layer_target is None:
+        classes = resolve_classes(target, out)
+        return out.gather(1, classes), classes, out, None
+    if positions is not None:  # SmoothGrad: positions fixed on the clean input
+        act = out[:, layer_target.channel]
+        rows = torch.arange(act.shape[0], device=act.device)
+        return act[rows, positions[:, 0], positions[:, 1]][:, None], None, None, positions
+    scores, positions = layer_scores(layer_target, out)
+    return scores, None, None, positions
+
+
+@dataclass(frozen=True)
+class _Pass:
+    """One backward pass: its ReLU rule (``None``: Grad-CAM's gradient only), and whether it also
+    takes the gradient at the Grad-CAM layer."""
+
+    rule: Rule | None
+    with_cam: bool
+
+
+def _backward_plan(methods: Sequence[str]) -> list[_Pass]:
+    """The backward passes the methods need, per target: one per distinct rule, Grad-CAM riding on
+    the saliency pass (plain gradients) or, without one, on a cheap pass that stops at its layer."""
+    want_cam = any(REGISTRY[m].gradcam for m in methods)
+    rules = list(dict.fromkeys(r for m in methods if (r := REGISTRY[m].rule) is not None))
+    plan = [_Pass(r, want_cam and r is Rule.SALIENCY) for r in rules]
+    if want_cam and Rule.SALIENCY not in rules:
+        plan.append(_Pass(None, True))
+    return plan
+
+
+def _assemble(methods: Sequence[str], per_rule: dict[Rule, list[torch.Tensor]], cams: list[torch.Tensor],
+              dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Each method's maps ``(N, K, ...)`` from the gradients of the backward passes."""
+    maps: dict[str, torch.Tensor] = {}
+    for m in methods:
+        spec = REGISTRY[m]
+        if spec.rule is None:  # Grad-CAM
+            maps[m] = torch.stack(cams, dim=1)
+        elif spec.gradcam:  # Guided Grad-CAM: the rule's map times the same target's Grad-CAM
+            maps[m] = torch.stack(per_rule[spec.rule], dim=1) * torch.stack(cams, dim=1)
+        else:
+            maps[m] = torch.stack(per_rule[spec.rule], dim=1)
+    # contiguous NCHW also where the caller's input or model is channels_last
+    return {m: v.detach().to(dtype=dtype).contiguous() for m, v in maps.items()}
+
+
+# ------------------------------------------------------------------------------------------ Explainer
 
 
 class Explainer:
@@ -186,6 +283,8 @@ class Explainer:
         noise: float = 0.15,
         smooth_batch: int = 16,
         generator: torch.Generator | None = None,
+        seed: int | None = None,
+        sample_ids: Sequence[int] | None = None,
         strict: bool = True,
     ) -> Explanation:
         """Maps of every method in ``methods`` for every target, from one forward pass.
@@ -194,24 +293,36 @@ class Explainer:
             x: input batch ``(N, C, H, W)`` (or whatever the model takes), float.
             target: ``None`` (top-1 class), an int, N ints, an ``(N, K)`` tensor, ``TopK(k)``,
                 or a layer target (``Channel``, ``Neuron``, ``MaxNeuron``).
-            methods: names from :data:`METHODS`.
+            methods: names from :data:`~guided_backprop.methods.METHODS` (aliases accepted).
             gradcam_layer: layer for Grad-CAM; default: the last module with a spatial
                 ``(N, C, h, w)`` output (h or w > 1), found during the forward pass.
             smooth: SmoothGrad samples per input (0: off).
             noise: SmoothGrad noise std as a fraction of each input's value range (max - min).
             smooth_batch: noisy copies per forward pass.
-            generator: random generator for the SmoothGrad noise (reproducible maps).
+            generator: random generator for the SmoothGrad noise of the whole batch.
+            seed: instead of ``generator``, seed each sample's noise on its own
+                (:func:`smoothgrad_seed` of ``seed`` and its id), so that its map does not depend
+                on the batch it came in; ``sample_ids`` are the ids (default ``0..N-1``).
             strict: a forward pass that applies no ReLU is an error for the ReLU rules (their maps
                 would silently equal the plain gradient). ``False`` accepts it: every rule is then
                 exactly the plain gradient (e.g. a unit of the first layer, before any ReLU).
         """
         names = parse_methods(methods)
         x = self._check_input(x)
-        with self._lock, _exact_cuda_math(x.device):
-            if smooth and smooth > 0:
-                return self._smooth(x, target, names, gradcam_layer, int(smooth), float(noise),
-                                    int(smooth_batch), generator, strict)
-            return self._explain(x, target, names, gradcam_layer, strict=strict)
+        with self._lock, exact_cuda_math(x.device):
+            if not smooth or smooth <= 0:
+                return self._explain(x, target, names, gradcam_layer, strict=strict)
+            options = (names, gradcam_layer, int(smooth), float(noise), int(smooth_batch), strict)
+            if seed is None:
+                return self._smooth(x, target, *options, generator)
+            ids = list(range(x.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
+            if len(ids) != x.shape[0]:
+                raise InputError(f"got {len(ids)} sample ids for a batch of {x.shape[0]}; give one per sample")
+            return Explanation.concat([
+                self._smooth(x[i:i + 1], _sample_target(target, i, x.shape[0]), *options,
+                             torch.Generator().manual_seed(smoothgrad_seed(seed, sid)))
+                for i, sid in enumerate(ids)
+            ])
 
     # -- internals --------------------------------------------------------------------------
     def _check_input(self, x: Any) -> torch.Tensor:
@@ -231,72 +342,22 @@ class Explainer:
                 )
         return x
 
-    def _forward(
-        self, x: torch.Tensor, layer_target: LayerTarget | None, cam_layer: str | None, want_cam: bool
-    ) -> tuple[torch.Tensor, Any, torch.Tensor | None, str | None, RuleState]:
-        """One forward under the routing mode. Returns (leaf, output-or-activation, cam activation, cam name, state)."""
+    def _forward(self, x: torch.Tensor, capture: _Capture) -> tuple[torch.Tensor, Any, RuleState]:
+        """One forward under the routing mode: (input leaf, output or None when stopped, rule state)."""
         state = RuleState()
         leaf = x.detach().clone().requires_grad_(True)
-        hooks: list[tuple[nn.Module, Any]] = []
-        captured: dict[str, Any] = {}
-
-        if layer_target is not None:
-            def stop_hook(_m: nn.Module, _i: Any, out: Any) -> None:
-                captured["target"] = out
-                raise _StopForward
-
-            hooks.append((find_layer(self.model, layer_target.layer), stop_hook))
-
-        cam_name = cam_layer
-        if want_cam and cam_layer is not None:
-            def cam_hook(_m: nn.Module, _i: Any, out: Any) -> Any:
-                if isinstance(out, torch.Tensor):
-                    # Keep the layer's own output: later in-place ops then act on the clone.
-                    captured["cam"] = out
-                    return out.clone()
-                return None
-
-            hooks.append((find_layer(self.model, cam_layer), cam_hook))
-        elif want_cam:
-            candidates: list[tuple[str, torch.Tensor]] = []
-
-            def make(name: str) -> Any:
-                def auto_hook(_m: nn.Module, _i: Any, out: Any) -> None:
-                    # Adaptive pools only resample the last feature map (VGG's avgpool): skip them.
-                    if isinstance(out, torch.Tensor) and out.ndim == 4 and out.shape[-1] * out.shape[-2] > 1 \
-                            and not isinstance(_m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
-                        candidates.append((name, out))
-                return auto_hook
-
-            hooks.extend((m, make(n)) for n, m in self.model.named_modules() if n)
-
         output: Any = None
         try:
-            with model_state(self.model, eval_mode=self.eval_mode), forward_hooks(hooks), \
+            with model_state(self.model, eval_mode=self.eval_mode), forward_hooks(capture.hooks()), \
                     ReLURouting(state), torch.enable_grad():
                 output = self.model(leaf.clone())
-        except _StopForward:
+        except StopForward:
             output = None
         except GuidedBackpropError:
             raise
         except RuntimeError as err:
             raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
-
-        if want_cam and cam_layer is None:
-            if not candidates:
-                raise TargetError("Grad-CAM found no layer with a spatial (N, C, h, w) output; "
-                                  "name one with gradcam_layer")
-            cam_name, captured["cam"] = candidates[-1]
-        if layer_target is not None:
-            if "target" not in captured:
-                raise TargetError(f"layer {layer_target.layer!r} was not called during the forward pass")
-            act = captured["target"]
-            if not isinstance(act, torch.Tensor):
-                raise TargetError(f"layer {layer_target.layer!r} returns {type(act).__name__}, not a tensor")
-            return leaf, act, captured.get("cam"), cam_name, state
-        if want_cam and "cam" not in captured:
-            raise TargetError(f"Grad-CAM layer {cam_layer!r} was not called during the forward pass")
-        return leaf, _logits_of(output), captured.get("cam"), cam_name, state
+        return leaf, output, state
 
     def _explain(
         self,
@@ -308,76 +369,63 @@ class Explainer:
         *,
         strict: bool = True,
     ) -> Explanation:
-        want_cam = any(REGISTRY[m].gradcam for m in methods)
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
-        leaf, out, cam_act, cam_name, state = self._forward(x, layer_target, cam_layer, want_cam)
+        plan = _backward_plan(methods)
+        want_cam = any(p.with_cam for p in plan)
+        capture = _Capture(self.model, layer_target, cam_layer, want_cam)
+        leaf, output, state = self._forward(x, capture)
+        cam_name, cam_act = capture.gradcam_activation()
+        out = capture.layer_activation() if layer_target is not None else logits_of(output)
+        scores, classes, logits, positions = _score(out, target, layer_target, positions)
 
-        logits = classes = None
-        if layer_target is not None:
-            if positions is not None:  # SmoothGrad: positions fixed on the clean input
-                act = out[:, layer_target.channel]
-                scores = act[torch.arange(act.shape[0], device=act.device), positions[:, 0], positions[:, 1]][:, None]
-            else:
-                scores, positions = layer_scores(layer_target, out)
-        else:
-            logits = out
-            classes = resolve_classes(target, logits)
-            scores = logits.gather(1, classes)
-
-        rules = list(dict.fromkeys(r for m in methods if (r := REGISTRY[m].rule) is not None))
-        ruled = [r for r in rules if r is not Rule.SALIENCY]
+        ruled = [p.rule for p in plan if p.rule not in (None, Rule.SALIENCY)]
         if state.calls == 0 and ruled and strict:
             raise NoReLUError(
-                f"the model applied no ReLU or ReLU6 in its forward pass, so {ruled[0].value} would equal the "
-                f"plain gradient; use method='saliency', or a model with ReLU activations"
-            )
+                f"the model applied no ReLU or ReLU6 in its forward pass, so {ruled[0].value} "  # type: ignore[union-attr]
+                f"would equal the plain gradient; use the saliency method, or a model with ReLU activations",
+                field="methods")
         if not scores.requires_grad:
             raise ModelError("the explained score does not depend on the input through autograd "
                              "(is the model wrapped in torch.no_grad or built from detached tensors?)")
 
-        n, k = scores.shape
-        per_rule: dict[Rule, list[torch.Tensor]] = {r: [] for r in rules}
+        per_rule, cams = self._backward(scores, leaf, cam_act, plan, state, x.shape[2:])
+        return Explanation(
+            maps=_assemble(methods, per_rule, cams, x.dtype),
+            scores=scores.detach(),
+            targets=classes,
+            logits=None if logits is None else logits.detach(),
+            positions=positions,
+            gradcam_layer=cam_name,
+            relu_calls=state.calls,
+        )
+
+    @staticmethod
+    def _backward(
+        scores: torch.Tensor, leaf: torch.Tensor, cam_act: torch.Tensor | None, plan: list[_Pass],
+        state: RuleState, size: Sequence[int],
+    ) -> tuple[dict[Rule, list[torch.Tensor]], list[torch.Tensor]]:
+        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph."""
+        k = scores.shape[1]
+        per_rule: dict[Rule, list[torch.Tensor]] = {p.rule: [] for p in plan if p.rule is not None}
         cams: list[torch.Tensor] = []
-        jobs: list[tuple[Rule | None, bool]] = [(r, want_cam and r is Rule.SALIENCY) for r in rules]
-        if want_cam and Rule.SALIENCY not in rules:
-            jobs.append((None, True))  # the Grad-CAM gradient only: stops at the layer, cheap
         for j in range(k):
             grad_out = torch.zeros_like(scores)
             grad_out[:, j] = 1
-            for i, (rule, with_cam) in enumerate(jobs):
-                state.method = rule if rule is not None else Rule.SALIENCY
-                wrt = ([leaf] if rule is not None else []) + ([cam_act] if with_cam else [])
-                last = j == k - 1 and i == len(jobs) - 1
+            for i, step in enumerate(plan):
+                state.method = step.rule if step.rule is not None else Rule.SALIENCY
+                wrt = ([leaf] if step.rule is not None else []) + ([cam_act] if step.with_cam else [])
+                last = j == k - 1 and i == len(plan) - 1
                 try:
                     grads = torch.autograd.grad(scores, wrt, grad_outputs=grad_out, retain_graph=not last,
                                                 allow_unused=True)
                 except RuntimeError as err:
                     raise ModelError(f"the backward pass failed: {err}") from err
-                if rule is not None:
-                    per_rule[rule].append(_zeros_if_none(grads[0], leaf))
-                if with_cam:
-                    cams.append(_gradcam(cam_act, _zeros_if_none(grads[-1], cam_act), x.shape[2:]))
-
-        maps: dict[str, torch.Tensor] = {}
-        for m in methods:
-            spec = REGISTRY[m]
-            if spec.rule is None:  # Grad-CAM
-                maps[m] = torch.stack(cams, dim=1)
-            elif spec.gradcam:  # Guided Grad-CAM: the rule's map times the same target's Grad-CAM
-                maps[m] = torch.stack(per_rule[spec.rule], dim=1) * torch.stack(cams, dim=1)
-            else:
-                maps[m] = torch.stack(per_rule[spec.rule], dim=1)
-        # contiguous NCHW also where the caller's input or model is channels_last
-        maps = {m: v.detach().to(dtype=x.dtype).contiguous() for m, v in maps.items()}
-        return Explanation(
-            maps=maps,
-            scores=scores.detach(),
-            targets=classes,
-            logits=None if logits is None else logits.detach(),
-            positions=positions,
-            gradcam_layer=cam_name if want_cam else None,
-            relu_calls=state.calls,
-        )
+                if step.rule is not None:
+                    per_rule[step.rule].append(_zeros_if_none(grads[0], leaf))
+                if step.with_cam:
+                    assert cam_act is not None
+                    cams.append(_gradcam(cam_act, _zeros_if_none(grads[-1], cam_act), size))
+        return per_rule, cams
 
     def _smooth(
         self,
@@ -388,8 +436,8 @@ class Explainer:
         samples: int,
         noise: float,
         batch: int,
-        generator: torch.Generator | None,
         strict: bool,
+        generator: torch.Generator | None,
     ) -> Explanation:
         # Fix the targets on the clean input, so that every noisy copy explains the same score.
         clean = self._explain(x, target, methods, cam_layer, strict=strict)
@@ -399,24 +447,22 @@ class Explainer:
         sigma = noise * span
         sums = {m: torch.zeros_like(v) for m, v in clean.maps.items()}
         per = max(1, batch // n) if batch >= n else 1
+        chunks = [(s, min(s + batch, n)) for s in range(0, n, batch)] if batch < n else [(0, n)]
+        noise_device = "cpu" if generator is None or generator.device.type == "cpu" else x.device
         done = 0
         while done < samples:
             reps = min(per, samples - done)
-            if batch < n:
-                chunks = [(s, min(s + batch, n)) for s in range(0, n, batch)]
-            else:
-                chunks = [(0, n)]
             for s, e in chunks:
                 xs = x[s:e]
                 noisy = xs.unsqueeze(0).expand(reps, *xs.shape).reshape(reps * (e - s), *xs.shape[1:])
-                eps = torch.randn(noisy.shape, generator=generator, dtype=x.dtype,
-                                  device="cpu" if generator is None or generator.device.type == "cpu" else x.device)
+                eps = torch.randn(noisy.shape, generator=generator, dtype=x.dtype, device=noise_device)
                 noisy = noisy + eps.to(x.device) * sigma[s:e].repeat(reps, *([1] * (x.ndim - 1)))
                 if layer_target is not None:
                     pos = clean.positions[s:e].repeat(reps, 1) if clean.positions is not None else None
                     tgt: Target = layer_target
                 else:
                     pos = None
+                    assert clean.targets is not None
                     tgt = clean.targets[s:e].repeat(reps, 1)
                 part = self._explain(noisy, tgt, methods, clean.gradcam_layer or cam_layer, positions=pos,
                                      strict=strict)
@@ -426,6 +472,16 @@ class Explainer:
         clean.maps = {m: v / samples for m, v in sums.items()}
         clean.extra.update(smooth=samples, noise=noise)
         return clean
+
+
+def _sample_target(target: Target, i: int, n: int) -> Target:
+    """Sample ``i``'s share of a batch's target (a per-sample list or tensor is indexed)."""
+    if target is None or isinstance(target, (int, TopK, Channel, Neuron, MaxNeuron)):
+        return target
+    t = torch.as_tensor(target)
+    if t.ndim >= 1 and t.shape[0] == n:
+        return t[i:i + 1]
+    return target
 
 
 def _zeros_if_none(g: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
@@ -439,18 +495,6 @@ def _gradcam(act: torch.Tensor, grad: torch.Tensor, size: Sequence[int]) -> torc
     if tuple(cam.shape[2:]) != tuple(size):
         cam = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)
     return cam
-
-
-def _logits_of(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, torch.Tensor):
-        return logits
-    raise ModelError(
-        f"the model returned {type(output).__name__}, not a logits tensor; wrap it in a module whose "
-        f"forward returns the (N, classes) logits"
-    )
 
 
 def attribute(

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .attribution import find_layer, forward_hooks, model_state
+from .hooks import find_layer, forward_hooks, model_state
 from .errors import InputError, ModelError
 
 __all__ = ["ReceptiveField", "receptive_field", "receptive_fields"]

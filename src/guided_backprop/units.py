@@ -31,7 +31,8 @@ from torch import nn
 
 from . import render
 from .atomic import safe_name, write_text
-from .attribution import Explainer, find_layer, layer_output
+from .attribution import Explainer
+from .hooks import find_layer, layer_output
 from .errors import ImageError, InputError, TargetError, UnknownNameError
 from .methods import method_title, parse_methods
 from .receptive import ReceptiveField, receptive_field
