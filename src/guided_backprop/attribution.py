@@ -332,9 +332,9 @@ class Explainer:
             raise InputError(f"x must be a floating-point tensor, got dtype {x.dtype}; convert with x.float()")
         if x.ndim < 2 or x.shape[0] == 0:
             raise InputError(f"x must be a non-empty batch (N, ...), got shape {tuple(x.shape)}")
-        conv_dims = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
+        conv_dims: dict[type[nn.Module], int] = {nn.Conv1d: 3, nn.Conv2d: 4, nn.Conv3d: 5}
         first = next((m for m in self.model.modules() if type(m) in conv_dims), None)
-        if first is not None:
+        if isinstance(first, nn.modules.conv._ConvNd):
             want = conv_dims[type(first)]
             if x.ndim == want - 1 and x.shape[0] == first.in_channels:
                 raise InputError(
@@ -413,7 +413,8 @@ class Explainer:
             grad_out[:, j] = 1
             for i, step in enumerate(plan):
                 state.method = step.rule if step.rule is not None else Rule.SALIENCY
-                wrt = ([leaf] if step.rule is not None else []) + ([cam_act] if step.with_cam else [])
+                wrt = ([leaf] if step.rule is not None else []) + ([cam_act] if step.with_cam and cam_act is not None
+                                                                   else [])
                 last = j == k - 1 and i == len(plan) - 1
                 try:
                     grads = torch.autograd.grad(scores, wrt, grad_outputs=grad_out, retain_graph=not last,
