@@ -18,7 +18,7 @@ def test_cpu_and_auto_resolve_here() -> None:
 
 
 def test_unknown_names_list_what_is_valid() -> None:
-    with pytest.raises(UnknownNameError, match=r"unknown device 'gpu'.*'cuda'") as err:
+    with pytest.raises(UnknownNameError, match=r"unknown device 'gpu'; did you mean 'cpu'") as err:
         resolve_device("gpu")
     assert err.value.field == "device"
 
@@ -37,3 +37,8 @@ def test_plain_cuda_under_torchrun_takes_the_local_rank() -> None:
     assert resolve_device("cuda") == torch.device("cuda", 0)
     with pytest.raises(ModelError, match="CUDA device"):
         resolve_device(f"cuda:{n}")
+
+
+def test_a_name_with_no_close_match_lists_every_valid_one() -> None:
+    with pytest.raises(UnknownNameError, match=r"valid: 'auto', 'cpu', 'cuda', 'cuda:N', 'mps'"):
+        resolve_device("xla:7")
