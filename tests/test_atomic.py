@@ -34,7 +34,7 @@ def test_an_exception_keeps_the_old_file_and_removes_the_temp(tmp_path: Path) ->
 
 
 def test_the_temp_name_is_hidden_and_swept_by_the_batch_runner(tmp_path: Path) -> None:
-    from guided_backprop.batch import _sweep_temp_files
+    from guided_backprop.batch.journal import _sweep_temp_files
 
     target = tmp_path / "map.png"
     with atomic_file(target) as fh:

@@ -11,6 +11,10 @@ import numpy as np
 import pytest
 
 from guided_backprop import batch, render
+from guided_backprop.batch import job as batch_job
+from guided_backprop.batch import journal as batch_journal
+from guided_backprop.batch import plan as batch_plan
+from guided_backprop.batch import writer as batch_writer
 from guided_backprop.errors import GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import write_plain
@@ -69,9 +73,9 @@ def test_duplicate_stems_are_refused_when_the_name_has_no_idx(tmp_path: Path) ->
 )
 def test_input_size_follows_the_models_convention(model_pre: Preprocessing, size: int, resize: object,
                                                   crop: object) -> None:
-    pre = batch._apply_preprocessing(model_pre, batch.BatchConfig(input_size=size))
+    pre = batch_plan._apply_preprocessing(model_pre, batch.BatchConfig(input_size=size))
     assert (pre.resize, pre.crop) == (resize, crop)
-    pre = batch._apply_preprocessing(model_pre, batch.BatchConfig(resize=None, crop=20))
+    pre = batch_plan._apply_preprocessing(model_pre, batch.BatchConfig(resize=None, crop=20))
     assert (pre.resize, pre.crop, pre.mean) == (None, 20, model_pre.mean)
 
 
@@ -114,13 +118,13 @@ def test_images_of_different_sizes_are_batched_by_size(tmp_path: Path, monkeypat
     write_plain(tmp_path / "in", 3, size=(36, 40), prefix="a")
     write_plain(tmp_path / "in", 3, size=(44, 32), prefix="b")
     shapes: list[tuple[int, ...]] = []
-    explain = batch.Explainer.explain
+    explain = batch_job.Explainer.explain
 
     def spy(self: object, x: object, *args: object, **kw: object) -> object:
         shapes.append(tuple(x.shape))  # type: ignore[attr-defined]
         return explain(self, x, *args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(batch.Explainer, "explain", spy)
+    monkeypatch.setattr(batch_job.Explainer, "explain", spy)
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(input_size=None, resize=None, crop=None,
                                                                    batch_size=3))
     assert result.exit_code == 0
@@ -153,15 +157,15 @@ def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytes
 def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_plain(tmp_path / "in", 5)
     calls = {"n": 0}
-    compute = batch._Job.compute
+    compute = batch_job._Job.compute
 
-    def interrupted(self: batch._Job, items: list, writer: batch._Writer) -> None:
+    def interrupted(self: batch_job._Job, items: list, writer: batch_writer._Writer) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         compute(self, items, writer)
 
-    monkeypatch.setattr(batch._Job, "compute", interrupted)
+    monkeypatch.setattr(batch_job._Job, "compute", interrupted)
     out = tmp_path / "out"
     first = batch.run([tmp_path / "in"], out, config(batch_size=1))
     # Images 0 and 1 were computed; a write still queued when Ctrl-C came is dropped, not half-done.
@@ -170,7 +174,7 @@ def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypa
     assert sorted(r["idx"] for r in journal(out)) == list(range(first.ok))
     assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl").exists()
 
-    monkeypatch.setattr(batch._Job, "compute", compute)
+    monkeypatch.setattr(batch_job._Job, "compute", compute)
     second = batch.run([tmp_path / "in"], out, config(batch_size=1))
     assert second.exit_code == 0 and second.resumed == first.ok and second.computed == 5 - first.ok
     assert [r["status"] for r in index(out)] == ["ok"] * 5
@@ -185,27 +189,27 @@ def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path)
     other = {"idx": 1, "status": "ok", "_fp": "not this job", "_t": 3.0}
     path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n" + '{"idx": 1, "sta')  # killed mid-line
     (state / "journal-1.jsonl").write_text(json.dumps(new) + "\n")
-    j = batch._Journal(path)
+    j = batch_journal._Journal(path)
     j.write({"idx": 2, "status": "ok", "_fp": "f", "_t": 0.5})
     j.close()
     assert path.read_text().splitlines()[2] == '{"idx": 1, "sta'
-    records = batch._read_journals(state, "f")
+    records = batch_journal._read_journals(state, "f")
     assert sorted(records) == [0, 2] and records[0]["status"] == "ok"
 
 
 def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
     (tmp_path / "im_0.png").write_bytes(b"x")
     rec = {"status": "ok", "input": "/a.png", "files": {"input": "im_0.png", "guided_backprop": "map_0.png"}}
-    assert not batch._complete(rec, "/a.png", tmp_path)
+    assert not batch_journal._complete(rec, "/a.png", tmp_path)
     (tmp_path / "map_0.png").write_bytes(b"x")
-    assert batch._complete(rec, "/a.png", tmp_path)
-    assert not batch._complete(rec, "/b.png", tmp_path)  # another input now has this idx
-    assert not batch._complete({**rec, "status": "error"}, "/a.png", tmp_path)
+    assert batch_journal._complete(rec, "/a.png", tmp_path)
+    assert not batch_journal._complete(rec, "/b.png", tmp_path)  # another input now has this idx
+    assert not batch_journal._complete({**rec, "status": "error"}, "/a.png", tmp_path)
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
-    with batch._folder_lock(tmp_path / "out" / batch.STATE_DIR):
+    with batch_journal._folder_lock(tmp_path / "out" / batch.STATE_DIR):
         with pytest.raises(GuidedBackpropError, match="another guided-backprop run is writing"):
             batch.run([tmp_path / "in"], tmp_path / "out", config())
 
@@ -215,7 +219,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
 
 def test_writer_backlog_is_bounded() -> None:
     """The compute loop blocks once ``backlog`` jobs wait for the writer: memory cannot grow."""
-    writer = batch._Writer(threads=1, backlog=2)
+    writer = batch_writer._Writer(threads=1, backlog=2)
     release = threading.Event()
     third = threading.Thread(target=writer.submit, args=(lambda: None,), daemon=True)
     try:
@@ -235,9 +239,9 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
     write_plain(tmp_path / "in", 40, size=(20, 20))
     live = {"now": 0, "max": 0}
     lock = threading.Lock()
-    submit = batch._Writer.submit
+    submit = batch_writer._Writer.submit
 
-    def counting(self: batch._Writer, fn: object) -> None:
+    def counting(self: batch_writer._Writer, fn: object) -> None:
         def wrapped() -> None:
             time.sleep(0.01)  # a slow disk
             fn()  # type: ignore[operator]
@@ -249,7 +253,7 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
             live["max"] = max(live["max"], live["now"])
         submit(self, wrapped)
 
-    monkeypatch.setattr(batch._Writer, "submit", counting)
+    monkeypatch.setattr(batch_writer._Writer, "submit", counting)
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(input_size=16, batch_size=4, workers=1))
     assert result.exit_code == 0 and result.ok == 40
     threads = max(1, min(4, __import__("os").cpu_count() or 1))

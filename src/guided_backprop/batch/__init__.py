@@ -1,0 +1,74 @@
+"""Folder in -> maps, index and errors out: the batch job behind the ``guided-backprop`` command.
+
+One process (or each ``torchrun`` rank, which takes every ``WORLD_SIZE``-th input) runs a pipeline
+whose stages overlap:
+
+1. **decode** in ``DataLoader`` worker processes (:func:`images.load_image` + the model's
+   :class:`~guided_backprop.preprocessing.Preprocessing`); a file that cannot be read becomes an
+   error record, never an exception;
+2. **compute** on the device in batches of same-size tensors (inputs of varying size, i.e. a
+   preprocessing without a crop, are grouped by size), one forward pass for every method and target;
+3. **write** in background threads: rendering (:mod:`.render`), PNG encoding and atomic saves;
+   then one line in the rank's journal.
+
+Queues are bounded (prefetch, pending batch, writer backlog), so memory stays flat for any number of
+images. Every file is written to a temporary name and renamed; the journal
+(``OUT/.guided-backprop/journal-RANK.jsonl``, one line per finished input, written after its files)
+lets a rerun of the same command skip the inputs that are complete. The final ``index.jsonl``,
+``predictions.csv`` and ``run.json`` are written (atomically) by rank 0 once every rank is done.
+
+Output folder contract (read by :mod:`.report`):
+
+* ``run.json``: the settings (model, weights, preprocessing in words, methods, normalization, target,
+  version, started / finished, counts);
+* ``index.jsonl``: one JSON object per input, in input order::
+
+    {"idx": 0, "input": "/abs/path.jpg", "status": "ok" | "error", "error": null | "reason",
+     "class_index": 285, "class_name": "Egyptian cat", "probability": 0.76,        # the prediction
+     "top5": [[285, "Egyptian cat", 0.76], ...],
+     "targets": [[285, "Egyptian cat", 0.76], ...] | null,  # the explained classes, one per rank
+     "layer_target": null | {"layer": ..., "channel": ..., "neuron": ..., "positions": [[y, x]], "scores": [..]},
+     "files": {"input": "im_0.png", "guided_backprop": "map_0_class_285.png", ...},
+     "raw": {"guided_backprop": "map_0_class_285.npy", ...}}           # with save_raw only
+
+  ``files`` keys are ``"input"`` and the method names; with several target classes (top-k) the
+  maps of rank r >= 2 are under ``"<method>_top<r>"``. File names are relative to the folder.
+* ``predictions.csv``: the same, flattened (``top<r>_class_index`` ..., ``file_<key>``, ``raw_<key>``).
+
+Modules: :mod:`.config` (settings and result), :mod:`.names` (file name templates), :mod:`.plan`
+(everything resolved before any image), :mod:`.decode`, :mod:`.job` (compute and write),
+:mod:`.writer` (the writer pool), :mod:`.pipeline`, :mod:`.journal` (resume, lock), :mod:`.dist`
+(torchrun), :mod:`.outputs` (index, CSV, run.json), :mod:`.runner` (:func:`run`).
+"""
+
+from __future__ import annotations
+
+from .config import (
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_SOME_FAILED,
+    EXIT_USAGE,
+    STATE_DIR,
+    BatchConfig,
+    BatchResult,
+)
+from .dist import PeerFailed
+from .names import DEFAULT_INPUT_NAME, MAP_NAME_FIELDS, default_map_name
+from .runner import run
+
+__all__ = [
+    "DEFAULT_INPUT_NAME",
+    "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_SOME_FAILED",
+    "EXIT_USAGE",
+    "PeerFailed",
+    "MAP_NAME_FIELDS",
+    "STATE_DIR",
+    "BatchConfig",
+    "BatchResult",
+    "default_map_name",
+    "run",
+]

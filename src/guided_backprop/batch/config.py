@@ -1,0 +1,102 @@
+"""The settings of a batch run (:class:`BatchConfig`), what it did (:class:`BatchResult`), and constants."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import ExitCode
+from .names import DEFAULT_INPUT_NAME
+
+# Kept as module names for code written against them; the one table is errors.ExitCode.
+EXIT_OK = ExitCode.OK
+EXIT_SOME_FAILED = ExitCode.SOME_FAILED
+EXIT_USAGE = ExitCode.USAGE
+EXIT_FAILED = ExitCode.FAILED
+EXIT_INTERRUPTED = ExitCode.INTERRUPTED
+
+#: Hidden folder inside the output folder: resume journal, job settings, lock.
+STATE_DIR = ".guided-backprop"
+_TOP5 = 5  # classes listed per input in the index
+
+
+@dataclass
+class BatchConfig:
+    """Everything a batch run needs besides its inputs and output folder (the CLI's options).
+
+    ``target``: ``None``/``"top1"`` (each image's predicted class), ``"top<k>"``, a class index or a
+    class name; or a layer target with ``layer`` + ``channel`` (``neuron``: ``None`` for the whole
+    channel, ``"max"`` for its most active unit, ``"y,x"`` for one unit). ``name``: template of the
+    map file names (fields :data:`MAP_NAME_FIELDS`; default :func:`default_map_name`).
+    ``input_size`` sets the crop to N and scales the resize like the model's (e.g. 256/224);
+    ``resize``/``crop`` (an int, or ``None`` for none) override the model's preprocessing.
+    """
+
+    model: str | None = None  # None: models.DEFAULT_MODEL
+    weights: str | None = None
+    labels: str | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    input_size: int | None = None
+    resize: int | None | str = "model"
+    crop: int | None | str = "model"
+    methods: Sequence[str] = ("guided_backprop",)
+    target: str | int | None = None
+    layer: str | None = None
+    channel: int | None = None
+    neuron: str | None = None
+    gradcam_layer: str | None = None
+    smooth: int = 0
+    noise: float = 0.15
+    seed: int = 0
+    norm: str = "percentile"
+    name: str | None = None
+    input_name: str = DEFAULT_INPUT_NAME
+    save_raw: bool = False
+    panel: bool = False  # also write panel_{idx}.png: the input then every method's map, titled
+    device: str = "auto"
+    batch_size: int = 8
+    workers: int = 2
+    overwrite: bool = False
+
+
+@dataclass
+class BatchResult:
+    """What a run did. ``images``/``ok``/``failed``/``maps`` describe the whole output folder (all ranks)."""
+
+    output: Path
+    images: int = 0  # inputs of this run
+    ok: int = 0
+    failed: int = 0
+    maps: int = 0  # map files listed in the index
+    computed: int = 0  # inputs processed by this invocation (the others were complete already)
+    resumed: int = 0  # inputs skipped because a previous run finished them
+    seconds: float = 0.0
+    interrupted: bool = False
+    rank: int = 0
+    world_size: int = 1
+    errors: list[str] = field(default_factory=list)  # this rank's error lines
+    index: Path | None = None
+
+    @property
+    def rate(self) -> float:
+        """Inputs per second processed by this invocation."""
+        return self.computed / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def exit_code(self) -> int:
+        """0, 1 (some inputs failed) or 130 (interrupted).
+
+        Under torchrun only rank 0 returns 1: torchrun stops the other processes as soon as one
+        exits non-zero, which must not happen while rank 0 is still writing the index.
+        """
+        if self.interrupted:
+            return EXIT_INTERRUPTED
+        return EXIT_SOME_FAILED if self.failed and self.rank == 0 else EXIT_OK
+
+    def summary(self) -> str:
+        """One line: ``N images, M maps, F failed in S s (X img/s) -> OUT``."""
+        done = f" ({self.resumed} already done)" if self.resumed else ""
+        return (f"{self.images} images{done}, {self.maps} maps, {self.failed} failed in {self.seconds:.1f} s "
+                f"({self.rate:.1f} img/s) -> {self.output}")

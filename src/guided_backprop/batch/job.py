@@ -1,0 +1,231 @@
+"""Compute (one forward/backward per batch) and write (pictures, maps, the input's journal line)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .. import render
+from ..atomic import safe_name, write_bytes
+from ..attribution import Explainer, model_state
+from ..errors import InputError, ModelError
+from ..targets import MaxNeuron, Neuron
+from .config import _TOP5, BatchConfig
+from .decode import _Decoded, _one_line
+from .dist import _Dist
+from .journal import _Journal
+from .names import PANEL_NAME, _fill
+from .plan import _Plan
+from .writer import _npy_bytes, _Writer
+
+
+def _map_count(rec: dict[str, Any]) -> int:
+    """Maps written for one input (its files but the input picture and the panel)."""
+    return sum(1 for key in rec["files"] if key not in ("input", "panel"))
+
+
+class _Job:
+    """One rank's work: compute batches, hand each input's writing to the pool, journal the results."""
+
+    def __init__(self, plan: _Plan, out: Path, cfg: BatchConfig, dist: _Dist, log: Callable[[str], None]) -> None:
+        self.plan = plan
+        self.out = out
+        self.cfg = cfg
+        self.dist = dist
+        self.log = log
+        self.explainer = Explainer(plan.loaded.model)
+        self.labels = list(plan.loaded.labels)
+        self._lock = threading.Lock()
+        self.ok = 0
+        self.failed = 0
+        self.maps = 0
+        self.errors: list[str] = []
+        self.journal: _Journal | None = None
+        self.fatal: BaseException | None = None
+
+    # -- records -------------------------------------------------------------------------------
+    def _record(self, idx: int, path: str, **fields: Any) -> dict[str, Any]:
+        rec: dict[str, Any] = {"idx": idx, "input": path, "status": "ok", "error": None, "class_index": None,
+                               "class_name": None, "probability": None, "top5": [], "targets": None,
+                               "layer_target": None, "files": {}}
+        if self.cfg.save_raw:
+            rec["raw"] = {}
+        rec.update(fields)
+        rec["_fp"] = self.plan.fingerprint
+        rec["_t"] = time.time()
+        rec["_rank"] = self.dist.rank
+        return rec
+
+    def fail(self, idx: int, path: str, reason: str) -> None:
+        reason = _one_line(reason)
+        assert self.journal is not None
+        self.journal.write(self._record(idx, path, status="error", error=reason))
+        with self._lock:
+            self.failed += 1
+            self.errors.append(reason)
+        self.log(f"error: {reason}")
+
+    # -- compute -------------------------------------------------------------------------------
+    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad(), model_state(self.plan.loaded.model):
+            out = self.plan.loaded.model(x)
+        if not isinstance(out, torch.Tensor):
+            out = getattr(out, "logits", None)
+        if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            raise ModelError("the model does not return (N, classes) logits, so its predictions cannot be listed")
+        return out
+
+    def _explain(self, items: list[_Decoded]) -> Any:
+        x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
+        cfg, plan = self.cfg, self.plan
+        if cfg.smooth > 0:  # one generator per image: maps do not depend on how images were batched
+            parts = []
+            for i, it in enumerate(items):
+                gen = torch.Generator().manual_seed((int(cfg.seed) * 1_000_003 + it.idx) % (2**63))
+                parts.append(self.explainer.explain(x[i:i + 1], plan.target, methods=plan.methods,
+                                                    gradcam_layer=plan.gradcam_layer, smooth=cfg.smooth,
+                                                    noise=cfg.noise, generator=gen))
+            e = parts[0]
+            if len(parts) > 1:
+                e.maps = {m: torch.cat([p.maps[m] for p in parts]) for m in e.maps}
+                e.scores = torch.cat([p.scores for p in parts])
+                e.targets = None if e.targets is None else torch.cat([p.targets for p in parts])
+                e.logits = None if e.logits is None else torch.cat([p.logits for p in parts])
+                e.positions = None if e.positions is None else torch.cat([p.positions for p in parts])
+        else:
+            e = self.explainer.explain(x, plan.target, methods=plan.methods, gradcam_layer=plan.gradcam_layer)
+        logits = e.logits if e.logits is not None else self._predict(x)
+        return e, logits
+
+    def compute(self, items: list[_Decoded], writer: _Writer) -> None:
+        try:
+            e, logits = self._explain(items)
+        except InputError as err:  # the forward failed: find out which input it was
+            if len(items) > 1:
+                for it in items:
+                    self.compute([it], writer)
+                return
+            self.fail(items[0].idx, items[0].path, f"cannot process {items[0].path!r}: {err}")
+            return
+        probs = logits.detach().float().softmax(dim=1).cpu()
+        top_p, top_i = probs.topk(min(_TOP5, probs.shape[1]), dim=1)
+        maps = {m: v.detach().float().cpu().numpy() for m, v in e.maps.items()}  # (N, K, C, H, W)
+        targets = None if e.targets is None else e.targets.cpu()
+        scores = e.scores.detach().float().cpu()
+        positions = None if e.positions is None else e.positions.cpu()
+        for i, it in enumerate(items):
+            job = {
+                "maps": {m: v[i] for m, v in maps.items()},
+                "top5": [(int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
+                "targets": None if targets is None else [(int(c), float(probs[i, c])) for c in targets[i].tolist()],
+                "scores": scores[i].tolist(),
+                "position": None if positions is None else [int(v) for v in positions[i].tolist()],
+            }
+            writer.submit(self._writer_job(it, job))
+
+    # -- write ---------------------------------------------------------------------------------
+    def _writer_job(self, item: _Decoded, job: dict[str, Any]) -> Callable[[], None]:
+        def write() -> None:
+            try:
+                rec = self._write(item, job)
+            except Exception as err:  # disk full, a name too long...: this input failed, the run goes on
+                reason = f"cannot write the outputs of {item.path!r}: {type(err).__name__}: {err}"
+                self.fail(item.idx, item.path, reason)
+                return
+            assert self.journal is not None
+            self.journal.write(rec)
+            with self._lock:
+                self.ok += 1
+                self.maps += _map_count(rec)
+        return write
+
+    def _write(self, item: _Decoded, job: dict[str, Any]) -> dict[str, Any]:
+        """Save the input picture, every map (and the panel) of one input; return its journal record."""
+        plan = self.plan
+        top5 = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["top5"]]
+        pred = top5[0][0] if top5 else None
+        stem = safe_name(Path(item.path).stem)
+        picture = plan.preprocessing.invert(item.tensor)
+        input_name = _fill(plan.input_template, idx=item.idx, stem=stem)
+        render.save_image(picture, self.out / input_name)
+        files: dict[str, str] = {"input": input_name}
+        raw: dict[str, str] = {}
+        classes = [c for c, _p in job["targets"]] if job["targets"] is not None else [pred]
+        first = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw)
+        if self.cfg.panel:
+            files["panel"] = self._save_panel(item.idx, stem, picture, first, job, top5)
+        return self._record(item.idx, item.path, **self._fields(job, top5, files, raw))
+
+    def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
+                   classes: list[int | None], files: dict[str, str], raw: dict[str, str]) -> dict[str, np.ndarray]:
+        """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
+
+        Returns the rank-1 maps (RGB), which the panel shows.
+        """
+        plan, cfg = self.plan, self.cfg
+        lt = plan.layer_target
+        bgr = bool(getattr(plan.preprocessing, "bgr", False))
+        first: dict[str, np.ndarray] = {}
+        for method in plan.methods:
+            stack = maps[method]  # (K, C, H, W)
+            for r in range(stack.shape[0]):
+                cls = classes[r] if r < len(classes) else classes[0]
+                name = _fill(plan.map_template, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
+                             label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
+                             layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none")
+                m = stack[r]
+                if bgr and m.shape[0] == 3:
+                    m = m[::-1]  # the network's BGR channels back to RGB
+                if r == 0:
+                    first[method] = m
+                render.save_image(render.method_picture(method, m, image=picture, norm=cfg.norm), self.out / name)
+                key = method if r == 0 else f"{method}_top{r + 1}"
+                files[key] = name
+                if cfg.save_raw:
+                    raw_name = str(Path(name).with_suffix(".npy"))
+                    write_bytes(self.out / raw_name, _npy_bytes(m.astype(np.float32)))
+                    raw[key] = raw_name
+        return first
+
+    def _save_panel(self, idx: int, stem: str, picture: np.ndarray, first: dict[str, np.ndarray],
+                    job: dict[str, Any], top5: list[list[Any]]) -> str:
+        """The input then every method's map, titled with what is explained; returns its file name."""
+        plan = self.plan
+        if plan.layer_target is not None:
+            what, prob = f"{plan.layer_target.layer} channel {plan.layer_target.channel}", None
+        elif job["targets"] is not None:
+            what, prob = plan.loaded.label(job["targets"][0][0]), job["targets"][0][1]
+        else:
+            what, prob = (top5[0][1], top5[0][2]) if top5 else (None, None)
+        pic = render.explanation_panel(picture, first, class_name=what, probability=prob, norm=self.cfg.norm)
+        panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
+        render.save_image(pic, self.out / panel_name)
+        return panel_name
+
+    def _fields(self, job: dict[str, Any], top5: list[list[Any]], files: dict[str, str],
+                raw: dict[str, str]) -> dict[str, Any]:
+        """The index fields of one finished input: prediction, explained classes or unit, files."""
+        plan = self.plan
+        fields: dict[str, Any] = {
+            "class_index": top5[0][0] if top5 else None,
+            "class_name": top5[0][1] if top5 else None,
+            "probability": top5[0][2] if top5 else None,
+            "top5": top5,
+            "files": files,
+        }
+        if job["targets"] is not None:
+            fields["targets"] = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["targets"]]
+        if plan.layer_target is not None:
+            lt = plan.layer_target
+            neuron = "max" if isinstance(lt, MaxNeuron) else [lt.y, lt.x] if isinstance(lt, Neuron) else None
+            fields["layer_target"] = {"layer": lt.layer, "channel": lt.channel, "neuron": neuron,
+                                      "position": job["position"], "score": job["scores"][0]}
+        if self.cfg.save_raw:
+            fields["raw"] = raw
+        return fields

@@ -1,0 +1,86 @@
+"""The pipeline: decode workers -> batches of same-size tensors -> compute -> writer pool."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from .decode import _Decoded, _DecodeDataset, _pass_through
+from .job import _Job
+from .writer import _Writer
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM (sent by torchrun or a scheduler) stops the run like Ctrl-C: cleanly."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
+    """Decode ``todo`` in worker processes, compute in batches of ``batch_size`` same-size tensors, write."""
+    from tqdm import tqdm
+
+    cfg = job.cfg
+    batch_size = int(cfg.batch_size)
+    dataset = _DecodeDataset(todo, job.plan.preprocessing)
+    workers = min(int(cfg.workers), max(1, len(todo))) if todo else 0
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_pass_through,
+        pin_memory=job.plan.device.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None,
+    )
+    threads = max(1, min(4, os.cpu_count() or 1))
+    writer = _Writer(threads, backlog=2 * batch_size + threads)
+    bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
+               smoothing=0.05)
+    pending: dict[tuple[int, ...], list[_Decoded]] = {}
+
+    def flush(keys: list[tuple[int, ...]]) -> None:
+        for key in keys:
+            group = pending.pop(key)
+            job.compute(group, writer)
+            bar.update(len(group))
+
+    cancel = False
+    it = iter(loader) if todo else iter(())
+    try:
+        for item in it:
+            if item.error is not None:
+                job.fail(item.idx, item.path, item.error)
+                bar.update(1)
+                continue
+            key = tuple(item.tensor.shape)  # type: ignore[union-attr]
+            group = pending.setdefault(key, [])
+            group.append(item)
+            if len(group) >= batch_size:
+                flush([key])
+            elif sum(map(len, pending.values())) >= 2 * batch_size:  # many sizes: keep memory bounded
+                flush(list(pending))
+        flush(list(pending))
+    except KeyboardInterrupt:
+        cancel = True  # Ctrl-C: drop the queued writes (their inputs are redone by a rerun), finish the running ones
+        raise
+    finally:
+        shutdown = getattr(it, "_shutdown_workers", None)
+        if shutdown is not None:  # stop the decode workers now, not when garbage is collected
+            shutdown()
+        del it
+        writer.close(cancel=cancel)
+        bar.close()

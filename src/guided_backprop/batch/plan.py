@@ -1,0 +1,199 @@
+"""Planning: everything resolved from the config (model, preprocessing, target, names) before any image."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import images, render
+from ..atomic import safe_name
+from ..attribution import find_layer
+from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
+from ..methods import parse_methods
+from ..targets import Channel, MaxNeuron, Neuron, Target, TopK
+from .config import BatchConfig
+from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
+
+
+@dataclass
+class _Plan:
+    """Everything resolved from the config before any image is read."""
+
+    loaded: Any
+    device: torch.device
+    preprocessing: Any
+    methods: tuple[str, ...]
+    target: Target
+    k: int
+    layer_target: Channel | Neuron | MaxNeuron | None
+    target_text: str
+    map_template: str
+    input_template: str
+    settings: dict[str, Any]
+    fingerprint: str
+    file_keys: list[str]
+    gradcam_layer: str | None
+
+
+def _apply_preprocessing(pre: Any, cfg: BatchConfig) -> Any:
+    """The model's preprocessing with ``--input-size`` / ``--resize`` / ``--crop`` applied."""
+    changes: dict[str, Any] = {}
+    if cfg.input_size is not None:  # the size the network sees, in the model's own convention
+        n = int(cfg.input_size)
+        if n < 1:
+            raise GuidedBackpropError(f"input size must be >= 1, got {n}")
+        if pre.crop is not None:  # resize then crop: keep the model's ratio (e.g. 256/224)
+            crop = pre.crop if isinstance(pre.crop, int) else min(pre.crop)
+            resize = pre.resize if isinstance(pre.resize, int) else None
+            changes["crop"] = n
+            changes["resize"] = max(n, round(n * resize / crop)) if resize else None
+        elif isinstance(pre.resize, tuple):  # a direct resize to a fixed size
+            changes["resize"] = (n, n)
+        else:  # shorter side to n, whole picture (variable sizes)
+            changes["resize"] = n
+    for what in ("resize", "crop"):
+        value = getattr(cfg, what)
+        if value != "model":
+            changes[what] = None if value in (None, "none", 0) else int(value)
+    return dataclasses.replace(pre, **changes) if changes else pre
+
+
+def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
+    """(engine target, classes per image, layer target or None, description)."""
+    model = loaded.model
+    if cfg.layer is not None or cfg.channel is not None or cfg.neuron is not None:
+        if cfg.target not in (None, "top1"):
+            raise TargetError(f"--target {cfg.target!r} and --layer are exclusive: a map explains a class or a unit")
+        if cfg.layer is None or cfg.channel is None:
+            raise TargetError("a layer target needs both --layer NAME and --channel C")
+        find_layer(model, cfg.layer)
+        channel = int(cfg.channel)
+        if channel < 0:
+            raise TargetError(f"--channel must be >= 0, got {channel}")
+        neuron = None if cfg.neuron is None else str(cfg.neuron).strip().lower()
+        lt: Channel | Neuron | MaxNeuron
+        if neuron in (None, "", "all", "sum"):
+            lt, desc = Channel(cfg.layer, channel), f"layer {cfg.layer} channel {channel} (summed)"
+        elif neuron == "max":
+            lt, desc = MaxNeuron(cfg.layer, channel), f"layer {cfg.layer} channel {channel} (most active unit)"
+        else:
+            m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", neuron)
+            if not m:
+                raise TargetError(f"--neuron {cfg.neuron!r}: give 'max' or 'Y,X' (a unit's position)")
+            y, x = int(m.group(1)), int(m.group(2))
+            lt, desc = Neuron(cfg.layer, channel, y, x), f"layer {cfg.layer} channel {channel} unit (y={y}, x={x})"
+        return lt, 1, lt, desc
+    spec = cfg.target
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "top1", "top-1", "top")):
+        return None, 1, None, "top1 (each image's predicted class)"
+    if isinstance(spec, str):
+        m = re.fullmatch(r"\s*top-?(\d+)\s*", spec.lower())
+        if m:
+            k = int(m.group(1))
+            n_classes = len(loaded.labels)
+            if k < 1 or (n_classes and k > n_classes):
+                raise TargetError(f"--target {spec!r}: k must be 1..{n_classes} for a model with {n_classes} classes")
+            if k == 1:
+                return None, 1, None, "top1 (each image's predicted class)"
+            return TopK(k), k, None, f"top{k} (each image's {k} best classes)"
+    index = int(loaded.class_index(spec if not isinstance(spec, str) else spec.strip()))
+    return index, 1, None, f"class {index} ({loaded.label(index)})"
+
+
+def _input_paths(inputs: Sequence[str], out: Path) -> list[Path]:
+    """:func:`images.find_images`, minus what lies in the output folder (our own maps, on a rerun)."""
+    found = images.find_images(inputs)
+    home = out.resolve()
+    paths = [p for p in found if not p.resolve().is_relative_to(home)]
+    if not paths:
+        raise InputError(f"every image found is inside the output folder {str(out)!r} (earlier outputs are not "
+                         f"inputs); give other inputs or another --output")
+    return paths
+
+
+def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
+    from .. import models
+
+    if cfg.batch_size < 1:
+        raise GuidedBackpropError(f"batch size must be >= 1, got {cfg.batch_size}")
+    if cfg.workers < 0:
+        raise GuidedBackpropError(f"workers must be >= 0, got {cfg.workers}")
+    if cfg.smooth < 0 or cfg.noise < 0:
+        raise GuidedBackpropError(f"--smooth and --noise must be >= 0, got {cfg.smooth} and {cfg.noise}")
+    if cfg.norm not in render.NORMALIZATIONS:
+        raise UnknownNameError("normalization", cfg.norm, render.NORMALIZATIONS)
+    methods = parse_methods(list(cfg.methods))
+    model_name = cfg.model or models.DEFAULT_MODEL
+    loaded = models.load_model(
+        model_name, weights=cfg.weights, labels=cfg.labels, num_classes=cfg.num_classes,
+        trust_checkpoint=cfg.trust_checkpoint, device=device,
+    )
+    pre = _apply_preprocessing(loaded.preprocessing, cfg)
+    gradcam_layer = cfg.gradcam_layer or getattr(loaded, "gradcam_layer", None)
+    if gradcam_layer is not None:
+        find_layer(loaded.model, gradcam_layer)
+    target, k, layer_target, target_text = _parse_target(cfg, loaded)
+
+    map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)
+    used = _template_fields(map_template, MAP_NAME_FIELDS, "--name")
+    in_used = _template_fields(cfg.input_name, INPUT_NAME_FIELDS, "--input-name")
+    if not used & {"idx", "stem"}:
+        raise GuidedBackpropError(f"--name {map_template!r} must contain {{idx}} or {{stem}}, or every image "
+                                  f"would write the same file")
+    if len(methods) > 1 and "method" not in used:
+        raise GuidedBackpropError(f"--name {map_template!r} needs {{method}}: several methods are computed")
+    if k > 1 and not used & {"rank", "class_index", "label"}:
+        raise GuidedBackpropError(f"--name {map_template!r} needs {{rank}}: {k} classes are explained per image")
+    if not in_used & {"idx", "stem"}:
+        raise GuidedBackpropError(f"--input-name {cfg.input_name!r} must contain {{idx}} or {{stem}}")
+    for template, fields in ((map_template, used), (cfg.input_name, in_used)):
+        if "stem" in fields and "idx" not in fields:
+            seen: dict[str, Path] = {}
+            for p in paths:
+                key = safe_name(p.stem).lower()
+                if key in seen:
+                    raise InputError(f"inputs {str(seen[key])!r} and {str(p)!r} give the same {{stem}}, so "
+                                     f"{template!r} would write one file for both; add {{idx}} to the template")
+                seen[key] = p
+    sample = dict(idx=0, stem="s", label="l", class_index=0, rank=1, layer="x", channel=0)
+    names = [_fill(map_template, method=m, **sample) for m in methods] + [_fill(cfg.input_name, **sample)]
+    if cfg.panel:
+        names.append(_fill(PANEL_NAME, **sample))
+    if len(set(names)) != len(names):
+        raise GuidedBackpropError(f"--name {map_template!r} and --input-name {cfg.input_name!r} give the same "
+                                  f"file name; make them differ")
+
+    file_keys = ["input"] + [m if r == 1 else f"{m}_top{r}" for m in methods for r in range(1, k + 1)]
+    if cfg.panel:
+        file_keys.append("panel")
+    weights_text = getattr(loaded, "weights", None)
+    settings = {
+        "model": model_name,
+        "weights": None if cfg.weights is None else str(Path(cfg.weights).expanduser().resolve()),
+        "labels": None if cfg.labels is None else str(Path(cfg.labels).expanduser().resolve()),
+        "num_classes": cfg.num_classes,
+        "preprocessing": repr(pre),
+        "methods": list(methods),
+        "target": target_text,
+        "gradcam_layer": gradcam_layer,
+        "smooth": int(cfg.smooth),
+        "noise": float(cfg.noise) if cfg.smooth else None,
+        "seed": int(cfg.seed) if cfg.smooth else None,
+        "norm": cfg.norm,
+        "name": map_template,
+        "input_name": cfg.input_name,
+        "save_raw": bool(cfg.save_raw),
+        "panel": bool(cfg.panel),
+        "weights_description": weights_text,
+    }
+    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    return _Plan(loaded, device, pre, methods, target, k, layer_target, target_text, map_template,
+                 cfg.input_name, settings, fingerprint, file_keys, gradcam_layer)

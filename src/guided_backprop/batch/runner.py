@@ -1,0 +1,133 @@
+"""``run()``: plan, agree across ranks, prepare the folder, run the pipeline, merge the outputs."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from ..atomic import write_text
+from ..devices import resolve_device
+from ..errors import GuidedBackpropError
+from .config import STATE_DIR, BatchConfig, BatchResult
+from .dist import _Dist, torchrun_env
+from .job import _Job
+from .journal import _complete, _folder_lock, _Journal, _prepare_folder, _read_journals
+from .outputs import _merge, _now, _run_json
+from .pipeline import _pipeline, _sigterm_as_interrupt
+from .plan import _input_paths, _Plan, _plan
+
+
+def _default_log(line: str) -> None:
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def run(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    config: BatchConfig | None = None,
+    *,
+    progress: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> BatchResult:
+    """Compute and save the maps of every image in ``inputs`` (files, folders, globs) into ``output``.
+
+    Returns a :class:`BatchResult` (exit code 0 or 1, or 130 when interrupted). Raises
+    :class:`~guided_backprop.errors.GuidedBackpropError` for usage errors (unknown model, layer or
+    class, bad template, a folder that holds another run): nothing has been computed then.
+    Run under ``torchrun``, each rank takes the inputs ``idx % WORLD_SIZE == RANK``; rank 0 writes
+    the index of all of them.
+    """
+    cfg = config or BatchConfig()
+    log = log or _default_log
+    out = Path(output).expanduser()
+    t0 = time.perf_counter()
+    started = _now()
+    inputs_text = [os.fspath(i) for i in inputs]
+
+    env = torchrun_env()
+    device = resolve_device(cfg.device, local_rank=env.local_rank, world=env.world)
+    dist = _Dist(device, env)
+    try:
+        # Setup errors on any rank stop every rank (the collectives below always run).
+        error: BaseException | None = None
+        plan = paths = None
+        try:
+            if out.exists() and not out.is_dir():
+                raise GuidedBackpropError(f"--output {str(out)!r} is a file, not a folder; give a folder")
+            paths = _input_paths(inputs_text, out)
+            plan = _plan(paths, cfg, device)
+        except BaseException as err:  # noqa: BLE001 - re-raised after the ranks agree
+            error = err
+        dist.agree(error)
+        assert plan is not None and paths is not None
+        return _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
+    finally:
+        dist.close()
+
+
+def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, dist: _Dist,
+                 inputs_text: list[str], started: str, t0: float, progress: bool,
+                 log: Callable[[str], None]) -> BatchResult:
+    state = out / STATE_DIR
+    with contextlib.ExitStack() as stack:
+        error: BaseException | None = None
+        if dist.rank == 0:
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                stack.enter_context(_folder_lock(state))
+                _prepare_folder(out, plan, cfg)
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}))
+            except BaseException as err:  # noqa: BLE001
+                error = err
+        dist.agree(error)
+
+        mine = [(i, str(p)) for i, p in enumerate(paths) if i % dist.world == dist.rank]
+        done = _read_journals(state, plan.fingerprint) if not cfg.overwrite else {}
+        todo = [(i, p) for i, p in mine if not _complete(done.get(i), p, out)]
+        result = BatchResult(output=out, rank=dist.rank, world_size=dist.world)
+        result.resumed = len(mine) - len(todo)
+
+        job = _Job(plan, out, cfg, dist, log)
+        job.journal = _Journal(state / f"journal-{dist.rank}.jsonl")
+        try:
+            with _sigterm_as_interrupt():
+                _pipeline(job, todo, progress and dist.rank == 0)
+        except KeyboardInterrupt:
+            result.interrupted = True
+        except Exception as err:  # noqa: BLE001 - raised on every rank by dist.agree below
+            job.fatal = err
+        finally:
+            job.journal.close()
+
+        result.computed = job.ok + job.failed
+        result.errors = job.errors
+        if result.interrupted:  # no collective: the other ranks are being stopped as well
+            result.seconds = time.perf_counter() - t0
+            result.failed = job.failed
+            result.ok = job.ok
+            result.images = len(paths)
+            result.maps = job.maps
+            return result
+        dist.agree(job.fatal)
+        computed, resumed = dist.sum([result.computed, result.resumed])
+        result.computed, result.resumed = int(computed), int(resumed)
+        counts = {"images": 0, "ok": 0, "failed": 0, "maps": 0}
+        error = None
+        if dist.rank == 0:
+            try:
+                _rows, counts = _merge(out, plan, paths)
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts))
+                result.index = out / "index.jsonl"
+            except BaseException as err:  # noqa: BLE001 - after the ranks agree
+                error = err
+        dist.agree(error)
+        totals = dist.sum([counts["images"], counts["ok"], counts["failed"], counts["maps"]])
+        result.images, result.ok, result.failed, result.maps = (int(v) for v in totals)
+        result.seconds = time.perf_counter() - t0
+        return result
