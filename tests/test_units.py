@@ -285,3 +285,28 @@ def test_errors_name_the_value_and_the_fix(model: Tiny) -> None:
         unit_grids(model, x, "features.conv2", methods=("guided",  "nope"))
     with pytest.raises(gbp.InputError, match="k must be >= 1"):
         unit_grids(model, x, "features.conv2", k=0)
+
+
+def test_unreadable_files_leave_no_blank_cells_the_good_images_can_fill(model: Tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """9 files, 3 unreadable, k = 9: the 6 good images fill all 9 cells (each image's best, then the next
+    best positions), exactly as the 6 good images alone do; before, only 6 cells were filled."""
+    rng = np.random.default_rng(21)
+    good = []
+    for i in range(9):
+        path = tmp_path / f"im{i}.png"
+        if i % 3 == 1:
+            path.write_bytes(b"not an image")
+        else:
+            Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(path)
+            good.append(path)
+    prep = Preprocessing(resize=None, crop=16, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    with pytest.warns(UserWarning, match="skipped"):
+        (g,) = unit_grids_from_paths(model, [tmp_path], "features.conv2", prep, channels=[0], k=9,
+                                     on_error="skip", batch_size=2)
+    (alone,) = unit_grids_from_paths(model, good, "features.conv2", prep, channels=[0], k=9, batch_size=2)
+    assert len(g.top) == 9
+    assert [(e.source, e.y, e.x) for e in g.top] == [(e.source, e.y, e.x) for e in alone.top]
+    grid = np.asarray(g.panels["image"])
+    cell = grid.shape[0] // 3  # 3 x 3 cells with 2-px gaps: sample each cell's centre
+    centres = [grid[r * (cell + 1) + cell // 2, c * (cell + 1) + cell // 2] for r in range(3) for c in range(3)]
+    assert all(not np.array_equal(px, [225, 225, 225]) for px in centres)

@@ -192,14 +192,15 @@ class _RunningTop:
 
     Ties go to the earlier image, then the earlier position (row-major): the result equals taking
     all (image, position) pairs sorted by (-value, image, position) and keeping each image's first.
-    With fewer than ``k`` images (``fill``) a second list keeps the best other positions, used to
-    fill up to ``k``.
+    Until ``k`` images have been seen a second list keeps the best other positions, used to fill up
+    to ``k`` when fewer images could be read than ``k`` (unreadable files count only once read).
     """
 
-    def __init__(self, units: int, k: int, fill: bool) -> None:
+    def __init__(self, units: int, k: int) -> None:
         self.k = k
+        self.seen = 0  # images merged so far
         self.best = self._empty(units)
-        self.more = self._empty(units) if fill else None
+        self.more: list[torch.Tensor] | None = self._empty(units)
 
     def _empty(self, units: int) -> list[torch.Tensor]:
         return [torch.full((units, self.k), -math.inf, dtype=torch.float64),
@@ -228,6 +229,9 @@ class _RunningTop:
             arg = srt.indices[:, :, 1 : 1 + m].permute(1, 0, 2).reshape(u, b * m)
             imgs = images.unsqueeze(2).expand(u, b, m).reshape(u, b * m)
             self._merge(self.more, vals, imgs, arg // w * _ROW + arg % w)
+        self.seen += b
+        if self.seen >= self.k:
+            self.more = None  # k images give k entries, one each: the other positions are never used
 
     def result(self, unit: int) -> list[TopActivation]:
         """Row ``unit``'s entries, best first."""
@@ -320,7 +324,7 @@ def top_activations(
                 raise TargetError(
                     f"channel {bad[0]} is out of range for layer {layer!r} with {n_ch} channels (valid: 0..{n_ch - 1})"
                 )
-            tops = _RunningTop(n_ch if chosen is None else len(chosen), int(k), fill=total < int(k))
+            tops = _RunningTop(n_ch if chosen is None else len(chosen), int(k))
             sums = torch.zeros(n_ch, dtype=torch.float64)
             maxes = torch.full((n_ch,), -math.inf, dtype=torch.float64)
         a64 = acts.detach().to("cpu", torch.float64)
