@@ -14,7 +14,7 @@ import contextlib
 import importlib.util
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +33,7 @@ __all__ = [
     "NORMALIZATIONS",
     "SIGNED_CMAP",
     "bytescale",
+    "class_panel",
     "colorbar",
     "explanation_panel",
     "heatmap",
@@ -40,6 +41,7 @@ __all__ = [
     "map_to_image",
     "method_picture",
     "panel",
+    "panel_note",
     "save_image",
     "to_pil",
     "value_range",
@@ -370,11 +372,20 @@ def _dejavu_path() -> str | None:
     return None
 
 
-@lru_cache(maxsize=16)
+def _findfont() -> str | None:
+    """DejaVu Sans through ``matplotlib.font_manager`` (for an unusual matplotlib layout); None if absent."""
+    with contextlib.suppress(Exception):
+        from matplotlib import font_manager
+
+        return str(font_manager.findfont("DejaVu Sans", fallback_to_default=False))
+    return None
+
+
+@lru_cache(maxsize=32)
 def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     """A font at ``size`` px that exists offline: matplotlib's DejaVu Sans, else Pillow's built-in
     FreeType font (ASCII only), else Pillow's fixed bitmap font."""
-    path = _dejavu_path()
+    path = _dejavu_path() or _findfont()
     if path is not None:
         with contextlib.suppress(OSError, ImportError):
             return ImageFont.truetype(path, size=size)
@@ -400,6 +411,42 @@ def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
     while text and draw.textlength(text + ellipsis, font=font) > width:
         text = text[:-1]
     return text.rstrip() + ellipsis if text else ""
+
+
+def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lines: int | None = None) -> list[str]:
+    """``text`` broken into lines of at most ``width`` px, at spaces (a word too long for a line is
+    broken inside); with ``max_lines``, the last line kept ends in an ellipsis if text was left over."""
+    words = _printable(" ".join(text.split()), font).split(" ")
+    lines: list[str] = []
+    line = ""
+    for word in words:
+        candidate = f"{line} {word}" if line else word
+        if draw.textlength(candidate, font=font) <= width:
+            line = candidate
+            continue
+        if line:
+            lines.append(line)
+        while draw.textlength(word, font=font) > width and len(word) > 1:  # break a long word
+            cut = len(word) - 1
+            while cut > 1 and draw.textlength(word[:cut], font=font) > width:
+                cut -= 1
+            lines.append(word[:cut])
+            word = word[cut:]
+        line = word
+    if line:
+        lines.append(line)
+    if max_lines is not None and len(lines) > max_lines:
+        rest = " ".join(lines[max_lines - 1 :])
+        lines = lines[: max_lines - 1] + [_fit_end(draw, rest, font, width)]
+    return lines
+
+
+def _fit_end(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
+    """``text`` cut to ``width`` px and always ending in an ellipsis (more text followed)."""
+    ellipsis = _printable("…", font)
+    while text and draw.textlength(text + ellipsis, font=font) > width:
+        text = text[:-1]
+    return text.rstrip() + ellipsis
 
 
 def _line_height(font: Any) -> int:
@@ -438,18 +485,26 @@ def colorbar(
         raise InputError(f"colour bar needs width >= 2 and height >= 1, got {width}x{height}")
     t = np.linspace(0.0, 1.0, width)[None, :].repeat(height, axis=0)
     strip = _colorize(t, cmap, odd=diverging)
+    lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font = _font(font_size)
+    for size in range(font_size, 6, -1):  # a narrow bar gets smaller (still crisp) figures, never overlapping ones
+        font = _font(size)
+        if measure.textlength(lo, font=font) + measure.textlength(hi, font=font) + 4 <= width:
+            break
     line = _line_height(font)
     canvas = Image.new("RGB", (width, height + 2 + line), _BACKGROUND)
     canvas.paste(Image.fromarray(strip), (0, 0))
     draw = ImageDraw.Draw(canvas)
     y = height + 1
-    lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
+    lo_w, hi_w = draw.textlength(lo, font=font), draw.textlength(hi, font=font)
     draw.text((0, y), _printable(lo, font), fill=_TEXT, font=font)
-    draw.text((width - draw.textlength(hi, font=font), y), _printable(hi, font), fill=_TEXT, font=font)
+    draw.text((width - hi_w, y), _printable(hi, font), fill=_TEXT, font=font)
     if label:
-        text = _fit(draw, label, font, width / 2)
-        draw.text(((width - draw.textlength(text, font=font)) / 2, y), text, fill=_TEXT, font=font)
+        room = width - 2 * max(lo_w, hi_w) - 8  # centred, clear of both end figures
+        if draw.textlength(label, font=font) <= room:
+            draw.text(((width - draw.textlength(label, font=font)) / 2, y), _printable(label, font),
+                      fill=_TEXT, font=font)
     return canvas
 
 
@@ -483,11 +538,7 @@ def panel(
     tiles: list[tuple[str | None, Image.Image, Image.Image | None]] = []
     tiles.append((input_title, base.resize((tile_w, tile_h), Image.Resampling.NEAREST), None))
     for key, pic in maps.items():
-        tile = Image.fromarray(_image_array(pic, what=f"picture {key!r}"))
-        if tile.size != (tile_w, tile_h):
-            same_aspect = tile.width * tile_h == tile.height * tile_w and tile_w % tile.width == 0
-            resample = Image.Resampling.NEAREST if same_aspect else Image.Resampling.BILINEAR
-            tile = tile.resize((tile_w, tile_h), resample)
+        tile = _to_tile(Image.fromarray(_image_array(pic, what=f"picture {key!r}")), tile_w, tile_h)
         bar = (colorbars or {}).get(key)
         if bar is not None and bar.width != tile_w:
             bar = bar.resize((tile_w, bar.height), Image.Resampling.BILINEAR)
@@ -520,6 +571,159 @@ def panel(
 
 
 
+def panel_note(*, smooth: int = 0, noise: float | None = None) -> str | None:
+    """The words a panel's headline adds about how its maps were computed (SmoothGrad), or None."""
+    if not smooth:
+        return None
+    text = f"SmoothGrad: mean of {int(smooth)} noisy copies"
+    return text + (f", noise σ = {noise:g} × the input's range" if noise is not None else "")
+
+
+def _row_label(
+    class_name: str | None, probability: float | None, position: tuple[int, int] | None
+) -> tuple[str, list[str]]:
+    """A grid row's label: the name (wrapped, may be shortened) and the lines that must stay whole."""
+    fixed = []
+    if probability is not None:
+        fixed.append(f"p = {probability:.2f}" if probability >= 0.01 else f"p = {probability:.1g}")
+    if position is not None:
+        fixed.append(f"at (y, x) = ({int(position[0])}, {int(position[1])})")
+    return (class_name or ""), fixed
+
+
+def _stack(method: str, value: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
+    """One method's maps for K classes: a (K, C, H, W) array or tensor, or a sequence of K maps."""
+    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim != 4:
+        raise InputError(
+            f"maps[{method!r}] must be (K, C, H, W), one map per class, or a list of K maps; got shape "
+            f"{tuple(value.shape)}; for one class use explanation_panel(), or e.maps[{method!r}][i] for image i"
+        )
+    return list(value)
+
+
+def class_panel(
+    image: Picture,
+    maps: Mapping[str, ArrayLike | Sequence[ArrayLike]],
+    *,
+    classes: Sequence[str | None] | None = None,
+    probabilities: Sequence[float | None] | None = None,
+    norm: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    colorbars: bool = True,
+    title: str | None = None,
+    smooth: int = 0,
+    noise: float | None = None,
+    position: tuple[int, int] | None = None,
+    min_tile: int = 128,
+    gap: int = 8,
+) -> Image.Image:
+    """The per-image panel for K explained classes: a grid, one row per class, one column per method.
+
+    - ``maps``: method name -> its K maps, a ``(K, C, H, W)`` array or tensor (Grad-CAM ``(K, 1, H, W)``)
+      or a sequence of K maps ``(C, H, W)`` / ``(H, W)``, in display order;
+    - ``classes``, ``probabilities``: per row, the class name and its probability (the row's label;
+      a long name is wrapped, then shortened, the probability always stays whole);
+    - the first column is ``image``, the input the network saw (uint8 (H, W, 3) or PIL), in every row;
+    - ``smooth``, ``noise``: the SmoothGrad samples and noise, named in the headline; ``position``: the
+      (y, x) of a neuron target, named in the row label; ``title``: a headline on top;
+    - with ``colorbars``, Grad-CAM heat maps and ``signed`` maps get a colour bar of their value range,
+      drawn at the tile's final width.
+
+    Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour).
+    Returns an RGB ``PIL.Image``.
+    """
+    stacks = {method: _stack(method, value) for method, value in maps.items()}
+    counts = {len(v) for v in stacks.values()}
+    if len(counts) > 1:
+        raise InputError(f"every method needs the same number of class maps, got {sorted(counts)}")
+    k = counts.pop() if counts else len(classes or [None])
+    names = list(classes) if classes is not None else [None] * k
+    probs = list(probabilities) if probabilities is not None else [None] * k
+    if len(names) != k or len(probs) != k:
+        raise InputError(f"got {k} maps per method but {len(names)} class names and {len(probs)} probabilities; "
+                         "give one of each per row")
+
+    base = Image.fromarray(_image_array(image))
+    factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
+    tile_w, tile_h = base.width * factor, base.height * factor
+    seen = base.resize((tile_w, tile_h), Image.Resampling.NEAREST)
+    font = _font(max(11, min(15, tile_w // 11)))
+    line = _line_height(font)
+
+    cells: list[list[tuple[Image.Image, Image.Image | None]]] = []
+    for r in range(k):
+        row: list[tuple[Image.Image, Image.Image | None]] = [(seen, None)]
+        for method, stack in stacks.items():
+            m = stack[r]
+            pic = Image.fromarray(method_picture(method, m, image=image, norm=norm, percentile=percentile))
+            bar = _bar(method, m, norm, percentile, tile_w) if colorbars else None
+            row.append((_to_tile(pic, tile_w, tile_h), bar))
+        cells.append(row)
+
+    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    headers = ["input"] + [method_title(m) for m in stacks]
+    header_lines = [_wrap(measure, h, font, tile_w, max_lines=2) for h in headers]
+    label_w = max(96, min(tile_w, 160))
+    labels = []
+    for r in range(k):
+        name, fixed = _row_label(names[r], probs[r], position)
+        fixed = [_fit(measure, f, font, label_w) for f in fixed]  # short by construction; never more than the column
+        labels.append((_wrap(measure, name, font, label_w, max_lines=4) if name else []) + fixed)
+    bar_h = max((b.height + 2 for row in cells for _, b in row if b is not None), default=0)
+    row_h = max([tile_h + bar_h] + [len(lines) * line for lines in labels])
+    header_h = max(len(h) for h in header_lines) * line + 2
+
+    ncols = 1 + len(stacks)
+    width = gap + label_w + gap + ncols * (tile_w + gap)
+    head_font = _font(max(12, min(18, tile_w // 10)))
+    head_line = _line_height(head_font)
+    headline = [t for t in (title, panel_note(smooth=smooth, noise=noise)) if t]
+    head_lines = [ln for t in headline for ln in _wrap(measure, t, head_font, width - 2 * gap)]
+    head_h = len(head_lines) * head_line + (gap // 2 if head_lines else 0)
+    height = gap + head_h + header_h + k * row_h + (k - 1) * gap + gap
+    canvas = Image.new("RGB", (width, height), _BACKGROUND)
+    draw = ImageDraw.Draw(canvas)
+    for i, text in enumerate(head_lines):
+        draw.text((gap, gap + i * head_line), text, fill=_TEXT, font=head_font)
+    top = gap + head_h
+    x0 = gap + label_w + gap
+    for c, lines in enumerate(header_lines):
+        x = x0 + c * (tile_w + gap)
+        y = top + header_h - 2 - len(lines) * line  # bottom-aligned over the tiles
+        for i, text in enumerate(lines):
+            draw.text((x + (tile_w - draw.textlength(text, font=font)) / 2, y + i * line), text, fill=_TEXT, font=font)
+    top += header_h
+    for r, row in enumerate(cells):
+        y = top + r * (row_h + gap)
+        ly = y + max(0, (tile_h - len(labels[r]) * line) // 2)
+        for i, text in enumerate(labels[r]):
+            draw.text((gap, ly + i * line), text, fill=_TEXT, font=font)
+        for c, (tile, bar) in enumerate(row):
+            x = x0 + c * (tile_w + gap)
+            canvas.paste(tile, (x, y))
+            if bar is not None:
+                canvas.paste(bar, (x, y + tile_h + 2))
+    return canvas
+
+
+def _to_tile(pic: Image.Image, tile_w: int, tile_h: int) -> Image.Image:
+    """``pic`` at the tile size: nearest neighbour for whole-number enlargements, else bilinear."""
+    if pic.size == (tile_w, tile_h):
+        return pic
+    whole = pic.width * tile_h == pic.height * tile_w and tile_w % pic.width == 0
+    return pic.resize((tile_w, tile_h), Image.Resampling.NEAREST if whole else Image.Resampling.BILINEAR)
+
+
+def _bar(method: str, m: ArrayLike, norm: str, percentile: float, width: int) -> Image.Image | None:
+    """The colour bar a method's tile gets (Grad-CAM heat, or a ``signed`` map), ``width`` px wide; else None."""
+    if get_method(method).drawing is Drawing.HEATMAP:
+        return colorbar(HEAT_CMAP, 0.0, float(np.max(_heat2d(m), initial=0.0)), width=width, height=8)
+    if norm == "signed":
+        lo, hi = value_range(m, norm=norm, percentile=percentile)
+        return colorbar(SIGNED_CMAP, lo, hi, width=width, height=8, label="0", diverging=True)
+    return None
+
+
 def explanation_panel(
     image: Picture,
     maps: Mapping[str, ArrayLike],
@@ -530,32 +734,21 @@ def explanation_panel(
     percentile: float = DEFAULT_PERCENTILE,
     colorbars: bool = True,
     title: str | None = None,
+    smooth: int = 0,
+    noise: float | None = None,
+    position: tuple[int, int] | None = None,
 ) -> Image.Image:
-    """The per-image panel: the input the network saw, then each method's map.
+    """The per-image panel for one explained class: :func:`class_panel` with one row.
 
     ``maps``: method name -> its map ``(C, H, W)`` (Grad-CAM ``(1, H, W)`` or ``(H, W)``), in display
-    order. Each tile is titled with the method, and the class name and probability when given
-    ("guided backprop · Egyptian cat 0.76"). With ``colorbars``, Grad-CAM heat maps and ``signed``
-    maps get a colour bar with their value range (where the values matter). Returns a PIL image.
+    order; ``class_name`` and ``probability`` label the row (for a layer target, e.g.
+    ``"blocks.3 channel 12"`` and ``position=(y, x)``).
     """
-    pictures: dict[str, np.ndarray] = {}
-    bars: dict[str, Image.Image] = {}
-    titles: dict[str, str] = {}
-    width = _image_array(image).shape[1]
-    suffix = ""
-    if class_name is not None:
-        suffix = f" · {class_name}" + (f" {probability:.2f}" if probability is not None else "")
-    for method, m in maps.items():
-        pictures[method] = method_picture(method, m, image=image, norm=norm, percentile=percentile)
-        titles[method] = method_title(method) + suffix
-        if not colorbars:
-            continue
-        if get_method(method).drawing is Drawing.HEATMAP:
-            bars[method] = colorbar(HEAT_CMAP, 0.0, float(np.max(_heat2d(m), initial=0.0)), width=width)
-        elif norm == "signed":
-            lo, hi = value_range(m, norm=norm, percentile=percentile)
-            bars[method] = colorbar(SIGNED_CMAP, lo, hi, width=width, label="0", diverging=True)
-    return panel(image, pictures, titles=titles, colorbars=bars, title=title)
+    return class_panel(
+        image, {method: [m] for method, m in maps.items()}, classes=[class_name], probabilities=[probability],
+        norm=norm, percentile=percentile, colorbars=colorbars, title=title, smooth=smooth, noise=noise,
+        position=position,
+    )
 
 
 # ----------------------------------------------------------------------------- saving

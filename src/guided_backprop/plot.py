@@ -1,0 +1,183 @@
+"""Maps -> a matplotlib Figure, for a notebook: :func:`show`.
+
+Unlike Captum's ``visualize_image_attr_multiple``, it takes the tensors as they come (channels first,
+a whole :class:`~guided_backprop.Explanation`), so no HWC transposes are needed. The figure is a
+``matplotlib.figure.Figure`` made without ``pyplot``: a notebook shows it once (as the cell's value),
+a script saves it with ``fig.savefig(path)``. matplotlib is imported on the first call only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import InputError, UnknownNameError
+from .methods import Drawing, get_method, method_title
+from .render import (
+    DEFAULT_PERCENTILE,
+    HEAT_CMAP,
+    SIGNED_CMAP,
+    _check_norm,
+    _chw,
+    _finite,
+    _heat2d,
+    _image_array,
+    _resize_float,
+    map_to_image,
+    panel_note,
+    value_range,
+)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+    from .attribution import Explanation
+
+__all__ = ["show"]
+
+Labels = Sequence[str] | Callable[[int], str] | Any
+
+
+def show(
+    explanation: Explanation,
+    image: torch.Tensor | np.ndarray | Image.Image,
+    *,
+    index: int = 0,
+    methods: Sequence[str] | None = None,
+    labels: Labels | None = None,
+    preprocessing: Any = None,
+    norm: str = "percentile",
+    percentile: float = DEFAULT_PERCENTILE,
+    overlay: bool = True,
+    colorbar: bool = True,
+    size: float = 2.4,
+) -> Figure:
+    """A figure of image ``index`` of ``explanation``: one row per explained class, one column per method.
+
+    - ``image``: the input batch ``x`` ``(N, C, H, W)`` or one input ``(C, H, W)`` (shown through
+      ``preprocessing.invert`` when given, else scaled from its min to its max), or the picture the
+      network saw, uint8 ``(H, W, 3)`` (``Preprocessing.invert(x[i])``) or a PIL image;
+    - ``methods``: which of ``explanation.maps`` to show, in order (default: all, in their order);
+    - ``labels``: class names, a sequence, a function ``index -> name`` or a ``LoadedModel``; the rows are
+      labelled with the class and its probability (a neuron target: the layer, channel and position);
+    - ``preprocessing``: a ``Preprocessing`` (or a ``LoadedModel``) to turn a tensor ``image`` into a picture;
+    - ``norm``, ``percentile``: how pixel-space maps become pictures (:func:`guided_backprop.map_to_image`);
+      ``"abs"`` and ``"signed"`` are drawn as values through a colour map, with a colour bar;
+    - ``overlay``: Grad-CAM heat maps over the picture (else alone), always with a colour bar when ``colorbar``.
+
+    SmoothGrad (samples, noise) is named in the figure's title. Returns a ``matplotlib.figure.Figure``.
+    """
+    from matplotlib.figure import Figure
+
+    _check_norm(norm)
+    names = list(explanation.maps) if methods is None else [get_method(m).name for m in methods]
+    missing = [m for m in names if m not in explanation.maps]
+    if missing:
+        raise UnknownNameError("method", missing[0], list(explanation.maps),
+                               hint="the explanation holds these maps; compute others with methods=[...]")
+    n = next(iter(explanation.maps.values())).shape[0] if explanation.maps else 0
+    if not 0 <= index < n:
+        raise InputError(f"index {index} is out of range: the explanation holds {n} image(s) (0..{n - 1})")
+    picture = _picture(image, index, preprocessing)
+    k = explanation.maps[names[0]].shape[1] if names else 1
+    rows = [_row_label(explanation, index, r, labels) for r in range(k)]
+
+    fig = Figure(figsize=(size * (1 + len(names)), size * k + 0.6), layout="constrained")
+    axes = fig.subplots(k, 1 + len(names), squeeze=False)
+    for r in range(k):
+        ax = axes[r][0]
+        ax.imshow(picture)
+        ax.set_ylabel(rows[r], fontsize=9)
+        for c, method in enumerate(names, start=1):
+            m = explanation.maps[method][index, r]
+            _draw(fig, axes[r][c], method, m, picture, norm=norm, percentile=percentile, overlay=overlay,
+                  colorbar=colorbar)
+    for c, text in enumerate(["input"] + [method_title(m) for m in names]):
+        axes[0][c].set_title(text, fontsize=10)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    note = panel_note(smooth=int(explanation.extra.get("smooth", 0) or 0), noise=explanation.extra.get("noise"))
+    if note:
+        fig.suptitle(note, fontsize=10)
+    return fig
+
+
+def _picture(image: Any, index: int, preprocessing: Any) -> np.ndarray:
+    """The picture to show, uint8 (H, W, 3), from a batch, one input tensor, an array or a PIL image."""
+    if isinstance(image, Image.Image):
+        return _image_array(image)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3) and (
+        image.ndim == 2 or image.shape[2] in (3, 4)
+    ):
+        return _image_array(image)
+    t = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
+    if t.ndim == 4:
+        if not 0 <= index < t.shape[0]:
+            raise InputError(f"index {index} is out of range for an image batch of {t.shape[0]}")
+        t = t[index]
+    if t.ndim != 3:
+        raise InputError(f"image must be the input (N, C, H, W) or (C, H, W), or a uint8 (H, W, 3) picture; "
+                         f"got shape {tuple(t.shape)}")
+    pre = getattr(preprocessing, "preprocessing", preprocessing)  # a LoadedModel carries its preprocessing
+    if pre is not None:
+        return _image_array(pre.invert(t.detach().cpu()), what="preprocessing.invert(image)")
+    a = t.detach().cpu().double()
+    if a.shape[0] not in (1, 3):
+        a = a.mean(0, keepdim=True)
+    return map_to_image(a, norm="minmax")
+
+
+def _class_name(labels: Any, cls: int) -> str:
+    if labels is None:
+        return f"class {cls}"
+    if hasattr(labels, "label"):
+        return str(labels.label(cls))
+    if callable(labels):
+        return str(labels(cls))
+    return str(labels[cls]) if 0 <= cls < len(labels) else f"class {cls}"
+
+
+def _row_label(explanation: Explanation, index: int, r: int, labels: Any) -> str:
+    """A row's label: class name and probability, or (layer targets) the unit's position."""
+    if explanation.targets is None:
+        text = "unit"
+        if explanation.positions is not None:
+            y, x = (int(v) for v in explanation.positions[index].tolist())
+            text += f"\nat (y, x) = ({y}, {x})"
+        return text
+    cls = int(explanation.targets[index, r])
+    name = _class_name(labels, cls)
+    if len(name) > 28:
+        name = name[:27] + "…"
+    probs = explanation.probabilities
+    return name + (f"\np = {float(probs[index, r]):.2f}" if probs is not None else "")
+
+
+def _draw(fig: Figure, ax: Any, method: str, m: torch.Tensor, picture: np.ndarray, *, norm: str,
+          percentile: float, overlay: bool, colorbar: bool) -> None:
+    """One map on ``ax``: a heat map (over the picture), values through a colour map, or an RGB picture."""
+    if get_method(method).drawing is Drawing.HEATMAP:
+        heat = _resize_float(_heat2d(m), (picture.shape[1], picture.shape[0]))
+        if overlay:
+            ax.imshow(picture)
+        shown = ax.imshow(heat, cmap=HEAT_CMAP, vmin=0.0, vmax=max(float(heat.max()), 1e-12),
+                          alpha=0.5 if overlay else 1.0)
+        if colorbar:  # the bar in the colour map's own colours, not the blend's
+            from matplotlib.cm import ScalarMappable
+
+            fig.colorbar(ScalarMappable(norm=shown.norm, cmap=shown.cmap), ax=ax, fraction=0.046, pad=0.02)
+        return
+    if norm in ("abs", "signed"):
+        a = _finite(_chw(m))
+        values = np.abs(a).max(axis=0) if norm == "abs" else a.sum(axis=0)
+        lo, hi = value_range(m, norm=norm, percentile=percentile)
+        shown = ax.imshow(values, cmap="gray" if norm == "abs" else SIGNED_CMAP, vmin=lo, vmax=hi)
+        if colorbar:
+            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
+        return
+    ax.imshow(map_to_image(m, norm=norm, percentile=percentile))

@@ -1,0 +1,93 @@
+"""gbp.show: a matplotlib Figure for a notebook, straight from an Explanation and the input tensor."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+import guided_backprop as gbp
+from guided_backprop.models import Preprocessing
+
+
+def _model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).eval()
+
+
+LABELS = ["cat", "dog", "a fox with a name far too long for one line of a row label"]
+METHODS = ["guided_backprop", "gradcam", "guided_gradcam"]
+
+
+def _explain(k: int = 2, **options: object) -> tuple[torch.Tensor, gbp.Explanation]:
+    x = torch.randn(2, 3, 20, 24, generator=torch.Generator().manual_seed(1))
+    e = gbp.Explainer(_model()).explain(x, gbp.TopK(k), methods=METHODS, gradcam_layer="2", **options)
+    return x, e
+
+
+def _pixels(fig: object) -> np.ndarray:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=50)  # type: ignore[attr-defined]
+    return np.asarray(Image.open(buf).convert("RGB"))
+
+
+def test_a_grid_of_classes_by_methods_with_labels_and_colour_bars() -> None:
+    x, e = _explain(k=3)
+    fig = gbp.show(e, x, index=1, labels=LABELS)
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(grid) == 3 * 4 and len(bars) == 3  # 3 classes x (input + 3 methods); Grad-CAM has a colour bar
+    assert [ax.get_title() for ax in grid[:4]] == ["input", "Guided backprop", "Grad-CAM", "Guided Grad-CAM"]
+    rows = [grid[r * 4].get_ylabel() for r in range(3)]
+    for r, text in enumerate(rows):
+        cls = int(e.targets[1, r])
+        assert LABELS[cls][:20] in text and f"p = {float(e.probabilities[1, r]):.2f}" in text
+    # the input shown is x[1] itself, channels first in, scaled from its min to its max
+    shown = grid[0].get_images()[0].get_array()
+    assert shown.shape == (20, 24, 3)
+    assert np.array_equal(shown, gbp.map_to_image(x[1], norm="minmax"))
+    assert _pixels(fig).std() > 0
+
+
+def test_the_picture_the_network_saw_and_a_preprocessing_are_accepted() -> None:
+    x, e = _explain(k=1)
+    pre = Preprocessing(resize=None, crop=None, mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
+    seen = pre.invert(x[0])
+    for image, options in ((seen, {}), (x[0], {"preprocessing": pre}), (Image.fromarray(seen), {})):
+        fig = gbp.show(e, image, methods=["gradcam"], colorbar=False, **options)
+        assert len(fig.axes) == 2
+        assert np.array_equal(fig.axes[0].get_images()[0].get_array(), seen)
+
+
+def test_smoothgrad_and_neuron_positions_are_in_the_titles() -> None:
+    x, e = _explain(k=1, smooth=3, noise=0.2)
+    fig = gbp.show(e, x)
+    assert "3" in fig.get_suptitle() and "0.2" in fig.get_suptitle()
+    x = torch.randn(1, 3, 12, 12, generator=torch.Generator().manual_seed(2))
+    e = gbp.Explainer(_model()).explain(x, gbp.MaxNeuron("2", 1), methods=["guided_backprop"])
+    label = gbp.show(e, x).axes[0].get_ylabel()
+    y, xx = e.positions[0].tolist()
+    assert f"({y}, {xx})" in label
+
+
+def test_abs_and_signed_maps_get_value_colour_bars_and_errors_say_what_to_do() -> None:
+    x, e = _explain(k=1)
+    fig = gbp.show(e, x, methods=["guided_backprop"], norm="signed")
+    assert [ax.get_label() for ax in fig.axes].count("<colorbar>") == 1
+    with pytest.raises(gbp.UnknownNameError, match="saliency"):
+        gbp.show(e, x, methods=["saliency"])
+    with pytest.raises(gbp.InputError, match="index 5"):
+        gbp.show(e, x, index=5)
+
+
+def test_show_is_exported_lazily() -> None:
+    code = "import sys, guided_backprop as g; print('matplotlib' in sys.modules, callable(g.show))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["False", "True"]
