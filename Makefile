@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(PY) scripts/sample_images.py samples
-	$(VENV)/bin/guided-backprop samples -o out --methods guided_backprop,deconvnet,saliency,guided_gradcam --report
+	$(VENV)/bin/guided-backprop samples -o out --methods guided_backprop,gradcam,guided_gradcam,saliency --panel --report
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)
@@ -32,7 +32,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_cli.py --model efficientnet_lite0 --weights ''
 
 figure: $(STAMP)
-	$(PY) scripts/make_readme_figure.py docs/figures/readme.png
+	$(PY) scripts/make_readme_figure.py docs/figures/readme.png  # and docs/figures/topk.png beside it
 
 clean:
 	rm -rf $(VENV) out samples .pytest_cache

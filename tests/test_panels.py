@@ -127,3 +127,12 @@ def test_grid_arguments_are_checked() -> None:
         class_panel(image, {"saliency": np.zeros((3, 3, 8, 8))}, classes=["a", "b"])
     with pytest.raises(InputError, match=r"\(K, C, H, W\)"):
         class_panel(image, {"saliency": np.zeros((3, 8, 8))})
+
+
+def test_panels_for_stacking_can_leave_the_column_headers_out() -> None:
+    image = np.zeros((32, 32, 3), dtype=np.uint8)
+    maps = {"saliency": [np.ones((3, 32, 32))]}
+    with_heads = np.asarray(class_panel(image, maps, classes=["cat"]))
+    without = np.asarray(class_panel(image, maps, classes=["cat"], headers=False))
+    assert with_heads.shape[0] > without.shape[0] and with_heads.shape[1] == without.shape[1]
+    assert len(_find(without, _big(image, 128), 8 + 128 + 8)) == 1

@@ -247,11 +247,13 @@ def test_top_k_columns_and_what_the_maps_explain(tmp_path: Path) -> None:
     _, _, data = _parse(write_report(tmp_path))
     columns = {c["key"]: c for c in data["columns"]}
     assert list(columns) == ["input", *METHODS, "guided_backprop_top2", "saliency_top2"]
-    assert columns["guided_backprop_top2"] == {"key": "guided_backprop_top2", "label": "Guided backprop, class #2",
-                                               "rank": 2}
+    # the header names the method; the grid's rows name the class (targets, with their probabilities)
+    assert columns["guided_backprop_top2"] == {"key": "guided_backprop_top2", "label": "Guided backprop",
+                                               "rank": 2, "method": "guided_backprop"}
     assert columns["input"]["rank"] is None and columns["deconvnet"]["rank"] == 1
+    assert data["ranks"] == 2
     rows = data["rows"]
-    assert rows[0]["targets"] == ["tabby", "Egyptian cat"]
+    assert rows[0]["targets"] == ["tabby", "Egyptian cat"] and rows[0]["targetProbs"] == [0.9, 0.05]
     assert rows[0]["explains"] == "tabby 90.0%, Egyptian cat 5.0%"
     assert rows[0]["img"][-1] == rows[0]["img"][3]  # saliency_top2 points at the saliency file
     assert rows[1]["explains"] == "layer features.3, channel 7, its most active unit at (y=4, x=5); activation 2.5"
@@ -399,3 +401,42 @@ def test_thousands_of_rows_stay_small_and_paginated(tmp_path: Path) -> None:
     assert html.count("<img") == 1 and html.count("<article") == 0  # rows are not rendered server-side
     fixed = len(page.scripts[1][1]) + html.index("<script type=")
     assert (small - fixed) / n < 1200, f"{(small - fixed) / n:.0f} bytes per row"
+
+
+def make_topk_run(folder: Path, *, n_ok: int = 2) -> None:
+    """:func:`make_run` as a ``--target top3 --panel`` run: three classes per input (the third without a
+    name), ``<method>_top2`` / ``_top3`` files (their own pictures) and a panel per explained input."""
+    make_run(folder, n_ok=n_ok, big=48)
+    lines = (folder / "index.jsonl").read_text().splitlines()
+    for n, line in enumerate(lines):
+        row = json.loads(line)
+        if row["status"] != "ok":
+            continue
+        row["targets"] = [[281, "tabby", 0.9], [285, "Egyptian cat", 0.05], [282, None, 0.01]]
+        for j, method in enumerate(METHODS):
+            for r in (2, 3):
+                row["files"][f"{method}_top{r}"] = _png(folder / f"{method}_{n}_top{r}.png", 48, 1000 * r + 10 * n + j)
+        row["files"]["panel"] = _png(folder / f"panel {n}.png", 400, n)
+        lines[n] = json.dumps(row)
+    (folder / "index.jsonl").write_text("\n".join(lines) + "\n")
+
+
+def test_the_panel_is_a_link_not_a_map_column_and_the_header_counts_maps(tmp_path: Path) -> None:
+    """A top-3 run of 4 methods with --panel: 12 maps each (the panel is not one), a link to the panel."""
+    make_topk_run(tmp_path)
+    html, _, data = _parse(write_report(tmp_path))
+    assert "panel" not in [c["key"] for c in data["columns"]]
+    assert len(data["columns"]) == 1 + 4 * 3 and data["ranks"] == 3
+    assert "12 maps each" in html
+    first = data["rows"][0]
+    assert first["panel"] == "panel%200.png"  # a link to the full picture, URL-quoted
+    assert first["targets"] == ["tabby", "Egyptian cat", "class 282"]
+    assert not list((tmp_path / THUMB_DIR).glob("panel*"))  # no unreadable thumbnail of it
+
+
+def test_sections_are_templates_named_in_order(run_dir: Path) -> None:
+    from guided_backprop import report
+
+    assert report.SECTIONS == ["settings.html.j2"]
+    html, _, _ = _parse(write_report(run_dir))
+    assert html.index('id="settings"') < html.index('id="gallery"')

@@ -17,7 +17,7 @@ import pytest
 
 from guided_backprop.report import write_report
 
-from .test_report import HOSTILE, HOSTILE_LABEL, make_run
+from .test_report import HOSTILE, HOSTILE_LABEL, make_run, make_topk_run
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
@@ -266,6 +266,40 @@ def test_thousands_of_rows_render_one_page(browser: Any, tmp_path: Path) -> None
         pg.locator("#pager-top [data-action=last]").click()
         assert names(pg)[-1] == "img_01999.jpg"
         all_images_decoded(pg)
+        watch.assert_clean()
+    finally:
+        context.close()
+
+
+def test_top_k_runs_show_a_class_by_method_grid_and_link_the_panel(browser: Any, tmp_path: Path) -> None:
+    make_topk_run(tmp_path / "out", n_ok=3)
+    report = write_report(tmp_path / "out")
+    context = browser.new_context(viewport={"width": 1400, "height": 900})
+    pg = context.new_page()
+    watch = Watch()
+    watch.attach(pg)
+    try:
+        pg.goto(report.as_uri())
+        pg.wait_for_selector("body[data-ready='1']", timeout=10_000)
+        heads = pg.locator("#head-row span").all_text_contents()
+        assert heads == ["Input and top-5 classes", "Input (as the network saw it)", "Explained class",
+                         "Guided backprop", "Deconvnet", "Saliency", "Guided Grad-CAM"]
+        row = pg.locator("#rows .row.ranked").first
+        labels = row.locator(".class-label").all_inner_texts()
+        assert [t.split("\n")[1] for t in labels] == ["tabby", "Egyptian cat", "class 282"]
+        assert "90.0%" in labels[0]
+        assert row.locator("img").count() == 1 + 3 * 4  # the input once, then 3 classes x 4 methods
+        boxes = [row.locator(".cell").nth(i).bounding_box() for i in range(1 + 12)]
+        grid_ys = sorted({round(b["y"]) for b in boxes[1:]})
+        assert len(grid_ys) == 3  # three rows of maps
+        xs = sorted({round(b["x"]) for b in boxes[1:]})
+        head_xs = [round(pg.locator("#head-row span").nth(i).bounding_box()["x"]) for i in range(3, 7)]
+        assert all(abs(a - b) <= 2 for a, b in zip(xs, head_xs, strict=True))  # each method under its header
+        link = row.locator("a.panel-link")
+        assert link.get_attribute("href") == "panel%200.png" and link.get_attribute("target") == "_blank"
+        all_images_decoded(pg)
+        ARTIFACTS.mkdir(exist_ok=True)
+        pg.screenshot(path=str(ARTIFACTS / "report-topk.png"), full_page=True)
         watch.assert_clean()
     finally:
         context.close()

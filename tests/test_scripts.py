@@ -21,8 +21,12 @@ def test_readme_figure_script_makes_the_figure(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     picture = np.asarray(Image.open(out).convert("RGB"))
     height, width, _ = picture.shape
-    assert width > 4 * height  # one row: the input and four maps side by side
+    assert width > 4 * height  # one row: the input and five maps side by side
     assert picture.std() > 10 and out.stat().st_size < 1_000_000
+    topk = tmp_path / "topk.png"  # the top-3 grid, written beside it
+    with Image.open(topk) as im:
+        assert im.height > im.width / 2  # three rows of classes
+    assert topk.stat().st_size < 1_000_000
 
 
 def test_sample_images_script_writes_the_photos(tmp_path: Path) -> None:

@@ -616,6 +616,7 @@ def class_panel(
     position: tuple[int, int] | None = None,
     min_tile: int = 128,
     gap: int = 8,
+    headers: bool = True,
 ) -> Image.Image:
     """The per-image panel for K explained classes: a grid, one row per class, one column per method.
 
@@ -629,8 +630,9 @@ def class_panel(
     - with ``colorbars``, Grad-CAM heat maps and ``signed`` maps get a colour bar of their value range,
       drawn at the tile's final width.
 
-    Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour).
-    Returns an RGB ``PIL.Image``.
+    Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour); without
+    ``headers`` the column titles are left out (for panels stacked under a first one). Returns an RGB
+    ``PIL.Image``.
     """
     stacks = {method: _stack(method, value) for method, value in maps.items()}
     counts = {len(v) for v in stacks.values()}
@@ -661,8 +663,8 @@ def class_panel(
         cells.append(row)
 
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    headers = ["input"] + [method_title(m) for m in stacks]
-    header_lines = [_wrap(measure, h, font, tile_w, max_lines=2) for h in headers]
+    titles = ["input"] + [method_title(m) for m in stacks]
+    header_lines = [_wrap(measure, h, font, tile_w, max_lines=2) for h in titles] if headers else []
     label_w = max(96, min(tile_w, 160))
     labels = []
     for r in range(k):
@@ -671,7 +673,7 @@ def class_panel(
         labels.append((_wrap(measure, name, font, label_w, max_lines=4) if name else []) + fixed)
     bar_h = max((b.height + 2 for row in cells for _, b in row if b is not None), default=0)
     row_h = max([tile_h + bar_h] + [len(lines) * line for lines in labels])
-    header_h = max(len(h) for h in header_lines) * line + 2
+    header_h = max((len(h) * line + 2 for h in header_lines), default=0)
 
     ncols = 1 + len(stacks)
     width = gap + label_w + gap + ncols * (tile_w + gap)

@@ -40,7 +40,7 @@ from .atomic import write_bytes
 from .errors import GuidedBackpropError
 from .methods import REGISTRY, method_title
 
-__all__ = ["CSP", "REPORT_NAME", "THUMB_DIR", "THUMB_SIZE", "write_report"]
+__all__ = ["CSP", "REPORT_NAME", "SECTIONS", "THUMB_DIR", "THUMB_SIZE", "write_report"]
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,10 @@ CSP = (
 )
 
 _INPUT_LABEL = "Input (as the network saw it)"
+_PANEL = "panel"  # the files key of the per-input panel: linked from its row, not a column
+#: The page's sections between the header and the gallery, in order: templates beside ``report.html.j2``
+#: that see the same variables. A new section (e.g. an evaluation) is one more template named here.
+SECTIONS: list[str] = ["settings.html.j2"]
 # Known run.json keys, in the order the settings table shows them; other keys follow in file order.
 _SETTING_LABELS = {
     "model": "Model",
@@ -121,10 +125,12 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
     rows = _read_index(folder / "index.jsonl")
     columns = _columns(rows, settings.get("methods"))
     pictures = _pictures(folder, rows)
+    described = [_column(key) for key in columns]
 
     names = _display_names([str(r.get("input", "")) for r in rows])
     data = {
-        "columns": [_column(key) for key in columns],
+        "columns": described,
+        "ranks": max((c["rank"] or 1 for c in described), default=1),  # > 1: a class x method grid per input
         "pageSize": page_size,
         "rows": [_row_data(row, name, columns, pictures, position=i) for i, (row, name) in enumerate(zip(rows, names))],
     }
@@ -144,8 +150,9 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         n_rows=len(rows),
         n_ok=len(rows) - n_failed,
         n_failed=n_failed,
-        n_maps=sum(1 for c in columns if c != "input"),
+        n_maps=sum(1 for c in described if c["rank"] is not None),
         version=__version__,
+        sections=SECTIONS,
     )
     out = folder / REPORT_NAME
     write_bytes(out, page.encode("utf-8", errors="replace"))
@@ -209,25 +216,29 @@ def _read_index(path: Path) -> list[dict[str, Any]]:
 
 
 def _columns(rows: Sequence[Mapping[str, Any]], methods: Any) -> list[str]:
-    """Picture columns: ``input`` first, then the run's methods in order, then any other ``files`` key."""
+    """Picture columns: ``input`` first, then the run's methods in order, then any other ``files`` key.
+
+    The panel (``files["panel"]``, every map in one picture) is no column: each row links to it.
+    """
     seen: list[str] = []
     for row in rows:
         files = row.get("files")
         if isinstance(files, Mapping):
-            seen.extend(k for k in files if k not in seen)
+            seen.extend(k for k in files if k not in seen and k != _PANEL)
     order = ["input"] + [str(m) for m in methods] if isinstance(methods, list) else ["input"]
     return [k for k in order if k in seen] + [k for k in seen if k not in order]
 
 
 def _column(key: str) -> dict[str, Any]:
-    """A column's title, and which explained class (1 = the first) its maps show (``None``: the input)."""
+    """A column's title (the method), and which explained class (1 = the first) its maps show
+    (``None``: the input). Top-k runs show the columns of one method under one header, a row per class."""
     if key == "input":
-        return {"key": key, "label": _INPUT_LABEL, "rank": None}
+        return {"key": key, "label": _INPUT_LABEL, "rank": None, "method": None}
     ranked = re.fullmatch(r"(.+)_top(\d+)", key)
     if ranked and ranked.group(1) in REGISTRY:
-        rank = int(ranked.group(2))
-        return {"key": key, "label": f"{method_title(ranked.group(1))}, class #{rank}", "rank": rank}
-    return {"key": key, "label": method_title(key), "rank": 1}
+        method = ranked.group(1)
+        return {"key": key, "label": method_title(method), "rank": int(ranked.group(2)), "method": method}
+    return {"key": key, "label": method_title(key), "rank": 1, "method": key}
 
 
 # -------------------------------------------------------------------------------------------- thumbnails
@@ -239,7 +250,7 @@ def _pictures(folder: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, _Pic
     for row in rows:
         files = row.get("files")
         if isinstance(files, Mapping):
-            rels.extend(v for v in files.values() if isinstance(v, str) and v)
+            rels.extend(v for k, v in files.items() if isinstance(v, str) and v and k != _PANEL)
     unique = list(dict.fromkeys(rels))
     if not unique:
         return {}
@@ -258,7 +269,7 @@ def _pictures(folder: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, _Pic
 
 def _picture(folder: Path, rel: str) -> _Picture | None:
     src = Path(rel) if os.path.isabs(rel) else folder / rel
-    url = src.as_uri() if os.path.isabs(rel) else quote(rel.replace(os.sep, "/"), safe="/")
+    url = _link(rel)
     thumb = folder / THUMB_DIR / _thumb_name(rel)
     thumb_url = f"{THUMB_DIR}/{thumb.name}"
     try:
@@ -278,6 +289,11 @@ def _picture(folder: Path, rel: str) -> _Picture | None:
         log.debug("no picture for %r: %s", rel, err)
         return None
     return _Picture(url, thumb_url)
+
+
+def _link(rel: str) -> str:
+    """The page's URL of a file named in ``files`` (relative to the folder, or absolute)."""
+    return Path(rel).as_uri() if os.path.isabs(rel) else quote(rel.replace(os.sep, "/"), safe="/")
 
 
 def _thumb_name(rel: str) -> str:
@@ -329,9 +345,12 @@ def _row_data(
         if isinstance(entry, (list, tuple)) and len(entry) >= 3:
             top5.append([_int(entry[0]), _text(entry[1]), _prob(entry[2])])
     targets = [t for t in row.get("targets") or [] if isinstance(t, (list, tuple)) and len(t) >= 3]
+    panel = files.get(_PANEL)
     out.update(
         explains=_explains(row, targets),
-        targets=[_text(t[1]) for t in targets] or None,
+        targets=[_text(t[1]) if t[1] is not None else f"class {_int(t[0])}" for t in targets] or None,
+        targetProbs=[_prob(t[2]) for t in targets] or None,
+        panel=_link(panel) if isinstance(panel, str) and panel else None,
         cls=_int(row.get("class_index")),
         label=_text(row.get("class_name")),
         prob=_prob(row.get("probability")),
@@ -434,8 +453,9 @@ def _script_json(obj: Any) -> str:
 
 
 def _template() -> jinja2.Template:
-    env = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    return env.from_string(_asset("report.html.j2"))
+    env = jinja2.Environment(loader=jinja2.FunctionLoader(_asset), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    return env.get_template("report.html.j2")
 
 
 def _asset(name: str) -> str:

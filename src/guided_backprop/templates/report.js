@@ -6,6 +6,12 @@
   const data = JSON.parse(document.getElementById("report-data").textContent);
   const columns = data.columns;
   const rows = data.rows;
+  // Top-k runs: a class x method grid per input (one grid row per explained class, one column per method).
+  const ranks = Math.max(1, data.ranks | 0);
+  const inputCol = columns.findIndex((c) => c.rank === null);
+  const methods = [];
+  for (const c of columns) if (c.rank !== null && !methods.includes(c.method || c.key)) methods.push(c.method || c.key);
+  const cellIndex = new Map(columns.map((c, i) => [(c.rank === null ? "input" : (c.method || c.key) + "@" + c.rank), i]));
   const pageSize = Math.max(1, data.pageSize | 0);
   const $ = (id) => document.getElementById(id);
 
@@ -106,8 +112,15 @@
 
   function headRow() {
     const head = $("head-row");
-    document.documentElement.style.setProperty("--ncols", String(Math.max(1, columns.length)));
     head.appendChild(el("span", null, "Input and top-5 classes"));
+    if (ranks > 1) {
+      document.documentElement.style.setProperty("--nmethods", String(Math.max(1, methods.length)));
+      head.classList.add("ranked");
+      head.append(el("span", null, "Input (as the network saw it)"), el("span", null, "Explained class"));
+      for (const m of methods) head.appendChild(el("span", null, columns[cellIndex.get(m + "@1") ?? cellIndex.get(m + "@2")]?.label ?? m));
+      return;
+    }
+    document.documentElement.style.setProperty("--ncols", String(Math.max(1, columns.length)));
     for (const c of columns) head.appendChild(el("span", null, c.label));
   }
 
@@ -148,31 +161,67 @@
       return row;
     }
     meta.appendChild(top5List(r));
-    if (r.explains) meta.appendChild(el("div", "explains", "explains: " + r.explains));
+    if (r.explains && ranks === 1) meta.appendChild(el("div", "explains", "explains: " + r.explains));
+    if (r.panel) {
+      const link = el("a", "panel-link", "panel: every map in one picture");
+      link.href = r.panel;
+      link.target = "_blank";
+      link.rel = "noopener noreferrer";
+      meta.appendChild(link);
+    }
     row.appendChild(meta);
-    columns.forEach((c, i) => {
-      const pic = r.img[i];
-      if (!pic) {
-        row.appendChild(el("div", "cell missing", "no " + c.label.toLowerCase()));
-        return;
-      }
-      const cell = el("div", "cell");
-      const button = el("button");
-      button.type = "button";
-      const caption = c.label + " · " + r.name + " · " + whatItShows(r, c);
-      button.title = caption;
-      const img = document.createElement("img");
-      img.loading = "lazy";
-      img.decoding = "async";
-      img.alt = c.label + " of " + r.name;
-      img.src = pic[1];
-      const index = gallery.length;
-      gallery.push({ src: pic[0], caption: caption });
-      button.addEventListener("click", () => openLightbox(index, button));
-      button.appendChild(img);
-      cell.appendChild(button);
-      row.appendChild(cell);
-    });
+    if (ranks > 1) return rankedCells(row, meta, r);
+    columns.forEach((c, i) => row.appendChild(cellElement(r, c, r.img[i])));
+    return row;
+  }
+
+  // One picture of a row: a thumbnail that opens the full picture in the lightbox.
+  function cellElement(r, c, pic) {
+    if (!pic) return el("div", "cell missing", "no " + c.label.toLowerCase());
+    const cell = el("div", "cell");
+    const button = el("button");
+    button.type = "button";
+    const caption = c.label + " · " + r.name + " · " + whatItShows(r, c);
+    button.title = caption;
+    const img = document.createElement("img");
+    img.loading = "lazy";
+    img.decoding = "async";
+    img.alt = c.label + " of " + r.name + (c.rank ? ", " + whatItShows(r, c) : "");
+    img.src = pic[1];
+    const index = gallery.length;
+    gallery.push({ src: pic[0], caption: caption });
+    button.addEventListener("click", () => openLightbox(index, button));
+    button.appendChild(img);
+    cell.appendChild(button);
+    return cell;
+  }
+
+  // Top-k: the meta and the input span the rows; each explained class is a row of its methods' maps.
+  function rankedCells(row, meta, r) {
+    row.classList.add("ranked");
+    const span = "1 / span " + ranks;
+    meta.style.gridRow = span;
+    const input = inputCol >= 0 ? cellElement(r, columns[inputCol], r.img[inputCol]) : el("div", "cell missing", "no input");
+    input.style.gridRow = span;
+    row.appendChild(input);
+    for (let rank = 1; rank <= ranks; rank++) {
+      const label = el("div", "class-label");
+      label.style.gridRow = String(rank);
+      const name = r.targets && r.targets[rank - 1] != null ? r.targets[rank - 1]
+        : rank === 1 ? (r.explains || r.label || "class " + r.cls) : null;
+      const prob = r.targetProbs ? r.targetProbs[rank - 1] : rank === 1 && !r.explains ? r.prob : null;
+      label.append(el("span", "rank", "#" + rank), el("span", "label", name === null ? "—" : name));
+      if (typeof prob === "number") label.appendChild(el("span", "p", percent(prob)));
+      row.appendChild(label);
+      methods.forEach((m, j) => {
+        const i = cellIndex.get(m + "@" + rank);
+        const c = i === undefined ? { label: columns[cellIndex.get(m + "@1")]?.label ?? m, rank: rank } : columns[i];
+        const cell = cellElement(r, c, i === undefined ? null : r.img[i]);
+        cell.style.gridRow = String(rank);
+        cell.style.gridColumn = String(4 + j);
+        row.appendChild(cell);
+      });
+    }
     return row;
   }
 
