@@ -81,6 +81,12 @@ class Explanation:
         logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))  # half -> float
         return logits.softmax(dim=1).gather(1, self.targets)
 
+    def plot(self, image: Any, **options: Any) -> Any:
+        """A matplotlib figure of one sample's maps (a class x method grid): :func:`guided_backprop.plot.show`."""
+        from .plot import show  # matplotlib loads only when a figure is asked for
+
+        return show(self, image, **options)
+
     @classmethod
     def concat(cls, parts: Sequence[Explanation]) -> Explanation:
         """The explanations of consecutive batches as one, samples in order (same methods and K)."""
