@@ -40,7 +40,7 @@ def test_the_temp_name_is_hidden_and_swept_by_the_batch_runner(tmp_path: Path) -
     with atomic_file(target) as fh:
         fh.write(b"x")
         (tmp_name,) = [p.name for p in tmp_path.iterdir()]
-        assert tmp_name.startswith(".map.png.") and tmp_name.endswith(".tmp")
-        (tmp_path / tmp_name).with_name(tmp_name.replace(".tmp", ".copy.tmp")).write_bytes(b"leftover")
+        assert tmp_name.startswith(".map.png.gbp.") and tmp_name.endswith(".tmp")
+        (tmp_path / ".map.png.gbp.99999999.0123abcd.tmp").write_bytes(b"leftover of a killed run")
     assert _sweep_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["map.png"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 import time
@@ -91,7 +92,7 @@ def test_run_result_and_error_log(tmp_path: Path) -> None:
     assert result.exit_code == batch.EXIT_SOME_FAILED and not result.interrupted
     assert len(lines) == 1 and "zz broken.png" in lines[0] and lines[0].startswith("error: ")
     assert result.errors == [lines[0][len("error: "):]]
-    assert result.summary().startswith("4 images, 3 maps, 1 failed in ")
+    assert result.summary().startswith("4 images: 0 skipped (already done), 4 computed, 1 failed in ")
     rows = index(tmp_path / "out")
     assert set(rows[0]) >= {"idx", "input", "status", "error", "class_index", "class_name", "probability",
                             "top5", "files"}
@@ -140,7 +141,7 @@ def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytes
 
     def flaky(picture: object, path: object) -> object:
         if Path(str(path)).name == "map_1_class_2.png" or Path(str(path)).name.startswith("map_1_"):
-            raise OSError(28, "No space left on device")
+            raise OSError(errno.ENAMETOOLONG, "File name too long")
         return save(picture, path)  # type: ignore[arg-type]
 
     monkeypatch.setattr(render, "save_image", flaky)
@@ -199,12 +200,15 @@ def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path)
 
 def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
     (tmp_path / "im_0.png").write_bytes(b"x")
-    rec = {"status": "ok", "input": "/a.png", "files": {"input": "im_0.png", "guided_backprop": "map_0.png"}}
-    assert not batch_journal._complete(rec, "/a.png", tmp_path)
+    rec = {"status": "ok", "input": "/a.png", "files": {"input": "im_0.png", "guided_backprop": "map_0.png"},
+           "_id": [10, 123]}
+    assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
     (tmp_path / "map_0.png").write_bytes(b"x")
-    assert batch_journal._complete(rec, "/a.png", tmp_path)
-    assert not batch_journal._complete(rec, "/b.png", tmp_path)  # another input now has this idx
-    assert not batch_journal._complete({**rec, "status": "error"}, "/a.png", tmp_path)
+    assert batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal._complete(rec, "/b.png", tmp_path, [10, 123])  # another input now has this idx
+    assert not batch_journal._complete({**rec, "status": "error"}, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 124])  # the input file changed
+    assert not batch_journal._complete(rec, "/a.png", tmp_path, None)  # it cannot be examined
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:

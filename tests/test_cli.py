@@ -35,8 +35,8 @@ SLOW = f"{MODELS}:slow"
 FAST = ["--model", TINY, "--input-size", "32"]
 # What --input-size 32 makes of a factory model's default preprocessing (resize 256 / crop 224).
 PRE = Preprocessing(resize=37, crop=32)
-SUMMARY = re.compile(r"^(\d+) images(?: \((\d+) already done\))?, (\d+) maps, (\d+) failed in [\d.]+ s "
-                     r"\([\d.]+ img/s\) -> (.+)$")
+SUMMARY = re.compile(r"^(\d+) images: (\d+) skipped \(already done\), (\d+) computed, (\d+) failed"
+                     r"(?:, (\d+) passed over \(not read\))? in [\d.]+ s \([\d.]+ img/s\) -> (.+)$")
 
 
 def invoke(*args: str) -> object:
@@ -152,7 +152,7 @@ def test_every_input_kind_end_to_end(zoo: tuple[Path, list[Path], list[Path]], t
     assert run["finished"] and "centre-cropped to 32x32" in run["preprocessing"]
     (summary,) = result.stdout.strip().splitlines()
     m = SUMMARY.match(summary)
-    assert m and m.group(1) == str(len(order)) and m.group(3) == str(len(good)) and m.group(4) == str(len(bad))
+    assert m and m.group(1) == str(len(order)) and m.group(3) == str(len(order)) and m.group(4) == str(len(bad))
     assert not temp_files(out)
 
 
@@ -340,7 +340,7 @@ def test_rerun_skips_complete_work_and_overwrite_redoes_it(tmp_path: Path) -> No
     stamps = {n: (out / n).stat().st_mtime_ns for n in visible_files(out) if n.endswith(".png")}
     victim = before[2]["files"]["guided_backprop"]
     (out / victim).unlink()
-    (out / ".map_0_class_0.png.123.abcd.tmp").write_bytes(b"half")  # left by a killed run
+    (out / ".map_0_class_0.png.gbp.123.abcd0123.tmp").write_bytes(b"half")  # left by a killed run
 
     again = invoke(*args)
     assert again.exit_code == 0
@@ -351,7 +351,7 @@ def test_rerun_skips_complete_work_and_overwrite_redoes_it(tmp_path: Path) -> No
             assert (out / name).stat().st_mtime_ns == stamp, name  # untouched
 
     redo = invoke(*args, "--overwrite")
-    assert redo.exit_code == 0 and SUMMARY.match(redo.stdout.strip()).group(2) is None
+    assert redo.exit_code == 0 and SUMMARY.match(redo.stdout.strip()).group(2) == "0"
     assert read_index(out) == before
 
     other = invoke(*args, "--methods", "saliency")
@@ -449,7 +449,7 @@ def test_torchrun_two_processes_equal_one(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1, proc.stderr  # torchrun: some input failed
     assert proc.stderr.count("error: cannot read image") == 1
-    assert proc.stdout.count(" images, ") == 1  # one summary, from rank 0
+    assert proc.stdout.count(" images: ") == 1  # one summary, from rank 0
     assert [r["idx"] for r in read_index(out)] == list(range(8))  # complete: no gap, no repeat
     assert_same_outputs(out, single)
     # Each input was computed by the rank it belongs to: idx % 2.

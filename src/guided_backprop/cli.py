@@ -295,20 +295,26 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
         result = batch.run(list(inputs), output, cfg, progress=progress)
     except batch.PeerFailed as err:  # another torchrun process failed and said why
         return err.exit_code
+    except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
+        _echo_error(str(err), verbose=verbose, err=err)
+        return err.exit_code
     except GuidedBackpropError as err:
         _echo_error(str(err), verbose=verbose, err=err)
         return ExitCode.USAGE
-    except KeyboardInterrupt:
-        click.echo(f"interrupted; rerun the same command to finish ({output})", err=True)
-        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt as err:
+        terminated = isinstance(err, batch.Terminated)
+        click.echo(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun the same command to finish "
+                   f"({output})", err=True)
+        return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         hint = "" if verbose else " (rerun with --verbose for the traceback)"
         _echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
         return ExitCode.FAILED
     if result.interrupted:
-        click.echo(f"interrupted after {result.computed} images; rerun the same command to finish "
+        what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
+        click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
                    f"({result.output})", err=True)
-        return ExitCode.INTERRUPTED
+        return result.exit_code
     if result.rank != 0:
         return result.exit_code
     if not quiet:

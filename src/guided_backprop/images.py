@@ -7,18 +7,24 @@
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .atomic import is_temp_name
 from .errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageNotFoundError", "find_images", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "ImageNotFoundError", "ImageSearch", "Skipped", "find_images", "load_image",
+           "search_images"]
 
 # Formats Pillow registers but cannot decode here: identification stubs (BUFR, GRIB, HDF5,
 # WMF/EMF off Windows, MPEG) and EPS, which needs Ghostscript. A file named explicitly is
@@ -38,12 +44,33 @@ def _image_extensions() -> frozenset[str]:
 #: Lower-case extensions (with the dot) of every format Pillow can read: ``.jpg``, ``.png``, ``.webp``...
 IMAGE_EXTENSIONS: frozenset[str] = _image_extensions()
 
+#: Picture formats Pillow cannot read here: a folder walk lists such files as skipped (never silently).
+_UNSUPPORTED_PICTURES = frozenset({
+    ".heic", ".heif", ".svg", ".svgz", ".eps", ".ps", ".ai", ".wmf", ".emf", ".raw", ".cr2", ".cr3", ".nef",
+    ".arw", ".dng", ".orf", ".rw2", ".raf", ".xcf", ".jxl", ".exr", ".hdr", ".kra",
+} - IMAGE_EXTENSIONS)
+
 _GLOB_CHARS = frozenset("*?[")
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 
 
 class ImageNotFoundError(ImageError, FileNotFoundError):
     """An input of :func:`find_images` (path, folder or glob) that yields no image: a usage error."""
+
+
+class Skipped(NamedTuple):
+    """A path that looked like an input but is not read, and why (one line)."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class ImageSearch:
+    """What :func:`search_images` found: the image paths, and every path it passed over with a reason."""
+
+    paths: list[Path] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
 
 
 def _is_image_name(path: Path) -> bool:
@@ -54,31 +81,76 @@ def _is_hidden(name: str) -> bool:
     return name.startswith(".")
 
 
-def _walk(folder: Path) -> list[Path]:
+def not_a_file_reason(path: str | os.PathLike[str]) -> str | None:
+    """Why ``path`` cannot be read as a file without opening it (``None``: a regular file, or missing).
+
+    A FIFO, socket or device is never opened (opening a FIFO blocks forever); a symbolic-link loop
+    or a link into an unreadable place is named as such.
+    """
+    try:
+        mode = os.stat(path).st_mode
+    except FileNotFoundError:
+        return None if not os.path.islink(path) else "a broken symbolic link (its target does not exist)"
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic-link loop"
+        return f"cannot be examined ({err.strerror or err})"
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    kind = ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode)
+            else "a device" if stat.S_ISBLK(mode) or stat.S_ISCHR(mode) else "not a regular file")
+    return f"{kind}, not a regular file"
+
+
+def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
     """Image files under ``folder``, recursively, sorted by their path components.
 
-    Hidden files and folders (names starting with ".", e.g. macOS ``._IMG.jpg`` resource forks
-    and our own ``.*.tmp`` files) are skipped; symbolic links to folders are not followed.
+    Hidden folders are not entered and symbolic links to folders are not followed. Passed over, and
+    listed in ``skipped`` with the reason: hidden files named like images (``._IMG.jpg``, ``..png``),
+    pictures Pillow cannot read (``.heic``, ``.svg``, ``.eps``...), anything named like an image that
+    is not a regular file (FIFO, socket, device, symbolic-link loop) and folders that cannot be read.
+    Files with other extensions (``.txt``, ``.npy``) are not inputs and are not listed.
     """
     found: list[Path] = []
-    for root, dirs, files in os.walk(folder):
+
+    def unreadable(err: OSError) -> None:
+        skipped.append(Skipped(Path(err.filename or folder), f"folder cannot be read ({err.strerror or err})"))
+
+    for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not _is_hidden(d)]
-        found.extend(Path(root, f) for f in files if not _is_hidden(f) and _is_image_name(Path(f)))
+        for f in files:
+            path = Path(root, f)
+            ext = path.suffix.lower()
+            if _is_hidden(f):
+                if (ext in IMAGE_EXTENSIONS or ext in _UNSUPPORTED_PICTURES) and not is_temp_name(f):
+                    skipped.append(Skipped(path, "hidden file (the name starts with '.')"))
+            elif ext in _UNSUPPORTED_PICTURES:
+                skipped.append(Skipped(path, f"{ext} pictures cannot be read here (convert to PNG or JPEG)"))
+            elif ext in IMAGE_EXTENSIONS:
+                reason = not_a_file_reason(path)
+                if reason is None:
+                    found.append(path)
+                else:
+                    skipped.append(Skipped(path, reason))
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
-def _expand(item: str | Path) -> list[Path]:
+def _expand(item: str | Path, skipped: list[Skipped]) -> list[Path]:
     """The image paths one input stands for; raises ImageNotFoundError when it stands for none."""
     text = os.fspath(item)
     path = Path(text).expanduser()
     if path.is_dir():
-        found = _walk(path)
+        found = _walk(path, skipped)
         if not found:
             raise ImageNotFoundError(
                 f"folder {text!r} contains no image files (looked for {_extensions_hint()}, recursively)"
             )
         return found
     if path.exists() or path.is_symlink():  # a named file is taken whatever its extension
+        reason = not_a_file_reason(path)
+        if reason is not None:
+            skipped.append(Skipped(path, reason))
+            return []
         return [path]
     if _GLOB_CHARS & set(text):
         matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
@@ -86,9 +158,13 @@ def _expand(item: str | Path) -> list[Path]:
         for match in matches:
             m = Path(match)
             if m.is_dir():
-                found.extend(_walk(m))
+                found.extend(_walk(m, skipped))
             elif _is_image_name(m):
-                found.append(m)
+                reason = not_a_file_reason(m)
+                if reason is None:
+                    found.append(m)
+                else:
+                    skipped.append(Skipped(m, reason))
         if not found:
             what = f"{len(matches)} path(s), none of them an image file" if matches else "nothing"
             raise ImageNotFoundError(
@@ -105,6 +181,11 @@ def _extensions_hint() -> str:
 
 
 def find_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
+    """The image paths of :func:`search_images` (what it passed over is dropped)."""
+    return search_images(inputs).paths
+
+
+def search_images(inputs: Sequence[str | Path] | str | Path) -> ImageSearch:
     """Expand files, folders and glob patterns into a list of absolute image paths.
 
     - a file is taken as given, whatever its extension (reading it may still fail later);
@@ -114,21 +195,23 @@ def find_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
       order; matching folders are walked, matching files kept if they have an image extension.
 
     Inputs keep their order; a file reached twice (also through a symbolic link) is listed once,
-    at its first place. Raises :class:`ImageNotFoundError` (a ``FileNotFoundError``) for no inputs,
-    a missing path, an empty folder or a pattern that matches no image.
+    at its first place. What is passed over (not a regular file, a symbolic-link loop, an unreadable
+    folder, a hidden or unsupported picture in a walk) is listed in ``skipped`` with its reason.
+    Raises :class:`ImageNotFoundError` (a ``FileNotFoundError``) for no inputs, a missing path, an
+    empty folder or a pattern that matches no image.
     """
     items: Iterable[str | Path] = [inputs] if isinstance(inputs, str | os.PathLike) else inputs
     items = list(items)
     if not items:
         raise ImageNotFoundError("no input given: pass image files, folders or glob patterns")
     seen: set[str] = set()
-    result: list[Path] = []
+    result = ImageSearch()
     for item in items:
-        for path in _expand(item):
+        for path in _expand(item, result.skipped):
             key = os.path.realpath(path)
             if key not in seen:
                 seen.add(key)
-                result.append(Path(os.path.abspath(path)))
+                result.paths.append(Path(os.path.abspath(path)))
     return result
 
 
@@ -200,6 +283,9 @@ def load_image(path: str | Path) -> Image.Image:
     a folder, unreadable, empty, not an image, truncated, corrupt, too large.
     """
     name = os.fspath(path)
+    reason = not_a_file_reason(name)
+    if reason is not None:
+        raise ImageError(f"cannot read image {name!r}: {reason}")
     try:
         if os.path.isfile(name) and os.path.getsize(name) == 0:
             raise ImageError(f"cannot read image {name!r}: empty file (0 bytes)")

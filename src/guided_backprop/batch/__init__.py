@@ -52,6 +52,9 @@ from .config import (
     STATE_DIR,
     BatchConfig,
     BatchResult,
+    DiskFull,
+    RunStopped,
+    Terminated,
 )
 from .dist import PeerFailed
 from .names import DEFAULT_INPUT_NAME, MAP_NAME_FIELDS, default_map_name
@@ -65,6 +68,9 @@ __all__ = [
     "EXIT_SOME_FAILED",
     "EXIT_USAGE",
     "PeerFailed",
+    "DiskFull",
+    "RunStopped",
+    "Terminated",
     "MAP_NAME_FIELDS",
     "STATE_DIR",
     "BatchConfig",

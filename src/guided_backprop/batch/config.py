@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..errors import ExitCode
+from ..errors import ExitCode, GuidedBackpropError
+from ..images import Skipped
 from .names import DEFAULT_INPUT_NAME
 
 # Kept as module names for code written against them; the one table is errors.ExitCode.
@@ -74,9 +76,11 @@ class BatchResult:
     resumed: int = 0  # inputs skipped because a previous run finished them
     seconds: float = 0.0
     interrupted: bool = False
+    signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
     rank: int = 0
     world_size: int = 1
     errors: list[str] = field(default_factory=list)  # this rank's error lines
+    skipped: list[Skipped] = field(default_factory=list)  # inputs passed over, never opened (and why)
     index: Path | None = None
 
     @property
@@ -86,17 +90,49 @@ class BatchResult:
 
     @property
     def exit_code(self) -> int:
-        """0, 1 (some inputs failed) or 130 (interrupted).
+        """0, 1 (some inputs failed), 130 (SIGINT) or 143 (SIGTERM).
 
         Under torchrun only rank 0 returns 1: torchrun stops the other processes as soon as one
         exits non-zero, which must not happen while rank 0 is still writing the index.
         """
         if self.interrupted:
-            return EXIT_INTERRUPTED
+            return ExitCode.TERMINATED if self.signal == "SIGTERM" else EXIT_INTERRUPTED
         return EXIT_SOME_FAILED if self.failed and self.rank == 0 else EXIT_OK
 
     def summary(self) -> str:
-        """One line: ``N images, M maps, F failed in S s (X img/s) -> OUT``."""
-        done = f" ({self.resumed} already done)" if self.resumed else ""
-        return (f"{self.images} images{done}, {self.maps} maps, {self.failed} failed in {self.seconds:.1f} s "
-                f"({self.rate:.1f} img/s) -> {self.output}")
+        """One line: ``N images: S skipped (already done), C computed, F failed in T s (X img/s) -> OUT``.
+
+        ``F`` counts the failed inputs of the whole folder; inputs passed over (not regular files,
+        unreadable folders...) are added as ``P passed over`` when there are any.
+        """
+        over = f", {len(self.skipped)} passed over (not read)" if self.skipped else ""
+        return (f"{self.images} images: {self.resumed} skipped (already done), {self.computed} computed, "
+                f"{self.failed} failed{over} in {self.seconds:.1f} s ({self.rate:.1f} img/s) -> {self.output}")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, Slurm, ``kill``, torchrun): stops the run like Ctrl-C, with exit code 143."""
+
+
+class RunStopped(GuidedBackpropError):
+    """The run stopped for a reason that is not one input's and not a usage error; ``exit_code`` says which.
+
+    What is complete stays complete (journal, files): the same command resumes.
+    """
+
+    quiet = False
+
+    def __init__(self, message: str, exit_code: int = ExitCode.FAILED) -> None:
+        super().__init__(message)
+        self.exit_code = int(exit_code)
+
+
+class DiskFull(RunStopped):
+    """A write failed for a reason that is the disk's (full, over quota, read-only): exit code 4."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, ExitCode.DISK_FULL)
+
+
+#: ``errno`` values of a write failure that will hit every input, not one.
+DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import ctypes
+import functools
+import os
+import signal
+import sys
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import torch
 
 from .. import images
 from ..errors import ImageError
+from .identity import file_identity
 
 
 class _Decoded(NamedTuple):
@@ -16,6 +23,7 @@ class _Decoded(NamedTuple):
     path: str
     tensor: torch.Tensor | None
     error: str | None
+    ident: list[int] | None = None  # the file's [size, mtime_ns] when it was read (see identity.py)
 
 
 class _DecodeDataset(torch.utils.data.Dataset):
@@ -30,13 +38,41 @@ class _DecodeDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> _Decoded:
         idx, path = self.items[i]
-        try:
+        ident = file_identity(path)
+        try:  # load_image opens only a regular file: a FIFO named x.png would block this worker forever
             tensor = self.preprocessing(images.load_image(path))
         except ImageError as err:
-            return _Decoded(idx, path, None, _one_line(str(err)))
+            return _Decoded(idx, path, None, _one_line(str(err)), ident)
         except Exception as err:  # preprocessing of a strange picture; report it, keep going
-            return _Decoded(idx, path, None, _one_line(f"cannot read image {path!r}: {type(err).__name__}: {err}"))
-        return _Decoded(idx, path, tensor, None)
+            return _Decoded(idx, path, None, _one_line(f"cannot read image {path!r}: {type(err).__name__}: {err}"),
+                            ident)
+        return _Decoded(idx, path, tensor, None, ident)
+
+
+def worker_init(parent: int) -> Callable[[int], None]:
+    """A ``DataLoader`` ``worker_init_fn``: the worker dies with the main process and ignores the
+    signals that the main process handles for everyone.
+
+    A ``kill -9`` of the main process must not leave workers behind (they would hold files open
+    and keep computing): on Linux ``PR_SET_PDEATHSIG`` makes the kernel send them SIGKILL, and a
+    worker that starts after its parent died exits at once. SIGINT and SIGTERM sent to the whole
+    process group (Ctrl-C, systemd, Slurm) are left to the main process, which stops the workers.
+    """
+    return functools.partial(_init_worker, parent)
+
+
+def _init_worker(parent: int, _worker_id: int) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl: do not outlive it
+        os._exit(0)
+
+
+_PR_SET_PDEATHSIG = 1
 
 
 def _pass_through(item: _Decoded) -> _Decoded:

@@ -9,8 +9,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import GuidedBackpropError
-from .config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE
+from ..errors import ExitCode, GuidedBackpropError
+from .config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RunStopped, Terminated
 
 
 class PeerFailed(GuidedBackpropError):
@@ -25,8 +25,8 @@ class PeerFailed(GuidedBackpropError):
 
 def _exit_code_of(error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):
-        return EXIT_INTERRUPTED
-    if isinstance(error, PeerFailed):
+        return ExitCode.TERMINATED if isinstance(error, Terminated) else EXIT_INTERRUPTED
+    if isinstance(error, (PeerFailed, RunStopped)):
         return error.exit_code
     return EXIT_USAGE if isinstance(error, GuidedBackpropError) else EXIT_FAILED
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +18,7 @@ from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
 from ..targets import MaxNeuron, Neuron
-from .config import _TOP5, BatchConfig
+from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
 from .decode import _Decoded, _one_line
 from .dist import _Dist
 from .journal import _Journal
@@ -48,9 +50,12 @@ class _Job:
         self.errors: list[str] = []
         self.journal: _Journal | None = None
         self.fatal: BaseException | None = None
+        self.stop: RunStopped | None = None  # set by a writer thread (disk full); raised by the pipeline
+        self.gradcam_layer: str | None = None  # the layer Grad-CAM used (the engine's choice when not given)
+        self.computed_once = False  # a batch went through the model: a later forward failure is the input's
 
     # -- records -------------------------------------------------------------------------------
-    def _record(self, idx: int, path: str, **fields: Any) -> dict[str, Any]:
+    def _record(self, idx: int, path: str, ident: list[int] | None = None, **fields: Any) -> dict[str, Any]:
         rec: dict[str, Any] = {"idx": idx, "input": path, "status": "ok", "error": None, "class_index": None,
                                "class_name": None, "probability": None, "top5": [], "targets": None,
                                "layer_target": None, "files": {}}
@@ -58,18 +63,39 @@ class _Job:
             rec["raw"] = {}
         rec.update(fields)
         rec["_fp"] = self.plan.fingerprint
+        rec["_id"] = ident
         rec["_t"] = time.time()
         rec["_rank"] = self.dist.rank
         return rec
 
-    def fail(self, idx: int, path: str, reason: str) -> None:
+    def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None) -> None:
+        """Journal one input as failed, and say why in one line."""
         reason = _one_line(reason)
         assert self.journal is not None
-        self.journal.write(self._record(idx, path, status="error", error=reason))
+        try:
+            self.journal.write(self._record(idx, path, ident, status="error", error=reason))
+        except OSError as err:
+            if self._stop_if_disk(err, self.journal.path):
+                return
+            raise
         with self._lock:
             self.failed += 1
             self.errors.append(reason)
         self.log(f"error: {reason}")
+
+    def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
+        """A write failure that will hit every input (disk full, over quota, read-only): stop the run.
+
+        The first such failure is kept in :attr:`stop` (the pipeline raises it); True when it was one.
+        """
+        if err.errno not in DISK_ERRNOS:
+            return False
+        with self._lock:
+            if self.stop is None:
+                what = os.strerror(err.errno or 0).lower()
+                self.stop = DiskFull(f"{what} at {os.fspath(where or err.filename or self.out)!r}: the run stopped; "
+                                     f"free some space, then rerun the same command to resume")
+        return True
 
     # -- compute -------------------------------------------------------------------------------
     def _predict(self, x: torch.Tensor) -> torch.Tensor:
@@ -104,15 +130,26 @@ class _Job:
         return e, logits
 
     def compute(self, items: list[_Decoded], writer: _Writer) -> None:
+        """One forward/backward for ``items`` (same-size tensors); each input's writing goes to ``writer``.
+
+        A failing forward is split to find the input at fault, unless the fault is the model's
+        (:meth:`_model_fault`): then the run stops with one usage error.
+        """
         try:
             e, logits = self._explain(items)
         except InputError as err:  # the forward failed: find out which input it was
+            fault = self._model_fault(items[0], err)
+            if fault is not None:
+                raise fault from err
             if len(items) > 1:
                 for it in items:
                     self.compute([it], writer)
                 return
-            self.fail(items[0].idx, items[0].path, f"cannot process {items[0].path!r}: {err}")
+            self.fail(items[0].idx, items[0].path, f"cannot process {items[0].path!r}: {err}", items[0].ident)
             return
+        self.computed_once = True
+        if self.gradcam_layer is None:
+            self.gradcam_layer = getattr(e, "gradcam_layer", None)
         probs = logits.detach().float().softmax(dim=1).cpu()
         top_p, top_i = probs.topk(min(_TOP5, probs.shape[1]), dim=1)
         maps = {m: v.detach().float().cpu().numpy() for m, v in e.maps.items()}  # (N, K, C, H, W)
@@ -129,23 +166,56 @@ class _Job:
             }
             writer.submit(self._writer_job(it, job))
 
+    def _model_fault(self, item: _Decoded, err: Exception) -> ModelError | None:
+        """The model's fault, not the image's, when a forward fails: a first layer that takes another
+        number of channels than the pictures have, or (with a fixed input size, where every tensor has
+        the same shape) a failure before any batch went through. ``None``: look for the input at fault."""
+        tensor = item.tensor
+        assert tensor is not None
+        model = self.plan.loaded.model
+        first = next((m for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)), None)
+        shape = tuple(tensor.shape)
+        if first is not None and tensor.ndim >= 1 and first.in_channels != shape[0]:
+            return ModelError(
+                f"the model's first layer takes {first.in_channels}-channel input but the images are given as "
+                f"{shape[0]}-channel (RGB) tensors of shape {shape}; use a model that takes RGB input (e.g. repeat "
+                f"its first layer's weights over 3 channels) or one whose factory converts the input", field="model")
+        if getattr(self.plan.preprocessing, "fixed_size", None) and not self.computed_once:
+            return ModelError(f"the model cannot take the images as preprocessed (tensors of shape {shape}): "
+                              f"{_one_line(str(err))}; check the preprocessing it needs (input size, resize, crop)",
+                              field="model")
+        return None
+
     # -- write ---------------------------------------------------------------------------------
     def _writer_job(self, item: _Decoded, job: dict[str, Any]) -> Callable[[], None]:
         def write() -> None:
-            try:
-                rec = self._write(item, job)
-            except Exception as err:  # disk full, a name too long...: this input failed, the run goes on
-                reason = f"cannot write the outputs of {item.path!r}: {type(err).__name__}: {err}"
-                self.fail(item.idx, item.path, reason)
+            if self.stop is not None:  # the disk is full: do not try every remaining input
                 return
-            assert self.journal is not None
-            self.journal.write(rec)
+            written: list[Path] = []
+            try:
+                rec = self._write(item, job, written)
+                assert self.journal is not None
+                self.journal.write(rec)
+            except Exception as err:  # a name too long, a bad picture...: this input failed, the run goes on
+                for path in written:  # no stray files of an input the index does not list
+                    with contextlib.suppress(OSError):
+                        path.unlink()
+                if isinstance(err, OSError) and self._stop_if_disk(err, written[-1] if written else None):
+                    return
+                reason = f"cannot write the outputs of {item.path!r}: {type(err).__name__}: {err}"
+                self.fail(item.idx, item.path, reason, item.ident)
+                return
             with self._lock:
                 self.ok += 1
                 self.maps += _map_count(rec)
         return write
 
-    def _write(self, item: _Decoded, job: dict[str, Any]) -> dict[str, Any]:
+    def _save(self, picture: Any, name: str, written: list[Path]) -> None:
+        path = self.out / name
+        render.save_image(picture, path)
+        written.append(path)
+
+    def _write(self, item: _Decoded, job: dict[str, Any], written: list[Path]) -> dict[str, Any]:
         """Save the input picture, every map (and the panel) of one input; return its journal record."""
         plan = self.plan
         top5 = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["top5"]]
@@ -153,17 +223,18 @@ class _Job:
         stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
         input_name = _fill(plan.input_template, idx=item.idx, stem=stem)
-        render.save_image(picture, self.out / input_name)
+        self._save(picture, input_name, written)
         files: dict[str, str] = {"input": input_name}
         raw: dict[str, str] = {}
         classes = [c for c, _p in job["targets"]] if job["targets"] is not None else [pred]
-        first = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw)
+        first = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written)
         if self.cfg.panel:
-            files["panel"] = self._save_panel(item.idx, stem, picture, first, job, top5)
-        return self._record(item.idx, item.path, **self._fields(job, top5, files, raw))
+            files["panel"] = self._save_panel(item.idx, stem, picture, first, job, top5, written)
+        return self._record(item.idx, item.path, item.ident, **self._fields(job, top5, files, raw))
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
-                   classes: list[int | None], files: dict[str, str], raw: dict[str, str]) -> dict[str, np.ndarray]:
+                   classes: list[int | None], files: dict[str, str], raw: dict[str, str],
+                   written: list[Path]) -> dict[str, np.ndarray]:
         """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
 
         Returns the rank-1 maps (RGB), which the panel shows.
@@ -184,17 +255,18 @@ class _Job:
                     m = m[::-1]  # the network's BGR channels back to RGB
                 if r == 0:
                     first[method] = m
-                render.save_image(render.method_picture(method, m, image=picture, norm=cfg.norm), self.out / name)
+                self._save(render.method_picture(method, m, image=picture, norm=cfg.norm), name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
                 if cfg.save_raw:
                     raw_name = str(Path(name).with_suffix(".npy"))
                     write_bytes(self.out / raw_name, _npy_bytes(m.astype(np.float32)))
+                    written.append(self.out / raw_name)
                     raw[key] = raw_name
         return first
 
     def _save_panel(self, idx: int, stem: str, picture: np.ndarray, first: dict[str, np.ndarray],
-                    job: dict[str, Any], top5: list[list[Any]]) -> str:
+                    job: dict[str, Any], top5: list[list[Any]], written: list[Path]) -> str:
         """The input then every method's map, titled with what is explained; returns its file name."""
         plan = self.plan
         if plan.layer_target is not None:
@@ -205,7 +277,7 @@ class _Job:
             what, prob = (top5[0][1], top5[0][2]) if top5 else (None, None)
         pic = render.explanation_panel(picture, first, class_name=what, probability=prob, norm=self.cfg.norm)
         panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
-        render.save_image(pic, self.out / panel_name)
+        self._save(pic, panel_name, written)
         return panel_name
 
     def _fields(self, job: dict[str, Any], top5: list[list[Any]], files: dict[str, str],

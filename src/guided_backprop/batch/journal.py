@@ -6,26 +6,43 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import write_text
+from ..atomic import is_temp_name, write_text
 from ..errors import GuidedBackpropError
 from .config import STATE_DIR, BatchConfig
+from .records import json_text
 
 if TYPE_CHECKING:
     from .plan import _Plan
 
-def _sweep_temp_files(folder: Path) -> int:
-    """Remove ``.*.tmp`` files left by a run killed mid-write (ours and :func:`render.save_image`'s)."""
+
+def _sweep_temp_files(*folders: Path, recursive: Sequence[Path] = ()) -> int:
+    """Remove the temporary files a run killed mid-write left in the folders this tool writes.
+
+    Only names of :func:`guided_backprop.atomic.atomic_file`'s own pattern
+    (``.<name>.gbp.<pid>.<8 hex>.tmp``) are removed, never another ``*.tmp``; ``folders`` are
+    swept one level deep, ``recursive`` ones (a name template with class-dependent subfolders)
+    with their subfolders.
+    """
     removed = 0
-    for dirpath, _dirnames, filenames in os.walk(folder):
-        for f in filenames:
-            if f.startswith(".") and f.endswith(".tmp"):
+
+    def sweep(folder: str, names: Iterable[str]) -> None:
+        nonlocal removed
+        for f in names:
+            if is_temp_name(f):
                 with contextlib.suppress(OSError):
-                    os.unlink(os.path.join(dirpath, f))
+                    os.unlink(os.path.join(folder, f))
                     removed += 1
+
+    for folder in dict.fromkeys(folders):
+        with contextlib.suppress(OSError):
+            sweep(str(folder), os.listdir(folder))
+    for top in dict.fromkeys(recursive):
+        for dirpath, _dirnames, filenames in os.walk(top):
+            sweep(dirpath, filenames)
     return removed
 
 
@@ -45,7 +62,7 @@ class _Journal:
                     self._fh.flush()
 
     def write(self, record: dict[str, Any]) -> None:
-        line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
+        line = (json_text(record) + "\n").encode("utf-8")
         with self._lock:
             self._fh.write(line)
             self._fh.flush()
@@ -82,33 +99,57 @@ def _read_journals(state: Path, fingerprint: str) -> dict[int, dict[str, Any]]:
     return best
 
 
-def _complete(rec: dict[str, Any] | None, path: str, out: Path) -> bool:
-    """A journal record that says this input is done and whose files all exist."""
+def _complete(rec: dict[str, Any] | None, path: str, out: Path, ident: list[int] | None) -> bool:
+    """A journal record that says this input is done, of this very file (``ident``: its size and
+    modification time now, :func:`.identity.file_identity`), and whose files all exist."""
     if not rec or rec.get("status") != "ok" or rec.get("input") != path:
+        return False
+    if ident is None or rec.get("_id") != ident:  # the input was replaced or touched since: redo it
         return False
     names = list((rec.get("files") or {}).values()) + list((rec.get("raw") or {}).values())
     return bool(names) and all((out / n).is_file() for n in names)
 
 
+_HELD: set[str] = set()  # folders this process holds the lock of (POSIX record locks do not see those)
+_HELD_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _folder_lock(state: Path) -> Iterator[None]:
-    """Refuse a second run writing into the same output folder at the same time (POSIX only)."""
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        yield
-        return
+    """Refuse a second run writing into the same output folder at the same time.
+
+    A POSIX record lock (``fcntl.lockf``) belongs to this process alone: the decode workers, which
+    are forked and so inherit every file descriptor, do not hold it, and the kernel drops it the
+    moment this process dies (even by ``kill -9``), so the same command can be rerun at once.
+    (An ``flock`` lock would be shared with the forked workers and outlive a killed main process.)
+    Record locks do not conflict within one process, so this process's own locks are kept in a set.
+    """
     state.mkdir(parents=True, exist_ok=True)
-    fh = open(state / "lock", "a+")  # noqa: SIM115
+    key = os.path.realpath(state)
+    busy = GuidedBackpropError(f"another guided-backprop run is writing to {str(state.parent)!r}; wait for it to "
+                               f"finish or choose another --output", field="output")
+    with _HELD_LOCK:
+        if key in _HELD:
+            raise busy
+        _HELD.add(key)
+    fd = -1
     try:
+        fd = os.open(state / "lock", os.O_RDWR | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o666)
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
-            raise GuidedBackpropError(f"another guided-backprop run is writing to {str(state.parent)!r}; wait for "
-                                      f"it to finish or choose another --output") from err
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: the in-process check only
+            fcntl = None  # type: ignore[assignment]
+        if fcntl is not None:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as err:
+                raise busy from err
         yield
     finally:
-        fh.close()
+        if fd >= 0:
+            os.close(fd)  # releases the record lock
+        with _HELD_LOCK:
+            _HELD.discard(key)
 
 
 def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
@@ -130,5 +171,6 @@ def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
                 f"{str(out)!r} holds the output of a run with other settings ({shown}); rerun with --overwrite "
                 f"to replace it, or choose another --output"
             )
-    _sweep_temp_files(out)
-    write_text(job_path, json.dumps({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))
+    _sweep_temp_files(out, state, *plan.folders, recursive=plan.class_folders)
+    plan.digests.save()
+    write_text(job_path, json_text({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import string
 from collections.abc import Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from typing import Any
 
 from ..errors import GuidedBackpropError, UnknownNameError
@@ -54,5 +54,12 @@ def _template_fields(template: str, allowed: Sequence[str], what: str) -> set[st
 
 
 def _fill(template: str, **fields: Any) -> str:
+    """The template filled in; ``.png`` is added unless the template itself ends in an extension
+    (a dotted ``{stem}`` such as ``holiday.2024`` is not one)."""
     name = template.format(**fields)
-    return name if Path(name).suffix else name + ".png"
+    return name if _has_extension(template) else name + ".png"
+
+
+def _has_extension(template: str) -> bool:
+    suffix = PurePosixPath(template.replace("\\", "/")).suffix
+    return bool(suffix) and "{" not in suffix and "}" not in suffix

@@ -12,12 +12,13 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..atomic import write_text
+from ..atomic import write_bytes, write_text
 from .config import _TOP5, STATE_DIR, BatchConfig
 from .dist import _Dist
 from .job import _map_count
 from .journal import _read_journals
 from .plan import _Plan
+from .records import json_text
 
 
 def _now() -> str:
@@ -25,7 +26,8 @@ def _now() -> str:
 
 
 def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist, started: str,
-              finished: str | None, counts: dict[str, int]) -> str:
+              finished: str | None, counts: dict[str, int], gradcam_layer: str | None) -> str:
+    """run.json: the settings in words, the counts, and the Grad-CAM layer the engine used."""
     pre = plan.preprocessing
     data = {
         "tool": "guided-backprop",
@@ -38,7 +40,7 @@ def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist,
         "methods": list(plan.methods),
         "normalization": cfg.norm,
         "target": plan.target_text,
-        "gradcam_layer": plan.gradcam_layer,
+        "gradcam_layer": gradcam_layer or plan.gradcam_layer,
         "smooth": int(cfg.smooth),
         "noise": float(cfg.noise) if cfg.smooth else None,
         "name": plan.map_template,
@@ -51,7 +53,7 @@ def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist,
         "finished": finished,
         **counts,
     }
-    return json.dumps(data, indent=1, ensure_ascii=False) + "\n"
+    return json_text(data, indent=1) + "\n"
 
 
 _PUBLIC_KEYS = ("idx", "input", "status", "error", "class_index", "class_name", "probability", "top5",
@@ -93,6 +95,15 @@ def _blank(value: Any) -> Any:
     return "" if value is None else value
 
 
+def _previous(path: Path, key: str) -> Any:
+    """``key`` of an earlier run.json (``None`` when there is none): what a resumed run keeps."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data.get(key) if isinstance(data, dict) else None
+
+
 def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Rank 0, after every rank is done: index.jsonl + predictions.csv from the journals; compact them."""
     state = out / STATE_DIR
@@ -107,10 +118,12 @@ def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[dict[str, An
         else:
             kept.append(rec)
         rows.append(_public(rec))
-    write_text(out / "index.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    write_text(out / "predictions.csv", _csv_text(rows, plan.file_keys, plan.settings["save_raw"]))
+    write_text(out / "index.jsonl", "".join(json_text(r) + "\n" for r in rows))
+    # A file name that is not UTF-8 is written as its own bytes (surrogateescape): CSV has no escapes.
+    csv_text = _csv_text(rows, plan.file_keys, plan.settings["save_raw"])
+    write_bytes(out / "predictions.csv", csv_text.encode("utf-8", "surrogateescape"))
     # Compact: one journal with the newest record of each input.
-    write_text(state / "journal-0.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in kept))
+    write_text(state / "journal-0.jsonl", "".join(json_text(r) + "\n" for r in kept))
     for p in state.glob("journal-*.jsonl"):
         if p.name != "journal-0.jsonl":
             with contextlib.suppress(OSError):

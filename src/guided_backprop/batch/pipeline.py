@@ -12,20 +12,23 @@ from typing import Any
 
 import torch
 
-from .decode import _Decoded, _DecodeDataset, _pass_through
+from .config import RunStopped, Terminated
+from .decode import _Decoded, _DecodeDataset, _one_line, _pass_through, worker_init
 from .job import _Job
 from .writer import _Writer
 
 
 @contextlib.contextmanager
 def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (sent by torchrun or a scheduler) stops the run like Ctrl-C: cleanly."""
+    """SIGTERM (sent by torchrun, systemd, Slurm, ``kill``) stops the run like Ctrl-C, cleanly, as
+    :class:`.config.Terminated` (exit code 143)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
 
     def handler(_signum: int, _frame: Any) -> None:
-        raise KeyboardInterrupt
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
@@ -45,6 +48,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_pass_through,
         pin_memory=job.plan.device.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None,
+        worker_init_fn=worker_init(os.getpid()) if workers else None,
     )
     threads = max(1, min(4, os.cpu_count() or 1))
     writer = _Writer(threads, backlog=2 * batch_size + threads)
@@ -61,9 +65,11 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
     cancel = False
     it = iter(loader) if todo else iter(())
     try:
-        for item in it:
+        for item in _decoded(it, job):
+            if job.stop is not None:
+                raise job.stop
             if item.error is not None:
-                job.fail(item.idx, item.path, item.error)
+                job.fail(item.idx, item.path, item.error, item.ident)
                 bar.update(1)
                 continue
             key = tuple(item.tensor.shape)  # type: ignore[union-attr]
@@ -74,7 +80,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
             elif sum(map(len, pending.values())) >= 2 * batch_size:  # many sizes: keep memory bounded
                 flush(list(pending))
         flush(list(pending))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RunStopped):
         cancel = True  # Ctrl-C: drop the queued writes (their inputs are redone by a rerun), finish the running ones
         raise
     finally:
@@ -84,3 +90,22 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
         del it
         writer.close(cancel=cancel)
         bar.close()
+    if job.stop is not None:  # the last writes filled the disk
+        raise job.stop
+
+
+def _decoded(it: Iterator[_Decoded], job: _Job) -> Iterator[_Decoded]:
+    """The loader's items; a decode worker that died (the OOM killer's ``kill -9``) stops the run with
+    one line that says so (exit code 3), not a traceback."""
+    while True:
+        try:
+            item = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as err:
+            if "DataLoader worker" not in str(err):
+                raise
+            raise RunStopped(f"a decode worker process died ({_one_line(str(err))}): it was killed, perhaps by the "
+                             f"out-of-memory killer; {job.ok + job.failed} inputs were done; rerun the same "
+                             f"command to resume (with fewer workers if memory is short)") from err
+        yield item

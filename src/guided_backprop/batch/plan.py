@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
 from ..targets import Channel, MaxNeuron, Neuron, Target, TopK
-from .config import BatchConfig
+from .config import STATE_DIR, BatchConfig
+from .identity import Digests, model_source_file
 from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
 
 
@@ -41,6 +43,9 @@ class _Plan:
     fingerprint: str
     file_keys: list[str]
     gradcam_layer: str | None
+    digests: Digests
+    folders: list[Path]  # the subfolders the outputs are written in (swept of temporary files)
+    class_folders: list[Path]  # folders below which the subfolders depend on the class (swept recursively)
 
 
 def _apply_preprocessing(pre: Any, cfg: BatchConfig) -> Any:
@@ -108,19 +113,95 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
     return index, 1, None, f"class {index} ({loaded.label(index)})"
 
 
-def _input_paths(inputs: Sequence[str], out: Path) -> list[Path]:
-    """:func:`images.find_images`, minus what lies in the output folder (our own maps, on a rerun)."""
-    found = images.find_images(inputs)
-    home = out.resolve()
-    paths = [p for p in found if not p.resolve().is_relative_to(home)]
+def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.Skipped]]:
+    """:func:`images.search_images`, minus what lies in the output folder (our own maps, on a rerun).
+
+    Returns the paths and what was passed over (with the reason of each).
+    """
+    found = images.search_images(inputs)
+    home = os.path.realpath(out)
+    paths = [p for p in found.paths if not _inside(os.path.realpath(p), home)]
+    if not paths and found.skipped:
+        first = found.skipped[0]
+        raise InputError(f"no image can be read: {len(found.skipped)} input(s) passed over, e.g. "
+                         f"{str(first.path)!r}: {first.reason}", field="inputs")
     if not paths:
         raise InputError(f"every image found is inside the output folder {str(out)!r} (earlier outputs are not "
                          f"inputs); give other inputs or another --output")
-    return paths
+    return paths, found.skipped
 
 
-def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _digest(digests: Digests, path: str | os.PathLike[str] | None) -> str | None:
+    """The sha256 of a local file the model is made of (shortened), ``None`` when not a file."""
+    if path is None or not os.path.isfile(os.path.expanduser(path)):
+        return None
+    full = digests.of(os.path.expanduser(path))
+    return None if full is None else full[:16]
+
+
+#: A class-dependent field while the classes are not known yet (never in a real file name).
+_CLASS_PLACEHOLDER = "\0class{rank}\0"
+
+
+def _check_unique_outputs(paths: list[Path], map_template: str, input_template: str, methods: Sequence[str],
+                          k: int, layer_target: Any, panel: bool, save_raw: bool) -> tuple[set[str], set[str]]:
+    """Every file the run will write has its own path, across all inputs and kinds; else a usage error
+    naming both inputs. Class-dependent fields count as different per rank (the classes are not known
+    before the forward pass); names are compared case-insensitively (macOS, Windows).
+
+    Returns the folders (relative) the names lie in, and the folders below which class-dependent
+    subfolders lie: the places :func:`.journal._sweep_temp_files` looks in.
+    """
+    seen: dict[str, tuple[Path, str]] = {}
+    folders: set[str] = set()
+    class_folders: set[str] = set()
+    layer = safe_name(layer_target.layer) if layer_target is not None else "none"
+    channel = layer_target.channel if layer_target is not None else "none"
+    for idx, path in enumerate(paths):
+        stem = safe_name(path.stem)
+        planned = [(_fill(input_template, idx=idx, stem=stem), "input picture")]
+        for method in methods:
+            for rank in range(1, k + 1):
+                cls = _CLASS_PLACEHOLDER.format(rank=rank)
+                name = _fill(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
+                             label=cls, layer=layer, channel=channel)
+                planned.append((name, f"{method} map"))
+                if save_raw:
+                    planned.append((str(Path(name).with_suffix(".npy")), f"raw {method} map"))
+        if panel:
+            planned.append((_fill(PANEL_NAME, idx=idx, stem=stem), "panel"))
+        for name, kind in planned:
+            parent = os.path.dirname(os.path.normpath(name))
+            if "\0" in parent:
+                class_folders.add(os.path.dirname(parent.split("\0", 1)[0] + "x"))
+            elif parent:
+                folders.add(parent)
+            key = os.path.normpath(name).lower()
+            if key in seen:
+                other, other_kind = seen[key]
+                shown = name.replace("\0", "").replace("class", "{class}") if "\0" in name else name
+                if other == path:
+                    raise GuidedBackpropError(
+                        f"the {other_kind} and the {kind} of {str(path)!r} would both be written to {shown!r}; "
+                        f"make the map name template {map_template!r} and the input name template "
+                        f"{input_template!r} differ", field="name")
+                why = " (they give the same {stem})" if safe_name(other.stem).lower() == stem.lower() else ""
+                raise InputError(
+                    f"inputs {str(other)!r} and {str(path)!r} would both write {shown!r}{why}: the {other_kind} of "
+                    f"the first and the {kind} of the second; add {{idx}} to the name templates", field="name")
+            seen[key] = (path, kind)
+    return folders, class_folders
+
+
+def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) -> _Plan:
+    """Resolve the config (model, preprocessing, target, names, fingerprint); nothing is written."""
     from .. import models
+
+    digests = Digests(out / STATE_DIR)
 
     if cfg.batch_size < 1:
         raise GuidedBackpropError(f"batch size must be >= 1, got {cfg.batch_size}")
@@ -154,22 +235,8 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
         raise GuidedBackpropError(f"--name {map_template!r} needs {{rank}}: {k} classes are explained per image")
     if not in_used & {"idx", "stem"}:
         raise GuidedBackpropError(f"--input-name {cfg.input_name!r} must contain {{idx}} or {{stem}}")
-    for template, fields in ((map_template, used), (cfg.input_name, in_used)):
-        if "stem" in fields and "idx" not in fields:
-            seen: dict[str, Path] = {}
-            for p in paths:
-                key = safe_name(p.stem).lower()
-                if key in seen:
-                    raise InputError(f"inputs {str(seen[key])!r} and {str(p)!r} give the same {{stem}}, so "
-                                     f"{template!r} would write one file for both; add {{idx}} to the template")
-                seen[key] = p
-    sample = dict(idx=0, stem="s", label="l", class_index=0, rank=1, layer="x", channel=0)
-    names = [_fill(map_template, method=m, **sample) for m in methods] + [_fill(cfg.input_name, **sample)]
-    if cfg.panel:
-        names.append(_fill(PANEL_NAME, **sample))
-    if len(set(names)) != len(names):
-        raise GuidedBackpropError(f"--name {map_template!r} and --input-name {cfg.input_name!r} give the same "
-                                  f"file name; make them differ")
+    folders, class_folders = _check_unique_outputs(paths, map_template, cfg.input_name, methods, k, layer_target,
+                                                   cfg.panel, cfg.save_raw)
 
     file_keys = ["input"] + [m if r == 1 else f"{m}_top{r}" for m in methods for r in range(1, k + 1)]
     if cfg.panel:
@@ -187,13 +254,18 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device) -> _Plan:
         "smooth": int(cfg.smooth),
         "noise": float(cfg.noise) if cfg.smooth else None,
         "seed": int(cfg.seed) if cfg.smooth else None,
-        "norm": cfg.norm,
+        "normalization": cfg.norm,
         "name": map_template,
         "input_name": cfg.input_name,
         "save_raw": bool(cfg.save_raw),
         "panel": bool(cfg.panel),
         "weights_description": weights_text,
+        # What the maps depend on besides the settings: the bytes of the files the model is made of.
+        "weights_sha256": _digest(digests, cfg.weights),
+        "labels_sha256": _digest(digests, cfg.labels),
+        "model_source_sha256": _digest(digests, model_source_file(model_name)),
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return _Plan(loaded, device, pre, methods, target, k, layer_target, target_text, map_template,
-                 cfg.input_name, settings, fingerprint, file_keys, gradcam_layer)
+                 cfg.input_name, settings, fingerprint, file_keys, gradcam_layer, digests,
+                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)])

@@ -12,11 +12,13 @@ from pathlib import Path
 from ..atomic import write_text
 from ..devices import resolve_device
 from ..errors import GuidedBackpropError
-from .config import STATE_DIR, BatchConfig, BatchResult
+from ..images import Skipped
+from .config import STATE_DIR, BatchConfig, BatchResult, RunStopped, Terminated
 from .dist import _Dist, torchrun_env
+from .identity import file_identity
 from .job import _Job
 from .journal import _complete, _folder_lock, _Journal, _prepare_folder, _read_journals
-from .outputs import _merge, _now, _run_json
+from .outputs import _merge, _now, _previous, _run_json
 from .pipeline import _pipeline, _sigterm_as_interrupt
 from .plan import _input_paths, _Plan, _plan
 
@@ -37,9 +39,12 @@ def run(
 ) -> BatchResult:
     """Compute and save the maps of every image in ``inputs`` (files, folders, globs) into ``output``.
 
-    Returns a :class:`BatchResult` (exit code 0 or 1, or 130 when interrupted). Raises
+    Returns a :class:`BatchResult` (exit code 0 or 1; 130 after SIGINT, 143 after SIGTERM). Raises
     :class:`~guided_backprop.errors.GuidedBackpropError` for usage errors (unknown model, layer or
-    class, bad template, a folder that holds another run): nothing has been computed then.
+    class, bad template, a folder that holds another run): nothing has been computed then; and its
+    subclass :class:`.config.RunStopped` when the run stopped midway for a reason that is not one
+    input's (disk full: :class:`.config.DiskFull`, exit code 4; a decode worker killed: 3): what
+    is done is kept, the same command resumes.
     Run under ``torchrun``, each rank takes the inputs ``idx % WORLD_SIZE == RANK``; rank 0 writes
     the index of all of them.
     """
@@ -54,19 +59,27 @@ def run(
     device = resolve_device(cfg.device, local_rank=env.local_rank, world=env.world)
     dist = _Dist(device, env)
     try:
-        # Setup errors on any rank stop every rank (the collectives below always run).
-        error: BaseException | None = None
-        plan = paths = None
-        try:
-            if out.exists() and not out.is_dir():
-                raise GuidedBackpropError(f"--output {str(out)!r} is a file, not a folder; give a folder")
-            paths = _input_paths(inputs_text, out)
-            plan = _plan(paths, cfg, device)
-        except BaseException as err:  # noqa: BLE001 - re-raised after the ranks agree
-            error = err
-        dist.agree(error)
-        assert plan is not None and paths is not None
-        return _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
+        with _sigterm_as_interrupt():
+            # Setup errors on any rank stop every rank (the collectives below always run).
+            error: BaseException | None = None
+            plan = paths = None
+            skipped: list[Skipped] = []
+            try:
+                if out.exists() and not out.is_dir():
+                    raise GuidedBackpropError(f"the output {str(out)!r} is a file, not a folder; give a folder",
+                                              field="output")
+                paths, skipped = _input_paths(inputs_text, out)
+                plan = _plan(paths, cfg, device, out)
+            except BaseException as err:  # noqa: BLE001 - re-raised after the ranks agree
+                error = err
+            dist.agree(error)
+            assert plan is not None and paths is not None
+            if dist.rank == 0:
+                for s in skipped:
+                    log(f"skipped: {str(s.path)!r}: {s.reason}")
+            result = _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
+            result.skipped = skipped
+            return result
     finally:
         dist.close()
 
@@ -75,6 +88,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
                  inputs_text: list[str], started: str, t0: float, progress: bool,
                  log: Callable[[str], None]) -> BatchResult:
     state = out / STATE_DIR
+    previous_cam = None
     with contextlib.ExitStack() as stack:
         error: BaseException | None = None
         if dist.rank == 0:
@@ -82,24 +96,25 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(_folder_lock(state))
                 _prepare_folder(out, plan, cfg)
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}))
+                previous_cam = None if cfg.overwrite else _previous(out / "run.json", "gradcam_layer")
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}, None))
             except BaseException as err:  # noqa: BLE001
                 error = err
         dist.agree(error)
 
         mine = [(i, str(p)) for i, p in enumerate(paths) if i % dist.world == dist.rank]
         done = _read_journals(state, plan.fingerprint) if not cfg.overwrite else {}
-        todo = [(i, p) for i, p in mine if not _complete(done.get(i), p, out)]
+        todo = [(i, p) for i, p in mine if not _complete(done.get(i), p, out, file_identity(p))]
         result = BatchResult(output=out, rank=dist.rank, world_size=dist.world)
         result.resumed = len(mine) - len(todo)
 
         job = _Job(plan, out, cfg, dist, log)
         job.journal = _Journal(state / f"journal-{dist.rank}.jsonl")
         try:
-            with _sigterm_as_interrupt():
-                _pipeline(job, todo, progress and dist.rank == 0)
-        except KeyboardInterrupt:
+            _pipeline(job, todo, progress and dist.rank == 0)
+        except KeyboardInterrupt as err:
             result.interrupted = True
+            result.signal = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         except Exception as err:  # noqa: BLE001 - raised on every rank by dist.agree below
             job.fatal = err
         finally:
@@ -114,6 +129,11 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.images = len(paths)
             result.maps = job.maps
             return result
+        if isinstance(job.fatal, RunStopped) and dist.world == 1:  # list what is done, if the disk lets us
+            with contextlib.suppress(Exception):
+                _rows, counts = _merge(out, plan, paths)
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
+                                                       job.gradcam_layer or previous_cam))
         dist.agree(job.fatal)
         computed, resumed = dist.sum([result.computed, result.resumed])
         result.computed, result.resumed = int(computed), int(resumed)
@@ -122,7 +142,8 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
         if dist.rank == 0:
             try:
                 _rows, counts = _merge(out, plan, paths)
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts))
+                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
+                                                       job.gradcam_layer or previous_cam))
                 result.index = out / "index.jsonl"
             except BaseException as err:  # noqa: BLE001 - after the ranks agree
                 error = err
