@@ -15,6 +15,7 @@ import torch
 
 from .. import images
 from ..errors import ImageError
+from .config import RunStopped
 from .identity import file_identity
 
 
@@ -82,3 +83,17 @@ def _pass_through(item: _Decoded) -> _Decoded:
 
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
+
+
+def worker_died(err: BaseException, done: int) -> RunStopped | None:
+    """The stop for a decode worker that died (``None`` when ``err`` is about something else).
+
+    PyTorch reports it as a ``RuntimeError`` from the loader, or from wherever the main process was
+    when SIGCHLD arrived (a forward pass, which then reports it as the input's error).
+    """
+    text = str(err) + " " + str(err.__cause__ or "")
+    if "DataLoader worker" not in text:
+        return None
+    return RunStopped(f"a decode worker process died ({_one_line(str(err.__cause__ or err))}): it was killed, "
+                      f"perhaps by the out-of-memory killer; {done} inputs were done; rerun the same command to "
+                      f"resume (with fewer workers if memory is short)")

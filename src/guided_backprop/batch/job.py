@@ -19,7 +19,7 @@ from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
 from ..targets import MaxNeuron, Neuron
 from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
-from .decode import _Decoded, _one_line
+from .decode import _Decoded, _one_line, worker_died
 from .dist import _Dist
 from .journal import _Journal
 from .names import PANEL_NAME, _fill
@@ -138,6 +138,9 @@ class _Job:
         try:
             e, logits = self._explain(items)
         except InputError as err:  # the forward failed: find out which input it was
+            died = worker_died(err, self.ok + self.failed)
+            if died is not None:
+                raise died from err
             fault = self._model_fault(items[0], err)
             if fault is not None:
                 raise fault from err

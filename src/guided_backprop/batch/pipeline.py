@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from .config import RunStopped, Terminated
-from .decode import _Decoded, _DecodeDataset, _one_line, _pass_through, worker_init
+from .decode import _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
 from .job import _Job
 from .writer import _Writer
 
@@ -103,9 +103,8 @@ def _decoded(it: Iterator[_Decoded], job: _Job) -> Iterator[_Decoded]:
         except StopIteration:
             return
         except RuntimeError as err:
-            if "DataLoader worker" not in str(err):
+            died = worker_died(err, job.ok + job.failed)
+            if died is None:
                 raise
-            raise RunStopped(f"a decode worker process died ({_one_line(str(err))}): it was killed, perhaps by the "
-                             f"out-of-memory killer; {job.ok + job.failed} inputs were done; rerun the same "
-                             f"command to resume (with fewer workers if memory is short)") from err
+            raise died from err
         yield item

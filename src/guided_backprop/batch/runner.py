@@ -14,6 +14,7 @@ from ..devices import resolve_device
 from ..errors import GuidedBackpropError
 from ..images import Skipped
 from .config import STATE_DIR, BatchConfig, BatchResult, RunStopped, Terminated
+from .decode import worker_died
 from .dist import _Dist, torchrun_env
 from .identity import file_identity
 from .job import _Job
@@ -116,7 +117,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.interrupted = True
             result.signal = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         except Exception as err:  # noqa: BLE001 - raised on every rank by dist.agree below
-            job.fatal = err
+            job.fatal = worker_died(err, job.ok + job.failed) or err
         finally:
             job.journal.close()
 
