@@ -270,3 +270,20 @@ def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixt
     assert "img" in capsys.readouterr().err
     batch.run([tmp_path / "in"], tmp_path / "b", config(), progress=False)
     assert capsys.readouterr().err == ""
+
+
+def test_smoothgrad_maps_of_the_batch_job_are_the_apis_for_the_same_seed_and_index(tmp_path: Path) -> None:
+    import guided_backprop as gbp
+    from guided_backprop import images, models
+
+    write_plain(tmp_path / "in", 2)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(smooth=3, seed=5, save_raw=True))
+    assert result.exit_code == 0
+    lm = models.load_model(TINY)
+    pre = batch_plan._apply_preprocessing(lm.preprocessing, config())
+    for row in index(tmp_path / "out"):
+        x = pre(images.load_image(row["input"]))[None]
+        e = gbp.Explainer(lm.model).explain(x, methods=["guided_backprop"], smooth=3, noise=0.15, seed=5,
+                                            sample_ids=[row["idx"]])
+        got = np.load(tmp_path / "out" / row["raw"]["guided_backprop"])
+        assert np.allclose(got, e.maps["guided_backprop"][0, 0].float().numpy(), rtol=0, atol=1e-6)

@@ -499,3 +499,20 @@ def test_panel_shows_the_input_then_each_method_titled(tmp_path: Path) -> None:
     tile = pixels(out / "im_0.png")
     assert panel.shape[1] > 4 * tile.shape[1] * (128 // tile.shape[1])  # input + 3 maps, enlarged to >= 128 px
     assert panel.std() > 0
+
+
+def test_a_top_k_panel_is_a_grid_with_one_row_per_class(tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 1)
+    heights = {}
+    for k in (1, 3):
+        out = tmp_path / f"out{k}"
+        result = invoke(src, "-o", out, *FAST, "--methods", "gbp,gradcam", "--target", f"top{k}", "--panel",
+                        "--quiet")
+        assert result.exit_code == 0, result.output
+        assert read_index(out)[0]["files"]["panel"] == "panel_0.png"
+        heights[k] = pixels(out / "panel_0.png").shape[0]
+    # three rows of (tile + label + colour bar) under one header: more than twice one row's panel
+    assert heights[3] > 2.5 * heights[1] - 100, heights
+    tile = pixels(tmp_path / "out3" / "im_0.png").shape[0] * (128 // 32)
+    assert heights[3] > 3 * tile, heights

@@ -110,22 +110,10 @@ class _Job:
     def _explain(self, items: list[_Decoded]) -> Any:
         x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
         cfg, plan = self.cfg, self.plan
-        if cfg.smooth > 0:  # one generator per image: maps do not depend on how images were batched
-            parts = []
-            for i, it in enumerate(items):
-                gen = torch.Generator().manual_seed((int(cfg.seed) * 1_000_003 + it.idx) % (2**63))
-                parts.append(self.explainer.explain(x[i:i + 1], plan.target, methods=plan.methods,
-                                                    gradcam_layer=plan.gradcam_layer, smooth=cfg.smooth,
-                                                    noise=cfg.noise, generator=gen))
-            e = parts[0]
-            if len(parts) > 1:
-                e.maps = {m: torch.cat([p.maps[m] for p in parts]) for m in e.maps}
-                e.scores = torch.cat([p.scores for p in parts])
-                e.targets = None if e.targets is None else torch.cat([p.targets for p in parts])
-                e.logits = None if e.logits is None else torch.cat([p.logits for p in parts])
-                e.positions = None if e.positions is None else torch.cat([p.positions for p in parts])
-        else:
-            e = self.explainer.explain(x, plan.target, methods=plan.methods, gradcam_layer=plan.gradcam_layer)
+        # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
+        smooth = {"smooth": cfg.smooth, "noise": cfg.noise, "seed": cfg.seed,
+                  "sample_ids": [it.idx for it in items]} if cfg.smooth > 0 else {}
+        e = self.explainer.explain(x, plan.target, methods=plan.methods, gradcam_layer=plan.gradcam_layer, **smooth)
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
 
@@ -230,22 +218,22 @@ class _Job:
         files: dict[str, str] = {"input": input_name}
         raw: dict[str, str] = {}
         classes = [c for c, _p in job["targets"]] if job["targets"] is not None else [pred]
-        first = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written)
+        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written)
         if self.cfg.panel:
-            files["panel"] = self._save_panel(item.idx, stem, picture, first, job, top5, written)
+            files["panel"] = self._save_panel(item.idx, stem, picture, ranked, job, top5, written)
         return self._record(item.idx, item.path, item.ident, **self._fields(job, top5, files, raw))
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
-                   written: list[Path]) -> dict[str, np.ndarray]:
+                   written: list[Path]) -> dict[str, list[np.ndarray]]:
         """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
 
-        Returns the rank-1 maps (RGB), which the panel shows.
+        Returns every method's maps in rank order (RGB), which the panel shows.
         """
         plan, cfg = self.plan, self.cfg
         lt = plan.layer_target
         bgr = bool(getattr(plan.preprocessing, "bgr", False))
-        first: dict[str, np.ndarray] = {}
+        ranked: dict[str, list[np.ndarray]] = {m: [] for m in plan.methods}
         for method in plan.methods:
             stack = maps[method]  # (K, C, H, W)
             for r in range(stack.shape[0]):
@@ -256,8 +244,7 @@ class _Job:
                 m = stack[r]
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB
-                if r == 0:
-                    first[method] = m
+                ranked[method].append(m)
                 self._save(render.method_picture(method, m, image=picture, norm=cfg.norm), name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
@@ -266,19 +253,26 @@ class _Job:
                     write_bytes(self.out / raw_name, _npy_bytes(m.astype(np.float32)))
                     written.append(self.out / raw_name)
                     raw[key] = raw_name
-        return first
+        return ranked
 
-    def _save_panel(self, idx: int, stem: str, picture: np.ndarray, first: dict[str, np.ndarray],
+    def _save_panel(self, idx: int, stem: str, picture: np.ndarray, ranked: dict[str, list[np.ndarray]],
                     job: dict[str, Any], top5: list[list[Any]], written: list[Path]) -> str:
-        """The input then every method's map, titled with what is explained; returns its file name."""
-        plan = self.plan
+        """A class x method grid (one row per explained class, the input first), titled with what is
+        explained, SmoothGrad and a neuron's position; returns its file name."""
+        plan, cfg = self.plan, self.cfg
+        classes: list[str | None]
+        probabilities: list[float | None]
         if plan.layer_target is not None:
-            what, prob = f"{plan.layer_target.layer} channel {plan.layer_target.channel}", None
+            classes, probabilities = [f"{plan.layer_target.layer} channel {plan.layer_target.channel}"], [None]
         elif job["targets"] is not None:
-            what, prob = plan.loaded.label(job["targets"][0][0]), job["targets"][0][1]
+            classes = [plan.loaded.label(c) for c, _p in job["targets"]]
+            probabilities = [p for _c, p in job["targets"]]
         else:
-            what, prob = (top5[0][1], top5[0][2]) if top5 else (None, None)
-        pic = render.explanation_panel(picture, first, class_name=what, probability=prob, norm=self.cfg.norm)
+            classes, probabilities = ([top5[0][1]], [top5[0][2]]) if top5 else ([None], [None])
+        position = tuple(job["position"]) if job.get("position") else None
+        pic = render.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
+                                 smooth=int(cfg.smooth), noise=float(cfg.noise) if cfg.smooth else None,
+                                 position=position)  # type: ignore[arg-type]
         panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
         self._save(pic, panel_name, written)
         return panel_name
