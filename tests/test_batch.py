@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import json
 import threading
@@ -16,6 +17,7 @@ from guided_backprop.batch import job as batch_job
 from guided_backprop.batch import journal as batch_journal
 from guided_backprop.batch import plan as batch_plan
 from guided_backprop.batch import writer as batch_writer
+from guided_backprop.batch.records import IndexRecord
 from guided_backprop.errors import GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import write_plain
@@ -181,32 +183,42 @@ def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypa
     assert [r["status"] for r in index(out)] == ["ok"] * 5
 
 
+def _entry(idx: int, status: str, fp: str, t: float, *, files: dict[str, str] | None = None,
+           ident: list[int] | None = None) -> batch_journal.JournalEntry:
+    record = IndexRecord.failed(idx, "/a.png", "broken", save_raw=False)
+    if status == "ok":
+        record = dataclasses.replace(record, status="ok", error=None, files=files or {})
+    return batch_journal.JournalEntry(record, fp, ident, t, 0)
+
+
 def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path) -> None:
     state = tmp_path / batch.STATE_DIR
     state.mkdir()
     path = state / "journal-0.jsonl"
-    old = {"idx": 0, "status": "error", "_fp": "f", "_t": 1.0}
-    new = {"idx": 0, "status": "ok", "_fp": "f", "_t": 2.0}
-    other = {"idx": 1, "status": "ok", "_fp": "not this job", "_t": 3.0}
-    path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n" + '{"idx": 1, "sta')  # killed mid-line
+    old, new = _entry(0, "error", "f", 1.0).to_json(), _entry(0, "ok", "f", 2.0).to_json()
+    other = _entry(1, "ok", "not this job", 3.0).to_json()
+    foreign = {"idx": 3, "status": "ok", "_fp": "f", "_t": 4.0}  # not an entry of this version: redone
+    path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n" + json.dumps(foreign) + "\n"
+                    + '{"idx": 1, "sta')  # killed mid-line
     (state / "journal-1.jsonl").write_text(json.dumps(new) + "\n")
     j = batch_journal._Journal(path)
-    j.write({"idx": 2, "status": "ok", "_fp": "f", "_t": 0.5})
+    j.write(_entry(2, "ok", "f", 0.5))
     j.close()
-    assert path.read_text().splitlines()[2] == '{"idx": 1, "sta'
+    assert path.read_text().splitlines()[3] == '{"idx": 1, "sta'
     records = batch_journal._read_journals(state, "f")
-    assert sorted(records) == [0, 2] and records[0]["status"] == "ok"
+    assert sorted(records) == [0, 2] and records[0].record.status == "ok"
+    assert records[2] == _entry(2, "ok", "f", 0.5)  # what is written is read back
 
 
 def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
     (tmp_path / "im_0.png").write_bytes(b"x")
-    rec = {"status": "ok", "input": "/a.png", "files": {"input": "im_0.png", "guided_backprop": "map_0.png"},
-           "_id": [10, 123]}
+    rec = _entry(0, "ok", "f", 1.0, files={"input": "im_0.png", "guided_backprop": "map_0.png"}, ident=[10, 123])
     assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
     (tmp_path / "map_0.png").write_bytes(b"x")
     assert batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
     assert not batch_journal._complete(rec, "/b.png", tmp_path, [10, 123])  # another input now has this idx
-    assert not batch_journal._complete({**rec, "status": "error"}, "/a.png", tmp_path, [10, 123])
+    failed = dataclasses.replace(rec, record=dataclasses.replace(rec.record, status="error"))
+    assert not batch_journal._complete(failed, "/a.png", tmp_path, [10, 123])
     assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 124])  # the input file changed
     assert not batch_journal._complete(rec, "/a.png", tmp_path, None)  # it cannot be examined
 

@@ -17,28 +17,14 @@ images. Every file is written to a temporary name and renamed; the journal
 lets a rerun of the same command skip the inputs that are complete. The final ``index.jsonl``,
 ``predictions.csv`` and ``run.json`` are written (atomically) by rank 0 once every rank is done.
 
-Output folder contract (read by :mod:`.report`):
-
-* ``run.json``: the settings (model, weights, preprocessing in words, methods, normalization, target,
-  version, started / finished, counts);
-* ``index.jsonl``: one JSON object per input, in input order::
-
-    {"idx": 0, "input": "/abs/path.jpg", "status": "ok" | "error", "error": null | "reason",
-     "class_index": 285, "class_name": "Egyptian cat", "probability": 0.76,        # the prediction
-     "top5": [[285, "Egyptian cat", 0.76], ...],
-     "targets": [[285, "Egyptian cat", 0.76], ...] | null,  # the explained classes, one per rank
-     "layer_target": null | {"layer": ..., "channel": ..., "neuron": ..., "positions": [[y, x]], "scores": [..]},
-     "files": {"input": "im_0.png", "guided_backprop": "map_0_class_285.png", ...},
-     "raw": {"guided_backprop": "map_0_class_285.npy", ...}}           # with save_raw only
-
-  ``files`` keys are ``"input"`` and the method names; with several target classes (top-k) the
-  maps of rank r >= 2 are under ``"<method>_top<r>"``. File names are relative to the folder.
-* ``predictions.csv``: the same, flattened (``top<r>_class_index`` ..., ``file_<key>``, ``raw_<key>``).
+Output folder contract (read by :mod:`.report`): ``docs/output-folder.md`` describes every file and
+key (``run.json``, ``index.jsonl``, ``predictions.csv``); :mod:`.records` defines the records written
+(:class:`~.records.IndexRecord`, :class:`~.records.RunRecord`) and reads them back.
 
 Modules: :mod:`.config` (settings and result), :mod:`.names` (file name templates), :mod:`.plan`
 (everything resolved before any image), :mod:`.decode`, :mod:`.job` (compute and write),
 :mod:`.writer` (the writer pool), :mod:`.pipeline`, :mod:`.journal` (resume, lock), :mod:`.dist`
-(torchrun), :mod:`.outputs` (index, CSV, run.json), :mod:`.runner` (:func:`run`).
+(torchrun), :mod:`.outputs` (index, CSV, run.json), :mod:`.records` (their typed records), :mod:`.runner` (:func:`run`).
 """
 
 from __future__ import annotations

@@ -21,15 +21,11 @@ from ..targets import MaxNeuron, Neuron
 from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
 from .decode import _Decoded, _one_line, worker_died
 from .dist import _Dist
-from .journal import _Journal
+from .journal import JournalEntry, _Journal
 from .names import PANEL_NAME, _fill
 from .plan import _Plan
+from .records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from .writer import _npy_bytes, _Writer
-
-
-def _map_count(rec: dict[str, Any]) -> int:
-    """Maps written for one input (its files but the input picture and the panel)."""
-    return sum(1 for key in rec["files"] if key not in ("input", "panel"))
 
 
 class _Job:
@@ -55,25 +51,16 @@ class _Job:
         self.computed_once = False  # a batch went through the model: a later forward failure is the input's
 
     # -- records -------------------------------------------------------------------------------
-    def _record(self, idx: int, path: str, ident: list[int] | None = None, **fields: Any) -> dict[str, Any]:
-        rec: dict[str, Any] = {"idx": idx, "input": path, "status": "ok", "error": None, "class_index": None,
-                               "class_name": None, "probability": None, "top5": [], "targets": None,
-                               "layer_target": None, "files": {}}
-        if self.cfg.save_raw:
-            rec["raw"] = {}
-        rec.update(fields)
-        rec["_fp"] = self.plan.fingerprint
-        rec["_id"] = ident
-        rec["_t"] = time.time()
-        rec["_rank"] = self.dist.rank
-        return rec
+    def _entry(self, record: IndexRecord, ident: list[int] | None) -> JournalEntry:
+        """``record`` as this rank's journal line."""
+        return JournalEntry(record, self.plan.fingerprint, ident, time.time(), self.dist.rank)
 
     def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None) -> None:
         """Journal one input as failed, and say why in one line."""
         reason = _one_line(reason)
         assert self.journal is not None
         try:
-            self.journal.write(self._record(idx, path, ident, status="error", error=reason))
+            self.journal.write(self._entry(IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw), ident))
         except OSError as err:
             if self._stop_if_disk(err, self.journal.path):
                 return
@@ -111,8 +98,8 @@ class _Job:
         x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
         cfg, plan = self.cfg, self.plan
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
-        smooth = {"smooth": cfg.smooth, "noise": cfg.noise, "seed": cfg.seed,
-                  "sample_ids": [it.idx for it in items]} if cfg.smooth > 0 else {}
+        smooth: dict[str, Any] = {"smooth": cfg.smooth, "noise": cfg.noise, "seed": cfg.seed,
+                                  "sample_ids": [it.idx for it in items]} if cfg.smooth > 0 else {}
         e = self.explainer.explain(x, plan.target, methods=plan.methods, gradcam_layer=plan.gradcam_layer, **smooth)
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
@@ -186,7 +173,7 @@ class _Job:
             try:
                 rec = self._write(item, job, written)
                 assert self.journal is not None
-                self.journal.write(rec)
+                self.journal.write(self._entry(rec, item.ident))
             except Exception as err:  # a name too long, a bad picture...: this input failed, the run goes on
                 for path in written:  # no stray files of an input the index does not list
                     with contextlib.suppress(OSError):
@@ -198,7 +185,7 @@ class _Job:
                 return
             with self._lock:
                 self.ok += 1
-                self.maps += _map_count(rec)
+                self.maps += rec.maps
         return write
 
     def _save(self, picture: Any, name: str, written: list[Path]) -> None:
@@ -206,11 +193,11 @@ class _Job:
         render.save_image(picture, path)
         written.append(path)
 
-    def _write(self, item: _Decoded, job: dict[str, Any], written: list[Path]) -> dict[str, Any]:
-        """Save the input picture, every map (and the panel) of one input; return its journal record."""
+    def _write(self, item: _Decoded, job: dict[str, Any], written: list[Path]) -> IndexRecord:
+        """Save the input picture, every map (and the panel) of one input; return its index record."""
         plan = self.plan
-        top5 = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["top5"]]
-        pred = top5[0][0] if top5 else None
+        top5 = [ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in job["top5"]]
+        pred = top5[0].class_index if top5 else None
         stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
         input_name = _fill(plan.input_template, idx=item.idx, stem=stem)
@@ -221,7 +208,7 @@ class _Job:
         ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written)
         if self.cfg.panel:
             files["panel"] = self._save_panel(item.idx, stem, picture, ranked, job, top5, written)
-        return self._record(item.idx, item.path, item.ident, **self._fields(job, top5, files, raw))
+        return self._index_record(item, job, top5, files, raw)
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
@@ -256,7 +243,7 @@ class _Job:
         return ranked
 
     def _save_panel(self, idx: int, stem: str, picture: np.ndarray, ranked: dict[str, list[np.ndarray]],
-                    job: dict[str, Any], top5: list[list[Any]], written: list[Path]) -> str:
+                    job: dict[str, Any], top5: list[ClassScore], written: list[Path]) -> str:
         """A class x method grid (one row per explained class, the input first), titled with what is
         explained, SmoothGrad and a neuron's position; returns its file name."""
         plan, cfg = self.plan, self.cfg
@@ -267,8 +254,10 @@ class _Job:
         elif job["targets"] is not None:
             classes = [plan.loaded.label(c) for c, _p in job["targets"]]
             probabilities = [p for _c, p in job["targets"]]
+        elif top5:
+            classes, probabilities = [top5[0].class_name], [top5[0].probability]
         else:
-            classes, probabilities = ([top5[0][1]], [top5[0][2]]) if top5 else ([None], [None])
+            classes, probabilities = [None], [None]
         position = tuple(job["position"]) if job.get("position") else None
         pic = render.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
                                  smooth=int(cfg.smooth), noise=float(cfg.noise) if cfg.smooth else None,
@@ -277,24 +266,21 @@ class _Job:
         self._save(pic, panel_name, written)
         return panel_name
 
-    def _fields(self, job: dict[str, Any], top5: list[list[Any]], files: dict[str, str],
-                raw: dict[str, str]) -> dict[str, Any]:
-        """The index fields of one finished input: prediction, explained classes or unit, files."""
+    def _index_record(self, item: _Decoded, job: dict[str, Any], top5: list[ClassScore], files: dict[str, str],
+                      raw: dict[str, str]) -> IndexRecord:
+        """The index record of one finished input: prediction, explained classes or unit, files."""
         plan = self.plan
-        fields: dict[str, Any] = {
-            "class_index": top5[0][0] if top5 else None,
-            "class_name": top5[0][1] if top5 else None,
-            "probability": top5[0][2] if top5 else None,
-            "top5": top5,
-            "files": files,
-        }
-        if job["targets"] is not None:
-            fields["targets"] = [[c, plan.loaded.label(c), round(p, 6)] for c, p in job["targets"]]
+        best = top5[0] if top5 else ClassScore(None, None, None)
+        targets = None if job["targets"] is None else [
+            ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in job["targets"]]
+        layer_target = None
         if plan.layer_target is not None:
             lt = plan.layer_target
-            neuron = "max" if isinstance(lt, MaxNeuron) else [lt.y, lt.x] if isinstance(lt, Neuron) else None
-            fields["layer_target"] = {"layer": lt.layer, "channel": lt.channel, "neuron": neuron,
-                                      "position": job["position"], "score": job["scores"][0]}
-        if self.cfg.save_raw:
-            fields["raw"] = raw
-        return fields
+            neuron: NeuronValue = ("max" if isinstance(lt, MaxNeuron) else (lt.y, lt.x) if isinstance(lt, Neuron)
+                                   else None)
+            position = None if job["position"] is None else (job["position"][0], job["position"][1])
+            layer_target = LayerTargetRecord(layer=lt.layer, channel=lt.channel, neuron=neuron, position=position,
+                                             score=job["scores"][0])
+        return IndexRecord(idx=item.idx, input=item.path, status="ok", error=None, class_index=best.class_index,
+                           class_name=best.class_name, probability=best.probability, top5=top5, targets=targets,
+                           layer_target=layer_target, files=files, raw=raw if self.cfg.save_raw else None)

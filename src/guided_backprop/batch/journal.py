@@ -6,14 +6,15 @@ import contextlib
 import json
 import os
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..atomic import is_temp_name, write_text
 from ..errors import GuidedBackpropError
 from .config import STATE_DIR, BatchConfig
-from .records import json_text
+from .records import IndexRecord, RecordError, json_text
 
 if TYPE_CHECKING:
     from .plan import _Plan
@@ -46,6 +47,38 @@ def _sweep_temp_files(*folders: Path, recursive: Sequence[Path] = ()) -> int:
     return removed
 
 
+@dataclass(frozen=True)
+class JournalEntry:
+    """One journal line: an input's :class:`~.records.IndexRecord` and what resume compares, written as
+    the record's keys followed by the private ``_fp`` (the job's fingerprint), ``_id`` (the input's
+    size and modification time, :func:`.identity.file_identity`), ``_t`` (when) and ``_rank``."""
+
+    record: IndexRecord
+    fingerprint: str
+    ident: list[int] | None
+    time: float
+    rank: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.record.to_json(), "_fp": self.fingerprint, "_id": self.ident, "_t": self.time,
+                "_rank": self.rank}
+
+    @classmethod
+    def from_json(cls, data: Any) -> JournalEntry:
+        """Raises :class:`~.records.RecordError` for a line that is not an entry of this version."""
+        if not isinstance(data, Mapping):
+            raise RecordError(f"journal line: a JSON {type(data).__name__}, expected an object")
+        fp, ident, when, rank = (data.get(k) for k in ("_fp", "_id", "_t", "_rank"))
+        if not isinstance(fp, str):
+            raise RecordError(f"journal line: key '_fp' is {fp!r}, expected a string")
+        if ident is not None and not (isinstance(ident, list) and all(isinstance(v, int) for v in ident)):
+            raise RecordError(f"journal line: key '_id' is {ident!r}, expected a list of integers or null")
+        if not isinstance(when, (int, float)) or not isinstance(rank, int):
+            raise RecordError(f"journal line: keys '_t', '_rank' are {when!r}, {rank!r}, expected numbers")
+        record = IndexRecord.from_json({k: v for k, v in data.items() if k not in ("_fp", "_id", "_t", "_rank")})
+        return cls(record, fp, ident, float(when), rank)
+
+
 class _Journal:
     """Append-only JSON lines, one per finished input; a line is written after the input's files."""
 
@@ -61,8 +94,8 @@ class _Journal:
                     self._fh.write(b"\n")
                     self._fh.flush()
 
-    def write(self, record: dict[str, Any]) -> None:
-        line = (json_text(record) + "\n").encode("utf-8")
+    def write(self, entry: JournalEntry) -> None:
+        line = (json_text(entry.to_json()) + "\n").encode("utf-8")
         with self._lock:
             self._fh.write(line)
             self._fh.flush()
@@ -76,9 +109,12 @@ class _Journal:
                 self._fh.close()
 
 
-def _read_journals(state: Path, fingerprint: str) -> dict[int, dict[str, Any]]:
-    """The newest record of each idx over every journal in ``state`` that matches ``fingerprint``."""
-    best: dict[int, dict[str, Any]] = {}
+def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
+    """The newest entry of each idx over every journal in ``state`` that matches ``fingerprint``.
+
+    A line cut by a kill, or one that is not an entry of this version, is left out (its input is redone).
+    """
+    best: dict[int, JournalEntry] = {}
     for path in sorted(state.glob("journal-*.jsonl")):
         try:
             data = path.read_bytes()
@@ -88,25 +124,25 @@ def _read_journals(state: Path, fingerprint: str) -> dict[int, dict[str, Any]]:
             if not line.strip():
                 continue
             try:
-                rec = json.loads(line)
-            except ValueError:
-                continue  # a line cut by a kill
-            if not isinstance(rec, dict) or rec.get("_fp") != fingerprint or not isinstance(rec.get("idx"), int):
+                entry = JournalEntry.from_json(json.loads(line))
+            except ValueError:  # a line cut by a kill (JSONDecodeError), or not an entry (RecordError)
                 continue
-            old = best.get(rec["idx"])
-            if old is None or float(rec.get("_t", 0)) >= float(old.get("_t", 0)):
-                best[rec["idx"]] = rec
+            if entry.fingerprint != fingerprint:
+                continue
+            old = best.get(entry.record.idx)
+            if old is None or entry.time >= old.time:
+                best[entry.record.idx] = entry
     return best
 
 
-def _complete(rec: dict[str, Any] | None, path: str, out: Path, ident: list[int] | None) -> bool:
-    """A journal record that says this input is done, of this very file (``ident``: its size and
+def _complete(entry: JournalEntry | None, path: str, out: Path, ident: list[int] | None) -> bool:
+    """A journal entry that says this input is done, of this very file (``ident``: its size and
     modification time now, :func:`.identity.file_identity`), and whose files all exist."""
-    if not rec or rec.get("status") != "ok" or rec.get("input") != path:
+    if entry is None or entry.record.status != "ok" or entry.record.input != path:
         return False
-    if ident is None or rec.get("_id") != ident:  # the input was replaced or touched since: redo it
+    if ident is None or entry.ident != ident:  # the input was replaced or touched since: redo it
         return False
-    names = list((rec.get("files") or {}).values()) + list((rec.get("raw") or {}).values())
+    names = list(entry.record.files.values()) + list((entry.record.raw or {}).values())
     return bool(names) and all((out / n).is_file() for n in names)
 
 

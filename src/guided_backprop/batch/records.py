@@ -29,7 +29,7 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 
 Json = dict[str, Any]
 Status = Literal["ok", "error"]
-Neuron = Literal["max"] | tuple[int, int] | None
+NeuronValue = Literal["max"] | tuple[int, int] | None
 
 #: Older spellings a reader accepts, mapped to the key written today (which is never written otherwise):
 #: ``layer_target.positions`` (a list of ``[y, x]``) -> ``position`` (its first entry),
@@ -196,7 +196,7 @@ class LayerTargetRecord:
     layer: str
     channel: int
     #: ``None``: the channel summed; ``"max"``: its most active unit; ``(y, x)``: that unit.
-    neuron: Neuron
+    neuron: NeuronValue
     #: ``(y, x)`` of the unit explained, or ``None`` (the channel summed).
     position: tuple[int, int] | None
     #: The unit's activation (the channel's sum when summed).
@@ -214,7 +214,7 @@ class LayerTargetRecord:
         """Strict; ``positions``/``scores`` (older spelling, lists of one per unit) give their first entry."""
         r = _Reader(data, "layer_target", lenient=False, known=cls.KEYS, legacy=("positions", "scores"))
         neuron_value = r.raw("neuron")
-        neuron: Neuron = neuron_value if neuron_value in (None, "max") else _yx(r, "neuron", neuron_value)
+        neuron: NeuronValue = neuron_value if neuron_value in (None, "max") else _yx(r, "neuron", neuron_value)
         position_value = r.raw("position")
         if "position" not in r.data:
             positions = r.raw("positions")

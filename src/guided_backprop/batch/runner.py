@@ -19,7 +19,7 @@ from .dist import _Dist, torchrun_env
 from .identity import file_identity
 from .job import _Job
 from .journal import _complete, _folder_lock, _Journal, _prepare_folder, _read_journals
-from .outputs import _merge, _now, _previous, _run_json
+from .outputs import _merge, _now, _previous_gradcam_layer, _run_json
 from .pipeline import _pipeline, _sigterm_as_interrupt
 from .plan import _input_paths, _Plan, _plan
 
@@ -97,7 +97,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(_folder_lock(state))
                 _prepare_folder(out, plan, cfg)
-                previous_cam = None if cfg.overwrite else _previous(out / "run.json", "gradcam_layer")
+                previous_cam = None if cfg.overwrite else _previous_gradcam_layer(out / "run.json")
                 write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}, None))
             except BaseException as err:  # noqa: BLE001
                 error = err
