@@ -1,7 +1,8 @@
 """The HTML gallery of a run: ``index.html`` beside the maps of an output folder.
 
 :func:`write_report` reads the folder's ``run.json`` (settings) and ``index.jsonl`` (one JSON object per
-input, see the output folder contract in :mod:`.batch`) and writes one self-contained page:
+input) as the records of :mod:`.batch.records` (the output folder contract, ``docs/output-folder.md``)
+and writes one self-contained page:
 
 * one row per input: the input the network saw, the top-5 classes with probabilities and every map of
   its ``files``; click a picture to enlarge it;
@@ -37,6 +38,7 @@ from PIL import Image
 
 from . import __version__
 from .atomic import write_bytes
+from .batch.records import ClassScore, IndexRecord, RecordError, RunRecord
 from .errors import GuidedBackpropError
 from .methods import REGISTRY, method_title
 
@@ -72,7 +74,6 @@ _SETTING_LABELS = {
     "input_size": "Input size",
     "methods": "Methods",
     "normalization": "Normalisation",
-    "normalisation": "Normalisation",
     "target": "Target",
     "gradcam_layer": "Grad-CAM layer",
     "smooth": "SmoothGrad samples",
@@ -89,8 +90,8 @@ _SETTING_LABELS = {
     "maps": "Map files",
 }
 # Shown at once; the other settings sit in a folded "more settings" part of the table.
-_MAIN_SETTINGS = frozenset({"model", "weights", "labels", "preprocessing", "methods", "normalization", "normalisation",
-                            "target", "gradcam_layer", "version", "started", "finished"})
+_MAIN_SETTINGS = frozenset({"model", "weights", "labels", "preprocessing", "methods", "normalization", "target",
+                            "gradcam_layer", "version", "started", "finished"})
 _HIDDEN_SETTINGS = frozenset({"tool"})
 _MAX_LIST_ITEMS = 5  # longer lists (e.g. the inputs) are shortened in the settings table
 _MAX_TEXT = 600
@@ -121,21 +122,21 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         raise GuidedBackpropError(
             f"output folder {str(folder)!r} does not exist; run `guided-backprop IMAGES -o {folder}` first"
         )
-    settings = _read_run(folder / "run.json")
+    run, settings = _read_run(folder / "run.json")
     rows = _read_index(folder / "index.jsonl")
-    columns = _columns(rows, settings.get("methods"))
+    columns = _columns(rows, run.methods if run else settings.get("methods"))
     pictures = _pictures(folder, rows)
     described = [_column(key) for key in columns]
 
-    names = _display_names([str(r.get("input", "")) for r in rows])
+    names = _display_names([r.input for r in rows])
     data = {
         "columns": described,
         "ranks": max((c["rank"] or 1 for c in described), default=1),  # > 1: a class x method grid per input
         "pageSize": page_size,
-        "rows": [_row_data(row, name, columns, pictures, position=i) for i, (row, name) in enumerate(zip(rows, names))],
+        "rows": [_row_data(row, name, columns, pictures) for row, name in zip(rows, names)],
     }
-    n_failed = sum(1 for r in rows if r.get("status") != "ok")
-    model = settings.get("model")
+    n_failed = sum(1 for r in rows if r.status != "ok")
+    model = run.model if run else settings.get("model")
     main_settings, more_settings = _settings_table(settings)
     script = "\n" + _asset("report.js") + "\n"  # exactly the text between <script> and </script>
     script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
@@ -162,7 +163,9 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
 # ----------------------------------------------------------------------------------------------- reading
 
 
-def _read_run(path: Path) -> dict[str, Any]:
+def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:
+    """The run's record, and the settings to show: the record's, or (a run.json of another version, or
+    written by hand: no record) the object as written."""
     if not path.is_file():
         raise GuidedBackpropError(
             f"no run.json in {str(path.parent)!r}: not a guided-backprop output folder; "
@@ -176,14 +179,21 @@ def _read_run(path: Path) -> dict[str, Any]:
         raise GuidedBackpropError(
             f"{str(path)!r} holds a JSON {type(settings).__name__}, expected an object of settings"
         )
-    return settings
+    try:
+        run = RunRecord.from_json(settings)
+    except RecordError as err:
+        log.info("%s: %s; showing its settings as written", path, err)
+        return None, settings
+    return run, run.to_json()
 
 
-def _read_index(path: Path) -> list[dict[str, Any]]:
+def _read_index(path: Path) -> list[IndexRecord]:
     """Rows of ``index.jsonl`` in file order; a later row with the same ``idx`` replaces an earlier one.
 
     An unreadable *last* line without a final newline (a run killed mid-write) is skipped with a warning;
-    any other unreadable line is an error naming the line.
+    any other unreadable line is an error naming the line. A row that is not a record of the contract
+    (hand-edited, another version's) is read leniently (:meth:`.IndexRecord.from_json`): what is odd in it
+    is left out, and a row without a valid ``idx`` gets its place in the file.
     """
     if not path.is_file():
         raise GuidedBackpropError(
@@ -212,19 +222,24 @@ def _read_index(path: Path) -> list[dict[str, Any]]:
         key = idx if isinstance(idx, (int, str)) else f"line {number}"
         by_idx.pop(key, None)  # a re-run row moves to the end, like the file says
         by_idx[key] = row
-    return list(by_idx.values())
+    records = []
+    for position, row in enumerate(by_idx.values()):
+        try:
+            records.append(IndexRecord.from_json(row))
+        except RecordError as err:
+            log.debug("%s: %s; reading the row leniently", path, err)
+            records.append(IndexRecord.from_json(row, lenient=True, idx=position))
+    return records
 
 
-def _columns(rows: Sequence[Mapping[str, Any]], methods: Any) -> list[str]:
+def _columns(rows: Sequence[IndexRecord], methods: Any) -> list[str]:
     """Picture columns: ``input`` first, then the run's methods in order, then any other ``files`` key.
 
     The panel (``files["panel"]``, every map in one picture) is no column: each row links to it.
     """
     seen: list[str] = []
     for row in rows:
-        files = row.get("files")
-        if isinstance(files, Mapping):
-            seen.extend(k for k in files if k not in seen and k != _PANEL)
+        seen.extend(k for k in row.files if k not in seen and k != _PANEL)
     order = ["input"] + [str(m) for m in methods] if isinstance(methods, list) else ["input"]
     return [k for k in order if k in seen] + [k for k in seen if k not in order]
 
@@ -244,13 +259,11 @@ def _column(key: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- thumbnails
 
 
-def _pictures(folder: Path, rows: Sequence[Mapping[str, Any]]) -> dict[str, _Picture | None]:
+def _pictures(folder: Path, rows: Sequence[IndexRecord]) -> dict[str, _Picture | None]:
     """Every file the rows name, mapped to its page URLs (``None`` where the file is missing or unreadable)."""
     rels: list[str] = []
     for row in rows:
-        files = row.get("files")
-        if isinstance(files, Mapping):
-            rels.extend(v for k, v in files.items() if isinstance(v, str) and v and k != _PANEL)
+        rels.extend(v for k, v in row.files.items() if v and k != _PANEL)
     unique = list(dict.fromkeys(rels))
     if not unique:
         return {}
@@ -316,71 +329,61 @@ def _rgb(im: Image.Image) -> Image.Image:
 
 
 def _row_data(
-    row: Mapping[str, Any],
+    row: IndexRecord,
     name: str,
     columns: Sequence[str],
     pictures: Mapping[str, _Picture | None],
-    *,
-    position: int,
 ) -> dict[str, Any]:
     """One row as the page's script reads it (short, flat, JSON-safe: odd values become ``None``)."""
-    ok = row.get("status") == "ok"
-    out: dict[str, Any] = {
-        "idx": _int(row.get("idx"), default=position),
-        "name": name,
-        "path": _text(row.get("input")),
-        "ok": ok,
-    }
+    ok = row.status == "ok"
+    out: dict[str, Any] = {"idx": row.idx, "name": name, "path": row.input or None, "ok": ok}
     if not ok:
-        out["error"] = _text(row.get("error")) or "failed (no reason given)"
+        out["error"] = row.error or "failed (no reason given)"
         return out
-    files = row.get("files") if isinstance(row.get("files"), Mapping) else {}
     cells: list[list[str] | None] = []
     for key in columns:
-        rel = files.get(key)
-        pic = pictures.get(rel) if isinstance(rel, str) else None
+        rel = row.files.get(key)
+        pic = pictures.get(rel) if rel is not None else None
         cells.append([pic.src, pic.thumb] if pic else None)
-    top5 = []
-    for entry in row.get("top5") or []:
-        if isinstance(entry, (list, tuple)) and len(entry) >= 3:
-            top5.append([_int(entry[0]), _text(entry[1]), _prob(entry[2])])
-    targets = [t for t in row.get("targets") or [] if isinstance(t, (list, tuple)) and len(t) >= 3]
-    panel = files.get(_PANEL)
+    targets = row.targets or []
+    panel = row.files.get(_PANEL)
     out.update(
         explains=_explains(row, targets),
-        targets=[_text(t[1]) if t[1] is not None else f"class {_int(t[0])}" for t in targets] or None,
-        targetProbs=[_prob(t[2]) for t in targets] or None,
-        panel=_link(panel) if isinstance(panel, str) and panel else None,
-        cls=_int(row.get("class_index")),
-        label=_text(row.get("class_name")),
-        prob=_prob(row.get("probability")),
-        top5=top5,
+        targets=[_class_text(t) for t in targets] or None,
+        targetProbs=[_prob(t.probability) for t in targets] or None,
+        panel=_link(panel) if panel else None,
+        cls=row.class_index,
+        label=row.class_name,
+        prob=_prob(row.probability),
+        top5=[[c.class_index, c.class_name, _prob(c.probability)] for c in row.top5],
         img=cells,
     )
     return out
 
 
-def _explains(row: Mapping[str, Any], targets: Sequence[Sequence[Any]]) -> str | None:
+def _class_text(score: ClassScore) -> str:
+    return score.class_name if score.class_name is not None else f"class {score.class_index}"
+
+
+def _explains(row: IndexRecord, targets: Sequence[ClassScore]) -> str | None:
     """What the maps explain, in words, when it is not simply the predicted class."""
-    layer = row.get("layer_target")
-    if isinstance(layer, Mapping):
-        text = f"layer {layer.get('layer')}, channel {layer.get('channel')}"
-        neuron = layer.get("neuron")
-        position = layer.get("position") or (layer.get("positions") or [None])[0]
-        if neuron == "max":
+    layer = row.layer_target
+    if layer is not None:
+        text = f"layer {layer.layer}, channel {layer.channel}"
+        if layer.neuron == "max":
             text += ", its most active unit"
-            if isinstance(position, (list, tuple)) and len(position) == 2:
-                text += f" at (y={position[0]}, x={position[1]})"
-        elif isinstance(neuron, (list, tuple)) and len(neuron) == 2:
-            text += f", unit (y={neuron[0]}, x={neuron[1]})"
-        score = _prob(layer.get("score"))
+            if layer.position is not None:
+                text += f" at (y={layer.position[0]}, x={layer.position[1]})"
+        elif isinstance(layer.neuron, tuple):
+            text += f", unit (y={layer.neuron[0]}, x={layer.neuron[1]})"
+        score = _prob(layer.score)
         return text + (f"; activation {score:.4g}" if score is not None else "")
-    if not targets or (len(targets) == 1 and targets[0][0] == row.get("class_index")):
+    if not targets or (len(targets) == 1 and targets[0].class_index == row.class_index):
         return None
     parts = []
-    for cls, label, p in targets:
-        prob = _prob(p)
-        parts.append(f"{label if label is not None else f'class {cls}'}" + (f" {prob:.1%}" if prob is not None else ""))
+    for t in targets:
+        prob = _prob(t.probability)
+        parts.append(_class_text(t) + (f" {prob:.1%}" if prob is not None else ""))
     return ", ".join(parts)
 
 
@@ -427,14 +430,6 @@ def _words(value: Any) -> str:
             return f"{shown}, … ({len(value)} in all)"
         return ", ".join(_words(v) for v in value)
     return str(value)
-
-
-def _text(value: Any) -> str | None:
-    return None if value is None else str(value)
-
-
-def _int(value: Any, default: int | None = None) -> int | None:
-    return value if isinstance(value, int) and not isinstance(value, bool) else default
 
 
 def _prob(value: Any) -> float | None:
