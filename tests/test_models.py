@@ -43,18 +43,19 @@ def test_default_is_efficientnet_lite0_with_packaged_weights(lite0: LoadedModel)
     assert type(lite0.model).__name__ == "EfficientNet" and _eval_everywhere(lite0.model)
     assert lite0.device == torch.device("cpu")
     assert len(lite0.labels) == 1000 and lite0.num_classes == 1000
-    assert lite0.preprocessing.fixed_size == (224, 224)
+    assert lite0.preprocessing.fixed_size is None  # any size: shorter side 224, aspect kept, whole picture
+    assert "aspect ratio kept" in lite0.preprocessing.describe()
 
 
 @pytest.mark.parametrize("photo, index, name, probability", [
-    ("chelsea", 285, "Egyptian cat", 0.76),
-    ("coffee", 967, "espresso", 0.82),
+    ("chelsea", 285, "Egyptian cat", 0.36),
+    ("coffee", 967, "espresso", 0.48),
 ])
 def test_efficientnet_lite0_recognises_real_photos(lite0: LoadedModel, photo: str, index: int, name: str,
                                                    probability: float) -> None:
     picture = Image.fromarray(getattr(skimage.data, photo)())
     x = lite0.prepare(picture)
-    assert x.shape == (1, 3, 224, 224)
+    assert x.shape == (1, 3, 224, 336)  # 300x451 and 400x600 photos, undistorted
     with torch.no_grad():
         top = lite0.top_classes(lite0.model(x), k=3)[0]
     assert top[0][:2] == (index, name)
@@ -140,7 +141,7 @@ def test_unsafe_checkpoint_is_refused_unless_trusted(mobilenet_checkpoint: tuple
     original, _ = mobilenet_checkpoint
     path = tmp_path / "with_args.pth"
     torch.save({"state_dict": original.state_dict(), "args": argparse.Namespace(lr=0.1)}, path)
-    with pytest.raises(CheckpointError, match=r"arbitrary code.*trust_checkpoint=True \(CLI: --trust-checkpoint\)"):
+    with pytest.raises(CheckpointError, match=r"arbitrary code.*trust_checkpoint=True only"):
         load_model("mobilenet_v3_small", weights=path)
     loaded = load_model("mobilenet_v3_small", weights=path, trust_checkpoint=True)
     assert loaded.num_classes == 10
@@ -175,7 +176,7 @@ def test_download_failure_without_network_says_what_to_do(empty_torch_cache: Pat
     assert calls == ["https://download.pytorch.org/models/vgg19-dcbb9e9d.pth"]
     assert "could not download torchvision VGG19_Weights.IMAGENET1K_V1" in msg and "name resolution" in msg
     assert str(empty_torch_cache / "checkpoints" / "vgg19-dcbb9e9d.pth") in msg
-    assert "--weights PATH" in msg and "'efficientnet_lite0' needs no download" in msg
+    assert "weights=PATH" in msg and "'efficientnet_lite0' needs no download" in msg
 
 
 def test_random_torchvision_model_has_preset_and_labels() -> None:
@@ -249,7 +250,8 @@ def test_user_factory_from_an_importable_module(tmp_path: Path, monkeypatch: pyt
     (package / "nets.py").write_text(FACTORY)
     monkeypatch.syspath_prepend(str(tmp_path))
     loaded = load_model("gbp_user_pkg.nets:make_model")
-    assert loaded.weights == "as built by the factory (no checkpoint)" and loaded.labels == []
+    assert loaded.weights == "as built by the factory (no checkpoint)"
+    assert loaded.labels == ["class 0", "class 1", "class 2", "class 3"]  # the class count from one forward
     assert loaded.preprocessing == Preprocessing()
     assert loaded.label(2) == "class 2" and loaded.class_index(2) == 2
     with pytest.raises(UnknownNameError, match="no class names; give a class index or load it with labels=FILE"):
@@ -316,3 +318,148 @@ def test_device_errors() -> None:
             load_model("mobilenet_v3_small", weights="random", device="cuda")
     with pytest.raises(ModelError, match="num_classes must be a positive int"):
         load_model("mobilenet_v3_small", weights="random", num_classes=0)
+
+
+# -- what a factory may return, its imports, its label count -----------------------------
+GRAY_FACTORY = textwrap.dedent("""
+    from torch import nn
+    from guided_backprop import Preprocessing
+
+    def net():
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+    PRE = Preprocessing(resize=None, crop=28, mean=(0.5,), std=(0.25,), channels=1)
+
+    def as_tuple():
+        return net(), PRE
+
+    def as_triple():
+        return net(), PRE, ["zero", "one", "two"]
+
+    def as_dict():
+        return {"model": net(), "preprocessing": {"crop": 28, "resize": None, "mean": [0.5], "std": [0.25],
+                                                  "channels": 1}, "labels": ["zero", "one", "two"]}
+
+    class Bundle:
+        def __init__(self):
+            self.model, self.preprocessing, self.labels = net(), PRE, ["zero", "one", "two"]
+
+    def as_object():
+        return Bundle()
+
+    def bare():
+        return net()
+
+    def two_labels():
+        return net(), PRE, ["zero", "one"]
+""")
+
+
+@pytest.fixture
+def gray_file(tmp_path: Path) -> Path:
+    path = tmp_path / "gray.py"
+    path.write_text(GRAY_FACTORY)
+    return path
+
+
+@pytest.mark.parametrize("fn", ["as_tuple", "as_triple", "as_dict", "as_object"])
+def test_a_factory_may_return_its_preprocessing_and_labels(gray_file: Path, fn: str) -> None:
+    loaded = load_model(f"{gray_file}:{fn}")
+    assert loaded.preprocessing == Preprocessing(resize=None, crop=28, mean=(0.5,), std=(0.25,), channels=1)
+    assert loaded.labels == (["class 0", "class 1", "class 2"] if fn == "as_tuple" else ["zero", "one", "two"])
+    x = loaded.prepare(Image.new("RGB", (40, 30), (255, 0, 0)))
+    assert x.shape == (1, 1, 28, 28)
+    assert gbp.attribute(loaded.model, x).shape == x.shape
+
+
+def test_a_grayscale_model_given_rgb_fails_once_with_the_fix(gray_file: Path) -> None:
+    with pytest.raises(ModelError, match=r"cannot take the input its preprocessing makes, shape \(1, 3, 224, 224\)"
+                                         r".*channels=1") as info:
+        load_model(f"{gray_file}:bare")
+    assert info.value.field == "preprocessing"
+    loaded = load_model(f"{gray_file}:bare", preprocessing={"channels": 1, "input_size": 32})
+    assert loaded.preprocessing.channels == 1 and loaded.preprocessing.mean == (pytest.approx(0.449, abs=1e-3),)
+    assert loaded.prepare(Image.new("RGB", (40, 40))).shape == (1, 1, 32, 32)
+
+
+def test_labels_must_match_the_models_outputs(gray_file: Path, tmp_path: Path) -> None:
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    with pytest.raises(ModelError, match=r"'.*two.txt' has 2 names but model .* has 3 classes") as info:
+        load_model(f"{gray_file}:as_tuple", labels=tmp_path / "two.txt")
+    assert info.value.field == "labels"
+    with pytest.raises(ModelError, match="gave 2 class names but its model has 3 outputs"):
+        load_model(f"{gray_file}:two_labels")
+
+
+def test_a_factory_files_folder_is_on_the_import_path_only_while_needed(tmp_path: Path) -> None:
+    folder = tmp_path / "proj"
+    folder.mkdir()
+    (folder / "gbp_blocks_for_test.py").write_text(textwrap.dedent("""
+        from torch import nn
+        def block():
+            return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU())
+    """))
+    (folder / "gbp_lazy_for_test.py").write_text("from torch import nn\nHEAD = nn.Linear(4, 2)\n")
+    (folder / "net.py").write_text(textwrap.dedent("""
+        from torch import nn
+        from gbp_blocks_for_test import block
+
+        def make_model():
+            from gbp_lazy_for_test import HEAD  # imported when the factory runs
+            return nn.Sequential(block(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), HEAD)
+    """))
+    before = list(__import__("sys").path)
+    loaded = load_model(f"{folder / 'net.py'}:make_model")
+    assert loaded.labels == ["class 0", "class 1"]
+    assert __import__("sys").path == before  # not left on the path
+
+
+def test_models_listing_marks_where_guided_backprop_applies() -> None:
+    by_name = {i.name: i.relu for i in available_models()}
+    assert by_name["efficientnet_lite0"] == by_name["vgg19"] == by_name["resnet50"] == "yes"
+    for arch in ("vit_b_16", "swin_t", "convnext_tiny", "maxvit_t", "efficientnet_b0"):
+        assert by_name[arch] == "no", arch
+    assert by_name["mobilenet_v3_small"] == "partly"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("arch", ["resnet18", "googlenet", "squeezenet1_0", "mobilenet_v3_small", "vit_b_16",
+                                  "swin_t", "convnext_tiny", "maxvit_t", "efficientnet_b0", "regnet_y_400mf"])
+def test_relu_support_table_matches_what_the_forward_applies(arch: str) -> None:
+    """The family table of ``models.relu_support`` against the activations one forward really applies."""
+    from torch.overrides import TorchFunctionMode
+    from torchvision import models as tvm
+
+    from guided_backprop.models import relu_support
+    from guided_backprop.rules import ReLURouting, RuleState
+
+    other = {torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.hardswish}
+    seen: set = set()
+
+    class Others(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func in other:
+                seen.add(func)
+            return func(*args, **(kwargs or {}))
+
+    torch.manual_seed(0)
+    model = tvm.get_model(arch, weights=None).eval()
+    state = RuleState()
+    x = torch.zeros(1, 3, 224, 224, requires_grad=True)
+    with Others(), ReLURouting(state):
+        model(x)
+    found = "no" if state.calls == 0 else ("partly" if seen else "yes")
+    assert relu_support(arch) == found
+
+
+def test_timm_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    import huggingface_hub
+
+    monkeypatch.setattr("guided_backprop.models._hub_reachable", lambda: False)
+    monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
+    start = time.perf_counter()
+    with pytest.raises(ModelError, match="huggingface.co is not reachable.*weights=PATH") as info:
+        load_model("timm:resnet18", weights="pretrained")
+    assert time.perf_counter() - start < 5 and info.value.field == "weights"

@@ -36,7 +36,7 @@ __all__ = [
     "read_state_dict",
 ]
 
-_TRUST_HINT = "pass trust_checkpoint=True (CLI: --trust-checkpoint) only if you trust where the file comes from"
+_TRUST_HINT = "pass trust_checkpoint=True only if you trust where the file comes from"
 _WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net", "network", "module", "model_ema", "ema",
                  "weights", "params")
 _PREFIXES = ("module.", "_orig_mod.", "model.")

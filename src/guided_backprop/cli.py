@@ -21,8 +21,8 @@ from typing import Any
 import click
 
 from . import __version__
-from .methods import METHODS, parse_methods
 from .errors import ExitCode, GuidedBackpropError
+from .methods import METHODS, parse_methods
 from .render import NORMALIZATIONS
 
 __all__ = ["main"]

@@ -78,10 +78,17 @@ class ImageError(GuidedBackpropError):
 
 
 def close_matches(value: str, choices: Iterable[str], n: int = 3) -> list[str]:
-    """Up to ``n`` entries of ``choices`` that look like ``value`` (difflib ratio >= 0.5)."""
+    """Entries of ``choices`` that look like ``value``: those holding it as a word first ("cat" ->
+    "tabby cat", "Egyptian cat"), then those holding it at all ("bobcat"), up to 6 of them; then, up
+    to ``n`` in all, difflib's closest spellings (ratio >= 0.5)."""
     choices = list(dict.fromkeys(choices))  # once each, in order
-    found = difflib.get_close_matches(value, choices, n=n, cutoff=0.5)
-    if not found:
-        low = value.lower()
-        found = [c for c in choices if low and low in c.lower()][:n]
+    low = value.strip().casefold()
+    words = [c for c in choices if low and low in c.casefold().replace("_", " ").replace("-", " ").split()]
+    inside = [c for c in choices if low and low in c.casefold() and c not in words]
+    found = (words + inside)[:6]
+    for c in difflib.get_close_matches(value, choices, n=n, cutoff=0.5):
+        if len(found) >= n:
+            break
+        if c not in found:
+            found.append(c)
     return found

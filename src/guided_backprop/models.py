@@ -14,7 +14,9 @@ its class names and a description of where the weights came from. Names:
   enum (``weights="ResNet50_Weights.IMAGENET1K_V2"``, default ``DEFAULT``) or ``weights=PATH``;
 * ``"timm:<name>"``: any timm model (random weights unless ``weights=PATH`` or ``"pretrained"``);
 * ``"package.module:function"`` or ``"path/to/file.py:function"``: your own factory returning an
-  ``nn.Module``, with ``weights=PATH``, ``labels=FILE`` and ``preprocessing=Preprocessing(...)``.
+  ``nn.Module`` -- or the model with its preprocessing and class names, see :func:`load_model` --
+  with ``weights=PATH``, ``labels=FILE`` and ``preprocessing=...``. A file's folder is on the
+  import path while it is imported and the factory runs (``from blocks import block`` works).
 
 ``weights`` also takes ``"random"`` (random initialisation, for tests and sanity checks).
 Checkpoints are read with ``torch.load(..., weights_only=True)``; see :mod:`.checkpoints`.
@@ -22,14 +24,16 @@ Checkpoints are read with ``torch.load(..., weights_only=True)``; see :mod:`.che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
 import inspect
 import math
 import os
+import socket
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,6 +44,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .attribution import model_state
 from .caffe_vgg import CaffeVGG19, load_caffe_vgg19
 from .checkpoints import convert_by_order, fit_report, load_into, read_state_dict
 from .errors import CheckpointError, ModelError, TargetError, UnknownNameError
@@ -59,16 +64,15 @@ __all__ = [
 
 DEFAULT_MODEL = "efficientnet_lite0"
 
-#: Preprocessing of the default model. The reference predictions on skimage's photos (chelsea:
-#: 285 "Egyptian cat" p=0.76, coffee: 967 "espresso" p=0.82) come from a direct bicubic resize
-#: to 224x224; resize-256 / crop-224 gives the same top-1 classes with other probabilities.
-EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(resize=(224, 224), crop=None, interpolation="bicubic")
+#: Preprocessing of the default model: shorter side to 224 px with the aspect ratio kept and no crop
+#: (the network pools globally, so it takes any size: the whole picture, undistorted, as the seed
+#: did). Predictions on skimage's photos: chelsea 285 "Egyptian cat", coffee 967 "espresso".
+EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(resize=224, crop=None, interpolation="bicubic")
 #: The seed's preprocessing: shorter side to 224 (aspect kept, no crop), 0-255 BGR minus the Caffe means.
 CAFFE_VGG_PREPROCESSING = Preprocessing(resize=224, crop=None, mean=CAFFE_MEAN, std=(1.0, 1.0, 1.0),
                                         scale=255.0, bgr=True, interpolation="bilinear")
 
-_TRUST = "trust_checkpoint=True (CLI: --trust-checkpoint)"
-_WEIGHTS_FLAG = "weights=PATH (CLI: --weights PATH)"
+_WEIGHTS_FLAG = "weights=PATH"
 _RANDOM_WORDS = {"random", "none", "scratch"}
 _PRETRAINED_WORDS = {"pretrained", "default"}
 _CHECKPOINT_SUFFIXES = {".pt", ".pth", ".bin", ".ckpt", ".safetensors", ".tar", ".npy", ".pkl", ".pickle"}
@@ -88,6 +92,8 @@ class ModelInfo:
     source: str
     offline: bool
     description: str
+    #: "yes": guided backprop and deconvnet apply; "partly": some activations are not ReLUs; "no"; "depends"
+    relu: str = "yes"
 
 
 @dataclass
@@ -140,10 +146,10 @@ class LoadedModel:
                 raise TargetError(
                     f"class name {text!r} is ambiguous: classes {', '.join(map(str, found))} share it; give the index"
                 )
-        if not self.labels:
+        if not self.labels or self.labels == generic_labels(len(self.labels)):
             raise UnknownNameError("class", text, [], hint=f"model {self.name!r} has no class names; give a class "
-                                   f"index or load it with labels=FILE (CLI: --labels FILE)")
-        raise UnknownNameError("class", text, self.labels,
+                                   f"index or load it with labels=FILE", field="target")
+        raise UnknownNameError("class", text, self.labels, field="target",
                                hint=f"give a class index 0..{len(self.labels) - 1} or one of the model's class names")
 
     def _checked_index(self, index: int) -> int:
@@ -465,6 +471,44 @@ def _timm_preprocessing(model: nn.Module) -> Preprocessing:
                          mean=tuple(cfg["mean"]), std=tuple(cfg["std"]), interpolation=interp)
 
 
+#: Where timm's pretrained weights come from, and how long to wait for it before calling it offline.
+_HUB = ("huggingface.co", 443)
+_HUB_TIMEOUT_S = 3.0
+
+
+def _hub_reachable() -> bool:
+    """Whether the Hugging Face Hub answers a TCP connection within a few seconds."""
+    if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+        return False
+    try:
+        with socket.create_connection(_HUB, timeout=_HUB_TIMEOUT_S):
+            return True
+    except OSError:
+        return False
+
+
+def _check_hub_reachable(arch: str) -> None:
+    """Fail in seconds, not after huggingface_hub's ~45 s of retries, when timm's weights cannot be
+    downloaded: unless they are in the local Hugging Face cache, the Hub must be reachable."""
+    if _hub_reachable():
+        return
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(arch)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        from huggingface_hub import try_to_load_from_cache
+
+        for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+            if isinstance(try_to_load_from_cache(hub_id, filename), str):
+                return  # huggingface_hub falls back to its cached copy
+    raise ModelError(
+        f"could not get timm's pretrained weights for {arch}: {_HUB[0]} is not reachable (offline?) and they "
+        f"are not in the Hugging Face cache; without internet, download them elsewhere and pass {_WEIGHTS_FLAG}",
+        field="weights",
+    )
+
+
 def _build_timm(arch: str, req: _Request) -> _Built:
     try:
         import timm
@@ -481,6 +525,7 @@ def _build_timm(arch: str, req: _Request) -> _Built:
         desc = "random initialisation" + (" (timm models load weights only with weights=PATH or 'pretrained')"
                                           if kind == "default" else "")
     elif kind == "pretrained":
+        _check_hub_reachable(arch)
         try:
             model = timm.create_model(arch, pretrained=True, **kwargs)
         except Exception as err:
@@ -506,25 +551,49 @@ def _build_timm(arch: str, req: _Request) -> _Built:
 
 
 # -- user factories -------------------------------------------------------------------------
-def _import_factory(spec: str) -> Callable[..., Any]:
+def _factory_file(spec: str) -> tuple[str, str, Path | None]:
+    """``(module or file, function, file path or None)`` of a factory spec."""
     target, _, attr = spec.rpartition(":")
     if not target or not attr:
-        raise ModelError(f"a factory is 'package.module:function' or 'path/to/file.py:function', got {spec!r}")
+        raise ModelError(f"a factory is 'package.module:function' or 'path/to/file.py:function', got {spec!r}",
+                         field="model")
     if target.endswith(".py") or "/" in target or os.sep in target:
-        file = Path(target).expanduser().resolve()
+        return target, attr, Path(target).expanduser().resolve()
+    return target, attr, None
+
+
+@contextlib.contextmanager
+def _import_path(folder: Path | None) -> Iterator[None]:
+    """``folder`` first on ``sys.path`` for the block (so a factory file's ``from blocks import block``
+    finds its neighbours), then taken off again; modules imported meanwhile stay imported."""
+    entry = None if folder is None else str(folder)
+    if entry is None or entry in sys.path:
+        yield
+        return
+    sys.path.insert(0, entry)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(ValueError):
+            sys.path.remove(entry)
+
+
+def _import_factory(spec: str) -> Callable[..., Any]:
+    target, attr, file = _factory_file(spec)
+    if file is not None:
         if not file.is_file():
-            raise ModelError(f"factory file not found: '{file}' (from {spec!r})")
+            raise ModelError(f"factory file not found: '{file}' (from {spec!r})", field="model")
         mod_name = "_guided_backprop_factory_" + hashlib.sha1(str(file).encode()).hexdigest()[:12]
         loader_spec = importlib.util.spec_from_file_location(mod_name, file)
         if loader_spec is None or loader_spec.loader is None:
-            raise ModelError(f"cannot import '{file}' as a Python module")
+            raise ModelError(f"cannot import '{file}' as a Python module", field="model")
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[mod_name] = module
         try:
             loader_spec.loader.exec_module(module)
         except Exception as err:
             sys.modules.pop(mod_name, None)
-            raise ModelError(f"importing '{file}' failed: {type(err).__name__}: {err}") from err
+            raise ModelError(f"importing '{file}' failed: {type(err).__name__}: {err}", field="model") from err
         where = f"'{file}'"
     else:
         try:
@@ -533,38 +602,90 @@ def _import_factory(spec: str) -> Callable[..., Any]:
             if err.name and (target == err.name or target.startswith(err.name + ".")):
                 raise ModelError(
                     f"cannot import module {target!r} for the factory {spec!r}: no module named {err.name!r}; "
-                    f"install it or add it to PYTHONPATH, or give a file: 'path/to/file.py:{attr}'"
+                    f"install it or add it to PYTHONPATH, or give a file: 'path/to/file.py:{attr}'", field="model"
                 ) from err
-            raise ModelError(f"importing {target!r} failed: {err}") from err
+            raise ModelError(f"importing {target!r} failed: {err}", field="model") from err
         except Exception as err:
-            raise ModelError(f"importing {target!r} failed: {type(err).__name__}: {err}") from err
+            raise ModelError(f"importing {target!r} failed: {type(err).__name__}: {err}", field="model") from err
         where = f"module {target!r}"
     factory = getattr(module, attr, None)
     if factory is None or not callable(factory):
         choices = [n for n, v in vars(module).items()
                    if callable(v) and not n.startswith("_") and getattr(v, "__module__", None) == module.__name__]
-        raise UnknownNameError("factory function", attr, choices, hint=f"in {where}")
+        raise UnknownNameError("factory function", attr, choices, hint=f"in {where}", field="model")
     return factory
 
 
-def _build_factory(spec: str, req: _Request, preprocessing: Preprocessing | None) -> _Built:
-    factory = _import_factory(spec)
-    kwargs: dict[str, Any] = {}
-    if req.num_classes is not None:
+def _factory_preprocessing(value: Any, spec: str) -> Preprocessing | None:
+    if value is None or isinstance(value, Preprocessing):
+        return value
+    if isinstance(value, Mapping):
         try:
-            params = inspect.signature(factory).parameters
-        except (TypeError, ValueError):
-            params = {}
-        if "num_classes" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-            raise ModelError(f"num_classes={req.num_classes} was given but the factory {spec!r} takes no "
-                             f"num_classes argument")
-        kwargs["num_classes"] = req.num_classes
-    try:
-        model = factory(**kwargs)
-    except Exception as err:
-        raise ModelError(f"the factory {spec!r} failed: {type(err).__name__}: {err}") from err
+            return Preprocessing(**value)
+        except TypeError as err:
+            raise ModelError(f"the factory {spec!r} returned preprocessing {dict(value)!r}: {err}; use the "
+                             f"fields of guided_backprop.Preprocessing") from err
+    raise ModelError(f"the factory {spec!r} returned preprocessing of type {type(value).__name__}; return a "
+                     f"guided_backprop.Preprocessing or a dict of its fields")
+
+
+def _factory_labels(value: Any, spec: str) -> list[str] | None:
+    if value is None:
+        return None
+    if isinstance(value, (str, Path)):
+        return read_labels(value)
+    if isinstance(value, Sequence) and all(isinstance(v, str) for v in value):
+        return list(value)
+    raise ModelError(f"the factory {spec!r} returned labels of type {type(value).__name__}; return a list of "
+                     f"class names in index order, or a label file's path")
+
+
+def _unpack_factory(result: Any, spec: str) -> tuple[nn.Module, Preprocessing | None, list[str] | None]:
+    """What a factory may return: an ``nn.Module``; ``(model, preprocessing)`` or ``(model, preprocessing,
+    labels)``; a dict with ``"model"`` and optional ``"preprocessing"``/``"labels"``; or an object with
+    ``.model`` and optional ``.preprocessing``/``.labels`` attributes (a :class:`LoadedModel` works)."""
+    parts: tuple[Any, Any, Any]
+    if isinstance(result, nn.Module):
+        parts = (result, None, None)
+    elif isinstance(result, tuple) and len(result) in (2, 3):
+        parts = (result[0], result[1], result[2] if len(result) == 3 else None)
+    elif isinstance(result, Mapping) and "model" in result:
+        unknown = sorted(set(result) - {"model", "preprocessing", "labels"})
+        if unknown:
+            raise ModelError(f"the factory {spec!r} returned a dict with unknown keys {unknown}; the keys are "
+                             f"'model', 'preprocessing' and 'labels'")
+        parts = (result["model"], result.get("preprocessing"), result.get("labels"))
+    elif isinstance(getattr(result, "model", None), nn.Module):
+        parts = (result.model, getattr(result, "preprocessing", None), getattr(result, "labels", None))
+    else:
+        raise ModelError(f"the factory {spec!r} returned {type(result).__name__}; return a torch.nn.Module, "
+                         f"(model, preprocessing[, labels]), or a dict with 'model', 'preprocessing', 'labels'")
+    model, prep, labels = parts
     if not isinstance(model, nn.Module):
-        raise ModelError(f"the factory {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+        raise ModelError(f"the factory {spec!r} returned a model of type {type(model).__name__}, not a "
+                         f"torch.nn.Module")
+    return model, _factory_preprocessing(prep, spec), _factory_labels(labels, spec) or None
+
+
+def _build_factory(spec: str, req: _Request) -> _Built:
+    _, _, file = _factory_file(spec)
+    with _import_path(None if file is None else file.parent):  # also while it runs: it may import lazily
+        factory = _import_factory(spec)
+        kwargs: dict[str, Any] = {}
+        if req.num_classes is not None:
+            try:
+                params = inspect.signature(factory).parameters
+            except (TypeError, ValueError):
+                params = {}
+            if "num_classes" not in params and not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+                raise ModelError(f"num_classes={req.num_classes} was given but the factory {spec!r} takes no "
+                                 f"num_classes argument", field="num_classes")
+            kwargs["num_classes"] = req.num_classes
+        try:
+            result = factory(**kwargs)
+        except Exception as err:
+            raise ModelError(f"the factory {spec!r} failed: {type(err).__name__}: {err}", field="model") from err
+    model, prep, labels = _unpack_factory(result, spec)
     kind, value = _weights_kind(req.weights)
     if kind in ("pretrained", "name"):
         raise _bad_weights(spec, str(req.weights), "'random' (a factory loads no named weights)")
@@ -574,7 +695,44 @@ def _build_factory(spec: str, req: _Request, preprocessing: Preprocessing | None
                   hint=f"does {spec!r} build the network the checkpoint was saved from? pass num_classes=N if "
                        f"only the class count differs")
         desc = f"checkpoint {value}"
-    return _Built(model, preprocessing or Preprocessing(), req.num_classes, None, desc, "factory")
+    n = req.num_classes if req.num_classes is not None else (len(labels) if labels else None)
+    return _Built(model, prep or Preprocessing(), n, labels, desc, "factory")
+
+
+def _probe_size(pre: Preprocessing) -> tuple[int, int] | None:
+    """The input size a picture gets from ``pre`` if it does not depend on the picture (square for a
+    shorter-side resize), else ``None``."""
+    if pre.fixed_size is not None:
+        return pre.fixed_size
+    if isinstance(pre.resize, int):
+        return pre.resize, pre.resize
+    return None
+
+
+def _output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, name: str) -> int | None:
+    """One forward pass of a blank input shaped as ``pre`` makes it: the model's class count (the last
+    dimension of an ``(N, K)`` output), and a clear error now if the model cannot take such inputs,
+    rather than the same error once per image."""
+    size = _probe_size(pre)
+    if size is None:
+        return None
+    x = torch.zeros(1, pre.channels, *size, device=device)
+    try:
+        with model_state(model), torch.no_grad():
+            out = model(x)
+    except Exception as err:  # noqa: BLE001 - any failure of the user's forward is reported with the fix
+        one_line = " ".join(str(err).split())[:300]
+        other = 3 if pre.channels == 1 else 1
+        raise ModelError(
+            f"model {name!r} cannot take the input its preprocessing makes, shape {tuple(x.shape)} "
+            f"({pre.channels} channel{'s' if pre.channels != 1 else ''}, {size[0]}x{size[1]}): "
+            f"{type(err).__name__}: {one_line}; give the preprocessing it expects, e.g. channels={other} or "
+            f"input_size=N", field="preprocessing",
+        ) from err
+    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
+    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
+        return int(logits.shape[1])
+    return None
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -614,7 +772,7 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("-", "_")
 
 
-def _builder(name: str, preprocessing: Preprocessing | None) -> tuple[str, Callable[[_Request], _Built]]:
+def _builder(name: str) -> tuple[str, Callable[[_Request], _Built]]:
     """``(canonical name, builder)`` for a model name."""
     text = name.strip()
     if ":" in text:
@@ -624,7 +782,7 @@ def _builder(name: str, preprocessing: Preprocessing | None) -> tuple[str, Calla
         if prefix.lower() == "torchvision":
             text = rest
         else:
-            return text, lambda req: _build_factory(text, req, preprocessing)
+            return text, lambda req: _build_factory(text, req)
     key = _norm(text)
     for reg_name, entry in _REGISTRY.items():
         if _norm(reg_name) == key:
@@ -640,7 +798,7 @@ def _builder(name: str, preprocessing: Preprocessing | None) -> tuple[str, Calla
             hint = f"{text!r} is a timm model: use 'timm:{text}'"
     except ImportError:  # pragma: no cover
         pass
-    raise UnknownNameError("model", text, list(_REGISTRY) + tv_names, hint=hint)
+    raise UnknownNameError("model", text, list(_REGISTRY) + tv_names, hint=hint, field="model")
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -663,25 +821,36 @@ def load_model(
     num_classes: int | None = None,
     trust_checkpoint: bool = False,
     device: str | torch.device = "cpu",
-    preprocessing: Preprocessing | None = None,
+    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Build a named model, load its weights, and return it in eval mode on ``device``.
 
     Args:
         name: ``"efficientnet_lite0"`` (offline default), ``"vgg19"``, ``"vgg19-caffe"``, any
             torchvision classification model, ``"timm:<name>"``, or a factory
-            ``"package.module:function"`` / ``"path/to/file.py:function"`` returning an ``nn.Module``.
+            ``"package.module:function"`` / ``"path/to/file.py:function"``. A factory returns an
+            ``nn.Module``, or the model with what travels with it: ``(model, preprocessing)``,
+            ``(model, preprocessing, labels)``, a dict ``{"model": ..., "preprocessing": ...,
+            "labels": [...]}`` or an object with those attributes; ``preprocessing`` is a
+            :class:`Preprocessing` or a dict of its fields, ``labels`` a list of names or a file.
         weights: ``None`` (the model's usual weights: packaged, torchvision's download, or as the
             factory builds it), a checkpoint path, a torchvision weights name
             (``"ResNet50_Weights.IMAGENET1K_V2"`` or ``"IMAGENET1K_V2"``), ``"pretrained"`` (timm's
             download) or ``"random"``.
-        labels: a label file (one name per line, or JSON) replacing the model's class names.
+        labels: a label file (one name per line, or JSON) replacing the model's class names; it
+            must hold one name per output class.
         num_classes: output classes, for checkpoints trained on another class count (inferred
             from torchvision and timm checkpoints when left out).
         trust_checkpoint: allow checkpoints that need full unpickling. Only for files you trust:
             unpickling can run arbitrary code.
         device: where the model goes (``"cpu"``, ``"cuda"``...).
-        preprocessing: replaces the preprocessing that comes with the weights.
+        preprocessing: a :class:`Preprocessing` replaces the one that comes with the weights; a
+            dict of :meth:`Preprocessing.adjust` arguments (``{"input_size": 160, "channels": 1,
+            "mean": [0.5], "std": [0.5]}``) changes it.
+
+    A factory's model runs once on a blank input shaped as its preprocessing makes it, so that a
+    model that cannot take such inputs (a grayscale network given RGB) fails here, once, with
+    the fix, and so that the label count is checked against the model's real output.
 
     Raises:
         UnknownNameError: unknown model, weights or factory name (with close matches).
@@ -689,31 +858,61 @@ def load_model(
         ModelError: anything else that stops the model from loading (e.g. no network for a download).
     """
     if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) <= 0):
-        raise ModelError(f"num_classes must be a positive int, got {num_classes!r}")
+        raise ModelError(f"num_classes must be a positive int, got {num_classes!r}", field="num_classes")
     dev = _device(device)
-    canonical, build = _builder(name, preprocessing)
+    canonical, build = _builder(name)
     built = build(_Request(weights=weights, num_classes=None if num_classes is None else int(num_classes),
                            trust=trust_checkpoint))
+    if isinstance(preprocessing, Preprocessing):
+        pre = preprocessing
+    elif preprocessing is not None:
+        try:
+            pre = built.preprocessing.adjust(**dict(preprocessing))
+        except TypeError as err:
+            raise ModelError(f"preprocessing changes {dict(preprocessing)!r}: {err}", field="preprocessing") from err
+    else:
+        pre = built.preprocessing
+    model = built.model.to(dev).eval()
+    n_classes = built.num_classes
+    if built.source == "factory":
+        n_classes = _output_classes(model, pre, dev, canonical) or n_classes
     names = built.labels
     if labels is not None:
         names = read_labels(labels)
-        if built.num_classes is not None and len(names) != built.num_classes:
+        if n_classes is not None and len(names) != n_classes:
             raise ModelError(
-                f"label file '{labels}' has {len(names)} names but model {canonical!r} has {built.num_classes} "
-                f"classes; give one name per class, in index order"
+                f"label file '{labels}' has {len(names)} names but model {canonical!r} has {n_classes} "
+                f"classes; give one name per class, in index order", field="labels"
             )
-    elif names is None and built.num_classes is not None:
-        names = generic_labels(built.num_classes)
-    model = built.model.to(dev).eval()
+    elif names is not None and n_classes is not None and len(names) != n_classes:
+        raise ModelError(f"the factory {canonical!r} gave {len(names)} class names but its model has {n_classes} "
+                         f"outputs; give one name per class, in index order", field="model")
+    elif names is None and n_classes is not None:
+        names = generic_labels(n_classes)
     return LoadedModel(
         name=canonical,
         model=model,
-        preprocessing=preprocessing or built.preprocessing,
+        preprocessing=pre,
         labels=list(names or []),
         weights=built.weights,
         source=built.source,
         gradcam_layer=built.gradcam_layer,
     )
+
+
+#: torchvision families by the activations their forward applies (checked by tests/test_models.py):
+#: guided backprop and deconvnet change only ReLUs, so they need ReLU (or ReLU6) networks.
+_NO_RELU_FAMILIES = ("vit_", "swin", "convnext", "maxvit", "efficientnet_b", "efficientnet_v2")  # GELU / SiLU
+_PARTLY_RELU_FAMILIES = ("mobilenet_v3",)  # ReLU and Hardswish
+
+
+def relu_support(arch: str) -> str:
+    """``"yes"`` when torchvision's ``arch`` applies ReLU/ReLU6 only (guided backprop and deconvnet
+    apply), ``"partly"`` when it also uses other activations (those keep plain gradients), ``"no"``
+    when it applies no ReLU (GELU, SiLU: only saliency and Grad-CAM work)."""
+    if arch.startswith(_NO_RELU_FAMILIES):
+        return "no"
+    return "partly" if arch.startswith(_PARTLY_RELU_FAMILIES) else "yes"
 
 
 def available_models() -> list[ModelInfo]:
@@ -740,7 +939,8 @@ def available_models() -> list[ModelInfo]:
         if size is not None:
             parts.append(f"{size:.0f} MB download on first use" if not _cache_file(weights.url).is_file()
                          else "cached")
-        infos.append(ModelInfo(arch, "torchvision", _cache_file(weights.url).is_file(), ", ".join(parts)))
+        infos.append(ModelInfo(arch, "torchvision", _cache_file(weights.url).is_file(), ", ".join(parts),
+                               relu_support(arch)))
     try:
         import timm
 
@@ -749,9 +949,9 @@ def available_models() -> list[ModelInfo]:
         count = "timm models (pip install timm)"
     infos.append(ModelInfo(
         "timm:<name>", "timm", True,
-        f"{count}: random weights unless weights=PATH (offline) or weights='pretrained' (download)"))
+        f"{count}: random weights unless weights=PATH (offline) or weights='pretrained' (download)", "depends"))
     infos.append(ModelInfo(
         "<module>:<function>", "factory", True,
         "your own model: a function in an importable module or a .py file that returns an nn.Module; add "
-        "weights=PATH, labels=FILE and preprocessing options"))
+        "weights=PATH, labels=FILE and preprocessing options", "depends"))
     return infos

@@ -8,9 +8,11 @@ Caffe convention of the seed's VGG19 (BGR channel order, pixel range 0-255, mean
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal, Union
 
 import numpy as np
 import torch
@@ -23,6 +25,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "INTERPOLATIONS",
+    "KEEP",
     "Preprocessing",
 ]
 
@@ -42,6 +45,18 @@ _RESAMPLE = {
 }
 #: Interpolation names :class:`Preprocessing` accepts (PIL resampling filters).
 INTERPOLATIONS: tuple[str, ...] = tuple(_RESAMPLE)
+
+
+class _Keep(enum.Enum):
+    KEEP = "model"
+
+    def __repr__(self) -> str:
+        return "KEEP"
+
+
+#: For :meth:`Preprocessing.adjust`: keep the model's own resize or crop.
+KEEP: Final = _Keep.KEEP
+Size = Union[int, tuple[int, int], None]
 
 
 def _size_pair(value: int | Sequence[int], what: str) -> tuple[int, int]:
@@ -76,23 +91,27 @@ class Preprocessing:
        pair resizes to exactly that size; ``None`` keeps the size.
     2. ``crop``: centre crop to ``crop x crop`` (an int) or ``(height, width)``, zero-padded if the
        picture is smaller; ``None`` keeps the whole picture (inputs of varying size).
-    3. Pixels go to ``[0, scale]`` (divided by 255, times ``scale``), then per channel
+    3. ``channels=1`` converts the picture to grayscale (Pillow's ``L``: ITU-R 601 luma), for
+       networks that take one channel; ``mean`` and ``std`` then hold one number each.
+    4. Pixels go to ``[0, scale]`` (divided by 255, times ``scale``), then per channel
        ``(value - mean) / std``. ``mean`` and ``std`` are always given in **RGB order** and in the
        ``scale`` units, whatever order the network takes.
-    4. ``bgr=True`` reverses the channels (Caffe models).
+    5. ``bgr=True`` reverses the channels (Caffe models).
 
-    Calling the object maps a PIL image (or an ``(H, W, 3)`` uint8 array) to a ``(3, H, W)``
+    Calling the object maps a PIL image (or an ``(H, W, 3)`` uint8 array) to a ``(channels, H, W)``
     float32 tensor; :meth:`invert` maps such a tensor back to the ``(H, W, 3)`` uint8 RGB picture
-    the network saw; :meth:`describe` says all this in one sentence for reports.
+    the network saw (grey for one channel); :meth:`describe` says all this in one sentence for reports;
+    :meth:`adjust` gives a copy with a command line's changes (input size, mean, std, channels).
     """
 
     resize: int | tuple[int, int] | None = 256
     crop: int | tuple[int, int] | None = 224
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
     scale: float = 1.0
     bgr: bool = False
     interpolation: str = "bilinear"
+    channels: Literal[1, 3] = 3
 
     def __post_init__(self) -> None:
         for what in ("resize", "crop"):
@@ -100,17 +119,23 @@ class Preprocessing:
             if value is not None:  # an int stays an int (shorter side / square), a pair becomes a tuple
                 pair = _size_pair(value, what)
                 object.__setattr__(self, what, int(value) if isinstance(value, (int, np.integer)) else pair)
+        if self.channels not in (1, 3) or isinstance(self.channels, bool):
+            raise InputError(f"channels must be 1 (grayscale) or 3 (RGB), got {self.channels!r}", field="channels")
+        if self.channels == 1 and self.bgr:
+            raise InputError("bgr=True reorders three channels; a grayscale (channels=1) input has one",
+                             field="channels")
+        want = "three numbers (R, G, B)" if self.channels == 3 else "one number (grayscale input)"
         for what in ("mean", "std"):
             values = getattr(self, what)
             try:
                 values = tuple(float(v) for v in values)
             except (TypeError, ValueError) as err:
-                raise InputError(f"{what} must be three numbers (R, G, B), got {values!r}") from err
-            if len(values) != 3:
-                raise InputError(f"{what} must be three numbers (R, G, B), got {values!r}")
+                raise InputError(f"{what} must be {want}, got {values!r}", field=what) from err
+            if len(values) != self.channels:
+                raise InputError(f"{what} must be {want}, got {values!r}", field=what)
             object.__setattr__(self, what, values)
         if any(s == 0 for s in self.std):
-            raise InputError(f"std must be non-zero, got {self.std!r}")
+            raise InputError(f"std must be non-zero, got {self.std!r}", field="std")
         if not float(self.scale) > 0:
             raise InputError(f"scale must be positive (1 for 0-1 pixels, 255 for Caffe), got {self.scale!r}")
         object.__setattr__(self, "scale", float(self.scale))
@@ -118,6 +143,59 @@ class Preprocessing:
         if key not in _RESAMPLE:
             raise UnknownNameError("interpolation", str(self.interpolation), INTERPOLATIONS)
         object.__setattr__(self, "interpolation", key)
+
+    # -- changes ----------------------------------------------------------------------------
+    def adjust(
+        self,
+        *,
+        input_size: int | None = None,
+        resize: Size | _Keep = KEEP,
+        crop: Size | _Keep = KEEP,
+        mean: Sequence[float] | None = None,
+        std: Sequence[float] | None = None,
+        channels: Literal[1, 3] | None = None,
+    ) -> Preprocessing:
+        """A copy with a user's changes on top of the model's own preprocessing.
+
+        ``input_size`` is the size the network sees, in this preprocessing's own convention: with a
+        crop, the crop becomes ``input_size`` and the resize is scaled like the model's (256/224);
+        with a direct ``(h, w)`` resize, ``(input_size, input_size)``; else the shorter side.
+        ``resize``/``crop`` (:data:`KEEP`: unchanged; ``None``: no resize or crop) come after it.
+        ``mean``/``std`` take one number per channel, or one number for all. ``channels=1`` without
+        a ``mean``/``std`` averages the model's three (a grayscale picture has R = G = B).
+        """
+        changes: dict[str, Any] = {}
+        if input_size is not None:
+            n = int(input_size)
+            if n < 1 or isinstance(input_size, bool):
+                raise InputError(f"input size must be a positive number of pixels, got {input_size!r}",
+                                 field="input_size")
+            if self.crop is not None:  # resize then crop: keep the model's ratio (e.g. 256/224)
+                old_crop = self.crop if isinstance(self.crop, int) else min(self.crop)
+                old_resize = self.resize if isinstance(self.resize, int) else None
+                changes["crop"] = n
+                changes["resize"] = max(n, round(n * old_resize / old_crop)) if old_resize else None
+            elif isinstance(self.resize, tuple):  # a direct resize to a fixed size
+                changes["resize"] = (n, n)
+            else:  # shorter side to n, whole picture (variable sizes)
+                changes["resize"] = n
+        if resize is not KEEP:
+            changes["resize"] = resize
+        if crop is not KEEP:
+            changes["crop"] = crop
+        n_channels = self.channels if channels is None else channels
+        if channels is not None and channels != self.channels:
+            changes["channels"] = channels
+            if channels == 1:
+                changes["bgr"] = False
+        for what, given in (("mean", mean), ("std", std)):
+            old = getattr(self, what)
+            if given is not None:
+                values = tuple(float(v) for v in given)
+                changes[what] = values * n_channels if len(values) == 1 else values
+            elif len(old) != n_channels:
+                changes[what] = (sum(old) / len(old),) * n_channels
+        return dataclasses.replace(self, **changes) if changes else self
 
     # -- geometry ---------------------------------------------------------------------------
     def resized_size(self, height: int, width: int) -> tuple[int, int]:
@@ -165,8 +243,11 @@ class Preprocessing:
         return img
 
     def __call__(self, image: Image.Image | np.ndarray) -> torch.Tensor:
-        """RGB PIL image (or ``(H, W, 3)`` / ``(H, W)`` uint8 array) -> ``(3, H, W)`` float32 tensor."""
-        pixels = np.asarray(self.geometric(image), dtype=np.float32)  # (H, W, 3) in 0..255
+        """RGB PIL image (or ``(H, W, 3)`` / ``(H, W)`` uint8 array) -> ``(channels, H, W)`` float32 tensor."""
+        picture = self.geometric(image)
+        if self.channels == 1:
+            picture = picture.convert("L")
+        pixels = np.asarray(picture, dtype=np.float32).reshape(picture.height, picture.width, -1)  # 0..255
         pixels = pixels * np.float32(self.scale / 255.0)
         pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         if self.bgr:
@@ -174,18 +255,19 @@ class Preprocessing:
         return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
 
     def invert(self, x: torch.Tensor | np.ndarray) -> np.ndarray:
-        """``(3, H, W)`` (or ``(1, 3, H, W)``) network input -> ``(H, W, 3)`` uint8 RGB picture it shows."""
+        """``(C, H, W)`` (or ``(1, C, H, W)``) network input -> ``(H, W, 3)`` uint8 RGB picture it shows."""
         arr = x.detach().to("cpu", torch.float64).numpy() if isinstance(x, torch.Tensor) else np.asarray(x, float)
         if arr.ndim == 4 and arr.shape[0] == 1:
             arr = arr[0]
-        if arr.ndim != 3 or arr.shape[0] != 3:
-            raise InputError(f"invert() takes one (3, H, W) input, got shape {tuple(arr.shape)}")
+        if arr.ndim != 3 or arr.shape[0] != self.channels:
+            raise InputError(f"invert() takes one ({self.channels}, H, W) input, got shape {tuple(arr.shape)}")
         pixels = arr.transpose(1, 2, 0)
         if self.bgr:
             pixels = pixels[:, :, ::-1]
         pixels = pixels * np.asarray(self.std) + np.asarray(self.mean)
         pixels = pixels * (255.0 / self.scale)
-        return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        picture = np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+        return np.repeat(picture, 3, axis=2) if self.channels == 1 else picture
 
     def batch(self, images: Sequence[Image.Image | np.ndarray]) -> torch.Tensor:
         """Several pictures -> one ``(N, 3, H, W)`` tensor; they must come out the same size."""
@@ -203,12 +285,13 @@ class Preprocessing:
     # -- text -------------------------------------------------------------------------------
     def describe(self) -> str:
         """What is done, in prose (for reports and ``run.json``)."""
-        steps: list[str] = ["The image is converted to RGB"]
+        steps: list[str] = ["The image is converted to " + ("RGB" if self.channels == 3 else "grayscale")]
         if self.resize is None:
             steps.append("kept at its size")
         elif isinstance(self.resize, tuple):
-            steps.append(f"resized to {self.resize[0]}x{self.resize[1]} pixels (height x width, aspect ratio "
-                         f"not kept) with {self.interpolation} interpolation")
+            steps.append(f"resized to {self.resize[0]}x{self.resize[1]} pixels (height x width) without keeping "
+                         f"its aspect ratio (pictures of another shape are stretched) with {self.interpolation} "
+                         f"interpolation")
         else:
             steps.append(f"its shorter side resized to {self.resize} pixels (aspect ratio kept) with "
                          f"{self.interpolation} interpolation")
@@ -218,10 +301,11 @@ class Preprocessing:
             ch, cw = _size_pair(self.crop, "crop")
             steps.append(f"centre-cropped to {ch}x{cw}")
         steps.append(f"scaled to [0, {self.scale:g}]")
+        order = "R, G, B" if self.channels == 3 else "grey"
         if all(s == 1 for s in self.std):
-            steps.append(f"the per-channel means R, G, B = {_fmt(self.mean)} subtracted")
+            steps.append(f"the per-channel means {order} = {_fmt(self.mean)} subtracted")
         else:
-            steps.append(f"normalised per channel with mean {_fmt(self.mean)} and std {_fmt(self.std)} (R, G, B)")
+            steps.append(f"normalised per channel with mean {_fmt(self.mean)} and std {_fmt(self.std)} ({order})")
         text = ", ".join(steps[:-1]) + " and " + steps[-1]
         if self.bgr:
             text += ", and its channels reordered to BGR"
@@ -237,6 +321,7 @@ class Preprocessing:
             "scale": self.scale,
             "bgr": self.bgr,
             "interpolation": self.interpolation,
+            "channels": self.channels,
             "description": self.describe(),
         }
 
