@@ -44,10 +44,11 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .attribution import model_state
+from .devices import resolve_device
 from .caffe_vgg import CaffeVGG19, load_caffe_vgg19
 from .checkpoints import convert_by_order, fit_report, load_into, read_state_dict
-from .errors import CheckpointError, ModelError, TargetError, UnknownNameError
+from .errors import CheckpointError, GuidedBackpropError, ModelError, TargetError, UnknownNameError
+from .hooks import logits_of, model_state
 from .labels import generic_labels, imagenet_labels, read_labels
 from .preprocessing import CAFFE_MEAN, IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS, Preprocessing
 
@@ -729,10 +730,11 @@ def _output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, 
             f"{type(err).__name__}: {one_line}; give the preprocessing it expects, e.g. channels={other} or "
             f"input_size=N", field="preprocessing",
         ) from err
-    logits = out if isinstance(out, torch.Tensor) else getattr(out, "logits", None)
-    if isinstance(logits, torch.Tensor) and logits.ndim == 2:
-        return int(logits.shape[1])
-    return None
+    try:
+        logits = logits_of(out)
+    except GuidedBackpropError:  # not a classifier's output: nothing to count
+        return None
+    return int(logits.shape[1]) if logits.ndim == 2 else None
 
 
 # -- the registry ---------------------------------------------------------------------------
@@ -801,18 +803,6 @@ def _builder(name: str) -> tuple[str, Callable[[_Request], _Built]]:
     raise UnknownNameError("model", text, list(_REGISTRY) + tv_names, hint=hint, field="model")
 
 
-def _device(device: str | torch.device) -> torch.device:
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError, ValueError) as err:
-        raise ModelError(f"unknown device {device!r}: use 'cpu', 'cuda', 'cuda:1' or 'mps'") from err
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ModelError(f"device {device!r} asked for, but CUDA is not available here; use device='cpu'")
-    if dev.type == "mps" and not torch.backends.mps.is_available():
-        raise ModelError(f"device {device!r} asked for, but MPS is not available here; use device='cpu'")
-    return dev
-
-
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -843,7 +833,7 @@ def load_model(
             from torchvision and timm checkpoints when left out).
         trust_checkpoint: allow checkpoints that need full unpickling. Only for files you trust:
             unpickling can run arbitrary code.
-        device: where the model goes (``"cpu"``, ``"cuda"``...).
+        device: where the model goes (``"cpu"``, ``"cuda"``, ``"auto"``...).
         preprocessing: a :class:`Preprocessing` replaces the one that comes with the weights; a
             dict of :meth:`Preprocessing.adjust` arguments (``{"input_size": 160, "channels": 1,
             "mean": [0.5], "std": [0.5]}``) changes it.
@@ -859,7 +849,7 @@ def load_model(
     """
     if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) <= 0):
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}", field="num_classes")
-    dev = _device(device)
+    dev = resolve_device(device)
     canonical, build = _builder(name)
     built = build(_Request(weights=weights, num_classes=None if num_classes is None else int(num_classes),
                            trust=trust_checkpoint))
