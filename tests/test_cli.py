@@ -35,7 +35,7 @@ SLOW = f"{MODELS}:slow"
 FAST = ["--model", TINY, "--input-size", "32"]
 # What --input-size 32 makes of a factory model's default preprocessing (resize 256 / crop 224).
 PRE = Preprocessing(resize=37, crop=32)
-SUMMARY = re.compile(r"^(\d+) images: (\d+) skipped \(already done\), (\d+) computed, (\d+) failed"
+SUMMARY = re.compile(r"^(\d+) images?: (\d+) skipped \(already done\), (\d+) computed, (\d+) failed"
                      r"(?:, (\d+) passed over \(not read\))? in [\d.]+ s \([\d.]+ img/s\) -> (.+)$")
 
 
@@ -516,3 +516,180 @@ def test_a_top_k_panel_is_a_grid_with_one_row_per_class(tmp_path: Path) -> None:
     assert heights[3] > 2.5 * heights[1] - 100, heights
     tile = pixels(tmp_path / "out3" / "im_0.png").shape[0] * (128 // 32)
     assert heights[3] > 3 * tile, heights
+
+
+# ------------------------------------------------------------ custom models, model options, layers
+
+GRAY_NET = '''
+from torch import nn
+
+
+def gray():
+    """A 1-channel network (conv -> ReLU -> pool -> 3 classes)."""
+    import torch
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+
+
+def gray_with_preprocessing():
+    from guided_backprop import Preprocessing
+    return {"model": gray(), "preprocessing": Preprocessing(resize=None, crop=32, mean=(0.5,), std=(0.5,),
+                                                           channels=1), "labels": ["zero", "one", "two"]}
+'''
+
+
+@pytest.fixture
+def gray_model(tmp_path: Path) -> str:
+    path = tmp_path / "gray_net.py"
+    path.write_text(GRAY_NET)
+    return str(path)
+
+
+def test_grayscale_model_on_the_command_line(tmp_path: Path, gray_model: str) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 2)
+    bad = invoke(src, "-o", tmp_path / "bad", "--model", f"{gray_model}:gray", "--input-size", "32")
+    assert bad.exit_code == 2
+    (line,) = bad.stderr.strip().splitlines()  # one line, not one per image
+    assert "shape (1, 3, 32, 37)" in line or "shape (1, 3, 32, 32)" in line
+    assert "--channels 1" in line and "channels=1" not in line
+    out = tmp_path / "out"
+    result = invoke(src, "-o", out, "--model", f"{gray_model}:gray", "--input-size", "32", "--channels", "1",
+                    "--mean", "0.5", "--std", "0.25", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / "run.json").read_text())
+    assert "grayscale" in run["preprocessing"] and "(0.5)" in run["preprocessing"]
+    assert pixels(out / "im_0.png").shape[2] == 3  # shown in grey, as RGB
+
+
+def test_factory_preprocessing_and_labels_are_used(tmp_path: Path, gray_model: str) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 1)
+    out = tmp_path / "out"
+    result = invoke(src, "-o", out, "--model", f"{gray_model}:gray_with_preprocessing", "--target", "one",
+                    "--workers", "0", "--quiet")
+    assert result.exit_code == 0, result.output
+    (row,) = read_index(out)
+    assert row["targets"][0][1] == "one" if row["targets"] else row["class_name"] in ("zero", "one", "two")
+    assert pixels(out / "im_0.png").shape[:2] == (32, 32)
+
+
+def test_factory_file_imports_its_neighbours(tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "cli_blocks_for_test.py").write_text("from torch import nn\n"
+                                                 "def block():\n    return nn.Sequential(nn.Conv2d(3, 4, 3), "
+                                                 "nn.ReLU())\n")
+    (proj / "net.py").write_text("from torch import nn\nfrom cli_blocks_for_test import block\n"
+                                 "def make_model():\n    return nn.Sequential(block(), nn.AdaptiveAvgPool2d(1), "
+                                 "nn.Flatten(), nn.Linear(4, 3))\n")
+    result = invoke("layers", "--model", f"{proj / 'net.py'}:make_model", "--input-size", "32")
+    assert result.exit_code == 0, result.output
+    assert str(proj) not in sys.path
+
+
+def test_labels_of_the_wrong_count_are_a_usage_error(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    (tmp_path / "two.txt").write_text("cat\ndog\n")
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--labels", tmp_path / "two.txt")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert "has 2 names but model" in line and "10 classes" in line and line.startswith("error: --labels")
+
+
+def test_layers_lists_names_types_shapes_and_receptive_fields() -> None:
+    result = invoke("layers", "--model", TINY, "--input-size", "32")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:-1]}
+    assert list(rows) == ["0", "1", "2", "3", "4"]
+    assert "Conv2d" in rows["0"] and "1x4x30x30" in rows["0"] and "3x3 px, stride 1x1" in rows["0"]
+    assert "Linear" in rows["4"] and "1x10" in rows["4"] and rows["4"].rstrip().endswith("-")
+    assert "32x32 input" in result.output.splitlines()[-1]
+    spatial = invoke("layers", "--model", TINY, "--input-size", "32", "--spatial")
+    assert [line.split()[0] for line in spatial.output.splitlines()[1:-1]] == ["0", "1", "2"]  # 2: 1x1 pool
+
+
+def test_layers_of_the_default_model_show_where_patches_are_real() -> None:
+    result = invoke("layers", "--spatial")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.output.splitlines()[1:-1]}
+    assert "147x147 px" in rows["blocks.3"] and "whole input" not in rows["blocks.3"]
+    assert "787x787 px" in rows["blocks.5"] and "whole input" in rows["blocks.5"]
+
+
+def test_units_takes_every_model_option_and_points_to_its_own_help(tmp_path: Path, gray_model: str) -> None:
+    src = tmp_path / "in"
+    write_plain(src, 3)
+    (tmp_path / "labels.txt").write_text("a\nb\nc\n")
+    out = tmp_path / "u"
+    result = invoke("units", src, "-o", out, "--model", f"{gray_model}:gray", "--layer", "0", "--channel", "1",
+                    "--top", "2", "--input-size", "24", "--crop", "none", "--resize", "24", "--channels", "1",
+                    "--mean", "0.5", "--std", "0.5", "--labels", tmp_path / "labels.txt", "--device", "cpu",
+                    "--quiet")
+    assert result.exit_code == 0, result.output
+    assert (out / "unit_0_c1.png").is_file()
+    bad = invoke("units", src, "-o", out, "--model", TINY, "--layer", "0", "--crop", "huge")
+    assert bad.exit_code == 2 and "(see 'guided-backprop units --help')" in bad.stderr
+
+
+def test_gradcam_layer_without_a_gradcam_method_warns(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--gradcam-layer", "0", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("warning: --gradcam-layer 0 is not used")
+
+
+def test_help_is_grouped_shows_defaults_and_documents_random_weights() -> None:
+    text = invoke("--help").output
+    flat = " ".join(text.split())
+    sections = ["Inputs (how pictures become the network's input):", "Model:", "Methods and targets:",
+                "Output:", "Performance:", "Resume:"]
+    positions = [text.index(s) for s in sections]
+    assert positions == sorted(positions)
+    for default in ("[default: guided_backprop]", "[default: top1]", "[default: percentile]", "[default: 8;",
+                    "[default: 0.15;", "[default: im_{idx}.png]", "[default: auto]"):
+        assert default in flat, default
+    assert "'random' (random initialisation" in flat
+    units_help = " ".join(invoke("units", "--help").output.split())
+    for flag in ("--input-size", "--resize", "--crop", "--labels", "--mean", "--std", "--channels", "--weights"):
+        assert flag in units_help, flag
+
+
+def test_models_marks_where_guided_backprop_applies() -> None:
+    result = invoke("models")
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:-1]}
+    assert rows["efficientnet_lite0"][2] == "yes" and rows["resnet50"][2] == "yes"
+    for arch in ("vit_b_16", "swin_t", "convnext_tiny", "maxvit_t"):
+        assert rows[arch][2] == "no", arch
+    assert "weights=PATH" not in result.output and "--weights PATH" in result.output
+
+
+def test_messages_name_flags_not_python() -> None:
+    from guided_backprop.cli import cli_message
+
+    assert cli_message("pass num_classes=N if it was trained for N classes") == \
+        "pass --num-classes N if it was trained for N classes"
+    assert cli_message("the plain gradient; use method='saliency', or a model with ReLUs") == \
+        "the plain gradient; use --methods saliency, or a model with ReLUs"
+    assert cli_message("pass trust_checkpoint=True only if you trust it") == \
+        "pass --trust-checkpoint only if you trust it"
+    assert cli_message("unknown class 'dog'", "target") == "--target: unknown class 'dog'"
+    assert cli_message("mean must be one number", "mean") == "--mean: mean must be one number"
+
+
+def test_target_by_name_suggests_names_that_contain_it(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", "--target", "cat")
+    assert result.exit_code == 2
+    (line,) = result.stderr.strip().splitlines()
+    suggested = re.findall(r"'([^']+)'", line.split("did you mean", 1)[1])
+    assert suggested[:4] and all("cat" in s.lower() for s in suggested[:4]), line
+    assert "Egyptian cat" in suggested and "crate" not in suggested
+
+
+def test_summary_plurals(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--workers", "0")
+    assert result.exit_code == 0
+    assert result.stdout.startswith("1 image, 1 map, 0 failed")

@@ -9,12 +9,14 @@ report OUT`` writes the HTML gallery of an existing output folder; ``guided-back
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
 import traceback
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +70,58 @@ def _echo_error(message: str, *, verbose: bool = False, err: BaseException | Non
     click.echo(f"error: {' '.join(str(message).split())}", err=True)
 
 
+# --------------------------------------------------------------------------- library fields -> flags
+
+#: The library's errors name the setting at fault in Python (``GuidedBackpropError.field``, and
+#: ``name=value`` in their text); on the command line they name the flag. One table for both.
+FLAGS: dict[str, str] = {
+    "model": "--model", "weights": "--weights", "labels": "--labels", "num_classes": "--num-classes",
+    "trust_checkpoint": "--trust-checkpoint", "input_size": "--input-size", "resize": "--resize", "crop": "--crop",
+    "mean": "--mean", "std": "--std", "channels": "--channels", "device": "--device", "method": "--methods",
+    "methods": "--methods", "target": "--target", "layer": "--layer", "channel": "--channel", "neuron": "--neuron",
+    "gradcam_layer": "--gradcam-layer", "smooth": "--smooth", "noise": "--noise", "seed": "--seed",
+    "norm": "--norm", "name": "--name", "input_name": "--input-name", "batch_size": "--batch-size",
+    "workers": "--workers", "output": "--output", "overwrite": "--overwrite",
+}
+_PY_ARG = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) +
+                     r")=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|\([^)]*\)|[^\s,;:)]+)")
+
+
+def _flag_words(match: re.Match[str]) -> str:
+    flag, value = FLAGS[match.group(1)], match.group(2)
+    if value == "True":
+        return flag
+    if value[:1] in "'\"" and value[-1:] == value[:1] and " " not in value:
+        value = value[1:-1]
+    elif value[:1] in "[(":  # a Python sequence: the flag takes its items comma-separated
+        value = ",".join(v.strip(" '\"") for v in value[1:-1].split(",") if v.strip())
+    return f"{flag} {value}"
+
+
+def cli_message(message: str, field: str | None = None) -> str:
+    """A library message in the command line's words: ``num_classes=N`` becomes ``--num-classes N``,
+    ``method='saliency'`` becomes ``--methods saliency``, and the flag of ``field`` leads when the
+    message does not name it."""
+    text = _PY_ARG.sub(_flag_words, " ".join(str(message).split()))
+    flag = FLAGS.get(field or "")
+    if flag and flag not in text:
+        text = f"{flag}: {text}"
+    return text
+
+
+def _echo_error(message: str | BaseException, *, verbose: bool = False, err: BaseException | None = None) -> None:
+    """One line ``error: ...`` on stderr (the traceback first with ``--verbose``)."""
+    if verbose and err is not None:
+        click.echo("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(), err=True)
+    field = getattr(message, "field", None) if isinstance(message, BaseException) else None
+    click.echo(f"error: {cli_message(str(message), field)}", err=True)
+
+
+def _plural(n: int, word: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
 # ---------------------------------------------------------------------------------------- param types
 
 
@@ -85,17 +139,19 @@ class _Methods(click.ParamType):
             self.fail(str(err), param, ctx)
 
 
-class _SizeOrNone(click.ParamType):
-    """A positive number of pixels, or ``none``."""
+class _Size(click.ParamType):
+    """A positive number of pixels, ``none``, or ``model`` (keep the model's own)."""
 
     name = "PIXELS|none"
 
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int | str | None:
-        if value is None or isinstance(value, int):
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .preprocessing import KEEP
+
+        if value is None or value is KEEP or isinstance(value, int):
             return value
         text = str(value).strip().lower()
-        if text == "model":  # the default: keep the model's own
-            return text
+        if text == "model":
+            return KEEP
         if text in ("none", "no", "off"):
             return None
         if text.isdigit() and int(text) > 0:
@@ -103,14 +159,211 @@ class _SizeOrNone(click.ParamType):
         self.fail(f"{value!r} is not a positive number of pixels or 'none'", param, ctx)
 
 
+class _Floats(click.ParamType):
+    """Comma-separated numbers, one per input channel (or one for all): ``0.5`` or ``0.485,0.456,0.406``."""
+
+    name = "F[,F,F]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers (e.g. 0.5 or 0.485,0.456,0.406)",
+                      param, ctx)
+        if len(numbers) not in (1, 3):
+            self.fail(f"{value!r}: give 1 number (grayscale, or the same for R, G and B) or 3 (R, G, B)", param, ctx)
+        return numbers
+
+
 class _Device(click.ParamType):
-    name = "auto|cpu|cuda[:N]"
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (resolved on the machine that runs, see devices.py)."""
+
+    name = "auto|cpu|cuda[:N]|mps"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
         text = str(value).strip().lower()
-        if re.fullmatch(r"auto|cpu|cuda(:\d+)?", text):
+        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
             return text
-        self.fail(f"{value!r} is not a device; use auto, cpu, cuda or cuda:N", param, ctx)
+        self.fail(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param, ctx)
+
+
+class _Target(click.ParamType):
+    """``top1`` -> ``None`` (each image's predicted class), ``topK`` -> :class:`TopK`, a class index ->
+    ``int``, anything else -> the class name (checked against the model's names once it is loaded)."""
+
+    name = "topK|INDEX|NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .targets import TopK
+
+        if value is None or isinstance(value, (int, TopK)):
+            return value
+        text = str(value).strip()
+        m = re.fullmatch(r"top-?(\d*)", text.lower())
+        if m:
+            k = int(m.group(1) or 1)
+            if k < 1:
+                self.fail(f"{value!r}: k of topK must be 1 or more", param, ctx)
+            return None if k == 1 else TopK(k)
+        if re.fullmatch(r"\d+", text):
+            return int(text)
+        if not text:
+            self.fail("give top1, topK, a class index or a class name", param, ctx)
+        return text
+
+
+class _Neuron(click.ParamType):
+    """``max`` (the most active unit of the channel) or ``Y,X`` -> ``(y, x)``."""
+
+    name = "max|Y,X"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text == "max":
+            return "max"
+        m = re.fullmatch(r"(\d+)\s*,\s*(\d+)", text)
+        if not m:
+            self.fail(f"{value!r}: give 'max' or 'Y,X' (a unit's row and column, from 0)", param, ctx)
+        return int(m.group(1)), int(m.group(2))
+
+
+# ------------------------------------------------------------------------------ grouped --help
+
+
+class _Option(click.Option):
+    """An option that belongs to a section of ``--help`` (``group``)."""
+
+    def __init__(self, *args: Any, group: str = "Other options", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+def _opt(group: str, *decls: str, **attrs: Any) -> Callable[[Any], Any]:
+    return click.option(*decls, cls=_Option, group=group, **attrs)
+
+
+class _GroupedCommand(click.Command):
+    """``--help`` with the options in sections (inputs, model, methods and targets, output...).
+
+    click has no option groups; ``click-option-group`` adds them, but for what we need, titled
+    sections in ``--help``, ten lines here cost less than a dependency (and its own ``--help``
+    layout) on every install.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "group", "Other options"), []).append(record)
+        order = [_INPUTS, _MODEL, _METHODS, _IO, _PERF, _RESUME]
+        for title in sorted(sections, key=lambda t: order.index(t) if t in order else len(order)):
+            with formatter.section(title):
+                formatter.write_dl(sections[title])
+
+
+_COMMAND = {"cls": _GroupedCommand, "epilog": EXIT_CODES,
+            "context_settings": {"max_content_width": 100, "show_default": True}}
+
+
+# ----------------------------------------------------------------------------- model options
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options every subcommand takes, parsed: which network, and how pictures become its input."""
+
+    model: str | None = None
+    weights: str | None = None
+    labels: Path | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    input_size: int | None = None
+    resize: Any = "model"
+    crop: Any = "model"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None
+    device: str = "auto"
+
+    def preprocessing_changes(self) -> dict[str, Any]:
+        """Arguments of :meth:`Preprocessing.adjust` (for ``load_model(preprocessing=...)``)."""
+        from .preprocessing import KEEP
+
+        changes = {"input_size": self.input_size, "resize": self.resize, "crop": self.crop, "mean": self.mean,
+                   "std": self.std, "channels": self.channels}
+        return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
+            k: None for k in ("resize", "crop") if changes[k] is None}
+
+    def load(self) -> Any:
+        """The :class:`~guided_backprop.models.LoadedModel`, preprocessing changes applied."""
+        from . import models
+        from .devices import resolve_device
+
+        return models.load_model(
+            self.model or models.DEFAULT_MODEL, weights=self.weights, labels=self.labels,
+            num_classes=self.num_classes, trust_checkpoint=self.trust_checkpoint, device=resolve_device(self.device),
+            preprocessing=self.preprocessing_changes() or None,
+        )
+
+
+_MODEL = "Model"
+_INPUTS = "Inputs (how pictures become the network's input)"
+_IO = "Output"
+_METHODS = "Methods and targets"
+_PERF = "Performance"
+_RESUME = "Resume"
+_MODEL_OPTIONS = [
+    _opt(_MODEL, "--model", default=None, metavar="NAME", show_default="efficientnet_lite0, offline",
+         help="A registry name (see 'guided-backprop models'), 'timm:<name>', or your factory 'pkg.mod:fn' / "
+              "'path/file.py:fn' (returning the model, or (model, preprocessing[, labels]): see the README)."),
+    _opt(_MODEL, "--weights", default=None, metavar="FILE|NAME", show_default="the model's own",
+         help="A checkpoint file, a weights name (torchvision: IMAGENET1K_V2; timm: pretrained), or 'random' "
+              "(random initialisation: for tests and sanity checks, the maps then show no learned features)."),
+    _opt(_MODEL, "--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+         metavar="FILE", show_default="the model's", help="Class names: one per line, or JSON; one per class."),
+    _opt(_MODEL, "--num-classes", type=click.IntRange(min=1), default=None, show_default="the checkpoint's",
+         help="Classes of a checkpoint or factory model."),
+    _opt(_MODEL, "--trust-checkpoint", is_flag=True,
+         help="Allow a pickled checkpoint (runs code from the file: only for files you trust)."),
+    _opt(_MODEL, "--device", type=_Device(), default="auto", metavar="auto|cpu|cuda[:N]|mps",
+         help="auto picks CUDA when available; under torchrun each process takes cuda:LOCAL_RANK."),
+    _opt(_INPUTS, "--input-size", type=click.IntRange(min=1), default=None, metavar="PIXELS",
+         show_default="the model's",
+         help="Size the network sees, in the model's own convention: its crop (the resize scaled like the "
+              "model's, e.g. 256/224), its direct resize, or the shorter side for whole pictures."),
+    _opt(_INPUTS, "--resize", type=_Size(), default="model", metavar="PIXELS|none",
+         help="Resize the shorter side to PIXELS first (aspect ratio kept), or 'none'."),
+    _opt(_INPUTS, "--crop", type=_Size(), default="model", metavar="PIXELS|none",
+         help="Centre crop PIXELS x PIXELS, or 'none' for whole pictures of any size."),
+    _opt(_INPUTS, "--mean", type=_Floats(), default=None, show_default="the model's; ImageNet's for factories",
+         help="Per-channel mean subtracted after scaling pixels to 0-1: R,G,B or one value."),
+    _opt(_INPUTS, "--std", type=_Floats(), default=None, show_default="the model's; ImageNet's for factories",
+         help="Per-channel standard deviation divided by: R,G,B or one value."),
+    _opt(_INPUTS, "--channels", type=click.Choice(["1", "3"]), default=None, show_default="the model's, 3: RGB",
+         help="1: the network takes grayscale pictures (mean/std default to the average of the model's)."),
+]
+_MODEL_FIELDS = ("model", "weights", "labels", "num_classes", "trust_checkpoint", "input_size", "resize", "crop",
+                 "mean", "std", "channels", "device")
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the model options to a command; it receives them as one ``model_options: ModelOptions``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {k: kwargs.pop(k) for k in _MODEL_FIELDS}
+        if values["channels"] is not None:
+            values["channels"] = int(values["channels"])
+        return fn(*args, model_options=ModelOptions(**values), **kwargs)
+
+    for option in reversed(_MODEL_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
 
 
 # ------------------------------------------------------------------------------------------- the group
@@ -135,7 +388,7 @@ class _DefaultGroup(click.Group):
         formatter.write_usage(ctx.command_path, "[OPTIONS] INPUTS... -o OUT")
         formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
         self.format_help_text(ctx, formatter)
-        sub = click.Context(cmd, info_name=self.default_command, parent=ctx)
+        sub = click.Context(cmd, info_name=self.default_command, parent=ctx, **cmd.context_settings)
         cmd.format_options(sub, formatter)
         self.format_commands(ctx, formatter)
         self.format_epilog(ctx, formatter)
@@ -158,11 +411,14 @@ class _DefaultGroup(click.Group):
             click.echo("interrupted", err=True)
             code = ExitCode.INTERRUPTED
         except click.ClickException as err:
-            hint = f" (see '{PROG} --help')" if isinstance(err, click.UsageError) else ""
+            hint = ""
+            if isinstance(err, click.UsageError):  # the --help that shows the option at fault
+                sub = err.ctx.command.name if err.ctx is not None and err.ctx.parent is not None else None
+                hint = f" (see '{PROG}{'' if sub in (None, 'run') else ' ' + sub} --help')"
             _echo_error(err.format_message() + hint)
             code = err.exit_code
         except GuidedBackpropError as err:
-            _echo_error(str(err))
+            _echo_error(err)
             code = ExitCode.USAGE
         if standalone_mode:
             sys.exit(int(code))
@@ -199,74 +455,56 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
-@main.command("run", epilog=EXIT_CODES, context_settings={"max_content_width": 100})
+@main.command("run", **_COMMAND)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Output folder (created if needed).")
-@click.option("--model", default=None, metavar="NAME",
-              help="Model: a registry name (see 'guided-backprop models'; default: the offline "
-                   "efficientnet_lite0), 'timm:<name>', or a factory 'pkg.mod:fn' / 'path/file.py:fn'.")
-@click.option("--weights", default=None, metavar="FILE|NAME", help="Checkpoint file or weights name.")
-@click.option("--labels", default=None, metavar="FILE", help="Class names: one per line, or JSON.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes of a factory model.")
-@click.option("--trust-checkpoint", is_flag=True,
-              help="Allow a pickled checkpoint (runs code from the file: only for files you trust).")
-@click.option("--input-size", type=click.IntRange(min=1), default=None, metavar="PIXELS",
-              help="Size the network sees, in the model's own convention: its crop (the resize scaled like "
-                   "the model's, e.g. 256/224), its direct resize, or the shorter side for whole pictures.")
-@click.option("--resize", type=_SizeOrNone(), default="model", show_default=False, metavar="PIXELS|none",
-              help="Resize the shorter side to PIXELS first, or 'none' (default: the model's).")
-@click.option("--crop", type=_SizeOrNone(), default="model", show_default=False, metavar="PIXELS|none",
-              help="Centre crop PIXELS x PIXELS, or 'none' for whole pictures of any size (default: the model's).")
-@click.option("--methods", type=_Methods(), default="guided_backprop", show_default=True,
-              help=f"Comma-separated: {', '.join(METHODS)} (aliases: gbp, deconv, gradient, ggcam).")
-@click.option("--target", default="top1", show_default=True,
-              help="What each map explains: top1 (the predicted class), topK (K best classes), a class index "
-                   "or a class name (e.g. 'Egyptian cat').")
-@click.option("--layer", default=None, metavar="NAME", help="Explain a unit of this layer instead (with --channel).")
-@click.option("--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
-@click.option("--neuron", default=None, metavar="max|Y,X",
-              help="With --layer/--channel: the most active unit ('max') or the unit at Y,X; default: the "
-                   "whole channel.")
-@click.option("--gradcam-layer", default=None, metavar="NAME",
-              help="Layer for Grad-CAM (default: the last one with a spatial output).")
-@click.option("--smooth", type=click.IntRange(min=0), default=0, show_default=True, metavar="N",
-              help="SmoothGrad: average over N noisy copies (0: off).")
-@click.option("--noise", type=click.FloatRange(min=0.0), default=0.15, show_default=True, metavar="F",
-              help="SmoothGrad noise std as a fraction of the input's value range.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Random seed of the SmoothGrad noise.")
-@click.option("--norm", type=click.Choice(NORMALIZATIONS), default=None,
-              help="How maps become pictures: percentile (default: clip |value| at its 99.5th percentile), "
-                   "minmax (the seed's exact look), abs (grayscale magnitude), signed (diverging colours).")
-@click.option("--seed-look", is_flag=True, help="The seed's exact look: same as --norm minmax.")
-@click.option("--name", "name_template", default=None, metavar="TEMPLATE",
-              help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel}. "
-                   "Default: map_{idx}_class_{class_index}.png, plus _{method} when several methods and "
-                   "_top{rank} when several classes are asked.")
-@click.option("--input-name", default="im_{idx}.png", show_default=True, metavar="TEMPLATE",
-              help="Name of the input picture as the network saw it; fields {idx} {stem}.")
-@click.option("--panel", is_flag=True,
-              help="Also write panel_{idx}.png: the input, then every method's map, titled with the class and "
-                   "its probability (colour bars for Grad-CAM and signed maps).")
-@click.option("--save-raw", is_flag=True, help="Also save the float maps as .npy (C, H, W), RGB channel order.")
-@click.option("--device", type=_Device(), default="auto", show_default=True, metavar="auto|cpu|cuda[:N]",
-              help="auto picks CUDA when available; under torchrun each process takes cuda:LOCAL_RANK.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per batch.")
-@click.option("--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
-              help="Decoding processes (0: decode in the main process).")
-@click.option("--overwrite", is_flag=True, help="Redo every input, even those a previous run finished.")
-@click.option("--report", "with_report", is_flag=True, help="Also write the HTML gallery OUT/index.html.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+@_opt(_IO, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+      help="Output folder (created if needed).")
+@model_options
+@_opt(_METHODS, "--methods", type=_Methods(), default="guided_backprop",
+      help=f"Comma-separated: {', '.join(METHODS)} (aliases: gbp, deconv, gradient, ggcam).")
+@_opt(_METHODS, "--target", type=_Target(), default="top1",
+      help="What each map explains: top1 (the predicted class), topK (K best classes), a class index or a "
+           "class name (e.g. 'Egyptian cat').")
+@_opt(_METHODS, "--layer", default=None, metavar="NAME",
+      help="Explain a unit of this layer instead (with --channel; 'guided-backprop layers' lists them).")
+@_opt(_METHODS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
+@_opt(_METHODS, "--neuron", type=_Neuron(), default=None, show_default="the whole channel",
+      help="With --layer/--channel: the most active unit ('max') or the unit at Y,X.")
+@_opt(_METHODS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
+      help="Layer for gradcam and guided_gradcam ('guided-backprop layers' lists them).")
+@_opt(_METHODS, "--smooth", type=click.IntRange(min=0), default=0, metavar="N",
+      help="SmoothGrad: average over N noisy copies (0: off).")
+@_opt(_METHODS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+      help="SmoothGrad noise std as a fraction of the input's value range.")
+@_opt(_METHODS, "--seed", type=int, default=0, help="Random seed of the SmoothGrad noise.")
+@_opt(_IO, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
+      help="How maps become pictures: percentile (clip |value| at its 99.5th percentile), minmax (the seed's "
+           "exact look), abs (grayscale magnitude), signed (diverging colours).")
+@_opt(_IO, "--seed-look", is_flag=True, help="The seed's exact look: same as --norm minmax.")
+@_opt(_IO, "--name", "name_template", default=None, metavar="TEMPLATE",
+      show_default="map_{idx}_class_{class_index}.png, plus _{method} with several methods and _top{rank} with "
+                   "several classes",
+      help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel}.")
+@_opt(_IO, "--input-name", default="im_{idx}.png", metavar="TEMPLATE",
+      help="Name of the input picture as the network saw it; fields {idx} {stem}.")
+@_opt(_IO, "--panel", is_flag=True,
+      help="Also write panel_{idx}.png: the input, then every method's map, titled with the class and "
+           "its probability (colour bars for Grad-CAM and signed maps).")
+@_opt(_IO, "--save-raw", is_flag=True, help="Also save the float maps as .npy (C, H, W), RGB channel order.")
+@_opt(_IO, "--report", "with_report", is_flag=True, help="Also write the HTML gallery OUT/index.html.")
+@_opt(_PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
+@_opt(_PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
+      help="Decoding processes (0: decode in the main process).")
+@_opt(_RESUME, "--overwrite", is_flag=True,
+      help="Redo every input, even those a previous run finished (default: rerunning resumes).")
+@_opt(_IO, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
+@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
-def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weights: str | None,
-                labels: str | None, num_classes: int | None, trust_checkpoint: bool, input_size: int | None,
-                resize: Any, crop: Any, methods: tuple[str, ...], target: str, layer: str | None,
-                channel: int | None, neuron: str | None, gradcam_layer: str | None, smooth: int, noise: float,
-                seed: int, norm: str | None, seed_look: bool, name_template: str | None, input_name: str,
-                panel: bool, save_raw: bool, device: str, batch_size: int, workers: int, overwrite: bool,
-                with_report: bool,
-                quiet: bool, verbose: bool) -> int:
+def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
+                target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
+                smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
+                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, overwrite: bool,
+                with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
 
@@ -275,20 +513,24 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
     resumes where it stopped when the same command is run again.
     """
     from . import batch
+    from .methods import get_method
 
     _keep_freed_memory()
     if seed_look:
-        if norm not in (None, "minmax"):
+        if norm not in ("percentile", "minmax") and norm is not None:
             raise click.UsageError(f"--seed-look means --norm minmax; it cannot be combined with --norm {norm}")
         norm = "minmax"
+    if gradcam_layer is not None and not any(get_method(m).gradcam or m == "gradcam" for m in methods):
+        click.echo(f"warning: --gradcam-layer {gradcam_layer} is not used: none of --methods {','.join(methods)} "
+                   f"is gradcam or guided_gradcam", err=True)
+    mo = model_options
     cfg = batch.BatchConfig(
-        model=model, weights=weights, labels=labels, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
-        input_size=input_size, resize=resize, crop=crop, methods=methods,
-        target=None if layer is not None and target == "top1" else target, layer=layer, channel=channel,
-        neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth, noise=noise, seed=seed,
-        norm=norm or "percentile", name=name_template, input_name=input_name, panel=panel, save_raw=save_raw,
-        device=device,
-        batch_size=batch_size, workers=workers, overwrite=overwrite,
+        model=mo.model, weights=mo.weights, labels=None if mo.labels is None else str(mo.labels),
+        num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
+        resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
+        target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
+        noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
+        save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
     )
     progress = not quiet and sys.stderr.isatty()
     try:
@@ -299,7 +541,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model: str | None, weight
         _echo_error(str(err), verbose=verbose, err=err)
         return err.exit_code
     except GuidedBackpropError as err:
-        _echo_error(str(err), verbose=verbose, err=err)
+        _echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except KeyboardInterrupt as err:
         terminated = isinstance(err, batch.Terminated)
@@ -335,7 +577,7 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     try:
         page = report.write_report(output)
     except GuidedBackpropError as err:
-        _echo_error(str(err), verbose=verbose, err=err)
+        _echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except Exception as err:  # noqa: BLE001
         _echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
@@ -347,24 +589,30 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
 
 # ------------------------------------------------------------------------------------- other commands
 
+_RELU_MARK = {"yes": "yes", "partly": "partly", "no": "no", "depends": "-"}
+
 
 @main.command("models")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def models_command(verbose: bool) -> int:
-    """List the models --model accepts by name (offline ones need no download)."""
+    """List the models --model accepts by name: offline ones need no download; GBP says whether
+    guided backprop and deconvnet apply (they change only ReLUs: 'no' for GELU/SiLU networks such as
+    ViT, Swin, ConvNeXt, MaxViT and EfficientNet-B; 'partly' where other activations keep plain gradients)."""
     from . import models
 
     try:
         infos = list(models.available_models())
     except GuidedBackpropError as err:
-        _echo_error(str(err), verbose=verbose, err=err)
+        _echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     width = max([len(str(i.name)) for i in infos] + [4])
-    click.echo(f"{'NAME':<{width}}  OFFLINE  SOURCE        DESCRIPTION")
+    click.echo(f"{'NAME':<{width}}  OFFLINE  GBP     SOURCE        DESCRIPTION")
     for info in infos:
         offline = "yes" if info.offline else "no"
-        click.echo(f"{info.name:<{width}}  {offline:<7}  {str(info.source):<12}  {info.description}")
-    click.echo(f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'")
+        click.echo(f"{info.name:<{width}}  {offline:<7}  {_RELU_MARK[info.relu]:<6}  {str(info.source):<12}  "
+                   f"{cli_message(info.description)}")
+    click.echo(f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'; "
+               f"GBP -: depends on the network (saliency and gradcam work on any)")
     return ExitCode.OK
 
 
@@ -376,45 +624,38 @@ def report_command(output: Path, verbose: bool) -> int:
     return _write_report(output, quiet=False, verbose=verbose)
 
 
-@main.command("units", context_settings={"max_content_width": 100})
+@main.command("units", **_COMMAND)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-@click.option("-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
-              help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
-@click.option("--layer", required=True, metavar="NAME", help="Layer whose units are shown (model.named_modules()).")
-@click.option("--channel", "channels", type=click.IntRange(min=0), multiple=True,
-              help="Channel to show (repeatable); default: the most active channels.")
-@click.option("--top-channels", type=click.IntRange(min=1), default=4, show_default=True,
-              help="Without --channel: how many of the layer's most active channels.")
-@click.option("--top", "k", type=click.IntRange(min=1), default=9, show_default=True,
-              help="Strongest activations shown per unit (9: a 3x3 grid).")
-@click.option("--model", default=None, metavar="NAME", help="Model name or factory (see 'guided-backprop models').")
-@click.option("--weights", default=None, metavar="FILE|NAME", help="Checkpoint file or weights name.")
-@click.option("--num-classes", type=click.IntRange(min=1), default=None, help="Classes of a factory model.")
-@click.option("--trust-checkpoint", is_flag=True, help="Allow a checkpoint that needs full unpickling.")
-@click.option("--norm", type=click.Choice(NORMALIZATIONS), default="percentile", show_default=True,
-              help="How the maps are turned into pictures.")
-@click.option("--device", type=_Device(), default="auto", show_default=True, metavar="auto|cpu|cuda[:N]")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, show_default=True)
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
-@click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def units_command(inputs: tuple[str, ...], output: Path, layer: str, channels: tuple[int, ...], top_channels: int,
-                  k: int, model: str | None, weights: str | None, num_classes: int | None,
-                  trust_checkpoint: bool, norm: str, device: str, batch_size: int, quiet: bool,
+@_opt(_IO, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+      help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
+@_opt(_METHODS, "--layer", required=True, metavar="NAME",
+      help="Layer whose units are shown ('guided-backprop layers' lists them with their receptive fields).")
+@_opt(_METHODS, "--channel", "unit_channels", type=click.IntRange(min=0), multiple=True,
+      show_default="the most active channels", help="Channel to show (repeatable).")
+@_opt(_METHODS, "--top-channels", type=click.IntRange(min=1), default=4,
+      help="Without --channel: how many of the layer's most active channels.")
+@_opt(_METHODS, "--top", "k", type=click.IntRange(min=1), default=9,
+      help="Strongest activations shown per unit (9: a 3x3 grid).")
+@model_options
+@_opt(_IO, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
+      help="How the maps are turned into pictures.")
+@_opt(_PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
+@_opt(_IO, "-q", "--quiet", is_flag=True, help="No progress bar.")
+@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channels: tuple[int, ...], top_channels: int,
+                  k: int, model_options: ModelOptions, norm: str, batch_size: int, quiet: bool,
                   verbose: bool) -> int:
     """What units of a higher layer respond to (Springenberg et al. 2014, fig. 3): for each channel,
     the images and positions where it fires most, shown as the image patch in the unit's receptive
     field beside the unit's guided-backprop and deconvnet maps, cropped the same way (3x3 grids).
     Unreadable images are reported and skipped.
     """
-    import torch
     from tqdm import tqdm
 
-    from . import models, units
+    from . import units
 
-    dev = "cuda" if device == "auto" and torch.cuda.is_available() else ("cpu" if device == "auto" else device)
     try:
-        loaded = models.load_model(model or models.DEFAULT_MODEL, weights=weights, num_classes=num_classes,
-                                   trust_checkpoint=trust_checkpoint, device=dev)
+        loaded = model_options.load()
         bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
 
         def progress(done: int, total: int) -> None:
@@ -426,7 +667,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, channels: t
         with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
             warnings.simplefilter("always", UserWarning)
             grids = units.unit_grids_from_paths(
-                loaded.model, list(inputs), layer, loaded.preprocessing, channels=list(channels) or None,
+                loaded.model, list(inputs), layer, loaded.preprocessing, channels=list(unit_channels) or None,
                 top_channels=top_channels, k=k, norm=norm, batch_size=batch_size, on_error="skip",
                 progress=progress,
             )
@@ -434,10 +675,42 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, channels: t
             bar.close()
         units.save_unit_grids(grids, output)
     except GuidedBackpropError as err:
-        _echo_error(str(err), verbose=verbose, err=err)
+        _echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     for w in skipped:
         _echo_error(str(w.message))
     if not quiet:
-        click.echo(f"{len(grids)} unit grids of layer {layer} -> {output}")
+        click.echo(f"{_plural(len(grids), 'unit grid')} of layer {layer} -> {output}")
     return ExitCode.SOME_FAILED if skipped else ExitCode.OK
+
+
+@main.command("layers", **_COMMAND)
+@model_options
+@_opt(_IO, "--spatial", is_flag=True, help="Only layers with a spatial (N, C, H, W) output (for Grad-CAM and units).")
+@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) -> int:
+    """Every layer of the model with its type, output shape and receptive field for the model's input
+    size (--input-size changes it): the names --layer, --gradcam-layer and 'units --layer' take.
+    A field of the whole input means every unit sees all of the picture: patches of such a layer show
+    nothing more than the picture itself; pick an earlier layer for units.
+    """
+    from .receptive import layer_table
+
+    try:
+        loaded = model_options.load()
+        rows = layer_table(loaded.model, loaded.preprocessing)
+    except GuidedBackpropError as err:
+        _echo_error(err, verbose=verbose, err=err)
+        return ExitCode.USAGE
+    if spatial:
+        rows = [r for r in rows if r.spatial]
+    size = rows[0].input_size if rows else None
+    header = ("NAME", "TYPE", "OUTPUT", "RECEPTIVE FIELD")
+    table = [header] + [(r.name, r.type, r.shape_text, r.field_text) for r in rows]
+    widths = [max(len(row[i]) for row in table) for i in range(3)]
+    for row in table:
+        click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
+    if size is not None:
+        click.echo(f"{_plural(len(rows), 'layer')} of {loaded.name} for a {size[0]}x{size[1]} input; "
+                   f"default Grad-CAM layer: the last with a spatial output")
+    return ExitCode.OK

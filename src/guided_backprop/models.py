@@ -44,9 +44,9 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .devices import resolve_device
 from .caffe_vgg import CaffeVGG19, load_caffe_vgg19
 from .checkpoints import convert_by_order, fit_report, load_into, read_state_dict
+from .devices import resolve_device
 from .errors import CheckpointError, GuidedBackpropError, ModelError, TargetError, UnknownNameError
 from .hooks import logits_of, model_state
 from .labels import generic_labels, imagenet_labels, read_labels
@@ -700,21 +700,11 @@ def _build_factory(spec: str, req: _Request) -> _Built:
     return _Built(model, prep or Preprocessing(), n, labels, desc, "factory")
 
 
-def _probe_size(pre: Preprocessing) -> tuple[int, int] | None:
-    """The input size a picture gets from ``pre`` if it does not depend on the picture (square for a
-    shorter-side resize), else ``None``."""
-    if pre.fixed_size is not None:
-        return pre.fixed_size
-    if isinstance(pre.resize, int):
-        return pre.resize, pre.resize
-    return None
-
-
 def _output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, name: str) -> int | None:
     """One forward pass of a blank input shaped as ``pre`` makes it: the model's class count (the last
     dimension of an ``(N, K)`` output), and a clear error now if the model cannot take such inputs,
     rather than the same error once per image."""
-    size = _probe_size(pre)
+    size = pre.nominal_size
     if size is None:
         return None
     x = torch.zeros(1, pre.channels, *size, device=device)

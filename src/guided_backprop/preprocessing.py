@@ -223,6 +223,14 @@ class Preprocessing:
             return self.resize
         return None
 
+    @property
+    def nominal_size(self) -> tuple[int, int] | None:
+        """:attr:`fixed_size`, or ``(n, n)`` for a shorter-side resize to ``n`` without crop (what a
+        square picture gets): the size to try a model or trace its layers with; ``None`` if unknown."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        return (self.resize, self.resize) if isinstance(self.resize, int) else None
+
     # -- forward / inverse ------------------------------------------------------------------
     def geometric(self, image: Image.Image | np.ndarray) -> Image.Image:
         """The RGB picture after resize and crop (before scaling and normalisation)."""

@@ -35,10 +35,10 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from .hooks import find_layer, forward_hooks, model_state
 from .errors import InputError, ModelError
+from .hooks import find_layer, forward_hooks, model_state
 
-__all__ = ["ReceptiveField", "receptive_field", "receptive_fields"]
+__all__ = ["LayerRow", "ReceptiveField", "layer_table", "receptive_field", "receptive_fields"]
 
 Box = tuple[int, int, int, int]
 
@@ -591,3 +591,65 @@ def receptive_fields(
             raise ModelError(f"layer {missing[0]!r} was not called during the forward pass; it has no receptive field")
     return out
 
+
+
+@dataclass(frozen=True)
+class LayerRow:
+    """One layer for ``guided-backprop layers``: its type, output shape and receptive field for ``input_size``."""
+
+    name: str
+    type: str
+    shape: tuple[int, ...] | None  # the first call's output, batch of 1; None: not a tensor or not called
+    field: ReceptiveField | None  # for spatial outputs
+    input_size: tuple[int, int]
+
+    @property
+    def spatial(self) -> bool:
+        """Whether the output is an ``(N, C, H, W)`` map (usable for Grad-CAM and units)."""
+        return self.shape is not None and len(self.shape) == 4
+
+    @property
+    def shape_text(self) -> str:
+        return "-" if self.shape is None else "x".join(map(str, self.shape))
+
+    @property
+    def field_text(self) -> str:
+        f = self.field
+        if f is None:
+            return "-"
+        if f.size[0] >= self.input_size[0] and f.size[1] >= self.input_size[1]:
+            whole = "the whole input"
+        else:
+            whole = ""
+        text = f"{f.size[0]}x{f.size[1]} px, stride {f.jump[0]}x{f.jump[1]}"
+        return text + (f" ({whole})" if whole else "") + ("" if f.exact else " (at most)")
+
+
+def layer_table(model: nn.Module, preprocessing: Any, *, input_size: Sequence[int] | None = None) -> list[LayerRow]:
+    """Every named layer of ``model`` in definition order, with its output shape and receptive field for
+    the input ``preprocessing`` makes (its :attr:`~.Preprocessing.nominal_size`, else 224x224; or
+    ``input_size``) and its channel count. One forward of zeros gives the shapes, one trace the fields."""
+    nominal = getattr(preprocessing, "nominal_size", None)
+    size = _size2(tuple(input_size) if input_size is not None else (nominal or (224, 224)))
+    channels = int(getattr(preprocessing, "channels", 3))
+    modules = {n: m for n, m in model.named_modules() if n}
+    shapes: dict[str, tuple[int, ...] | None] = {}
+
+    def make(name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if name not in shapes:
+                shapes[name] = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        return hook
+
+    param = next(model.parameters(), None)
+    x = torch.zeros(1, channels, *size, device=param.device if param is not None else "cpu",
+                    dtype=param.dtype if param is not None and param.is_floating_point() else torch.float32)
+    try:
+        with model_state(model), torch.no_grad(), forward_hooks([(m, make(n)) for n, m in modules.items()]):
+            model(x)
+    except Exception as err:  # noqa: BLE001 - the user's forward: reported with what was tried
+        raise InputError(f"the model's forward pass failed on a blank input of shape {tuple(x.shape)}: "
+                         f"{type(err).__name__}: {' '.join(str(err).split())[:300]}; give input_size=N or "
+                         f"channels=1 as the model expects", field="preprocessing") from err
+    fields = receptive_fields(model, size, in_channels=channels)
+    return [LayerRow(n, type(m).__name__, shapes.get(n), fields.get(n), size) for n, m in modules.items()]
