@@ -30,7 +30,7 @@ _LAZY = {
     "map_to_image": "render", "heatmap_overlay": "render", "panel": "render", "save_image": "render",
     "to_pil": "render", "class_panel": "render", "explanation_panel": "render",
     "show": "plot",
-    "receptive_field": "receptive", "ReceptiveField": "receptive",
+    "receptive_field": "receptive", "ReceptiveField": "receptive", "layer_table": "receptive",
     "unit_grids": "units", "save_unit_grids": "units",
     "write_report": "report",
 }
