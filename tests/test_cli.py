@@ -295,7 +295,7 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
     result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--target", "dog", "--verbose")
     assert result.exit_code == 2
-    assert "Traceback" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: unknown class")
+    assert "Traceback" in result.stderr and result.stderr.strip().splitlines()[-1].startswith("error: --target: unknown class")
 
 
 def test_help_version_and_subcommands() -> None:

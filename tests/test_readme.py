@@ -2,7 +2,7 @@
 
 The ```python blocks run in order in one namespace; every ``guided-backprop ...`` line of the ```bash
 blocks runs through the real command (click's CliRunner), in a folder holding the README's ``samples/``
-(written by ``scripts/sample_images.py``, two of its photos to keep this quick). Lines that cannot run
+(written by ``scripts/sample_images.py``; one of its photos, to keep this quick). Lines that cannot run
 offline or here are listed in :data:`SKIPPED` with the reason, never left out silently.
 """
 
@@ -49,7 +49,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     done = subprocess.run([sys.executable, str(REPO / "scripts" / "sample_images.py"), str(root / "samples")],
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
-    for extra in ("astronaut.png", "rocket.jpg", "motorcycle_left.png"):
+    for extra in ("coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png"):
         (root / "samples" / extra).unlink()
     return root
 
