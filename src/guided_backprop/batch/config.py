@@ -6,6 +6,7 @@ import errno
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import ExitCode, GuidedBackpropError
 from ..images import Skipped
@@ -27,12 +28,15 @@ _TOP5 = 5  # classes listed per input in the index
 class BatchConfig:
     """Everything a batch run needs besides its inputs and output folder (the CLI's options).
 
-    ``target``: ``None``/``"top1"`` (each image's predicted class), ``"top<k>"``, a class index or a
-    class name; or a layer target with ``layer`` + ``channel`` (``neuron``: ``None`` for the whole
-    channel, ``"max"`` for its most active unit, ``"y,x"`` for one unit). ``name``: template of the
+    ``target``: ``None`` (each image's predicted class), a :class:`~guided_backprop.TopK`, a class
+    index or a class name (the strings ``"top1"``/``"top<k>"`` are still read); or a layer target with
+    ``layer`` + ``channel`` (``neuron``: ``None`` for the whole channel, ``"max"`` for its most active
+    unit, ``(y, x)`` -- or the string ``"y,x"`` -- for one unit). ``name``: template of the
     map file names (fields :data:`MAP_NAME_FIELDS`; default :func:`default_map_name`).
     ``input_size`` sets the crop to N and scales the resize like the model's (e.g. 256/224);
-    ``resize``/``crop`` (an int, or ``None`` for none) override the model's preprocessing.
+    ``resize``/``crop`` (an int, or ``None`` for none) override the model's preprocessing;
+    ``mean``/``std`` (one number per channel, or one for all) and ``channels`` (1: grayscale) too,
+    see :meth:`~guided_backprop.Preprocessing.adjust`.
     """
 
     model: str | None = None  # None: models.DEFAULT_MODEL
@@ -43,11 +47,14 @@ class BatchConfig:
     input_size: int | None = None
     resize: int | None | str = "model"
     crop: int | None | str = "model"
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+    channels: int | None = None
     methods: Sequence[str] = ("guided_backprop",)
-    target: str | int | None = None
+    target: Any = None  # None, TopK, int or str
     layer: str | None = None
     channel: int | None = None
-    neuron: str | None = None
+    neuron: str | tuple[int, int] | None = None
     gradcam_layer: str | None = None
     smooth: int = 0
     noise: float = 0.15
@@ -106,7 +113,8 @@ class BatchResult:
         unreadable folders...) are added as ``P passed over`` when there are any.
         """
         over = f", {len(self.skipped)} passed over (not read)" if self.skipped else ""
-        return (f"{self.images} images: {self.resumed} skipped (already done), {self.computed} computed, "
+        images = "image" if self.images == 1 else "images"
+        return (f"{self.images} {images}: {self.resumed} skipped (already done), {self.computed} computed, "
                 f"{self.failed} failed{over} in {self.seconds:.1f} s ({self.rate:.1f} img/s) -> {self.output}")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import os
@@ -19,6 +18,7 @@ from ..atomic import safe_name
 from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
+from ..preprocessing import KEEP
 from ..targets import Channel, MaxNeuron, Neuron, Target, TopK
 from .config import STATE_DIR, BatchConfig
 from .identity import Digests, model_source_file
@@ -48,27 +48,20 @@ class _Plan:
     class_folders: list[Path]  # folders below which the subfolders depend on the class (swept recursively)
 
 
-def _apply_preprocessing(pre: Any, cfg: BatchConfig) -> Any:
-    """The model's preprocessing with ``--input-size`` / ``--resize`` / ``--crop`` applied."""
-    changes: dict[str, Any] = {}
-    if cfg.input_size is not None:  # the size the network sees, in the model's own convention
-        n = int(cfg.input_size)
-        if n < 1:
-            raise GuidedBackpropError(f"input size must be >= 1, got {n}")
-        if pre.crop is not None:  # resize then crop: keep the model's ratio (e.g. 256/224)
-            crop = pre.crop if isinstance(pre.crop, int) else min(pre.crop)
-            resize = pre.resize if isinstance(pre.resize, int) else None
-            changes["crop"] = n
-            changes["resize"] = max(n, round(n * resize / crop)) if resize else None
-        elif isinstance(pre.resize, tuple):  # a direct resize to a fixed size
-            changes["resize"] = (n, n)
-        else:  # shorter side to n, whole picture (variable sizes)
-            changes["resize"] = n
+def _preprocessing_changes(cfg: BatchConfig) -> dict[str, Any]:
+    """The config's changes to the model's preprocessing, as :meth:`Preprocessing.adjust` arguments."""
+    changes: dict[str, Any] = {k: getattr(cfg, k) for k in ("input_size", "mean", "std", "channels")
+                               if getattr(cfg, k) is not None}
     for what in ("resize", "crop"):
         value = getattr(cfg, what)
-        if value != "model":
+        if value is not KEEP and value != "model":
             changes[what] = None if value in (None, "none", 0) else int(value)
-    return dataclasses.replace(pre, **changes) if changes else pre
+    return changes
+
+
+def _apply_preprocessing(pre: Any, cfg: BatchConfig) -> Any:
+    """The model's preprocessing with ``--input-size`` / ``--resize`` / ``--crop`` / ``--mean`` ... applied."""
+    return pre.adjust(**_preprocessing_changes(cfg))
 
 
 def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
@@ -83,20 +76,22 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
         channel = int(cfg.channel)
         if channel < 0:
             raise TargetError(f"--channel must be >= 0, got {channel}")
-        neuron = None if cfg.neuron is None else str(cfg.neuron).strip().lower()
+        neuron = cfg.neuron if isinstance(cfg.neuron, tuple) or cfg.neuron is None else str(cfg.neuron).strip().lower()
+        if isinstance(neuron, str) and neuron not in ("", "all", "sum", "max"):  # "Y,X", the string form
+            m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", neuron)
+            if not m:
+                raise TargetError(f"--neuron {cfg.neuron!r}: give 'max' or 'Y,X' (a unit's position)")
+            neuron = (int(m.group(1)), int(m.group(2)))
         lt: Channel | Neuron | MaxNeuron
         if neuron in (None, "", "all", "sum"):
             lt, desc = Channel(cfg.layer, channel), f"layer {cfg.layer} channel {channel} (summed)"
         elif neuron == "max":
             lt, desc = MaxNeuron(cfg.layer, channel), f"layer {cfg.layer} channel {channel} (most active unit)"
         else:
-            m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", neuron)
-            if not m:
-                raise TargetError(f"--neuron {cfg.neuron!r}: give 'max' or 'Y,X' (a unit's position)")
-            y, x = int(m.group(1)), int(m.group(2))
+            y, x = (int(v) for v in neuron)
             lt, desc = Neuron(cfg.layer, channel, y, x), f"layer {cfg.layer} channel {channel} unit (y={y}, x={x})"
         return lt, 1, lt, desc
-    spec = cfg.target
+    spec = f"top{cfg.target.k}" if isinstance(cfg.target, TopK) else cfg.target
     if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "top1", "top-1", "top")):
         return None, 1, None, "top1 (each image's predicted class)"
     if isinstance(spec, str):
@@ -216,8 +211,9 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     loaded = models.load_model(
         model_name, weights=cfg.weights, labels=cfg.labels, num_classes=cfg.num_classes,
         trust_checkpoint=cfg.trust_checkpoint, device=device,
+        preprocessing=_preprocessing_changes(cfg) or None,
     )
-    pre = _apply_preprocessing(loaded.preprocessing, cfg)
+    pre = loaded.preprocessing  # the config's changes applied by load_model, which tries the model on them
     gradcam_layer = cfg.gradcam_layer or getattr(loaded, "gradcam_layer", None)
     if gradcam_layer is not None:
         find_layer(loaded.model, gradcam_layer)
