@@ -131,7 +131,7 @@ def test_malformed_npy_files_are_named(tmp_path: Path) -> None:
 
 
 def test_vgg19_caffe_without_weights_says_where_to_get_them() -> None:
-    with pytest.raises(ModelError, match=r"vgg19\.npy.*machrisaa/tensorflow-vgg.*--weights PATH"):
+    with pytest.raises(ModelError, match=r"vgg19\.npy.*machrisaa/tensorflow-vgg.*weights=PATH"):
         load_model("vgg19-caffe")
 
 
