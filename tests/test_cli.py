@@ -694,3 +694,14 @@ def test_summary_plurals(tmp_path: Path) -> None:
     result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--workers", "0")
     assert result.exit_code == 0
     assert result.stdout.startswith("1 image: 0 skipped (already done), 1 computed, 0 failed")
+
+
+def test_seed_look_refuses_another_explicit_norm(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke(tmp_path / "in", "-o", tmp_path / "out", *FAST, "--seed-look", "--norm", "percentile")
+    assert result.exit_code == 2 and "--seed-look means --norm minmax" in result.stderr
+
+
+def test_unknown_layer_lists_close_names_in_python_too() -> None:
+    with pytest.raises(gbp.UnknownNameError, match=r"unknown layer '0x'; did you mean '0'"):
+        gbp.find_layer(tiny(), "0x")

@@ -517,7 +517,8 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
 
     _keep_freed_memory()
     if seed_look:
-        if norm not in ("percentile", "minmax") and norm is not None:
+        given = click.get_current_context().get_parameter_source("norm") is not click.core.ParameterSource.DEFAULT
+        if given and norm != "minmax":
             raise click.UsageError(f"--seed-look means --norm minmax; it cannot be combined with --norm {norm}")
         norm = "minmax"
     if gradcam_layer is not None and not any(get_method(m).gradcam or m == "gradcam" for m in methods):
