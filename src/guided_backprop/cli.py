@@ -64,12 +64,6 @@ def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
 
-def _echo_error(message: str, *, verbose: bool = False, err: BaseException | None = None) -> None:
-    if verbose and err is not None:
-        click.echo("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(), err=True)
-    click.echo(f"error: {' '.join(str(message).split())}", err=True)
-
-
 # --------------------------------------------------------------------------- library fields -> flags
 
 #: The library's errors name the setting at fault in Python (``GuidedBackpropError.field``, and
