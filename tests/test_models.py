@@ -373,8 +373,8 @@ def test_a_factory_may_return_its_preprocessing_and_labels(gray_file: Path, fn: 
 
 
 def test_a_grayscale_model_given_rgb_fails_once_with_the_fix(gray_file: Path) -> None:
-    with pytest.raises(ModelError, match=r"cannot take the input its preprocessing makes, shape \(1, 3, 224, 224\)"
-                                         r".*channels=1") as info:
+    with pytest.raises(ModelError, match=r"first layer takes 1-channel input but the images are given as 3-channel "
+                                         r"tensors \(shape \(1, 3, 224, 224\)\).*channels=1 \(grayscale\)") as info:
         load_model(f"{gray_file}:bare")
     assert info.value.field == "preprocessing"
     loaded = load_model(f"{gray_file}:bare", preprocessing={"channels": 1, "input_size": 32})
@@ -463,3 +463,12 @@ def test_timm_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ModelError, match="huggingface.co is not reachable.*weights=PATH") as info:
         load_model("timm:resnet18", weights="pretrained")
     assert time.perf_counter() - start < 5 and info.value.field == "weights"
+
+
+def test_a_model_that_needs_another_size_fails_once_naming_the_shape(tmp_path: Path) -> None:
+    (tmp_path / "flat.py").write_text("from torch import nn\n"
+                                      "def flat():\n    return nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 2))\n")
+    with pytest.raises(ModelError, match=r"cannot take the input its preprocessing makes, shape \(1, 3, 224, 224\)"
+                                         r".*input_size=N"):
+        load_model(f"{tmp_path / 'flat.py'}:flat")
+    assert load_model(f"{tmp_path / 'flat.py'}:flat", preprocessing={"input_size": 8}).labels == ["class 0", "class 1"]

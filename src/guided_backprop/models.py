@@ -708,6 +708,14 @@ def _output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, 
     if size is None:
         return None
     x = torch.zeros(1, pre.channels, *size, device=device)
+    first = next((m for m in model.modules() if isinstance(m, nn.modules.conv._ConvNd)), None)
+    if first is not None and first.in_channels != pre.channels:
+        fix = (f"give channels={first.in_channels} (grayscale)" if first.in_channels in (1, 3) else
+               "wrap the model so that it takes 1 or 3 channels")
+        raise ModelError(
+            f"model {name!r}: its first layer takes {first.in_channels}-channel input but the images are given as "
+            f"{pre.channels}-channel tensors (shape {tuple(x.shape)}) by its preprocessing; {fix}, or return the "
+            f"preprocessing from the factory", field="preprocessing")
     try:
         with model_state(model), torch.no_grad():
             out = model(x)
