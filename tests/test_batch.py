@@ -299,3 +299,25 @@ def test_smoothgrad_maps_of_the_batch_job_are_the_apis_for_the_same_seed_and_ind
                                             sample_ids=[row["idx"]])
         got = np.load(tmp_path / "out" / row["raw"]["guided_backprop"])
         assert np.allclose(got, e.maps["guided_backprop"][0, 0].float().numpy(), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"target": "top5", "layer": "0", "channel": 0}, "target"),
+    ({"layer": "0"}, "layer"),
+    ({"layer": "0", "channel": -1}, "channel"),
+    ({"layer": "0", "channel": 0, "neuron": "3;4"}, "neuron"),
+    ({"target": "top99"}, "target"),
+    ({"batch_size": 0}, "batch_size"),
+    ({"smooth": -1}, "smooth"),
+    ({"norm": "fancy"}, "norm"),
+    ({"name": "map_{clas}_{idx}.png"}, "name"),
+    ({"name": "same.png"}, "name"),
+    ({"input_name": "in.png"}, "input_name"),
+    ({"methods": ("gbp", "saliency"), "name": "map_{idx}.png"}, "name"),
+])
+def test_library_errors_name_the_field_not_a_command_line_flag(tmp_path: Path, changes: dict, field: str) -> None:
+    write_plain(tmp_path / "in", 1)
+    with pytest.raises(GuidedBackpropError) as err:
+        batch.run([tmp_path / "in"], tmp_path / "out", config(**changes))
+    assert err.value.field == field, str(err.value)
+    assert "--" not in str(err.value), "the library speaks Python; the CLI maps fields to flags"

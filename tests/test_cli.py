@@ -265,7 +265,7 @@ def test_layer_target(tmp_path: Path) -> None:
         ([*FAST, "--target", "12"], ["class index 12 is out of range"]),
         ([*FAST, "--layer", "9", "--channel", "0"], ["unknown layer", "'9'"]),
         ([*FAST, "--layer", "0"], ["--channel"]),
-        ([*FAST, "--name", "map_{idx}_{clas}.png"], ["unknown --name field", "class_index"]),
+        ([*FAST, "--name", "map_{idx}_{clas}.png"], ["--name", "unknown file name field", "class_index"]),
         ([*FAST, "--name", "same.png"], ["{idx}"]),
         ([*FAST, "--norm", "fancy"], ["--norm", "percentile"]),
         ([*FAST, "--bogus"], ["no such option", "--bogus"]),

@@ -163,7 +163,7 @@ def _folder_lock(state: Path) -> Iterator[None]:
     state.mkdir(parents=True, exist_ok=True)
     key = os.path.realpath(state)
     busy = GuidedBackpropError(f"another guided-backprop run is writing to {str(state.parent)!r}; wait for it to "
-                               f"finish or choose another --output", field="output")
+                               f"finish or choose another output folder", field="output")
     with _HELD_LOCK:
         if key in _HELD:
             raise busy
@@ -204,8 +204,8 @@ def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
             diff = [k for k in sorted(set(old) | set(plan.settings)) if old.get(k) != plan.settings.get(k)]
             shown = "; ".join(f"{k}: {old.get(k)!r} -> {plan.settings.get(k)!r}" for k in diff[:3])
             raise GuidedBackpropError(
-                f"{str(out)!r} holds the output of a run with other settings ({shown}); rerun with --overwrite "
-                f"to replace it, or choose another --output"
+                f"{str(out)!r} holds the output of a run with other settings ({shown}); rerun with overwrite=True "
+                f"to replace it, or choose another output folder", field="output"
             )
     _sweep_temp_files(out, state, *plan.folders, recursive=plan.class_folders)
     plan.digests.save()

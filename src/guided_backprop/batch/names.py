@@ -33,23 +33,26 @@ def default_map_name(methods: Sequence[str], k: int = 1, *, layer_target: bool =
 
 
 def _template_fields(template: str, allowed: Sequence[str], what: str) -> set[str]:
+    """The fields a file-name template uses, checked. ``what`` is the setting's field name
+    (``"name"`` or ``"input_name"``), which errors carry."""
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as err:
         raise GuidedBackpropError(
-            f"{what} template {template!r} is malformed ({err}); write fields as {{idx}}"
+            f"{what}={template!r} is malformed ({err}); write fields as {{idx}}", field=what
         ) from err
     used = set()
     for _text, name, _spec, _conv in parsed:
         if name is None:
             continue
         if name not in allowed:
-            raise UnknownNameError(f"{what} field", name, allowed,
-                                   hint="write fields in braces, e.g. 'map_{idx}_{label}.png'")
+            raise UnknownNameError("file name field", name, allowed,
+                                   hint="write fields in braces, e.g. 'map_{idx}_{label}.png'", field=what)
         used.add(name)
     parts = PurePosixPath(template.replace("\\", "/")).parts
     if template.startswith(("/", "\\")) or ".." in parts or not template.strip():
-        raise GuidedBackpropError(f"{what} template {template!r} must be a relative path inside the output folder")
+        raise GuidedBackpropError(f"{what}={template!r} must be a relative path inside the output folder",
+                                  field=what)
     return used
 
 

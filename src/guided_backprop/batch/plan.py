@@ -69,18 +69,20 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
     model = loaded.model
     if cfg.layer is not None or cfg.channel is not None or cfg.neuron is not None:
         if cfg.target not in (None, "top1"):
-            raise TargetError(f"--target {cfg.target!r} and --layer are exclusive: a map explains a class or a unit")
+            given = f"top{cfg.target.k}" if isinstance(cfg.target, TopK) else cfg.target
+            raise TargetError(f"target={given!r} and layer={cfg.layer!r} are exclusive: a map explains a class "
+                              f"or a unit", field="target")
         if cfg.layer is None or cfg.channel is None:
-            raise TargetError("a layer target needs both --layer NAME and --channel C")
+            raise TargetError("a layer target needs both layer=NAME and channel=C", field="layer")
         find_layer(model, cfg.layer)
         channel = int(cfg.channel)
         if channel < 0:
-            raise TargetError(f"--channel must be >= 0, got {channel}")
+            raise TargetError(f"channel must be >= 0, got {channel}", field="channel")
         neuron = cfg.neuron if isinstance(cfg.neuron, tuple) or cfg.neuron is None else str(cfg.neuron).strip().lower()
         if isinstance(neuron, str) and neuron not in ("", "all", "sum", "max"):  # "Y,X", the string form
             m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", neuron)
             if not m:
-                raise TargetError(f"--neuron {cfg.neuron!r}: give 'max' or 'Y,X' (a unit's position)")
+                raise TargetError(f"neuron={cfg.neuron!r}: give 'max' or 'Y,X' (a unit's position)", field="neuron")
             neuron = (int(m.group(1)), int(m.group(2)))
         lt: Channel | Neuron | MaxNeuron
         if neuron in (None, "", "all", "sum"):
@@ -100,7 +102,8 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
             k = int(m.group(1))
             n_classes = len(loaded.labels)
             if k < 1 or (n_classes and k > n_classes):
-                raise TargetError(f"--target {spec!r}: k must be 1..{n_classes} for a model with {n_classes} classes")
+                raise TargetError(f"target={spec!r}: k must be 1..{n_classes} for a model with {n_classes} classes",
+                                  field="target")
             if k == 1:
                 return None, 1, None, "top1 (each image's predicted class)"
             return TopK(k), k, None, f"top{k} (each image's {k} best classes)"
@@ -122,7 +125,7 @@ def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[ima
                          f"{str(first.path)!r}: {first.reason}", field="inputs")
     if not paths:
         raise InputError(f"every image found is inside the output folder {str(out)!r} (earlier outputs are not "
-                         f"inputs); give other inputs or another --output")
+                         f"inputs); give other inputs or another output folder", field="output")
     return paths, found.skipped
 
 
@@ -199,13 +202,14 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     digests = Digests(out / STATE_DIR)
 
     if cfg.batch_size < 1:
-        raise GuidedBackpropError(f"batch size must be >= 1, got {cfg.batch_size}")
+        raise GuidedBackpropError(f"batch size must be >= 1, got {cfg.batch_size}", field="batch_size")
     if cfg.workers < 0:
-        raise GuidedBackpropError(f"workers must be >= 0, got {cfg.workers}")
+        raise GuidedBackpropError(f"workers must be >= 0, got {cfg.workers}", field="workers")
     if cfg.smooth < 0 or cfg.noise < 0:
-        raise GuidedBackpropError(f"--smooth and --noise must be >= 0, got {cfg.smooth} and {cfg.noise}")
+        raise GuidedBackpropError(f"SmoothGrad samples and noise must be >= 0, got smooth={cfg.smooth} and "
+                                  f"noise={cfg.noise}", field="smooth")
     if cfg.norm not in render.NORMALIZATIONS:
-        raise UnknownNameError("normalization", cfg.norm, render.NORMALIZATIONS)
+        raise UnknownNameError("normalization", cfg.norm, render.NORMALIZATIONS, field="norm")
     methods = parse_methods(list(cfg.methods))
     model_name = cfg.model or models.DEFAULT_MODEL
     loaded = models.load_model(
@@ -220,17 +224,20 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     target, k, layer_target, target_text = _parse_target(cfg, loaded)
 
     map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)
-    used = _template_fields(map_template, MAP_NAME_FIELDS, "--name")
-    in_used = _template_fields(cfg.input_name, INPUT_NAME_FIELDS, "--input-name")
+    used = _template_fields(map_template, MAP_NAME_FIELDS, "name")
+    in_used = _template_fields(cfg.input_name, INPUT_NAME_FIELDS, "input_name")
     if not used & {"idx", "stem"}:
-        raise GuidedBackpropError(f"--name {map_template!r} must contain {{idx}} or {{stem}}, or every image "
-                                  f"would write the same file")
+        raise GuidedBackpropError(f"name={map_template!r} must contain {{idx}} or {{stem}}, or every image "
+                                  f"would write the same file", field="name")
     if len(methods) > 1 and "method" not in used:
-        raise GuidedBackpropError(f"--name {map_template!r} needs {{method}}: several methods are computed")
+        raise GuidedBackpropError(f"name={map_template!r} needs {{method}}: several methods are computed",
+                                  field="name")
     if k > 1 and not used & {"rank", "class_index", "label"}:
-        raise GuidedBackpropError(f"--name {map_template!r} needs {{rank}}: {k} classes are explained per image")
+        raise GuidedBackpropError(f"name={map_template!r} needs {{rank}}: {k} classes are explained per image",
+                                  field="name")
     if not in_used & {"idx", "stem"}:
-        raise GuidedBackpropError(f"--input-name {cfg.input_name!r} must contain {{idx}} or {{stem}}")
+        raise GuidedBackpropError(f"input_name={cfg.input_name!r} must contain {{idx}} or {{stem}}",
+                                  field="input_name")
     folders, class_folders = _check_unique_outputs(paths, map_template, cfg.input_name, methods, k, layer_target,
                                                    cfg.panel, cfg.save_raw)
 
