@@ -313,8 +313,9 @@ def _build_efficientnet_lite0(req: _Request) -> _Built:
     if kind == "name":
         raise _bad_weights("efficientnet_lite0", value, "'random'")
     state = _read_checkpoint(value, req.trust)
-    n = req.num_classes
-    if n is None:  # the classifier is the last matrix in both naming schemes
+    if req.num_classes is not None:
+        n = req.num_classes
+    else:  # the classifier is the last matrix in both naming schemes
         matrices = [t for t in state.values() if t.ndim == 2]
         n = int(matrices[-1].shape[0]) if matrices else 1000
     model = _timm_lite0(n)
@@ -674,6 +675,7 @@ def _build_factory(spec: str, req: _Request) -> _Built:
         factory = _import_factory(spec)
         kwargs: dict[str, Any] = {}
         if req.num_classes is not None:
+            params: Mapping[str, inspect.Parameter]
             try:
                 params = inspect.signature(factory).parameters
             except (TypeError, ValueError):

@@ -255,7 +255,7 @@ class Preprocessing:
         picture = self.geometric(image)
         if self.channels == 1:
             picture = picture.convert("L")
-        pixels = np.asarray(picture, dtype=np.float32).reshape(picture.height, picture.width, -1)  # 0..255
+        pixels: np.ndarray = np.asarray(picture, dtype=np.float32).reshape(picture.height, picture.width, -1)  # 0..255
         pixels = pixels * np.float32(self.scale / 255.0)
         pixels = (pixels - np.asarray(self.mean, dtype=np.float32)) / np.asarray(self.std, dtype=np.float32)
         if self.bgr:

@@ -242,7 +242,8 @@ class _Tracer(TorchFunctionMode):
             return self.opaque(self._notes(inputs), f"{name} is not followed")
         if name == "conv2d":
             weight = _arg(args, kwargs, 1, "weight", None)
-            kernel = tuple(int(k) for k in weight.shape[-2:])
+            kh, kw = (int(k) for k in weight.shape[-2:])
+            kernel = (kh, kw)
             stride = _pair(_arg(args, kwargs, 3, "stride", 1), "stride")
             dilation = _pair(_arg(args, kwargs, 5, "dilation", 1), "dilation")
             padding = _arg(args, kwargs, 4, "padding", 0)
@@ -251,6 +252,7 @@ class _Tracer(TorchFunctionMode):
                     padding = (0, 0)
                 else:  # "same": PyTorch pads (total // 2) before and the rest after
                     padding = tuple((d * (k - 1)) // 2 for d, k in zip(dilation, kernel))
+            assert first is not None
             return _window(first, kernel, stride, _pair(padding, "padding"), dilation, out)
         if name in _POOLS:
             kpos, spos, ppos, dpos = _POOLS[name]
@@ -260,10 +262,13 @@ class _Tracer(TorchFunctionMode):
                 else _pair(stride_arg, "stride")
             padding = _pair(_arg(args, kwargs, ppos, "padding", 0), "padding") if ppos is not None else (0, 0)
             dilation = _pair(_arg(args, kwargs, dpos, "dilation", 1), "dilation") if dpos is not None else (1, 1)
+            assert first is not None
             return _window(first, kernel, stride, padding, dilation, out)
         if name in _ADAPTIVE:
+            assert first is not None
             return _adaptive(first, out)
         if name == "pad":
+            assert first is not None
             return self._pad(first, args, kwargs, out)
         if name in ("permute", "transpose", "swapaxes", "swapdims", "movedim", "moveaxis") and first is not None \
                 and first.dims is not None and args[0].ndim == out.ndim:
@@ -311,6 +316,7 @@ class _Tracer(TorchFunctionMode):
         notes = f.notes
         if mode != "constant" and any(pad[:4]):
             notes = _note(notes, f"{mode} padding treated like zero padding")
+        assert f.dims is not None  # a window's input has spatial dims (checked by _propagate)
         return _Field(axes, f.dims, _spatial(out, f.dims), f.exact, notes)
 
     def _union(self, name: str, inputs: list[torch.Tensor], out: torch.Tensor) -> _Field:
@@ -412,11 +418,11 @@ def _relayout(name: str, args: Sequence[Any], kwargs: dict[str, Any], f: _Field,
         src = [int(s) % ndim for s in ([src] if isinstance(src, int) else src)]
         dst = [int(d) % ndim for d in ([dst] if isinstance(dst, int) else dst)]
         rest = [d for d in range(ndim) if d not in src]
-        order = [None] * ndim
+        placed: list[int | None] = [None] * ndim
         for s, d in zip(src, dst):
-            order[d] = s
+            placed[d] = s
         it = iter(rest)
-        order = [o if o is not None else next(it) for o in order]
+        order = [o if o is not None else next(it) for o in placed]
         new = [order.index(d) for d in norm]
     else:
         d0 = int(_arg(args, kwargs, 1, "dim0", 0)) % ndim

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import numpy.typing as npt
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
@@ -71,9 +72,9 @@ def _to_numpy(m: Any) -> np.ndarray:
     return np.asarray(m)
 
 
-def _finite(a: np.ndarray, dtype: type = np.float64) -> np.ndarray:
+def _finite(a: np.ndarray, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """A float copy with NaN and +-inf replaced by 0 (a map with them would otherwise be all NaN)."""
-    out = np.array(a, dtype=dtype)
+    out: np.ndarray = np.array(a, dtype=dtype)
     out[~np.isfinite(out)] = 0
     return out
 

@@ -32,8 +32,8 @@ from torch import nn
 from . import render
 from .atomic import safe_name, write_text
 from .attribution import Explainer
-from .hooks import find_layer, layer_output
 from .errors import ImageError, InputError, TargetError, UnknownNameError
+from .hooks import find_layer, layer_output
 from .methods import method_title, parse_methods
 from .receptive import ReceptiveField, receptive_field
 from .targets import Neuron
@@ -540,9 +540,9 @@ def unit_grids(
             first = _load(images, 0)
             rf0 = receptive_field(model, layer, first.shape[-2:], in_channels=first.shape[0],
                                   include_global=include_global)
-        panels, picture = _compose(layer, unit.channel, rf0, unit.top, names, sizes, int(k), unit.score,
+        panels, grid_picture = _compose(layer, unit.channel, rf0, unit.top, names, sizes, int(k), unit.score,
                                    rank_by if unit.score is not None else None, int(min_cell), int(gap))
-        grids.append(UnitGrid(layer, unit.channel, rf0, names, unit.top, panels, picture, unit.score,
+        grids.append(UnitGrid(layer, unit.channel, rf0, names, unit.top, panels, grid_picture, unit.score,
                               rank_by if unit.score is not None else None))
     return grids
 

@@ -46,7 +46,8 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
     dataset = _DecodeDataset(todo, job.plan.preprocessing)
     workers = min(int(cfg.workers), max(1, len(todo))) if todo else 0
     loader = torch.utils.data.DataLoader(
-        dataset, batch_size=None, shuffle=False, num_workers=workers, collate_fn=_pass_through,
+        dataset, batch_size=None, shuffle=False, num_workers=workers,
+        collate_fn=_pass_through,  # type: ignore[arg-type]  # batch_size=None: items one by one, not lists
         pin_memory=job.plan.device.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None,
         worker_init_fn=worker_init(os.getpid()) if workers else None,
     )
