@@ -11,20 +11,8 @@ from torch import nn
 
 import guided_backprop as gbp
 
+from .nets import SmallCNN
 from .reference import reference_map
-
-
-class SmallCNN(nn.Module):
-    def __init__(self, classes: int = 10) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.Dropout(0.5),
-        )
-        self.head = nn.Linear(16, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(F.relu(self.features(x)).mean(dim=(2, 3)))
 
 
 @pytest.fixture

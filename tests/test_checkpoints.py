@@ -22,6 +22,8 @@ from guided_backprop.checkpoints import (
 from guided_backprop.cli import cli_message
 from guided_backprop.errors import CheckpointError
 
+from .nets import conv_gap
+
 
 def _net(classes: int = 3) -> nn.Sequential:
     torch.manual_seed(0)
@@ -29,9 +31,7 @@ def _net(classes: int = 3) -> nn.Sequential:
 
 
 def _small() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(4, 3))
+    return conv_gap(classes=3, batchnorm=True)
 
 
 @pytest.mark.parametrize("wrap", [

@@ -12,31 +12,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import guided_backprop as gbp
 
+from .nets import TinyVGG
 from .reference import reference_map
-
-
-class TinyVGG(nn.Module):
-    """Conv/ReLU(in-place)/MaxPool stacks, a reused ReLU module and a functional one, a linear head."""
-
-    def __init__(self, classes: int = 7) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-            nn.Conv2d(16, 16, 3, padding=1),
-        )
-        self.relu = nn.ReLU()
-        self.head = nn.Linear(16 * 4, classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.relu(self.features(x))
-        h = F.adaptive_avg_pool2d(self.relu(h) + F.relu(h), 2)
-        return self.head(torch.flatten(h, 1))
 
 
 def _model(dtype: torch.dtype) -> TinyVGG:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -20,25 +19,13 @@ from guided_backprop.models import Preprocessing
 from guided_backprop.receptive import receptive_field
 from guided_backprop.units import ImageFiles, save_unit_grids, top_activations, unit_grids, unit_grids_from_paths
 
-
-class Tiny(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.features = nn.Sequential(OrderedDict([
-            ("conv1", nn.Conv2d(3, 4, 3, padding=1)), ("relu1", nn.ReLU()), ("pool", nn.MaxPool2d(2)),
-            ("conv2", nn.Conv2d(4, 6, 3, padding=1)), ("relu2", nn.ReLU(inplace=True)),
-            ("conv3", nn.Conv2d(6, 5, 3)), ("relu3", nn.ReLU()),
-        ]))
-        self.head = nn.Linear(5, 3)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(x).mean(dim=(2, 3)))
+from .nets import UnitNet
 
 
 @pytest.fixture
-def model() -> Tiny:
+def model() -> UnitNet:
     torch.manual_seed(0)
-    return Tiny().double().eval()
+    return UnitNet().double().eval()
 
 
 def _images(n: int, seed: int = 0, size: tuple[int, int] = (16, 16)) -> torch.Tensor:
@@ -81,7 +68,7 @@ def _got(entries) -> list:  # type: ignore[no-untyped-def]
 
 # -- the top k ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layer", ["features.conv2", "features.relu3"])
-def test_top9_equals_brute_force_with_ties_and_mixed_sizes(model: Tiny, layer: str) -> None:
+def test_top9_equals_brute_force_with_ties_and_mixed_sizes(model: UnitNet, layer: str) -> None:
     images = list(_images(7, seed=1)) + list(_images(4, seed=2, size=(20, 12))) + list(_images(3, seed=3))
     images[5] = images[2].clone()  # exact ties across images: the earlier image wins
     images[12] = images[0].clone()
@@ -92,7 +79,7 @@ def test_top9_equals_brute_force_with_ties_and_mixed_sizes(model: Tiny, layer: s
         assert len({e.image for e in unit.top}) == 9  # one per image
 
 
-def test_fewer_images_than_k_fill_with_other_positions(model: Tiny) -> None:
+def test_fewer_images_than_k_fill_with_other_positions(model: UnitNet) -> None:
     images = _images(3, seed=4)
     (unit,) = top_activations(model, images, "features.relu2", channels=[1], k=9, batch_size=2)
     assert _got(unit.top) == brute_force(model, list(images), "features.relu2", 1, 9)
@@ -101,7 +88,7 @@ def test_fewer_images_than_k_fill_with_other_positions(model: Tiny) -> None:
 
 
 @pytest.mark.parametrize("rank_by", ["mean", "max"])
-def test_top_channels_by_mean_or_max_activation(model: Tiny, rank_by: str) -> None:
+def test_top_channels_by_mean_or_max_activation(model: UnitNet, rank_by: str) -> None:
     images = _images(6, seed=5)
     acts = _layer(model, images, "features.conv3")
     scores = acts.mean(dim=(2, 3)).mean(0) if rank_by == "mean" else acts.amax(dim=(0, 2, 3))
@@ -112,7 +99,7 @@ def test_top_channels_by_mean_or_max_activation(model: Tiny, rank_by: str) -> No
         assert _got(u.top) == brute_force(model, list(images), "features.conv3", u.channel, 4)
 
 
-def test_streams_in_batches_and_rereads_only_the_winners(model: Tiny) -> None:
+def test_streams_in_batches_and_rereads_only_the_winners(model: UnitNet) -> None:
     class Counting(Sequence):
         def __init__(self, data: torch.Tensor) -> None:
             self.data, self.reads = data, 0
@@ -140,7 +127,7 @@ def test_streams_in_batches_and_rereads_only_the_winners(model: Tiny) -> None:
 
 
 # -- crops, maps and pictures -------------------------------------------------------------------------
-def test_crops_are_the_receptive_field_and_maps_equal_explainer(model: Tiny) -> None:
+def test_crops_are_the_receptive_field_and_maps_equal_explainer(model: UnitNet) -> None:
     images = _images(12, seed=7)
 
     def show(x: torch.Tensor) -> np.ndarray:
@@ -175,7 +162,7 @@ def test_crops_are_the_receptive_field_and_maps_equal_explainer(model: Tiny) -> 
     assert clipped > 0  # some fields reach outside the 16x16 images
 
 
-def test_grid_picture_size_and_content(model: Tiny) -> None:
+def test_grid_picture_size_and_content(model: UnitNet) -> None:
     images = _images(9, seed=8)
     (g,) = unit_grids(model, images, "features.conv2", channels=[5], k=9, min_cell=24, gap=2)
     rf = g.field
@@ -199,7 +186,7 @@ def test_grid_picture_size_and_content(model: Tiny) -> None:
         assert np.array_equal(cell, np.repeat(np.repeat(e.pictures[m], factor, axis=0), factor, axis=1))
 
 
-def test_bgr_preprocessing_shows_patches_and_maps_in_rgb(model: Tiny) -> None:
+def test_bgr_preprocessing_shows_patches_and_maps_in_rgb(model: UnitNet) -> None:
     prep = Preprocessing(resize=None, crop=None, mean=(100.0, 110.0, 120.0), std=(1.0, 1.0, 1.0), scale=255.0,
                          bgr=True)
     x = _images(4, seed=14) * 40
@@ -210,7 +197,7 @@ def test_bgr_preprocessing_shows_patches_and_maps_in_rgb(model: Tiny) -> None:
         assert np.array_equal(e.pictures["guided_backprop"], render.map_to_image(e.maps["guided_backprop"].flip(0)))
 
 
-def test_first_layer_units_use_the_plain_gradient(model: Tiny) -> None:
+def test_first_layer_units_use_the_plain_gradient(model: UnitNet) -> None:
     x = _images(2, seed=9)
     (g,) = unit_grids(model, x, "features.conv1", channels=[2], k=2)
     e = g.top[0]
@@ -221,7 +208,7 @@ def test_first_layer_units_use_the_plain_gradient(model: Tiny) -> None:
         assert torch.equal(e.maps[m], sal[:, top:bottom, left:right])
 
 
-def test_model_is_left_as_it_was(model: Tiny) -> None:
+def test_model_is_left_as_it_was(model: UnitNet) -> None:
     model.train()
     unit_grids(model, _images(4, seed=10), "features.relu2", top_channels=1, k=2)
     assert all(m.training for m in model.modules())
@@ -230,7 +217,7 @@ def test_model_is_left_as_it_was(model: Tiny) -> None:
 
 
 # -- files ----------------------------------------------------------------------------------------------
-def test_save_unit_grids_writes_pngs_and_a_manifest(model: Tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_save_unit_grids_writes_pngs_and_a_manifest(model: UnitNet, tmp_path) -> None:  # type: ignore[no-untyped-def]
     grids = unit_grids(model, _images(5, seed=11), "features.conv2", top_channels=2, k=4)
     paths = save_unit_grids(grids, tmp_path / "out")
     assert [p.name for p in paths] == [f"unit_features.conv2_c{g.channel}.png" for g in grids]
@@ -246,7 +233,7 @@ def test_save_unit_grids_writes_pngs_and_a_manifest(model: Tiny, tmp_path) -> No
     assert sorted(f.name for f in (tmp_path / "out").iterdir()) == sorted([p.name for p in paths] + ["units.json"])
 
 
-def test_from_paths_reads_files_lazily_and_skips_bad_ones(model: Tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_from_paths_reads_files_lazily_and_skips_bad_ones(model: UnitNet, tmp_path) -> None:  # type: ignore[no-untyped-def]
     rng = np.random.default_rng(12)
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (24, 20, 3), dtype=np.uint8)).save(tmp_path / f"im{i}.png")
@@ -267,7 +254,7 @@ def test_from_paths_reads_files_lazily_and_skips_bad_ones(model: Tiny, tmp_path)
 
 
 # -- errors ---------------------------------------------------------------------------------------------
-def test_errors_name_the_value_and_the_fix(model: Tiny) -> None:
+def test_errors_name_the_value_and_the_fix(model: UnitNet) -> None:
     x = _images(2, seed=13)
     with pytest.raises(gbp.UnknownNameError, match="features.conv2"):
         unit_grids(model, x, "features.conv", channels=[0])
@@ -287,7 +274,7 @@ def test_errors_name_the_value_and_the_fix(model: Tiny) -> None:
         unit_grids(model, x, "features.conv2", k=0)
 
 
-def test_unreadable_files_leave_no_blank_cells_the_good_images_can_fill(model: Tiny, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_unreadable_files_leave_no_blank_cells_the_good_images_can_fill(model: UnitNet, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """9 files, 3 unreadable, k = 9: the 6 good images fill all 9 cells (each image's best, then the next
     best positions), exactly as the 6 good images alone do; before, only 6 cells were filled."""
     rng = np.random.default_rng(21)
