@@ -33,6 +33,10 @@ _LAZY = {
     "receptive_field": "receptive", "ReceptiveField": "receptive", "layer_table": "receptive",
     "unit_grids": "units", "save_unit_grids": "units",
     "write_report": "report",
+    # sanity checks and faithfulness (issue 13): scipy and scikit-image load with them
+    "evaluate": "evaluate", "run_checks": "evaluate", "model_randomization": "evaluate",
+    "class_sensitivity": "evaluate", "deletion_insertion": "evaluate", "similarities": "evaluate",
+    "evaluate_folder": "evaluate", "Evaluation": "evaluate",
 }
 
 
@@ -42,7 +46,8 @@ def __getattr__(name: str) -> object:
         raise AttributeError(f"module 'guided_backprop' has no attribute {name!r}")
     import importlib
 
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    imported = importlib.import_module(f".{module}", __name__)
+    value = imported if name == module else getattr(imported, name)
     globals()[name] = value
     return value
 

@@ -1,0 +1,91 @@
+"""Class sensitivity: does the map change when another class is explained?
+
+Nie et al. 2018 (arXiv:1805.07039) showed that guided backprop and deconvnet largely reconstruct the
+image, so that their maps of different classes are nearly the same; Sixt et al. 2020 ("When
+Explanations Lie", the random-logit test) measure it as the similarity of the map of the predicted
+class with the map of a random other class. Both comparisons are made here, against a random other
+class (seeded) and against the second-ranked class, from one forward pass per batch (the three
+classes are the three targets of one :meth:`~guided_backprop.Explainer.explain` call).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution import Explainer, _logits_of, model_state, parse_methods
+from ..errors import InputError, TargetError
+from .results import ClassSensitivityResult
+from .similarity import METRICS, Reference, parse_metrics
+
+__all__ = ["class_sensitivity", "random_other_classes"]
+
+
+def random_other_classes(predicted: Sequence[int], num_classes: int, *, seed: int = 0) -> list[int]:
+    """One class per sample drawn uniformly from the classes other than its ``predicted`` one (seeded)."""
+    if num_classes < 2:
+        raise TargetError(f"class sensitivity needs a model with 2 classes or more, this one has {num_classes}")
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, num_classes - 1, size=len(predicted))
+    return [int(d + (d >= p)) for d, p in zip(draws, predicted)]  # skip the predicted class
+
+
+def class_sensitivity(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    methods: str | Sequence[str] = ("guided_backprop", "saliency", "gradcam"),
+    metrics: Sequence[str] = METRICS,
+    seed: int = 0,
+    random_classes: Sequence[int] | None = None,
+    batch_size: int = 16,
+    gradcam_layer: str | None = None,
+) -> ClassSensitivityResult:
+    """Similarity of each image's map for its predicted class with its maps for two other classes.
+
+    Args:
+        model: the network (never modified).
+        x: input batch ``(N, C, H, W)``, preprocessed.
+        methods: names from :data:`guided_backprop.METHODS`.
+        metrics: names from :data:`.similarity.METRICS`.
+        seed: seed of the random other classes.
+        random_classes: the other class of each sample, instead of random ones (e.g. to match
+            another tool's draw).
+    """
+    names = parse_methods(methods)
+    wanted = parse_metrics(metrics)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        raise InputError("x must be a non-empty (N, C, H, W) tensor")
+    with model_state(model), torch.no_grad():
+        logits = torch.cat([_logits_of(model(x[s:s + batch_size])) for s in range(0, x.shape[0], batch_size)])
+    if logits.ndim != 2 or logits.shape[1] < 2:
+        raise TargetError(f"class sensitivity needs (N, classes) logits with 2 classes or more, "
+                          f"got shape {tuple(logits.shape)}")
+    top2 = logits.topk(2, dim=1).indices.cpu()
+    predicted = [int(c) for c in top2[:, 0]]
+    second = [int(c) for c in top2[:, 1]]
+    if random_classes is None:
+        others = random_other_classes(predicted, logits.shape[1], seed=seed)
+    else:
+        others = [int(c) for c in random_classes]
+        if len(others) != x.shape[0]:
+            raise TargetError(f"got {len(others)} random_classes for {x.shape[0]} images; give one per image")
+    targets = torch.tensor([predicted, others, second], dtype=torch.long).T.to(x.device)  # (N, 3)
+
+    explainer = Explainer(model)
+    values = {kind: {m: {k: np.full(x.shape[0], np.nan) for k in wanted} for m in names}
+              for kind in ("random", "second")}
+    for s in range(0, x.shape[0], batch_size):
+        maps = explainer.explain(x[s:s + batch_size], targets[s:s + batch_size], methods=names,
+                                 gradcam_layer=gradcam_layer).maps
+        for m in names:
+            for i in range(maps[m].shape[0]):
+                ref = Reference(maps[m][i, 0], wanted)
+                for kind, col in (("random", 1), ("second", 2)):
+                    for k, v in ref.compare(maps[m][i, col]).items():
+                        values[kind][m][k][s + i] = v
+    return ClassSensitivityResult(methods=names, metrics=wanted, predicted=predicted, random_classes=others,
+                                  second_classes=second, values=values, seed=seed)

@@ -1,0 +1,294 @@
+"""Model-parameter randomisation: do the maps depend on what the network learnt?
+
+Adebayo et al. 2018 ("Sanity Checks for Saliency Maps", arXiv:1810.03292, section 3) re-initialise a
+trained network's weights from the output back to the input and compare each step's maps with the
+trained network's. A map that barely changes explains the input, not the model: guided backprop is
+the famous case (Nie et al. 2018, arXiv:1805.07039).
+
+* The steps are *blocks* in reverse forward order (found by running the model once with forward
+  hooks): ``"blocks"`` are the top-level children with parameters, descending one level into a
+  top-level ``nn.Sequential`` / ``nn.ModuleList`` of stages (containers themselves): timm's
+  EfficientNet ``blocks`` gives its 7 stages, a torchvision ResNet's ``layer1``... its residual
+  blocks, while VGG's ``features`` (a Sequential of single layers) stays one block;
+  ``"modules"`` is every module with parameters of its own (Quantus's choice, VGG's layers); or an
+  explicit list of module names.
+* *cascading*: step ``j`` has blocks ``1..j`` re-initialised; *independent*: block ``j`` alone.
+* Each module is re-initialised by its own ``reset_parameters()`` after ``torch.manual_seed(seed)``
+  inside ``torch.random.fork_rng`` (the caller's random state is untouched); BatchNorm running
+  statistics are kept, as in the paper (``keep_running_stats=False`` resets them too, as
+  ``reset_parameters()`` alone and Quantus do).
+* Work happens on a ``copy.deepcopy`` of the model: the caller's model is never modified.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..attribution import Explainer, forward_hooks, model_state, parse_methods
+from ..errors import InputError, ModelError, UnknownNameError
+from .results import RandomizationResult
+from .similarity import METRICS, Reference, parse_metrics
+
+__all__ = ["GRANULARITIES", "ORDERS", "model_randomization", "randomization_steps", "randomized_models",
+           "reinitialize"]
+
+#: Step granularities :func:`randomization_steps` accepts by name.
+GRANULARITIES: tuple[str, ...] = ("blocks", "modules")
+#: Randomisation orders.
+ORDERS: tuple[str, ...] = ("cascading", "independent")
+
+Progress = Callable[[int, int], None]
+
+
+def _has_own_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(recurse=False), None) is not None
+
+
+def _has_parameters(module: nn.Module) -> bool:
+    return next(module.parameters(), None) is not None
+
+
+def _candidates(model: nn.Module, granularity: str | Sequence[str]) -> list[tuple[str, nn.Module]]:
+    """The modules that can be steps, in definition order (the forward order is found afterwards)."""
+    if not _has_parameters(model):
+        raise ModelError(f"the model ({type(model).__name__}) has no parameters: there is nothing to randomise")
+    if isinstance(granularity, str):
+        if granularity == "modules":
+            return [(n, m) for n, m in model.named_modules() if _has_own_parameters(m)]
+        if granularity != "blocks":
+            raise UnknownNameError("granularity", granularity, GRANULARITIES,
+                                   hint="or give a list of module names")
+        out: list[tuple[str, nn.Module]] = []  # parameters of the root itself are no block: left trained
+        for name, child in model.named_children():
+            if not _has_parameters(child):
+                continue
+            inner = [(f"{name}.{n}", c) for n, c in child.named_children() if _has_parameters(c)]
+            stages = len(inner) > 1 and all(next(c.children(), None) is not None for _n, c in inner)
+            if isinstance(child, (nn.Sequential, nn.ModuleList)) and stages:
+                out.extend(inner)
+            else:
+                out.append((name, child))
+        return out
+    modules = dict(model.named_modules())
+    names = [str(g) for g in granularity]
+    if not names:
+        raise UnknownNameError("block", "", [n for n in modules if n], hint="give at least one module name")
+    picked = []
+    for name in names:
+        if name not in modules or name == "":
+            raise UnknownNameError("block", name, [n for n, m in modules.items() if n and _has_parameters(m)],
+                                   hint="block names are those of model.named_modules()")
+        if not _has_parameters(modules[name]):
+            raise ModelError(f"block {name!r} ({type(modules[name]).__name__}) has no parameters to randomise")
+        picked.append((name, modules[name]))
+    return picked
+
+
+def randomization_steps(model: nn.Module, x: torch.Tensor, granularity: str | Sequence[str] = "blocks") -> list[str]:
+    """The blocks to re-initialise, in reverse forward order (the output end first).
+
+    ``x`` is one input batch (one sample suffices); the model runs once, without gradients, with
+    forward hooks on the candidate blocks to see their order. Blocks the forward never calls
+    come last, in reverse definition order.
+    """
+    candidates = _candidates(model, granularity)
+    seen: dict[str, int] = {}
+
+    def hook_for(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: Any, _o: Any) -> None:
+            seen.setdefault(name, len(seen))
+        return hook
+
+    try:
+        with model_state(model), torch.no_grad(), forward_hooks([(m, hook_for(n)) for n, m in candidates]):
+            model(x[:1])
+    except RuntimeError as err:
+        raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
+    called = sorted((n for n, _m in candidates if n in seen), key=lambda n: seen[n])
+    never = [n for n, _m in candidates if n not in seen]
+    return [*reversed(called), *reversed(never)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int, module: nn.Module) -> Iterator[None]:
+    devices = sorted({p.device.index or 0 for p in module.parameters() if p.device.type == "cuda"})
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def reinitialize(block: nn.Module, *, seed: int = 0, keep_running_stats: bool = True, recurse: bool = True) -> None:
+    """Re-initialise, in place, every module of ``block`` that has parameters of its own (``recurse=False``:
+    ``block`` alone).
+
+    Each one's ``reset_parameters()`` runs after ``torch.manual_seed(seed)`` (the caller's random
+    state is restored afterwards). Buffers (BatchNorm running statistics) are kept unless
+    ``keep_running_stats`` is False.
+    """
+    for name, module in block.named_modules() if recurse else [("", block)]:
+        if not _has_own_parameters(module):
+            continue
+        reset = getattr(module, "reset_parameters", None)
+        if not callable(reset):
+            raise ModelError(
+                f"module {name or type(block).__name__!r} ({type(module).__name__}) has parameters but no "
+                f"reset_parameters(), so it cannot be re-initialised; name other blocks explicitly"
+            )
+        saved = {k: b.detach().clone() for k, b in module.named_buffers(recurse=False)} if keep_running_stats else {}
+        with _seeded(seed, module), torch.no_grad():
+            reset()
+            for k, b in saved.items():
+                getattr(module, k).copy_(b)
+
+
+def randomized_models(
+    model: nn.Module,
+    steps: Sequence[str],
+    *,
+    order: Literal["cascading", "independent"] = "cascading",
+    seed: int = 0,
+    keep_running_stats: bool = True,
+    recurse: bool = True,
+) -> Iterator[tuple[str, nn.Module]]:
+    """Yield ``(block, model)`` after each step's re-initialisation, on one private copy of ``model``.
+
+    The yielded model is the same object each time, changed in place between steps: use it before
+    asking for the next. ``recurse=False`` re-initialises each named module's own parameters only
+    (the ``"modules"`` granularity). Independent order restores the previous block (from a saved copy of its
+    state) before re-initialising the next.
+    """
+    if order not in ORDERS:
+        raise UnknownNameError("randomisation order", str(order), ORDERS)
+    work = copy.deepcopy(model)
+    modules = dict(work.named_modules())
+    missing = [s for s in steps if s not in modules]
+    if missing:
+        raise UnknownNameError("block", missing[0], [n for n in modules if n])
+    previous: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
+    for name in steps:
+        block = modules[name]
+        if order == "independent":
+            if previous is not None:
+                previous[0].load_state_dict(previous[1])
+            previous = (block, {k: v.detach().clone() for k, v in block.state_dict().items()})
+        reinitialize(block, seed=seed, keep_running_stats=keep_running_stats, recurse=recurse)
+        yield name, work
+
+
+def _explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, methods: tuple[str, ...],
+                 batch_size: int, gradcam_layer: str | None) -> dict[str, torch.Tensor]:
+    """Maps ``(N, C, H, W)`` of every method for one class per sample; one forward per batch."""
+    parts: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
+    for s in range(0, x.shape[0], batch_size):
+        e = explainer.explain(x[s:s + batch_size], classes[s:s + batch_size], methods=methods,
+                              gradcam_layer=gradcam_layer)
+        for m in methods:
+            parts[m].append(e.maps[m][:, 0])
+    return {m: torch.cat(v).cpu() for m, v in parts.items()}
+
+
+def predicted_classes(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """The model's top-1 class of every sample, ``(N,)`` int64 (eval mode, no gradients)."""
+    from ..attribution import _logits_of
+
+    out = []
+    with model_state(model), torch.no_grad():
+        for s in range(0, x.shape[0], batch_size):
+            out.append(_logits_of(model(x[s:s + batch_size])).argmax(dim=1))
+    return torch.cat(out)
+
+
+def model_randomization(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    methods: str | Sequence[str] = ("guided_backprop", "saliency", "gradcam"),
+    order: Literal["cascading", "independent"] = "cascading",
+    granularity: str | Sequence[str] = "blocks",
+    metrics: Sequence[str] = METRICS,
+    seed: int = 0,
+    classes: torch.Tensor | Sequence[int] | None = None,
+    keep_running_stats: bool = True,
+    batch_size: int = 16,
+    gradcam_layer: str | None = None,
+    maps_image: int | None = 0,
+    progress: Progress | None = None,
+) -> RandomizationResult:
+    """The model-parameter randomisation test (Adebayo et al. 2018, arXiv:1810.03292).
+
+    Args:
+        model: the trained network (never modified).
+        x: the input batch ``(N, C, H, W)``, preprocessed as the model expects.
+        methods: names from :data:`guided_backprop.METHODS`; the methods of one step share a forward pass.
+        order: ``"cascading"`` (blocks re-initialised cumulatively, output first) or ``"independent"``.
+        granularity: ``"blocks"``, ``"modules"`` or a list of module names (see the module docstring).
+        metrics: names from :data:`.similarity.METRICS`.
+        seed: seed of every re-initialisation.
+        classes: the class explained for each sample (default: the trained model's prediction,
+            kept for every step).
+        maps_image: keep the maps of this image at every step (for figure 2); ``None``: keep none.
+        progress: called with ``(steps done, steps)`` after each step.
+
+    Returns:
+        :class:`.results.RandomizationResult`; step 0 compares the trained model's maps with
+        themselves (1 where defined).
+    """
+    names = parse_methods(methods)
+    wanted = parse_metrics(metrics)
+    if order not in ORDERS:
+        raise UnknownNameError("randomisation order", str(order), ORDERS)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
+        raise InputError("x must be a non-empty (N, C, H, W) tensor")
+    if maps_image is not None and not 0 <= maps_image < x.shape[0]:
+        raise InputError(f"maps_image={maps_image} is out of range for {x.shape[0]} images")
+    steps = randomization_steps(model, x, granularity)
+    if classes is None:
+        target = predicted_classes(model, x, batch_size=batch_size)
+    else:
+        target = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
+    target = target.to(x.device)
+    cam_layer = gradcam_layer
+
+    def maps_of(net: nn.Module) -> dict[str, torch.Tensor]:
+        return _explain_all(Explainer(net), x, target, names, batch_size, cam_layer)
+
+    original = maps_of(model)
+    refs = {m: [Reference(original[m][i], wanted) for i in range(x.shape[0])] for m in names}
+    values = {m: {k: np.full((x.shape[0], len(steps) + 1), np.nan) for k in wanted} for m in names}
+    kept: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+
+    def record(j: int, maps: dict[str, torch.Tensor]) -> None:
+        for m in names:
+            for i, ref in enumerate(refs[m]):
+                for k, v in ref.compare(maps[m][i]).items():
+                    values[m][k][i, j] = v
+            if maps_image is not None:
+                kept[m].append(maps[m][maps_image])
+
+    record(0, original)
+    total = len(steps)
+    for j, (_name, net) in enumerate(randomized_models(model, steps, order=order, seed=seed,
+                                                       keep_running_stats=keep_running_stats,
+                                                       recurse=granularity != "modules"), start=1):
+        record(j, maps_of(net))
+        if progress is not None:
+            progress(j, total)
+    return RandomizationResult(
+        order=order,
+        granularity=granularity if isinstance(granularity, str) else "named",
+        steps=["original", *steps],
+        methods=names,
+        metrics=wanted,
+        values=values,
+        classes=[int(c) for c in target.tolist()],
+        maps={m: torch.stack(v) for m, v in kept.items()} if maps_image is not None else {},
+        maps_image=maps_image or 0,
+        seed=seed,
+    )
