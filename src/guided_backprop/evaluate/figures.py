@@ -1,0 +1,163 @@
+"""The pictures of an evaluation, drawn with matplotlib (Agg backend) and returned as PNG bytes.
+
+* :func:`randomization_figure` -- Adebayo et al.'s figure 2: rows are methods, columns the input,
+  the trained model's map, then the map after each randomisation step (at most ``max_columns``
+  steps, evenly spread, the last one always shown); each map is shown as ``|map|`` summed over
+  channels, clipped at its 99th percentile, grayscale.
+* :func:`similarity_figure` -- one panel per metric, one line per method (the mean over images),
+  the band the mean +- one standard deviation over images.
+* :func:`faithfulness_figure` -- deletion and insertion curves, one line per method and the random
+  order dashed, the area under each curve in the legend.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from .results import CurveResult, RandomizationResult, summarize
+
+__all__ = ["faithfulness_figure", "randomization_figure", "similarity_figure"]
+
+_TITLES = {"guided_backprop": "Guided backprop", "deconvnet": "Deconvnet", "saliency": "Saliency (gradient)",
+           "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "random": "random order"}
+_METRIC_TITLES = {"spearman_abs": "Spearman rank correlation of |map|", "spearman": "Spearman rank correlation (signed)",
+                  "ssim": "SSIM", "hog": "Spearman rank correlation of HOG"}
+
+
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return buf.getvalue()
+
+
+def _title(method: str) -> str:
+    return _TITLES.get(method, method)
+
+
+def _shown_steps(n_steps: int, max_columns: int) -> list[int]:
+    """Indices of the randomisation steps to draw (1..n_steps-1), evenly spread, the last one included."""
+    steps = list(range(1, n_steps))
+    if len(steps) <= max_columns:
+        return steps
+    picks = np.unique(np.round(np.linspace(1, n_steps - 1, max_columns)).astype(int))
+    return [int(p) for p in picks]
+
+
+def _magnitude(m: Any) -> np.ndarray:
+    a = np.abs(np.asarray(m.detach().cpu().double().numpy() if hasattr(m, "detach") else m, dtype=np.float64))
+    plane = a.sum(axis=0) if a.ndim == 3 else a
+    top = float(np.percentile(plane, 99)) or float(plane.max()) or 1.0
+    return np.clip(plane / top, 0, 1)
+
+
+def _short(name: str, limit: int = 16) -> str:
+    return name if len(name) <= limit else "…" + name[-(limit - 1):]
+
+
+def randomization_figure(result: RandomizationResult, image: np.ndarray | None = None, *,
+                         max_columns: int = 10) -> bytes:
+    """Figure 2 of Adebayo et al. for image ``result.maps_image``: PNG bytes. ``image``: its (H, W, 3) picture."""
+    plt = _pyplot()
+    methods = [m for m in result.methods if m in result.maps]
+    shown = _shown_steps(len(result.steps), max_columns)
+    columns = ([("input", None)] if image is not None else []) + [("original", 0)] + \
+        [(result.steps[j], j) for j in shown]
+    size = 1.35
+    fig, axes = plt.subplots(len(methods), len(columns), figsize=(size * len(columns) + 1.2, size * len(methods) + 1),
+                             squeeze=False)
+    for r, m in enumerate(methods):
+        for c, (label, j) in enumerate(columns):
+            ax = axes[r][c]
+            if j is None:
+                ax.imshow(image)
+            else:
+                ax.imshow(_magnitude(result.maps[m][j]), cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(_short(label), fontsize=8, rotation=35, ha="left", va="bottom", loc="left")
+            if c == 0:
+                ax.set_ylabel(_title(m), fontsize=9)
+    order = "cascading randomisation (output first) ->" if result.order == "cascading" else \
+        "independent randomisation, one block at a time ->"
+    fig.suptitle(f"{order}   ({len(result.steps) - 1} steps, {result.granularity}; |map| per step)", fontsize=10)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _tick_positions(n: int, most: int = 14) -> list[int]:
+    if n <= most:
+        return list(range(n))
+    return sorted(set(np.round(np.linspace(0, n - 1, most)).astype(int).tolist()))
+
+
+def similarity_figure(result: RandomizationResult, metrics: Sequence[str] | None = None) -> bytes:
+    """Similarity to the trained model's maps along the steps: PNG bytes."""
+    plt = _pyplot()
+    shown = [k for k in (metrics or result.metrics) if k in result.metrics]
+    cols = min(2, len(shown))
+    rows = (len(shown) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.8 * rows), squeeze=False)
+    steps = np.arange(len(result.steps))
+    ticks = _tick_positions(len(result.steps))
+    for idx, metric in enumerate(shown):
+        ax = axes[idx // cols][idx % cols]
+        for m in result.methods:
+            stats = [summarize(result.values[m][metric][:, j]) for j in steps]
+            mean = np.array([s.mean for s in stats])
+            std = np.array([s.std for s in stats])
+            (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=_title(m))
+            ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+        ax.axhline(0, color="0.6", linewidth=0.8)
+        ax.set_ylim(-0.5 if metric != "ssim" else -0.1, 1.05)
+        ax.set_title(_METRIC_TITLES.get(metric, metric), fontsize=10)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_short(result.steps[t], 14) for t in ticks], rotation=60, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+        if idx == 0:
+            ax.legend(fontsize=8, loc="lower left")
+    for idx in range(len(shown), rows * cols):
+        axes[idx // cols][idx % cols].axis("off")
+    n = result.values[result.methods[0]][shown[0]].shape[0]
+    fig.suptitle(f"Similarity to the trained model's map, {result.order} randomisation "
+                 f"(mean over {n} image{'s' if n != 1 else ''}, band: +-1 std)", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:
+    """Deletion and/or insertion curves (mean over images): PNG bytes."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(curves), figsize=(5.6 * len(curves), 4.0), squeeze=False)
+    for ax, res in zip(axes[0], curves):
+        aucs = res.auc
+        for m, c in res.curves.items():
+            ax.plot(res.fractions, c.mean(axis=0), label=f"{_title(m)} (AUC {np.mean(aucs[m]):.3f})")
+        ax.plot(res.fractions, res.random.mean(axis=0), "k--", label=f"random order (AUC {np.mean(res.random_auc):.3f})")
+        verb = "removed" if res.mode == "deletion" else "inserted"
+        better = "lower is better" if res.mode == "deletion" else "higher is better"
+        ax.set_title(f"{res.mode.capitalize()} ({better})", fontsize=10)
+        ax.set_xlabel(f"fraction of pixels {verb}, most important first")
+        ax.set_ylabel("probability of the predicted class")
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, None)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    n = curves[0].random.shape[0]
+    fig.suptitle(f"Petsiuk et al. 2018 protocol, mean over {n} image{'s' if n != 1 else ''}", fontsize=11)
+    fig.tight_layout()
+    return _png(fig)
