@@ -40,3 +40,13 @@ def test_floor_benchmark_rejects_an_unknown_variant() -> None:
     bench = _load("bench_floor")
     with pytest.raises(SystemExit):
         bench.parse_args(["--variants", "eager,fp8"])
+
+
+def test_evaluate_benchmark_quick_agrees_with_quantus_when_installed(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_evaluate")
+    have_quantus = importlib.util.find_spec("quantus") is not None
+    assert bench.main(["--quick"] + ([] if have_quantus else ["--no-quantus"])) == 0
+    out = capsys.readouterr().out
+    assert "ours: MPRT" in out
+    if have_quantus:  # same maps, steps and re-initialisation: the numbers agree to rounding
+        assert "equals ours" in out and "within the tolerance" in out

@@ -1,0 +1,116 @@
+"""``guided-backprop evaluate`` end to end on a tiny factory model: the output folder contract."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from guided_backprop.cli import main
+from tests.fixtures.cli_images import write_plain
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = ["--model", f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny", "--input-size", "32"]
+METRICS = {"spearman_abs", "spearman", "ssim", "hog"}
+
+
+def invoke(*args: str) -> object:
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def _stat(value: object) -> None:
+    assert isinstance(value, dict) and {"mean", "std"} <= set(value)
+    assert all(v is None or isinstance(v, float) for v in (value["mean"], value["std"]))
+
+
+@pytest.mark.slow
+def test_evaluate_writes_the_contract_csv_and_pictures(tmp_path: Path) -> None:
+    inputs = tmp_path / "in"
+    write_plain(inputs, 3)
+    (inputs / "broken.png").write_text("not a picture")
+    out = tmp_path / "out"
+    methods = "guided_backprop,saliency,gradcam,deconvnet,guided_gradcam"
+    result = invoke("evaluate", inputs, "-o", out, *TINY, "--methods", methods, "--steps", "6", "--seed", "3")
+    assert result.exit_code == 1, result.output  # one unreadable image: reported, skipped
+    assert "broken.png" in result.output and "3 images evaluated (1 skipped)" in result.output
+
+    doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert isinstance(doc["model"], str) and doc["images"] == 3 and doc["seed"] == 3
+    rnd = doc["randomization"]
+    assert rnd["order"] == "cascading" and rnd["steps"] == ["original", "4", "0"]
+    assert set(rnd["methods"]) == set(methods.split(","))
+    for per in rnd["methods"].values():
+        assert set(per) == METRICS
+        for stats in per.values():
+            assert len(stats["mean"]) == len(stats["std"]) == 3
+            assert stats["mean"][0] == pytest.approx(1.0)
+    for per in doc["class_sensitivity"]["methods"].values():
+        assert set(per) == METRICS
+        for stats in per.values():
+            _stat(stats)
+    for check in ("deletion", "insertion"):
+        assert set(doc[check]["methods"]) == set(methods.split(","))
+        for per in doc[check]["methods"].values():
+            _stat(per["auc"])
+            assert 0 <= per["auc"]["mean"] <= 1
+        _stat(doc[check]["random"]["auc"])
+    assert list(doc["failed"]) == [str(inputs / "broken.png")]
+
+    with (out / "evaluation.csv").open(encoding="utf-8") as f:
+        rows = list(csv.DictReader(f))
+    assert set(rows[0]) == {"image", "check", "method", "step", "metric", "value"}
+    # randomisation: 3 images x 5 methods x 3 steps x 4 metrics
+    assert sum(r["check"] == "randomization_cascading" for r in rows) == 3 * 5 * 3 * 4
+    assert {r["check"] for r in rows} == {"randomization_cascading", "class_sensitivity", "deletion", "insertion"}
+
+    for name in doc["figures"].values():
+        with Image.open(out / name) as im:
+            im.load()
+            assert im.width > 200 and im.height > 100
+    assert set(doc["figures"]) == {"randomization", "similarity", "faithfulness"}
+
+
+def test_evaluate_one_image_independent_named_blocks(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    result = invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency",
+                    "--checks", "randomisation,class", "--randomization", "independent", "--blocks", "0", "-q")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert doc["images"] == 1 and "deletion" not in doc
+    assert doc["randomization"]["steps"] == ["original", "0"]
+    assert doc["class_sensitivity"]["methods"]["saliency"]["spearman_abs"]["std"] == 0.0  # one image: no spread
+    assert (out / "evaluation_randomization.png").is_file() and not (out / "evaluation_faithfulness.png").exists()
+
+
+@pytest.mark.parametrize(("extra", "words"), [
+    (["--blocks", "4,9"], ["unknown block '9'"]),
+    (["--checks", "deletion,clas"], ["unknown check 'clas'", "'class'"]),
+    (["--methods", "gbpp"], ["unknown method"]),
+])
+def test_evaluate_usage_errors_are_one_line_exit_2(tmp_path: Path, extra: list[str], words: list[str]) -> None:
+    write_plain(tmp_path / "in", 1)
+    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *TINY, *extra)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.output
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (tmp_path / "out" / "evaluation.json").exists()
+
+
+def test_evaluate_model_without_parameters_and_no_readable_image(tmp_path: Path) -> None:
+    factory = tmp_path / "nets.py"
+    factory.write_text("import torch.nn as nn\n\ndef bare():\n    return nn.Sequential(nn.AdaptiveAvgPool2d(1), "
+                       "nn.Flatten())\n")
+    write_plain(tmp_path / "in", 1)
+    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", "--model", f"{factory}:bare",
+                    "--input-size", "32", "--methods", "saliency", "--checks", "randomization")
+    assert result.exit_code == 2 and "no parameters" in result.output
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "x.png").write_text("nope")
+    result = invoke("evaluate", tmp_path / "bad", "-o", tmp_path / "out", *TINY)
+    assert result.exit_code == 2 and "no readable image" in result.output
