@@ -114,3 +114,17 @@ def test_evaluate_model_without_parameters_and_no_readable_image(tmp_path: Path)
     (tmp_path / "bad" / "x.png").write_text("nope")
     result = invoke("evaluate", tmp_path / "bad", "-o", tmp_path / "out", *TINY)
     assert result.exit_code == 2 and "no readable image" in result.output
+
+
+def test_report_shows_an_evaluation_section_when_the_folder_has_one(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 2)
+    out = tmp_path / "out"
+    assert invoke(tmp_path / "in", "-o", out, *TINY, "-q").exit_code == 0
+    assert invoke("report", out).exit_code == 0
+    assert 'id="evaluation"' not in (out / "index.html").read_text(encoding="utf-8")
+    assert invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency", "--checks",
+                  "class,deletion", "--steps", "4", "-q").exit_code == 0
+    assert invoke("report", out).exit_code == 0
+    page = (out / "index.html").read_text(encoding="utf-8")
+    assert 'id="evaluation"' in page and "deletion AUC" in page and 'src="evaluation_faithfulness.png"' in page
+    assert "http://" not in page.split('id="evaluation"')[1].split("</section>")[0]

@@ -154,6 +154,7 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         n_maps=sum(1 for c in described if c["rank"] is not None),
         version=__version__,
         sections=SECTIONS,
+        evaluation=_evaluation(folder),
     )
     out = folder / REPORT_NAME
     write_bytes(out, page.encode("utf-8", errors="replace"))
@@ -161,6 +162,49 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
 
 
 # ----------------------------------------------------------------------------------------------- reading
+
+
+def _evaluation(folder: Path) -> dict[str, Any] | None:
+    """The "Evaluation" section from ``evaluation.json`` (``guided-backprop evaluate``), or None without one."""
+    path = folder / "evaluation.json"
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {"summary": "evaluation.json could not be read", "heads": [], "rows": [], "figures": []}
+
+    def num(stat: Any) -> str:
+        mean = stat.get("mean") if isinstance(stat, dict) else None
+        if isinstance(mean, list):
+            mean = mean[-1] if mean else None
+        return "–" if not isinstance(mean, (int, float)) else f"{mean:.3f}"
+
+    heads: list[str] = []
+    cells: dict[str, list[str]] = {}
+    rnd, cls = doc.get("randomization") or {}, doc.get("class_sensitivity") or {}
+    checks = [("randomization", "Spearman |map| after the last randomisation step",
+               lambda m: num(rnd.get("methods", {}).get(m, {}).get("spearman_abs"))),
+              ("class_sensitivity", "Spearman |map|, predicted vs random class",
+               lambda m: num(cls.get("methods", {}).get(m, {}).get("spearman_abs")))]
+    for mode in ("deletion", "insertion"):
+        block = doc.get(mode) or {}
+        checks.append((mode, f"{mode} AUC (random order: {num((block.get('random') or {}).get('auc'))})",
+                       lambda m, b=block: num(b.get("methods", {}).get(m, {}).get("auc"))))
+    methods: list[str] = []
+    for key in ("randomization", "class_sensitivity", "deletion", "insertion"):
+        for m in (doc.get(key) or {}).get("methods", {}):
+            if m not in methods:
+                methods.append(m)
+    for key, head, cell in checks:
+        if doc.get(key):
+            heads.append(head)
+            for m in methods:
+                cells.setdefault(m, []).append(cell(m))
+    figures = [{"src": str(name), "alt": f"evaluation: {key}"} for key, name in (doc.get("figures") or {}).items()
+               if isinstance(name, str) and (folder / name).is_file()]
+    return {"summary": f"{doc.get('images', '?')} images, model {doc.get('model', '?')}, seed {doc.get('seed', '?')}",
+            "heads": heads, "rows": [{"method": m, "cells": cells.get(m, [])} for m in methods], "figures": figures}
 
 
 def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:
