@@ -24,7 +24,8 @@ __all__ = ["faithfulness_figure", "randomization_figure", "similarity_figure"]
 
 _TITLES = {"guided_backprop": "Guided backprop", "deconvnet": "Deconvnet", "saliency": "Saliency (gradient)",
            "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "random": "random order"}
-_METRIC_TITLES = {"spearman_abs": "Spearman rank correlation of |map|", "spearman": "Spearman rank correlation (signed)",
+_METRIC_TITLES = {"spearman_abs": "Spearman rank correlation of |map|",
+                  "spearman": "Spearman rank correlation (signed)",
                   "ssim": "SSIM", "hog": "Spearman rank correlation of HOG"}
 
 
@@ -147,7 +148,8 @@ def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:
         aucs = res.auc
         for m, c in res.curves.items():
             ax.plot(res.fractions, c.mean(axis=0), label=f"{_title(m)} (AUC {np.mean(aucs[m]):.3f})")
-        ax.plot(res.fractions, res.random.mean(axis=0), "k--", label=f"random order (AUC {np.mean(res.random_auc):.3f})")
+        ax.plot(res.fractions, res.random.mean(axis=0), "k--",
+                label=f"random order (AUC {np.mean(res.random_auc):.3f})")
         verb = "removed" if res.mode == "deletion" else "inserted"
         better = "lower is better" if res.mode == "deletion" else "higher is better"
         ax.set_title(f"{res.mode.capitalize()} ({better})", fontsize=10)

@@ -83,7 +83,7 @@ def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[
     from ..images import find_images, load_image
 
     names, tensors, skipped = [], [], {}
-    for path in find_images(list(inputs)):
+    for path in find_images([Path(p) for p in inputs]):
         try:
             tensors.append(preprocess(load_image(path)))
         except (ImageError, InputError) as err:
