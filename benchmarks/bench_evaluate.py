@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 import time
 from typing import Any
@@ -39,6 +40,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-quantus", action="store_true", help="time ours only")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     return p.parse_args(argv)
+
+
+def _load() -> str:
+    return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
 
 def _tiny() -> nn.Module:
@@ -129,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     classes = model(x).argmax(1).detach()
     steps = randomization_steps(model, x, "modules")
     print(f"# bench_evaluate: {what}; {len(steps)} steps (modules, top-down cascading); methods {', '.join(methods)}; "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+          f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load average "
+          f"{_load()} at the start")
     ours = run_ours(model, x, methods, classes)
     have_quantus = importlib.util.find_spec("quantus") is not None and not args.no_quantus
     print(f"ours: MPRT {ours['t_mprt']:.2f} s for the {len(methods)} methods together "
@@ -164,6 +170,7 @@ def main(argv: list[str] | None = None) -> int:
           f"target <= 0.1)")
     print("mean Spearman |map| after the first step / after the last: " +
           ", ".join(f"{m} {first[m]:.3f} / {last[m]:.3f}" for m in methods))
+    print(f"load average at the end: {_load()} (a run whose load exceeds the core count is not worth publishing)")
     ok = worst <= TOLERANCE
     print(f"agreement: worst |ours - Quantus| = {worst:.2e} ({'within' if ok else 'OUTSIDE'} the tolerance "
           f"{TOLERANCE:g})")
