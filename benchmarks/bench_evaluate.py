@@ -84,7 +84,8 @@ def run_ours(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], classe
     t0 = time.perf_counter()
     res = model_randomization(model, x, methods=methods, order="cascading", granularity="modules",
                               metrics=["spearman_abs"], seed=QUANTUS_SEED + 1, classes=classes,
-                              keep_running_stats=False, batch_size=x.shape[0], maps_image=None)
+                              keep_running_stats=False, reseed_each_module=True, batch_size=x.shape[0],
+                              maps_image=None)
     t_mprt = time.perf_counter() - t0
     num_classes = int(model(x[:1]).shape[1])
     draw = np.random.RandomState(QUANTUS_SEED).randint(0, num_classes - 1, x.shape[0])

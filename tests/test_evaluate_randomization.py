@@ -65,13 +65,14 @@ def test_steps_are_blocks_in_reverse_forward_order() -> None:
     assert randomization_steps(net, _x(), ["stem", "head"]) == ["head", "stem"]
 
 
+@pytest.mark.parametrize("granularity", ["blocks", "modules"])
 @pytest.mark.parametrize("order", ["cascading", "independent"])
-def test_each_step_touches_exactly_its_blocks_and_keeps_running_stats(order: str) -> None:
+def test_each_step_touches_exactly_its_blocks_and_keeps_running_stats(order: str, granularity: str) -> None:
     net = _net()
-    steps = randomization_steps(net, _x(), "blocks")
+    steps = randomization_steps(net, _x(), granularity)
     before = _snapshot(net)
     done: list[str] = []
-    for name, work in randomized_models(net, steps, order=order, seed=3):
+    for name, work in randomized_models(net, steps, order=order, seed=3, recurse=granularity == "blocks"):
         assert work is not net
         done.append(name)
         expected_blocks = done if order == "cascading" else [name]
@@ -98,7 +99,6 @@ def test_model_randomization_leaves_the_model_bit_identical_and_step0_is_one() -
     net.stem[1].train()  # a module in train mode: its flag must come back too
     before = _snapshot(net)
     flags = [m.training for m in net.modules()]
-    # (not seed 0: the net was built under manual_seed(0), so its first module would be re-drawn as it is)
     res = model_randomization(net, _x(3), methods=["guided_backprop", "saliency", "gradcam"], seed=11,
                               metrics=["spearman_abs", "ssim"])
     assert _changed(before, net) == set()
@@ -165,3 +165,15 @@ def test_class_sensitivity_on_one_image_and_the_random_class_is_another() -> Non
     assert js["methods"]["saliency"]["spearman_abs"]["n"] == 1
     draws = random_other_classes([0, 1, 2, 3] * 50, 4, seed=0)
     assert all(d != p for d, p in zip(draws, [0, 1, 2, 3] * 50)) and set(draws) == {0, 1, 2, 3}
+
+
+def test_a_net_built_under_the_same_seed_still_changes_at_every_step() -> None:
+    """Step j is drawn from seed + j: a net built right after manual_seed(0) is not redrawn as it was."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 10)).eval()
+    res = model_randomization(net, _x(), methods=["saliency"], metrics=["spearman_abs"], seed=0, order="independent")
+    assert res.steps == ["original", "4", "0"]
+    assert (res.values["saliency"]["spearman_abs"][:, 1:] < 0.99).all()
+    # Quantus's scheme reseeds every module with the seed: the conv built first comes back unchanged
+    same = next(randomized_models(net, ["0"], seed=0, reseed_each_module=True))[1]
+    assert torch.equal(same[0].weight, net[0].weight)

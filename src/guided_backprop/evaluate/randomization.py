@@ -13,8 +13,12 @@ the famous case (Nie et al. 2018, arXiv:1805.07039).
   ``"modules"`` is every module with parameters of its own (Quantus's choice, VGG's layers); or an
   explicit list of module names.
 * *cascading*: step ``j`` has blocks ``1..j`` re-initialised; *independent*: block ``j`` alone.
-* Each module is re-initialised by its own ``reset_parameters()`` after ``torch.manual_seed(seed)``
-  inside ``torch.random.fork_rng`` (the caller's random state is untouched); BatchNorm running
+* Each module is re-initialised by its own ``reset_parameters()``; step ``j`` (1, 2, ...) draws its
+  modules, in order, after ``torch.manual_seed(seed + j)``, inside ``torch.random.fork_rng`` (the
+  caller's random state is untouched), so a block gets the same weights in both orders.
+  ``reseed_each_module=True`` re-seeds every module with ``seed`` instead, as Quantus's MPRT does (it
+  uses its seed + 1): same-shaped modules then get the same weights, and a network built right after
+  ``torch.manual_seed(seed)`` gets its first module redrawn as it was. BatchNorm running
   statistics are kept, as in the paper (``keep_running_stats=False`` resets them too, as
   ``reset_parameters()`` alone and Quantus do).
 * Work happens on a ``copy.deepcopy`` of the model: the caller's model is never modified.
@@ -124,25 +128,31 @@ def _seeded(seed: int, module: nn.Module) -> Iterator[None]:
         yield
 
 
-def reinitialize(block: nn.Module, *, seed: int = 0, keep_running_stats: bool = True, recurse: bool = True) -> None:
+def reinitialize(block: nn.Module, *, seed: int = 0, keep_running_stats: bool = True, recurse: bool = True,
+                 reseed_each_module: bool = False) -> None:
     """Re-initialise, in place, every module of ``block`` that has parameters of its own (``recurse=False``:
     ``block`` alone).
 
-    Each one's ``reset_parameters()`` runs after ``torch.manual_seed(seed)`` (the caller's random
-    state is restored afterwards). Buffers (BatchNorm running statistics) are kept unless
-    ``keep_running_stats`` is False.
+    Their ``reset_parameters()`` run in order after ``torch.manual_seed(seed)`` (``reseed_each_module``:
+    each one after its own ``torch.manual_seed(seed)``); the caller's random state is restored
+    afterwards. Buffers (BatchNorm running statistics) are kept unless ``keep_running_stats`` is False.
     """
-    for name, module in block.named_modules() if recurse else [("", block)]:
-        if not _has_own_parameters(module):
-            continue
+    modules = [(n, m) for n, m in (block.named_modules() if recurse else [("", block)]) if _has_own_parameters(m)]
+    resets = []
+    for name, module in modules:
         reset = getattr(module, "reset_parameters", None)
         if not callable(reset):
             raise ModelError(
                 f"module {name or type(block).__name__!r} ({type(module).__name__}) has parameters but no "
                 f"reset_parameters(), so it cannot be re-initialised; name other blocks explicitly"
             )
-        saved = {k: b.detach().clone() for k, b in module.named_buffers(recurse=False)} if keep_running_stats else {}
-        with _seeded(seed, module), torch.no_grad():
+        resets.append((module, reset))
+    with _seeded(seed, block), torch.no_grad():
+        for module, reset in resets:
+            saved = {k: b.detach().clone() for k, b in module.named_buffers(recurse=False)} if keep_running_stats \
+                else {}
+            if reseed_each_module:
+                torch.manual_seed(seed)
             reset()
             for k, b in saved.items():
                 getattr(module, k).copy_(b)
@@ -156,12 +166,14 @@ def randomized_models(
     seed: int = 0,
     keep_running_stats: bool = True,
     recurse: bool = True,
+    reseed_each_module: bool = False,
 ) -> Iterator[tuple[str, nn.Module]]:
     """Yield ``(block, model)`` after each step's re-initialisation, on one private copy of ``model``.
 
     The yielded model is the same object each time, changed in place between steps: use it before
     asking for the next. ``recurse=False`` re-initialises each named module's own parameters only
-    (the ``"modules"`` granularity). Independent order restores the previous block (from a saved copy of its
+    (the ``"modules"`` granularity). Step ``j`` (from 1) is seeded with ``seed + j`` (every module with
+    ``seed`` when ``reseed_each_module``). Independent order restores the previous block (from a saved copy of its
     state) before re-initialising the next.
     """
     if order not in ORDERS:
@@ -172,13 +184,14 @@ def randomized_models(
     if missing:
         raise UnknownNameError("block", missing[0], [n for n in modules if n])
     previous: tuple[nn.Module, dict[str, torch.Tensor]] | None = None
-    for name in steps:
+    for j, name in enumerate(steps, start=1):
         block = modules[name]
         if order == "independent":
             if previous is not None:
                 previous[0].load_state_dict(previous[1])
             previous = (block, {k: v.detach().clone() for k, v in block.state_dict().items()})
-        reinitialize(block, seed=seed, keep_running_stats=keep_running_stats, recurse=recurse)
+        reinitialize(block, seed=seed if reseed_each_module else seed + j, keep_running_stats=keep_running_stats,
+                     recurse=recurse, reseed_each_module=reseed_each_module)
         yield name, work
 
 
@@ -216,6 +229,7 @@ def model_randomization(
     seed: int = 0,
     classes: torch.Tensor | Sequence[int] | None = None,
     keep_running_stats: bool = True,
+    reseed_each_module: bool = False,
     batch_size: int = 16,
     gradcam_layer: str | None = None,
     maps_image: int | None = 0,
@@ -230,7 +244,9 @@ def model_randomization(
         order: ``"cascading"`` (blocks re-initialised cumulatively, output first) or ``"independent"``.
         granularity: ``"blocks"``, ``"modules"`` or a list of module names (see the module docstring).
         metrics: names from :data:`.similarity.METRICS`.
-        seed: seed of every re-initialisation.
+        seed: step ``j`` is drawn after ``torch.manual_seed(seed + j)`` (see the module docstring).
+        keep_running_stats: keep BatchNorm running statistics (the paper); False resets them (Quantus).
+        reseed_each_module: every module drawn after ``torch.manual_seed(seed)`` (Quantus's scheme).
         classes: the class explained for each sample (default: the trained model's prediction,
             kept for every step).
         maps_image: keep the maps of this image at every step (for figure 2); ``None``: keep none.
@@ -276,7 +292,8 @@ def model_randomization(
     total = len(steps)
     for j, (_name, net) in enumerate(randomized_models(model, steps, order=order, seed=seed,
                                                        keep_running_stats=keep_running_stats,
-                                                       recurse=granularity != "modules"), start=1):
+                                                       recurse=granularity != "modules",
+                                                       reseed_each_module=reseed_each_module), start=1):
         record(j, maps_of(net))
         if progress is not None:
             progress(j, total)
