@@ -20,6 +20,7 @@ from .faithfulness import blurred, deletion_insertion, pixel_order
 from .randomization import (
     GRANULARITIES,
     ORDERS,
+    model_logits,
     model_randomization,
     predicted_classes,
     randomization_steps,
@@ -32,7 +33,8 @@ from .similarity import METRICS, hog, similarities, spearman, spearman_abs, ssim
 __all__ = [
     "CHECKS", "GRANULARITIES", "METRICS", "ORDERS",
     "ClassSensitivityResult", "CurveResult", "Evaluation", "RandomizationResult", "Summary",
-    "blurred", "class_sensitivity", "deletion_insertion", "evaluate_folder", "hog", "model_randomization",
+    "blurred", "class_sensitivity", "deletion_insertion", "evaluate_folder", "hog", "model_logits",
+    "model_randomization",
     "parse_checks", "pixel_order", "predicted_classes", "random_other_classes", "randomization_steps",
     "randomized_models", "reinitialize", "run_checks", "similarities", "spearman", "spearman_abs", "ssim",
     "summarize",

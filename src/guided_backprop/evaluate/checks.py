@@ -12,7 +12,7 @@ from ..attribution import parse_methods
 from ..errors import UnknownNameError
 from .class_sensitivity import class_sensitivity
 from .faithfulness import deletion_insertion
-from .randomization import _explain_all, model_randomization, predicted_classes
+from .randomization import _explain_all, model_logits, model_randomization
 from .results import Evaluation
 from .similarity import METRICS, parse_metrics
 
@@ -71,7 +71,8 @@ def run_checks(
     names = parse_methods(methods)
     wanted = parse_checks(checks)
     kept_metrics = parse_metrics(metrics)
-    classes = predicted_classes(model, x, batch_size=batch_size)
+    logits = model_logits(model, x, batch_size=batch_size)
+    classes = logits.argmax(dim=1)
     result = Evaluation(model=model_name, images=list(image_names or [f"image {i}" for i in range(x.shape[0])]),
                         seed=seed)
 
@@ -87,7 +88,8 @@ def run_checks(
             progress=tick("randomization"))
     if "class" in wanted:
         result.class_sensitivity = class_sensitivity(model, x, methods=names, metrics=kept_metrics, seed=seed,
-                                                     batch_size=batch_size, gradcam_layer=gradcam_layer)
+                                                     logits=logits, batch_size=batch_size,
+                                                     gradcam_layer=gradcam_layer)
         if progress is not None:
             progress("class", 1, 1)
     faithfulness = [c for c in wanted if c in ("deletion", "insertion")]

@@ -5,7 +5,8 @@ image, so that their maps of different classes are nearly the same; Sixt et al. 
 Explanations Lie", the random-logit test) measure it as the similarity of the map of the predicted
 class with the map of a random other class. Both comparisons are made here, against a random other
 class (seeded) and against the second-ranked class, from one forward pass per batch (the three
-classes are the three targets of one :meth:`~guided_backprop.Explainer.explain` call).
+classes are the three targets of one :meth:`~guided_backprop.Explainer.explain` call); which classes
+those are comes from the model's logits (a forward without gradients, or the ``logits`` given).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import Explainer, _logits_of, model_state, parse_methods
+from ..attribution import Explainer, parse_methods
 from ..errors import InputError, TargetError
+from .randomization import model_logits
 from .results import ClassSensitivityResult
 from .similarity import METRICS, Reference, parse_metrics
 
@@ -41,6 +43,7 @@ def class_sensitivity(
     metrics: Sequence[str] = METRICS,
     seed: int = 0,
     random_classes: Sequence[int] | None = None,
+    logits: torch.Tensor | None = None,
     batch_size: int = 16,
     gradcam_layer: str | None = None,
 ) -> ClassSensitivityResult:
@@ -54,13 +57,14 @@ def class_sensitivity(
         seed: seed of the random other classes.
         random_classes: the other class of each sample, instead of random ones (e.g. to match
             another tool's draw).
+        logits: the model's ``(N, classes)`` logits for ``x``, when already known (saves a forward).
     """
     names = parse_methods(methods)
     wanted = parse_metrics(metrics)
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
         raise InputError("x must be a non-empty (N, C, H, W) tensor")
-    with model_state(model), torch.no_grad():
-        logits = torch.cat([_logits_of(model(x[s:s + batch_size])) for s in range(0, x.shape[0], batch_size)])
+    if logits is None:
+        logits = model_logits(model, x, batch_size=batch_size)
     if logits.ndim != 2 or logits.shape[1] < 2:
         raise TargetError(f"class sensitivity needs (N, classes) logits with 2 classes or more, "
                           f"got shape {tuple(logits.shape)}")

@@ -207,15 +207,23 @@ def _explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, m
     return {m: torch.cat(v).cpu() for m, v in parts.items()}
 
 
-def predicted_classes(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
-    """The model's top-1 class of every sample, ``(N,)`` int64 (eval mode, no gradients)."""
+def model_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """The model's logits ``(N, classes)`` for ``x``, in batches (eval mode, no gradients)."""
     from ..attribution import _logits_of
 
     out = []
-    with model_state(model), torch.no_grad():
-        for s in range(0, x.shape[0], batch_size):
-            out.append(_logits_of(model(x[s:s + batch_size])).argmax(dim=1))
+    try:
+        with model_state(model), torch.no_grad():
+            for s in range(0, x.shape[0], batch_size):
+                out.append(_logits_of(model(x[s:s + batch_size])))
+    except RuntimeError as err:
+        raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
     return torch.cat(out)
+
+
+def predicted_classes(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
+    """The model's top-1 class of every sample, ``(N,)`` int64 (eval mode, no gradients)."""
+    return model_logits(model, x, batch_size=batch_size).argmax(dim=1)
 
 
 def model_randomization(
