@@ -126,6 +126,15 @@ def run_quantus(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], cla
     return out
 
 
+def _gap(a: Any, b: Any) -> float:
+    """Largest |a - b|; where both are nan (a constant map: Spearman undefined in both) they agree, where one
+    is, they do not (inf)."""
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    both = np.isnan(a) & np.isnan(b)
+    d = np.where(both, 0.0, np.abs(a - b))
+    return float(np.max(np.where(np.isnan(d), np.inf, d))) if d.size else 0.0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
@@ -155,17 +164,18 @@ def main(argv: list[str] | None = None) -> int:
     for m in methods:
         mine = ours["mprt"].values[m]["spearman_abs"]  # (images, steps + 1), step 0 = original
         theirs = q["mprt"][m]
-        diffs = [np.max(np.abs(np.asarray(theirs[name], dtype=np.float64) - mine[:, j + 1]))
-                 for j, name in enumerate(steps) if name in theirs]
-        d = float(np.max(diffs)) if diffs else float("nan")
+        diffs = [_gap(theirs[name], mine[:, j + 1]) for j, name in enumerate(steps) if name in theirs]
+        undefined = int(np.isnan(mine[:, 1:]).sum())
+        d = max(diffs) if len(diffs) == len(steps) else float("inf")  # a step missing in Quantus: no agreement
         worst = max(worst, d)
-        print(f"| MPRT | {m} | {q['t_mprt'][m]:.1f} | {d:.2e} |")
+        note = f" ({undefined} undefined in both: constant maps)" if undefined else ""
+        print(f"| MPRT | {m} | {q['t_mprt'][m]:.1f} | {d:.2e}{note} |")
     for m in methods:
-        d = float(np.max(np.abs(q["logit"][m] - ours["logit"].values["random"][m]["spearman_abs"])))
+        d = _gap(q["logit"][m], ours["logit"].values["random"][m]["spearman_abs"])
         worst = max(worst, d)
         print(f"| RandomLogit | {m} | {q['t_logit'][m]:.2f} | {d:.2e} |")
-    last = {m: float(np.mean(ours["mprt"].values[m]["spearman_abs"][:, -1])) for m in methods}
-    first = {m: float(np.mean(ours["mprt"].values[m]["spearman_abs"][:, 1])) for m in methods}
+    last = {m: float(np.nanmean(ours["mprt"].values[m]["spearman_abs"][:, -1])) for m in methods}
+    first = {m: float(np.nanmean(ours["mprt"].values[m]["spearman_abs"][:, 1])) for m in methods}
     print(f"\nMPRT, {len(methods)} methods: ours {ours['t_mprt']:.1f} s, Quantus {t_q:.1f} s "
           f"-> ours takes {ours['t_mprt'] / t_q:.3f} of Quantus's time ({t_q / ours['t_mprt']:.1f}x faster; "
           f"target <= 0.1)")

@@ -135,7 +135,7 @@ def similarity_figure(result: RandomizationResult, metrics: Sequence[str] | None
         axes[idx // cols][idx % cols].axis("off")
     n = result.values[result.methods[0]][shown[0]].shape[0]
     fig.suptitle(f"Similarity to the trained model's map, {result.order} randomisation "
-                 f"(mean over {n} image{'s' if n != 1 else ''}, band: +-1 std)", fontsize=11)
+                 f"(mean over {n} image{'s' if n != 1 else ''}, band: ±1 std)", fontsize=11)
     fig.tight_layout()
     return _png(fig)
 
