@@ -437,6 +437,6 @@ def test_the_panel_is_a_link_not_a_map_column_and_the_header_counts_maps(tmp_pat
 def test_sections_are_templates_named_in_order(run_dir: Path) -> None:
     from guided_backprop import report
 
-    assert report.SECTIONS == ["settings.html.j2"]
+    assert report.SECTIONS == ["settings.html.j2", "evaluation.html.j2"]
     html, _, _ = _parse(write_report(run_dir))
     assert html.index('id="settings"') < html.index('id="gallery"')

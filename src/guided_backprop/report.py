@@ -64,7 +64,7 @@ _INPUT_LABEL = "Input (as the network saw it)"
 _PANEL = "panel"  # the files key of the per-input panel: linked from its row, not a column
 #: The page's sections between the header and the gallery, in order: templates beside ``report.html.j2``
 #: that see the same variables. A new section (e.g. an evaluation) is one more template named here.
-SECTIONS: list[str] = ["settings.html.j2"]
+SECTIONS: list[str] = ["settings.html.j2", "evaluation.html.j2"]  # the evaluation shows only with evaluation.json
 # Known run.json keys, in the order the settings table shows them; other keys follow in file order.
 _SETTING_LABELS = {
     "model": "Model",

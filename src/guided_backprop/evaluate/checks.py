@@ -8,8 +8,8 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..attribution import parse_methods
 from ..errors import UnknownNameError
+from ..methods import parse_methods
 from .class_sensitivity import class_sensitivity
 from .faithfulness import deletion_insertion
 from .randomization import _explain_all, model_logits, model_randomization

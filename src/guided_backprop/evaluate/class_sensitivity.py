@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import Explainer, parse_methods
+from ..attribution import Explainer
 from ..errors import InputError, TargetError
+from ..methods import parse_methods
 from .randomization import model_logits
 from .results import ClassSensitivityResult
 from .similarity import METRICS, Reference, parse_metrics

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import _logits_of, model_state
 from ..errors import InputError, UnknownNameError
+from ..hooks import logits_of, model_state
 from .results import CurveResult
 
 __all__ = ["BLUR_KERNEL", "BLUR_SIGMA", "MODES", "blurred", "deletion_insertion", "pixel_order"]
@@ -78,7 +78,7 @@ def _step_images(image: torch.Tensor, start: torch.Tensor, order: torch.Tensor, 
 def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int) -> np.ndarray:
     out = []
     for s in range(0, batch.shape[0], batch_size):
-        logits = _logits_of(model(batch[s:s + batch_size]))
+        logits = logits_of(model(batch[s:s + batch_size]))
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float, float64 kept
         out.append(logits.softmax(dim=1)[:, cls].cpu())
     return torch.cat(out).double().numpy()
@@ -125,7 +125,7 @@ def deletion_insertion(
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
         if classes is None:
-            cls = torch.cat([_logits_of(model(x[s:s + batch_size])).argmax(dim=1)
+            cls = torch.cat([logits_of(model(x[s:s + batch_size])).argmax(dim=1)
                              for s in range(0, n, batch_size)]).tolist()
         else:
             cls = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]

@@ -35,8 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import Explainer, forward_hooks, model_state, parse_methods
+from ..attribution import Explainer
 from ..errors import InputError, ModelError, UnknownNameError
+from ..hooks import forward_hooks, logits_of, model_state
+from ..methods import parse_methods
 from .results import RandomizationResult
 from .similarity import METRICS, Reference, parse_metrics
 
@@ -209,13 +211,11 @@ def _explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, m
 
 def model_logits(model: nn.Module, x: torch.Tensor, *, batch_size: int = 16) -> torch.Tensor:
     """The model's logits ``(N, classes)`` for ``x``, in batches (eval mode, no gradients)."""
-    from ..attribution import _logits_of
-
     out = []
     try:
         with model_state(model), torch.no_grad():
             for s in range(0, x.shape[0], batch_size):
-                out.append(_logits_of(model(x[s:s + batch_size])))
+                out.append(logits_of(model(x[s:s + batch_size])))
     except RuntimeError as err:
         raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
     return torch.cat(out)

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 
 from ..atomic import write_bytes, write_text
-from ..attribution import parse_methods
-from ..errors import GuidedBackpropError, ImageError, InputError
+from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError
+from ..methods import parse_methods
 from .checks import CHECKS, parse_checks, run_checks
 from .results import Evaluation
 from .similarity import METRICS
@@ -73,9 +73,9 @@ class EvaluateRun:
     skipped: dict[str, str] = field(default_factory=dict)
 
     @property
-    def exit_code(self) -> int:
-        """0 when every image was evaluated, 1 when some could not be read (the project's exit codes)."""
-        return 1 if self.skipped else 0
+    def exit_code(self) -> ExitCode:
+        """``OK`` when every image was evaluated, ``SOME_FAILED`` when some could not be read."""
+        return ExitCode.SOME_FAILED if self.skipped else ExitCode.OK
 
 
 def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[[Any], torch.Tensor]
