@@ -113,8 +113,8 @@ def evaluate_folder(
 
     ``loaded`` is the model to evaluate, with its preprocessing (:func:`guided_backprop.load_model`);
     without it the model is loaded from ``config``'s model fields. Unreadable images are skipped
-    (``on_skip(path, reason)`` is told) and listed under ``"failed"`` in ``evaluation.json``. Raises :class:`~guided_backprop.errors.GuidedBackpropError`
-    subclasses for unusable models, options or inputs.
+    (``on_skip(path, reason)`` is told) and listed under ``"failed"`` in ``evaluation.json``. Raises
+    :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
     from ..models import DEFAULT_MODEL, load_model
 
