@@ -25,7 +25,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -183,14 +183,16 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
     heads: list[str] = []
     cells: dict[str, list[str]] = {}
     rnd, cls = doc.get("randomization") or {}, doc.get("class_sensitivity") or {}
-    checks = [("randomization", "Spearman |map| after the last randomisation step",
+    checks: list[tuple[str, str, Callable[[str], str]]] = [("randomization", "Spearman |map| after the last randomisation step",
                lambda m: num(rnd.get("methods", {}).get(m, {}).get("spearman_abs"))),
               ("class_sensitivity", "Spearman |map|, predicted vs random class",
                lambda m: num(cls.get("methods", {}).get(m, {}).get("spearman_abs")))]
     for mode in ("deletion", "insertion"):
         block = doc.get(mode) or {}
-        checks.append((mode, f"{mode} AUC (random order: {num((block.get('random') or {}).get('auc'))})",
-                       lambda m, b=block: num(b.get("methods", {}).get(m, {}).get("auc"))))
+        def auc(m: str, b: dict[str, Any] = block) -> str:
+            return num(b.get("methods", {}).get(m, {}).get("auc"))
+
+        checks.append((mode, f"{mode} AUC (random order: {num((block.get('random') or {}).get('auc'))})", auc))
     methods: list[str] = []
     for key in ("randomization", "class_sensitivity", "deletion", "insertion"):
         for m in (doc.get(key) or {}).get("methods", {}):
