@@ -183,7 +183,8 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
     heads: list[str] = []
     cells: dict[str, list[str]] = {}
     rnd, cls = doc.get("randomization") or {}, doc.get("class_sensitivity") or {}
-    checks: list[tuple[str, str, Callable[[str], str]]] = [("randomization", "Spearman |map| after the last randomisation step",
+    checks: list[tuple[str, str, Callable[[str], str]]] = [
+              ("randomization", "Spearman |map| after the last randomisation step",
                lambda m: num(rnd.get("methods", {}).get(m, {}).get("spearman_abs"))),
               ("class_sensitivity", "Spearman |map|, predicted vs random class",
                lambda m: num(cls.get("methods", {}).get(m, {}).get("spearman_abs")))]
