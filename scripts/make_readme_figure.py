@@ -3,7 +3,7 @@
 * ``readme.png``: for each photo, the input the network saw, then guided backprop, Grad-CAM, Guided
   Grad-CAM, saliency and deconvnet of its top class (deconvnet last: on this network it shows the
   network's filters, not the photo; see the README);
-* ``topk.png`` (beside it): one photo's top-3 classes as a class x method grid (:func:`render.class_panel`).
+* ``topk.png`` (beside it): one photo's top-3 classes as a class x method grid (:func:`panels.class_panel`).
 
 The model is the offline default (``efficientnet_lite0``). All maps of a figure come from one forward
 pass (``Explainer.explain``).
@@ -24,7 +24,7 @@ import torch
 from PIL import Image
 
 import guided_backprop as gbp
-from guided_backprop import render
+from guided_backprop import panels, render
 from guided_backprop.models import DEFAULT_MODEL, load_model
 
 PHOTOS = ("chelsea", "coffee")
@@ -50,14 +50,14 @@ def sample_photo(name: str) -> Image.Image:
 def make_figure(
     photos: tuple[str, ...] = PHOTOS, *, model: str = DEFAULT_MODEL, norm: str = "percentile"
 ) -> Image.Image:
-    """The figure as a PIL image: one row (a one-class :func:`render.class_panel`) per photo, stacked."""
+    """The figure as a PIL image: one row (a one-class :func:`panels.class_panel`) per photo, stacked."""
     pictures = [sample_photo(name) for name in photos]
     loaded = load_model(model)
     x = loaded.prepare(pictures)
     explained = gbp.Explainer(loaded.model).explain(x, methods=METHODS, gradcam_layer=loaded.gradcam_layer)
     rows = []
     for i in range(len(photos)):
-        rows.append(render.class_panel(
+        rows.append(panels.class_panel(
             loaded.preprocessing.invert(x[i]), {m: explained.maps[m][i] for m in METHODS},
             classes=[loaded.label(int(explained.targets[i, 0]))],
             probabilities=[float(explained.probabilities[i, 0])], norm=norm, headers=i == 0,
@@ -72,7 +72,7 @@ def make_topk_figure(
     loaded = load_model(model)
     x = loaded.prepare(sample_photo(photo))
     e = gbp.Explainer(loaded.model).explain(x, gbp.TopK(k), methods=TOPK_METHODS, gradcam_layer=loaded.gradcam_layer)
-    return render.class_panel(
+    return panels.class_panel(
         loaded.preprocessing.invert(x[0]), {m: e.maps[m][0] for m in TOPK_METHODS},
         classes=[loaded.label(int(c)) for c in e.targets[0]], probabilities=e.probabilities[0].tolist(), norm=norm,
         title=f"skimage.data.{photo}(): the top {k} classes",

@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from guided_backprop import render
+from guided_backprop import panels, render
 from guided_backprop.errors import InputError
-from guided_backprop.render import class_panel, colorbar, explanation_panel, method_picture, panel_note
+from guided_backprop.panels import class_panel, colorbar, explanation_panel, panel_note
+from guided_backprop.render import method_picture
 
 BACKGROUND = np.array([255, 255, 255])
 LONG = "American Staffordshire terrier, Staffordshire terrier, American pit bull terrier, pit bull"
@@ -79,11 +80,11 @@ def test_long_class_names_are_wrapped_and_the_probability_always_shows(size: int
 
 def test_wrapped_lines_fit_and_shortened_text_ends_in_an_ellipsis() -> None:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    font = render._font(11)
-    lines = render._wrap(draw, LONG + " " + "x" * 80, font, 90)
+    font = panels._font(11)
+    lines = panels._wrap(draw, LONG + " " + "x" * 80, font, 90)
     assert len(lines) > 4 and all(draw.textlength(t, font=font) <= 90 for t in lines)
     assert "".join(lines).replace(" ", "") == (LONG + "x" * 80).replace(" ", "")  # nothing lost
-    capped = render._wrap(draw, LONG, font, 90, max_lines=2)
+    capped = panels._wrap(draw, LONG, font, 90, max_lines=2)
     assert len(capped) == 2 and capped[-1].endswith("…") and draw.textlength(capped[-1], font=font) <= 90
 
 
@@ -136,3 +137,15 @@ def test_panels_for_stacking_can_leave_the_column_headers_out() -> None:
     without = np.asarray(class_panel(image, maps, classes=["cat"], headers=False))
     assert with_heads.shape[0] > without.shape[0] and with_heads.shape[1] == without.shape[1]
     assert len(_find(without, _big(image, 128), 8 + 128 + 8)) == 1
+
+
+def test_panel_names_stay_importable_from_render() -> None:
+    """The panels moved to guided_backprop.panels; callers of render.class_panel & co. keep working."""
+    from guided_backprop.render import class_panel as from_render
+
+    assert from_render is class_panel
+    for name in ("class_panel", "colorbar", "explanation_panel", "panel", "panel_note"):
+        assert getattr(render, name) is getattr(panels, name)
+        assert name in render.__all__ and name in dir(render)
+    with pytest.raises(AttributeError, match="no attribute '_wrap'"):
+        render._wrap  # noqa: B018 - only the public names are forwarded

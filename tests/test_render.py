@@ -13,17 +13,16 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_backprop import render
+from guided_backprop import panels
 from guided_backprop.errors import InputError, UnknownNameError
+from guided_backprop.panels import colorbar, panel
 from guided_backprop.render import (
     NORMALIZATIONS,
     bytescale,
-    colorbar,
     heatmap,
     heatmap_overlay,
     map_to_image,
     method_picture,
-    panel,
     save_image,
     to_pil,
     value_range,
@@ -404,7 +403,8 @@ def test_interrupted_rename_and_keyboard_interrupt_clean_up(tmp_path: Path, monk
 
 
 def test_import_does_not_load_matplotlib(tmp_path: Path) -> None:
-    code = "import sys, guided_backprop.render, guided_backprop.images; print('matplotlib' in sys.modules)"
+    code = ("import sys, guided_backprop.render, guided_backprop.panels, guided_backprop.images; "
+            "print('matplotlib' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "False"
 
@@ -413,8 +413,8 @@ def test_explanation_panel_has_a_tile_per_method_and_colour_bars() -> None:
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
     maps = {"guided_backprop": rng.normal(size=(3, 64, 64)), "gradcam": rng.random((1, 64, 64))}
-    with_bars = render.explanation_panel(image, maps, class_name="cat", probability=0.5)
-    plain = render.explanation_panel(image, maps, class_name="cat", probability=0.5, colorbars=False)
+    with_bars = panels.explanation_panel(image, maps, class_name="cat", probability=0.5)
+    plain = panels.explanation_panel(image, maps, class_name="cat", probability=0.5, colorbars=False)
     assert with_bars.width == plain.width and with_bars.width >= 3 * 128  # input + 2 maps, enlarged to 128
     assert with_bars.height > plain.height  # the Grad-CAM tile got its colour bar
     assert np.asarray(plain).std() > 0

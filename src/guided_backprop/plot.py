@@ -17,6 +17,7 @@ from PIL import Image
 
 from .errors import InputError, UnknownNameError
 from .methods import Drawing, get_method, method_title
+from .panels import panel_note
 from .render import (
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
@@ -28,7 +29,6 @@ from .render import (
     _image_array,
     _resize_float,
     map_to_image,
-    panel_note,
     value_range,
 )
 

@@ -1,32 +1,32 @@
-"""Maps -> pictures: normalisation, colour maps, heat-map overlays, colour bars, panels, saving.
+"""Maps -> pictures: normalisation, colour maps, heat maps and overlays, saving.
 
 Used by the command line, the HTML report and the Python API. Nothing here reads a file;
 only :func:`save_image` writes one (atomically). Colour maps come from matplotlib as lookup
 tables (imported lazily, never ``pyplot``); drawing is done with Pillow.
 
-Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB; :func:`panel` and
-:func:`colorbar` return ``PIL.Image.Image``.
+Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB. Text, colour bars and panels
+(:func:`colorbar`, :func:`panel`, :func:`class_panel`, :func:`explanation_panel`,
+:func:`panel_note`) live in :mod:`.panels`; they stay importable from here.
 """
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
-import math
 import os
-from collections.abc import Mapping, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image
 
 from .atomic import atomic_file
 from .errors import InputError, UnknownNameError
-from .methods import Drawing, get_method, method_title
+from .methods import Drawing, get_method
+
+if TYPE_CHECKING:  # at run time they come through __getattr__ (panels imports this module)
+    from .panels import class_panel, colorbar, explanation_panel, panel, panel_note
 
 __all__ = [
     "DEFAULT_PERCENTILE",
@@ -356,404 +356,6 @@ def method_picture(
     return map_to_image(m, norm=norm, percentile=percentile, cmap=cmap)
 
 
-# ----------------------------------------------------------------------------- text, colour bars, panels
-
-_TEXT = (25, 25, 25)
-_BACKGROUND = (255, 255, 255)
-
-
-def _dejavu_path() -> str | None:
-    """matplotlib's bundled DejaVu Sans (wide Unicode coverage: accents, Greek, Cyrillic, dashes), found
-    without importing matplotlib; None if it is not there."""
-    spec = importlib.util.find_spec("matplotlib")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _findfont() -> str | None:
-    """DejaVu Sans through ``matplotlib.font_manager`` (for an unusual matplotlib layout); None if absent."""
-    with contextlib.suppress(Exception):
-        from matplotlib import font_manager
-
-        return str(font_manager.findfont("DejaVu Sans", fallback_to_default=False))
-    return None
-
-
-@lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """A font at ``size`` px that exists offline: matplotlib's DejaVu Sans, else Pillow's built-in
-    FreeType font (ASCII only), else Pillow's fixed bitmap font."""
-    path = _dejavu_path() or _findfont()
-    if path is not None:
-        with contextlib.suppress(OSError, ImportError):
-            return ImageFont.truetype(path, size=size)
-    try:
-        return ImageFont.load_default(size=size)
-    except Exception:  # old Pillow or no FreeType: the bitmap font, whatever the size
-        return ImageFont.load_default()
-
-
-def _printable(text: str, font: Any) -> str:
-    """The bitmap fallback font encodes Latin-1 only; replace what it cannot draw."""
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return text
-    return text.encode("latin-1", "replace").decode("latin-1")
-
-
-def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
-    """``text``, shortened with an ellipsis if it is wider than ``width`` pixels."""
-    text = _printable(" ".join(text.split()), font)
-    if draw.textlength(text, font=font) <= width:
-        return text
-    ellipsis = _printable("…", font)
-    while text and draw.textlength(text + ellipsis, font=font) > width:
-        text = text[:-1]
-    return text.rstrip() + ellipsis if text else ""
-
-
-def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lines: int | None = None) -> list[str]:
-    """``text`` broken into lines of at most ``width`` px, at spaces (a word too long for a line is
-    broken inside); with ``max_lines``, the last line kept ends in an ellipsis if text was left over."""
-    words = _printable(" ".join(text.split()), font).split(" ")
-    lines: list[str] = []
-    line = ""
-    for word in words:
-        candidate = f"{line} {word}" if line else word
-        if draw.textlength(candidate, font=font) <= width:
-            line = candidate
-            continue
-        if line:
-            lines.append(line)
-        while draw.textlength(word, font=font) > width and len(word) > 1:  # break a long word
-            cut = len(word) - 1
-            while cut > 1 and draw.textlength(word[:cut], font=font) > width:
-                cut -= 1
-            lines.append(word[:cut])
-            word = word[cut:]
-        line = word
-    if line:
-        lines.append(line)
-    if max_lines is not None and len(lines) > max_lines:
-        rest = " ".join(lines[max_lines - 1 :])
-        lines = lines[: max_lines - 1] + [_fit_end(draw, rest, font, width)]
-    return lines
-
-
-def _fit_end(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
-    """``text`` cut to ``width`` px and always ending in an ellipsis (more text followed)."""
-    ellipsis = _printable("…", font)
-    while text and draw.textlength(text + ellipsis, font=font) > width:
-        text = text[:-1]
-    return text.rstrip() + ellipsis
-
-
-def _line_height(font: Any) -> int:
-    box = font.getbbox("Ag·Éy")
-    return int(box[3]) + 2
-
-
-def _title_font(texts: list[str], width: int, *, largest: int, smallest: int = 10) -> Any:
-    """The largest font (``smallest``..``largest`` px) in which every text fits ``width`` px."""
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    for size in range(largest, smallest, -1):
-        font = _font(size)
-        if all(measure.textlength(_printable(t, font), font=font) <= width for t in texts):
-            return font
-    return _font(smallest)
-
-
-def colorbar(
-    cmap: str,
-    vmin: float,
-    vmax: float,
-    *,
-    width: int = 256,
-    height: int = 12,
-    label: str | None = None,
-    font_size: int = 11,
-    diverging: bool = False,
-) -> Image.Image:
-    """A horizontal colour-bar strip with ``vmin`` under its left end and ``vmax`` under its right.
-
-    ``label`` (e.g. ``"0"`` for a signed map, or a unit) is written under the centre. With
-    ``diverging`` the strip is sampled like ``norm="signed"`` (odd table, exact neutral centre).
-    Returns an RGB ``PIL.Image`` of ``width`` px wide.
-    """
-    if width < 2 or height < 1:
-        raise InputError(f"colour bar needs width >= 2 and height >= 1, got {width}x{height}")
-    t = np.linspace(0.0, 1.0, width)[None, :].repeat(height, axis=0)
-    strip = _colorize(t, cmap, odd=diverging)
-    lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    font = _font(font_size)
-    for size in range(font_size, 6, -1):  # a narrow bar gets smaller (still crisp) figures, never overlapping ones
-        font = _font(size)
-        if measure.textlength(lo, font=font) + measure.textlength(hi, font=font) + 4 <= width:
-            break
-    line = _line_height(font)
-    canvas = Image.new("RGB", (width, height + 2 + line), _BACKGROUND)
-    canvas.paste(Image.fromarray(strip), (0, 0))
-    draw = ImageDraw.Draw(canvas)
-    y = height + 1
-    lo_w, hi_w = draw.textlength(lo, font=font), draw.textlength(hi, font=font)
-    draw.text((0, y), _printable(lo, font), fill=_TEXT, font=font)
-    draw.text((width - hi_w, y), _printable(hi, font), fill=_TEXT, font=font)
-    if label:
-        room = width - 2 * max(lo_w, hi_w) - 8  # centred, clear of both end figures
-        if draw.textlength(label, font=font) <= room:
-            draw.text(((width - draw.textlength(label, font=font)) / 2, y), _printable(label, font),
-                      fill=_TEXT, font=font)
-    return canvas
-
-
-def panel(
-    image: Picture,
-    maps: Mapping[str, Picture],
-    *,
-    title: str | None = None,
-    titles: Mapping[str, str] | None = None,
-    input_title: str | None = "input",
-    colorbars: Mapping[str, Image.Image] | None = None,
-    min_tile: int = 128,
-    gap: int = 8,
-) -> Image.Image:
-    """The input the network saw, then each map, side by side, each with its title above it.
-
-    - ``image``: uint8 (H, W, 3) or PIL — what the network saw (e.g. ``Preprocessing.invert``);
-    - ``maps``: title -> picture (uint8 (H, W, 3) or PIL), in display order, e.g.
-      ``{"guided backprop · Egyptian cat 0.76": pic}``; pictures of another size are resized;
-    - ``titles``: optional display titles for some keys of ``maps`` (default: the key);
-    - ``input_title``: the first tile's title (``None`` for none); ``title``: a headline on top;
-    - ``colorbars``: key of ``maps`` -> a strip (see :func:`colorbar`) shown under that tile;
-    - images smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour)
-      so tiny inputs stay visible and titles fit.
-
-    Long titles are shortened with an ellipsis. Returns an RGB ``PIL.Image``.
-    """
-    base = Image.fromarray(_image_array(image))
-    factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
-    tile_w, tile_h = base.width * factor, base.height * factor
-    tiles: list[tuple[str | None, Image.Image, Image.Image | None]] = []
-    tiles.append((input_title, base.resize((tile_w, tile_h), Image.Resampling.NEAREST), None))
-    for key, pic in maps.items():
-        tile = _to_tile(Image.fromarray(_image_array(pic, what=f"picture {key!r}")), tile_w, tile_h)
-        bar = (colorbars or {}).get(key)
-        if bar is not None and bar.width != tile_w:
-            bar = bar.resize((tile_w, bar.height), Image.Resampling.BILINEAR)
-        tiles.append(((titles or {}).get(key, key), tile, bar))
-
-    font = _title_font([t for t, _, _ in tiles if t], tile_w, largest=max(10, min(15, tile_w // 16)))
-    head_font = _font(max(12, min(20, tile_w // 12)))
-    line = _line_height(font)
-    has_titles = any(t for t, _, _ in tiles)
-    title_h = line + 2 if has_titles else 0
-    bar_h = max((b.height + 2 for _, _, b in tiles if b is not None), default=0)
-    head_h = _line_height(head_font) + gap // 2 if title else 0
-    width = gap + len(tiles) * (tile_w + gap)
-    height = gap + head_h + title_h + tile_h + bar_h + gap
-    canvas = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    if title:
-        draw.text((gap, gap), _fit(draw, title, head_font, width - 2 * gap), fill=_TEXT, font=head_font)
-    top = gap + head_h
-    for i, (text, tile, bar) in enumerate(tiles):
-        x = gap + i * (tile_w + gap)
-        if text:
-            fitted = _fit(draw, text, font, tile_w)
-            draw.text((x + (tile_w - draw.textlength(fitted, font=font)) / 2, top), fitted, fill=_TEXT, font=font)
-        canvas.paste(tile, (x, top + title_h))
-        if bar is not None:
-            canvas.paste(bar, (x, top + title_h + tile_h + 2))
-    return canvas
-
-
-
-
-def panel_note(*, smooth: int = 0, noise: float | None = None) -> str | None:
-    """The words a panel's headline adds about how its maps were computed (SmoothGrad), or None."""
-    if not smooth:
-        return None
-    text = f"SmoothGrad: mean of {int(smooth)} noisy copies"
-    return text + (f", noise σ = {noise:g} × the input's range" if noise is not None else "")
-
-
-def _row_label(
-    class_name: str | None, probability: float | None, position: tuple[int, int] | None
-) -> tuple[str, list[str]]:
-    """A grid row's label: the name (wrapped, may be shortened) and the lines that must stay whole."""
-    fixed = []
-    if probability is not None:
-        fixed.append(f"p = {probability:.2f}" if probability >= 0.01 else f"p = {probability:.1g}")
-    if position is not None:
-        fixed.append(f"at (y, x) = ({int(position[0])}, {int(position[1])})")
-    return (class_name or ""), fixed
-
-
-def _stack(method: str, value: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
-    """One method's maps for K classes: a (K, C, H, W) array or tensor, or a sequence of K maps."""
-    if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim != 4:
-        raise InputError(
-            f"maps[{method!r}] must be (K, C, H, W), one map per class, or a list of K maps; got shape "
-            f"{tuple(value.shape)}; for one class use explanation_panel(), or e.maps[{method!r}][i] for image i"
-        )
-    return list(value)
-
-
-def class_panel(
-    image: Picture,
-    maps: Mapping[str, ArrayLike | Sequence[ArrayLike]],
-    *,
-    classes: Sequence[str | None] | None = None,
-    probabilities: Sequence[float | None] | None = None,
-    norm: str = "percentile",
-    percentile: float = DEFAULT_PERCENTILE,
-    colorbars: bool = True,
-    title: str | None = None,
-    smooth: int = 0,
-    noise: float | None = None,
-    position: tuple[int, int] | None = None,
-    min_tile: int = 128,
-    gap: int = 8,
-    headers: bool = True,
-) -> Image.Image:
-    """The per-image panel for K explained classes: a grid, one row per class, one column per method.
-
-    - ``maps``: method name -> its K maps, a ``(K, C, H, W)`` array or tensor (Grad-CAM ``(K, 1, H, W)``)
-      or a sequence of K maps ``(C, H, W)`` / ``(H, W)``, in display order;
-    - ``classes``, ``probabilities``: per row, the class name and its probability (the row's label;
-      a long name is wrapped, then shortened, the probability always stays whole);
-    - the first column is ``image``, the input the network saw (uint8 (H, W, 3) or PIL), in every row;
-    - ``smooth``, ``noise``: the SmoothGrad samples and noise, named in the headline; ``position``: the
-      (y, x) of a neuron target, named in the row label; ``title``: a headline on top;
-    - with ``colorbars``, Grad-CAM heat maps and ``signed`` maps get a colour bar of their value range,
-      drawn at the tile's final width.
-
-    Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour); without
-    ``headers`` the column titles are left out (for panels stacked under a first one). Returns an RGB
-    ``PIL.Image``.
-    """
-    stacks = {method: _stack(method, value) for method, value in maps.items()}
-    counts = {len(v) for v in stacks.values()}
-    if len(counts) > 1:
-        raise InputError(f"every method needs the same number of class maps, got {sorted(counts)}")
-    k = counts.pop() if counts else len(classes or [None])
-    names = list(classes) if classes is not None else [None] * k
-    probs = list(probabilities) if probabilities is not None else [None] * k
-    if len(names) != k or len(probs) != k:
-        raise InputError(f"got {k} maps per method but {len(names)} class names and {len(probs)} probabilities; "
-                         "give one of each per row")
-
-    base = Image.fromarray(_image_array(image))
-    factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
-    tile_w, tile_h = base.width * factor, base.height * factor
-    seen = base.resize((tile_w, tile_h), Image.Resampling.NEAREST)
-    font = _font(max(11, min(15, tile_w // 11)))
-    line = _line_height(font)
-
-    cells: list[list[tuple[Image.Image, Image.Image | None]]] = []
-    for r in range(k):
-        row: list[tuple[Image.Image, Image.Image | None]] = [(seen, None)]
-        for method, stack in stacks.items():
-            m = stack[r]
-            pic = Image.fromarray(method_picture(method, m, image=image, norm=norm, percentile=percentile))
-            bar = _bar(method, m, norm, percentile, tile_w) if colorbars else None
-            row.append((_to_tile(pic, tile_w, tile_h), bar))
-        cells.append(row)
-
-    measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    titles = ["input"] + [method_title(m) for m in stacks]
-    header_lines = [_wrap(measure, h, font, tile_w, max_lines=2) for h in titles] if headers else []
-    label_w = max(96, min(tile_w, 160))
-    labels = []
-    for r in range(k):
-        name, fixed = _row_label(names[r], probs[r], position)
-        fixed = [_fit(measure, f, font, label_w) for f in fixed]  # short by construction; never more than the column
-        labels.append((_wrap(measure, name, font, label_w, max_lines=4) if name else []) + fixed)
-    bar_h = max((b.height + 2 for row in cells for _, b in row if b is not None), default=0)
-    row_h = max([tile_h + bar_h] + [len(lines) * line for lines in labels])
-    header_h = max((len(h) * line + 2 for h in header_lines), default=0)
-
-    ncols = 1 + len(stacks)
-    width = gap + label_w + gap + ncols * (tile_w + gap)
-    head_font = _font(max(12, min(18, tile_w // 10)))
-    head_line = _line_height(head_font)
-    headline = [t for t in (title, panel_note(smooth=smooth, noise=noise)) if t]
-    head_lines = [ln for t in headline for ln in _wrap(measure, t, head_font, width - 2 * gap)]
-    head_h = len(head_lines) * head_line + (gap // 2 if head_lines else 0)
-    height = gap + head_h + header_h + k * row_h + (k - 1) * gap + gap
-    canvas = Image.new("RGB", (width, height), _BACKGROUND)
-    draw = ImageDraw.Draw(canvas)
-    for i, text in enumerate(head_lines):
-        draw.text((gap, gap + i * head_line), text, fill=_TEXT, font=head_font)
-    top = gap + head_h
-    x0 = gap + label_w + gap
-    for c, lines in enumerate(header_lines):
-        x = x0 + c * (tile_w + gap)
-        y = top + header_h - 2 - len(lines) * line  # bottom-aligned over the tiles
-        for i, text in enumerate(lines):
-            draw.text((x + (tile_w - draw.textlength(text, font=font)) / 2, y + i * line), text, fill=_TEXT, font=font)
-    top += header_h
-    for r, row in enumerate(cells):
-        y = top + r * (row_h + gap)
-        ly = y + max(0, (tile_h - len(labels[r]) * line) // 2)
-        for i, text in enumerate(labels[r]):
-            draw.text((gap, ly + i * line), text, fill=_TEXT, font=font)
-        for c, (tile, bar) in enumerate(row):
-            x = x0 + c * (tile_w + gap)
-            canvas.paste(tile, (x, y))
-            if bar is not None:
-                canvas.paste(bar, (x, y + tile_h + 2))
-    return canvas
-
-
-def _to_tile(pic: Image.Image, tile_w: int, tile_h: int) -> Image.Image:
-    """``pic`` at the tile size: nearest neighbour for whole-number enlargements, else bilinear."""
-    if pic.size == (tile_w, tile_h):
-        return pic
-    whole = pic.width * tile_h == pic.height * tile_w and tile_w % pic.width == 0
-    return pic.resize((tile_w, tile_h), Image.Resampling.NEAREST if whole else Image.Resampling.BILINEAR)
-
-
-def _bar(method: str, m: ArrayLike, norm: str, percentile: float, width: int) -> Image.Image | None:
-    """The colour bar a method's tile gets (Grad-CAM heat, or a ``signed`` map), ``width`` px wide; else None."""
-    if get_method(method).drawing is Drawing.HEATMAP:
-        return colorbar(HEAT_CMAP, 0.0, float(np.max(_heat2d(m), initial=0.0)), width=width, height=8)
-    if norm == "signed":
-        lo, hi = value_range(m, norm=norm, percentile=percentile)
-        return colorbar(SIGNED_CMAP, lo, hi, width=width, height=8, label="0", diverging=True)
-    return None
-
-
-def explanation_panel(
-    image: Picture,
-    maps: Mapping[str, ArrayLike],
-    *,
-    class_name: str | None = None,
-    probability: float | None = None,
-    norm: str = "percentile",
-    percentile: float = DEFAULT_PERCENTILE,
-    colorbars: bool = True,
-    title: str | None = None,
-    smooth: int = 0,
-    noise: float | None = None,
-    position: tuple[int, int] | None = None,
-) -> Image.Image:
-    """The per-image panel for one explained class: :func:`class_panel` with one row.
-
-    ``maps``: method name -> its map ``(C, H, W)`` (Grad-CAM ``(1, H, W)`` or ``(H, W)``), in display
-    order; ``class_name`` and ``probability`` label the row (for a layer target, e.g.
-    ``"blocks.3 channel 12"`` and ``position=(y, x)``).
-    """
-    return class_panel(
-        image, {method: [m] for method, m in maps.items()}, classes=[class_name], probabilities=[probability],
-        norm=norm, percentile=percentile, colorbars=colorbars, title=title, smooth=smooth, noise=noise,
-        position=position,
-    )
-
-
 # ----------------------------------------------------------------------------- saving
 
 
@@ -804,3 +406,23 @@ def save_image(picture: Picture, path: str | Path) -> Path:
     with atomic_file(target) as f:
         img.save(f, format=fmt, **options)
     return target
+
+
+# ----------------------------------------------------------------------------- panels, re-exported
+
+#: The names that moved to :mod:`.panels` and are still importable from here.
+_PANEL_NAMES = frozenset({"class_panel", "colorbar", "explanation_panel", "panel", "panel_note"})
+
+
+def __getattr__(name: str) -> Any:
+    """``render.class_panel`` and the other panel names, from :mod:`.panels` (loaded on first use:
+    importing it here at the top would be circular, since panels draws with this module)."""
+    if name in _PANEL_NAMES:
+        from . import panels
+
+        return getattr(panels, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _PANEL_NAMES)

@@ -35,6 +35,7 @@ from .attribution import Explainer
 from .errors import ImageError, InputError, TargetError, UnknownNameError
 from .hooks import find_layer, layer_output
 from .methods import method_title, parse_methods
+from .panels import panel
 from .receptive import ReceptiveField, receptive_field
 from .targets import Neuron
 
@@ -451,7 +452,7 @@ def _compose(layer: str, channel: int, rf: ReceptiveField, top: list[TopActivati
     if score is not None:
         title += f" ({rank_by} activation {score:.3g})"
     title += f", receptive field {rf.size[0]}x{rf.size[1]}"
-    picture = render.panel(
+    picture = panel(
         panels["image"],
         {method_title(m): panels[m] for m in methods},
         title=title,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import render
+from .. import panels, render
 from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
@@ -259,7 +259,7 @@ class _Job:
         else:
             classes, probabilities = [None], [None]
         position = tuple(job["position"]) if job.get("position") else None
-        pic = render.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
+        pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
                                  smooth=int(cfg.smooth), noise=float(cfg.noise) if cfg.smooth else None,
                                  position=position)  # type: ignore[arg-type]
         panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
