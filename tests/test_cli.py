@@ -705,3 +705,14 @@ def test_seed_look_refuses_another_explicit_norm(tmp_path: Path) -> None:
 def test_unknown_layer_lists_close_names_in_python_too() -> None:
     with pytest.raises(gbp.UnknownNameError, match=r"unknown layer '0x'; did you mean '0'"):
         gbp.find_layer(tiny(), "0x")
+
+
+def test_help_lists_options_in_sections_with_no_bare_arguments() -> None:
+    result = CliRunner().invoke(main, ["--help"])
+    assert result.exit_code == 0
+    text = result.output
+    sections = ["Inputs", "Model:", "Methods and targets:", "Output:", "Performance:", "Resume:"]
+    assert all(s in text for s in sections), text
+    assert not any(line.strip() == "INPUTS..." for line in text.splitlines()), "an argument listed as an option"
+    for code in ("0 every input done", "4 the disk is full", "130", "143"):
+        assert code in " ".join(text.split())

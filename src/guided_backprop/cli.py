@@ -9,34 +9,39 @@ report OUT`` writes the HTML gallery of an existing output folder; ``guided-back
 
 from __future__ import annotations
 
-import functools
 import os
-import re
 import sys
-import traceback
 import warnings
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
 from . import __version__
+from .cli_options import (
+    COMMAND_SETTINGS,
+    EXIT_CODES,
+    OUTPUT,
+    PERF,
+    PROG,
+    RESUME,
+    TARGETS,
+    MethodsType,
+    ModelOptions,
+    NeuronType,
+    TargetType,
+    cli_message,
+    echo_error,
+    model_options,
+    opt,
+    plural,
+)
 from .errors import ExitCode, GuidedBackpropError
-from .methods import METHODS, parse_methods
+from .methods import METHODS
 from .render import NORMALIZATIONS
 
-__all__ = ["main"]
-
-PROG = "guided-backprop"
-EXIT_CODES = (
-    "Exit codes: 0 every input done; 1 some inputs failed (each named on stderr with the reason, all "
-    "others done); 2 usage error (bad option, unknown model, layer or class, an output folder of "
-    "another run); 3 the run failed unexpectedly (--verbose shows why); 130 interrupted (Ctrl-C): "
-    "rerun the same command to finish, complete outputs are kept."
-)
-
+__all__ = ["cli_message", "main"]
 
 def _keep_freed_memory() -> None:
     """Ask glibc to serve large buffers from the heap and keep freed memory for reuse.
@@ -62,302 +67,6 @@ def _keep_freed_memory() -> None:
 
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
-
-
-# --------------------------------------------------------------------------- library fields -> flags
-
-#: The library's errors name the setting at fault in Python (``GuidedBackpropError.field``, and
-#: ``name=value`` in their text); on the command line they name the flag. One table for both.
-FLAGS: dict[str, str] = {
-    "model": "--model", "weights": "--weights", "labels": "--labels", "num_classes": "--num-classes",
-    "trust_checkpoint": "--trust-checkpoint", "input_size": "--input-size", "resize": "--resize", "crop": "--crop",
-    "mean": "--mean", "std": "--std", "channels": "--channels", "device": "--device", "method": "--methods",
-    "methods": "--methods", "target": "--target", "layer": "--layer", "channel": "--channel", "neuron": "--neuron",
-    "gradcam_layer": "--gradcam-layer", "smooth": "--smooth", "noise": "--noise", "seed": "--seed",
-    "norm": "--norm", "name": "--name", "input_name": "--input-name", "batch_size": "--batch-size",
-    "workers": "--workers", "output": "--output", "overwrite": "--overwrite",
-}
-_PY_ARG = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) +
-                     r")=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|\([^)]*\)|[^\s,;:)]+)")
-
-
-def _flag_words(match: re.Match[str]) -> str:
-    flag, value = FLAGS[match.group(1)], match.group(2)
-    if value == "True":
-        return flag
-    if value[:1] in "'\"" and value[-1:] == value[:1] and " " not in value:
-        value = value[1:-1]
-    elif value[:1] in "[(":  # a Python sequence: the flag takes its items comma-separated
-        value = ",".join(v.strip(" '\"") for v in value[1:-1].split(",") if v.strip())
-    return f"{flag} {value}"
-
-
-def cli_message(message: str, field: str | None = None) -> str:
-    """A library message in the command line's words: ``num_classes=N`` becomes ``--num-classes N``,
-    ``method='saliency'`` becomes ``--methods saliency``, and the flag of ``field`` leads when the
-    message does not name it."""
-    text = _PY_ARG.sub(_flag_words, " ".join(str(message).split()))
-    flag = FLAGS.get(field or "")
-    if flag and flag not in text:
-        text = f"{flag}: {text}"
-    return text
-
-
-def _echo_error(message: str | BaseException, *, verbose: bool = False, err: BaseException | None = None) -> None:
-    """One line ``error: ...`` on stderr (the traceback first with ``--verbose``)."""
-    if verbose and err is not None:
-        click.echo("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(), err=True)
-    field = getattr(message, "field", None) if isinstance(message, BaseException) else None
-    click.echo(f"error: {cli_message(str(message), field)}", err=True)
-
-
-def _plural(n: int, word: str) -> str:
-    """``1 image``, ``2 images``."""
-    return f"{n} {word}" + ("" if n == 1 else "s")
-
-
-# ---------------------------------------------------------------------------------------- param types
-
-
-class _Methods(click.ParamType):
-    """A comma-separated list of method names (aliases accepted): ``gbp,deconvnet``."""
-
-    name = "METHODS"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            return parse_methods([v for v in str(value).split(",") if v.strip()] or [""])
-        except GuidedBackpropError as err:
-            self.fail(str(err), param, ctx)
-
-
-class _Size(click.ParamType):
-    """A positive number of pixels, ``none``, or ``model`` (keep the model's own)."""
-
-    name = "PIXELS|none"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .preprocessing import KEEP
-
-        if value is None or value is KEEP or isinstance(value, int):
-            return value
-        text = str(value).strip().lower()
-        if text == "model":
-            return KEEP
-        if text in ("none", "no", "off"):
-            return None
-        if text.isdigit() and int(text) > 0:
-            return int(text)
-        self.fail(f"{value!r} is not a positive number of pixels or 'none'", param, ctx)
-
-
-class _Floats(click.ParamType):
-    """Comma-separated numbers, one per input channel (or one for all): ``0.5`` or ``0.485,0.456,0.406``."""
-
-    name = "F[,F,F]"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
-        if isinstance(value, tuple):
-            return value
-        try:
-            numbers = tuple(float(v) for v in str(value).split(","))
-        except ValueError:
-            self.fail(f"{value!r} is not a comma-separated list of numbers (e.g. 0.5 or 0.485,0.456,0.406)",
-                      param, ctx)
-        if len(numbers) not in (1, 3):
-            self.fail(f"{value!r}: give 1 number (grayscale, or the same for R, G and B) or 3 (R, G, B)", param, ctx)
-        return numbers
-
-
-class _Device(click.ParamType):
-    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (resolved on the machine that runs, see devices.py)."""
-
-    name = "auto|cpu|cuda[:N]|mps"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value).strip().lower()
-        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
-            return text
-        self.fail(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param, ctx)
-
-
-class _Target(click.ParamType):
-    """``top1`` -> ``None`` (each image's predicted class), ``topK`` -> :class:`TopK`, a class index ->
-    ``int``, anything else -> the class name (checked against the model's names once it is loaded)."""
-
-    name = "topK|INDEX|NAME"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .targets import TopK
-
-        if value is None or isinstance(value, (int, TopK)):
-            return value
-        text = str(value).strip()
-        m = re.fullmatch(r"top-?(\d*)", text.lower())
-        if m:
-            k = int(m.group(1) or 1)
-            if k < 1:
-                self.fail(f"{value!r}: k of topK must be 1 or more", param, ctx)
-            return None if k == 1 else TopK(k)
-        if re.fullmatch(r"\d+", text):
-            return int(text)
-        if not text:
-            self.fail("give top1, topK, a class index or a class name", param, ctx)
-        return text
-
-
-class _Neuron(click.ParamType):
-    """``max`` (the most active unit of the channel) or ``Y,X`` -> ``(y, x)``."""
-
-    name = "max|Y,X"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or isinstance(value, tuple):
-            return value
-        text = str(value).strip().lower()
-        if text == "max":
-            return "max"
-        m = re.fullmatch(r"(\d+)\s*,\s*(\d+)", text)
-        if not m:
-            self.fail(f"{value!r}: give 'max' or 'Y,X' (a unit's row and column, from 0)", param, ctx)
-        return int(m.group(1)), int(m.group(2))
-
-
-# ------------------------------------------------------------------------------ grouped --help
-
-
-class _Option(click.Option):
-    """An option that belongs to a section of ``--help`` (``group``)."""
-
-    def __init__(self, *args: Any, group: str = "Other options", **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.group = group
-
-
-def _opt(group: str, *decls: str, **attrs: Any) -> Callable[[Any], Any]:
-    return click.option(*decls, cls=_Option, group=group, **attrs)
-
-
-class _GroupedCommand(click.Command):
-    """``--help`` with the options in sections (inputs, model, methods and targets, output...).
-
-    click has no option groups; ``click-option-group`` adds them, but for what we need, titled
-    sections in ``--help``, ten lines here cost less than a dependency (and its own ``--help``
-    layout) on every install.
-    """
-
-    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
-        sections: dict[str, list[tuple[str, str]]] = {}
-        for param in self.get_params(ctx):
-            record = param.get_help_record(ctx)
-            if record is not None:
-                sections.setdefault(getattr(param, "group", "Other options"), []).append(record)
-        order = [_INPUTS, _MODEL, _METHODS, _IO, _PERF, _RESUME]
-        for title in sorted(sections, key=lambda t: order.index(t) if t in order else len(order)):
-            with formatter.section(title):
-                formatter.write_dl(sections[title])
-
-
-_COMMAND = {"cls": _GroupedCommand, "epilog": EXIT_CODES,
-            "context_settings": {"max_content_width": 100, "show_default": True}}
-
-
-# ----------------------------------------------------------------------------- model options
-
-
-@dataclass(frozen=True)
-class ModelOptions:
-    """The model options every subcommand takes, parsed: which network, and how pictures become its input."""
-
-    model: str | None = None
-    weights: str | None = None
-    labels: Path | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
-    resize: Any = "model"
-    crop: Any = "model"
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channels: int | None = None
-    device: str = "auto"
-
-    def preprocessing_changes(self) -> dict[str, Any]:
-        """Arguments of :meth:`Preprocessing.adjust` (for ``load_model(preprocessing=...)``)."""
-        from .preprocessing import KEEP
-
-        changes = {"input_size": self.input_size, "resize": self.resize, "crop": self.crop, "mean": self.mean,
-                   "std": self.std, "channels": self.channels}
-        return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
-            k: None for k in ("resize", "crop") if changes[k] is None}
-
-    def load(self) -> Any:
-        """The :class:`~guided_backprop.models.LoadedModel`, preprocessing changes applied."""
-        from . import models
-        from .devices import resolve_device
-
-        return models.load_model(
-            self.model or models.DEFAULT_MODEL, weights=self.weights, labels=self.labels,
-            num_classes=self.num_classes, trust_checkpoint=self.trust_checkpoint, device=resolve_device(self.device),
-            preprocessing=self.preprocessing_changes() or None,
-        )
-
-
-_MODEL = "Model"
-_INPUTS = "Inputs (how pictures become the network's input)"
-_IO = "Output"
-_METHODS = "Methods and targets"
-_PERF = "Performance"
-_RESUME = "Resume"
-_MODEL_OPTIONS = [
-    _opt(_MODEL, "--model", default=None, metavar="NAME", show_default="efficientnet_lite0, offline",
-         help="A registry name (see 'guided-backprop models'), 'timm:<name>', or your factory 'pkg.mod:fn' / "
-              "'path/file.py:fn' (returning the model, or (model, preprocessing[, labels]): see the README)."),
-    _opt(_MODEL, "--weights", default=None, metavar="FILE|NAME", show_default="the model's own",
-         help="A checkpoint file, a weights name (torchvision: IMAGENET1K_V2; timm: pretrained), or 'random' "
-              "(random initialisation: for tests and sanity checks, the maps then show no learned features)."),
-    _opt(_MODEL, "--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
-         metavar="FILE", show_default="the model's", help="Class names: one per line, or JSON; one per class."),
-    _opt(_MODEL, "--num-classes", type=click.IntRange(min=1), default=None, show_default="the checkpoint's",
-         help="Classes of a checkpoint or factory model."),
-    _opt(_MODEL, "--trust-checkpoint", is_flag=True,
-         help="Allow a pickled checkpoint (runs code from the file: only for files you trust)."),
-    _opt(_MODEL, "--device", type=_Device(), default="auto", metavar="auto|cpu|cuda[:N]|mps",
-         help="auto picks CUDA when available; under torchrun each process takes cuda:LOCAL_RANK."),
-    _opt(_INPUTS, "--input-size", type=click.IntRange(min=1), default=None, metavar="PIXELS",
-         show_default="the model's",
-         help="Size the network sees, in the model's own convention: its crop (the resize scaled like the "
-              "model's, e.g. 256/224), its direct resize, or the shorter side for whole pictures."),
-    _opt(_INPUTS, "--resize", type=_Size(), default="model", metavar="PIXELS|none",
-         help="Resize the shorter side to PIXELS first (aspect ratio kept), or 'none'."),
-    _opt(_INPUTS, "--crop", type=_Size(), default="model", metavar="PIXELS|none",
-         help="Centre crop PIXELS x PIXELS, or 'none' for whole pictures of any size."),
-    _opt(_INPUTS, "--mean", type=_Floats(), default=None, show_default="the model's; ImageNet's for factories",
-         help="Per-channel mean subtracted after scaling pixels to 0-1: R,G,B or one value."),
-    _opt(_INPUTS, "--std", type=_Floats(), default=None, show_default="the model's; ImageNet's for factories",
-         help="Per-channel standard deviation divided by: R,G,B or one value."),
-    _opt(_INPUTS, "--channels", type=click.Choice(["1", "3"]), default=None, show_default="the model's, 3: RGB",
-         help="1: the network takes grayscale pictures (mean/std default to the average of the model's)."),
-]
-_MODEL_FIELDS = ("model", "weights", "labels", "num_classes", "trust_checkpoint", "input_size", "resize", "crop",
-                 "mean", "std", "channels", "device")
-
-
-def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the model options to a command; it receives them as one ``model_options: ModelOptions``."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {k: kwargs.pop(k) for k in _MODEL_FIELDS}
-        if values["channels"] is not None:
-            values["channels"] = int(values["channels"])
-        return fn(*args, model_options=ModelOptions(**values), **kwargs)
-
-    for option in reversed(_MODEL_OPTIONS):
-        wrapper = option(wrapper)
-    return wrapper
 
 
 # ------------------------------------------------------------------------------------------- the group
@@ -409,10 +118,10 @@ class _DefaultGroup(click.Group):
             if isinstance(err, click.UsageError):  # the --help that shows the option at fault
                 sub = err.ctx.command.name if err.ctx is not None and err.ctx.parent is not None else None
                 hint = f" (see '{PROG}{'' if sub in (None, 'run') else ' ' + sub} --help')"
-            _echo_error(err.format_message() + hint)
+            echo_error(err.format_message() + hint)
             code = err.exit_code
         except GuidedBackpropError as err:
-            _echo_error(err)
+            echo_error(err)
             code = ExitCode.USAGE
         if standalone_mode:
             sys.exit(int(code))
@@ -449,50 +158,50 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
-@main.command("run", **_COMMAND)
+@main.command("run", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-@_opt(_IO, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Output folder (created if needed).")
 @model_options
-@_opt(_METHODS, "--methods", type=_Methods(), default="guided_backprop",
+@opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop",
       help=f"Comma-separated: {', '.join(METHODS)} (aliases: gbp, deconv, gradient, ggcam).")
-@_opt(_METHODS, "--target", type=_Target(), default="top1",
+@opt(TARGETS, "--target", type=TargetType(), default="top1",
       help="What each map explains: top1 (the predicted class), topK (K best classes), a class index or a "
            "class name (e.g. 'Egyptian cat').")
-@_opt(_METHODS, "--layer", default=None, metavar="NAME",
+@opt(TARGETS, "--layer", default=None, metavar="NAME",
       help="Explain a unit of this layer instead (with --channel; 'guided-backprop layers' lists them).")
-@_opt(_METHODS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
-@_opt(_METHODS, "--neuron", type=_Neuron(), default=None, show_default="the whole channel",
+@opt(TARGETS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
+@opt(TARGETS, "--neuron", type=NeuronType(), default=None, show_default="the whole channel",
       help="With --layer/--channel: the most active unit ('max') or the unit at Y,X.")
-@_opt(_METHODS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
+@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
       help="Layer for gradcam and guided_gradcam ('guided-backprop layers' lists them).")
-@_opt(_METHODS, "--smooth", type=click.IntRange(min=0), default=0, metavar="N",
+@opt(TARGETS, "--smooth", type=click.IntRange(min=0), default=0, metavar="N",
       help="SmoothGrad: average over N noisy copies (0: off).")
-@_opt(_METHODS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
       help="SmoothGrad noise std as a fraction of the input's value range.")
-@_opt(_METHODS, "--seed", type=int, default=0, help="Random seed of the SmoothGrad noise.")
-@_opt(_IO, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
+@opt(TARGETS, "--seed", type=int, default=0, help="Random seed of the SmoothGrad noise.")
+@opt(OUTPUT, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
       help="How maps become pictures: percentile (clip |value| at its 99.5th percentile), minmax (the seed's "
            "exact look), abs (grayscale magnitude), signed (diverging colours).")
-@_opt(_IO, "--seed-look", is_flag=True, help="The seed's exact look: same as --norm minmax.")
-@_opt(_IO, "--name", "name_template", default=None, metavar="TEMPLATE",
+@opt(OUTPUT, "--seed-look", is_flag=True, help="The seed's exact look: same as --norm minmax.")
+@opt(OUTPUT, "--name", "name_template", default=None, metavar="TEMPLATE",
       show_default="map_{idx}_class_{class_index}.png, plus _{method} with several methods and _top{rank} with "
                    "several classes",
       help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel}.")
-@_opt(_IO, "--input-name", default="im_{idx}.png", metavar="TEMPLATE",
+@opt(OUTPUT, "--input-name", default="im_{idx}.png", metavar="TEMPLATE",
       help="Name of the input picture as the network saw it; fields {idx} {stem}.")
-@_opt(_IO, "--panel", is_flag=True,
+@opt(OUTPUT, "--panel", is_flag=True,
       help="Also write panel_{idx}.png: the input, then every method's map, titled with the class and "
            "its probability (colour bars for Grad-CAM and signed maps).")
-@_opt(_IO, "--save-raw", is_flag=True, help="Also save the float maps as .npy (C, H, W), RGB channel order.")
-@_opt(_IO, "--report", "with_report", is_flag=True, help="Also write the HTML gallery OUT/index.html.")
-@_opt(_PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
-@_opt(_PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
+@opt(OUTPUT, "--save-raw", is_flag=True, help="Also save the float maps as .npy (C, H, W), RGB channel order.")
+@opt(OUTPUT, "--report", "with_report", is_flag=True, help="Also write the HTML gallery OUT/index.html.")
+@opt(PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
+@opt(PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
       help="Decoding processes (0: decode in the main process).")
-@_opt(_RESUME, "--overwrite", is_flag=True,
+@opt(RESUME, "--overwrite", is_flag=True,
       help="Redo every input, even those a previous run finished (default: rerunning resumes).")
-@_opt(_IO, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
-@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+@opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
                 target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
@@ -533,10 +242,10 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
     except batch.PeerFailed as err:  # another torchrun process failed and said why
         return err.exit_code
     except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
-        _echo_error(str(err), verbose=verbose, err=err)
+        echo_error(str(err), verbose=verbose, err=err)
         return err.exit_code
     except GuidedBackpropError as err:
-        _echo_error(err, verbose=verbose, err=err)
+        echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except KeyboardInterrupt as err:
         terminated = isinstance(err, batch.Terminated)
@@ -545,7 +254,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         hint = "" if verbose else " (rerun with --verbose for the traceback)"
-        _echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
+        echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
         return ExitCode.FAILED
     if result.interrupted:
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
@@ -567,15 +276,15 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     try:
         from . import report
     except ImportError as err:
-        _echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
+        echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
     try:
         page = report.write_report(output)
     except GuidedBackpropError as err:
-        _echo_error(err, verbose=verbose, err=err)
+        echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except Exception as err:  # noqa: BLE001
-        _echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
+        echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
         return ExitCode.FAILED
     if not quiet:
         click.echo(f"report: {page}")
@@ -598,7 +307,7 @@ def models_command(verbose: bool) -> int:
     try:
         infos = list(models.available_models())
     except GuidedBackpropError as err:
-        _echo_error(err, verbose=verbose, err=err)
+        echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     width = max([len(str(i.name)) for i in infos] + [4])
     click.echo(f"{'NAME':<{width}}  OFFLINE  GBP     SOURCE        DESCRIPTION")
@@ -619,25 +328,25 @@ def report_command(output: Path, verbose: bool) -> int:
     return _write_report(output, quiet=False, verbose=verbose)
 
 
-@main.command("evaluate", **_COMMAND)
+@main.command("evaluate", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
-@_opt(_IO, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for evaluation.json, evaluation.csv and the figures.")
-@_opt(_METHODS, "--methods", type=_Methods(), default="guided_backprop,saliency,gradcam",
+@opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop,saliency,gradcam",
       help=f"Comma-separated: {', '.join(METHODS)}.")
-@_opt(_METHODS, "--checks", default="randomization,class,deletion,insertion", help="Comma-separated checks to run.")
-@_opt(_METHODS, "--randomization", "order", type=click.Choice(["cascading", "independent"]), default="cascading",
+@opt(TARGETS, "--checks", default="randomization,class,deletion,insertion", help="Comma-separated checks to run.")
+@opt(TARGETS, "--randomization", "order", type=click.Choice(["cascading", "independent"]), default="cascading",
       help="Re-initialise blocks cumulatively from the output, or one at a time.")
-@_opt(_METHODS, "--granularity", type=click.Choice(["blocks", "modules"]), default="blocks",
+@opt(TARGETS, "--granularity", type=click.Choice(["blocks", "modules"]), default="blocks",
       help="Steps: the model's top-level stages, or every module with parameters (Quantus's choice).")
-@_opt(_METHODS, "--blocks", default=None, metavar="A,B,...",
+@opt(TARGETS, "--blocks", default=None, metavar="A,B,...",
       help="Randomise these modules (model.named_modules() names) instead of --granularity.")
-@_opt(_METHODS, "--seed", type=int, default=0, help="Seed of re-initialisations and random draws.")
-@_opt(_METHODS, "--steps", type=click.IntRange(min=1), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--seed", type=int, default=0, help="Seed of re-initialisations and random draws.")
+@opt(TARGETS, "--steps", type=click.IntRange(min=1), default=32, help="Deletion / insertion steps.")
 @model_options
-@_opt(_PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
-@_opt(_IO, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+@opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
+@opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, model_options: ModelOptions,
                      batch_size: int, quiet: bool, verbose: bool) -> int:
@@ -665,13 +374,13 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size)
         result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
-                                 on_skip=lambda path, reason: _echo_error(reason))
+                                 on_skip=lambda path, reason: echo_error(reason))
     except GuidedBackpropError as err:
-        _echo_error(err, verbose=verbose, err=err)
+        echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         hint = "" if verbose else " (rerun with --verbose for the traceback)"
-        _echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
+        echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
         return ExitCode.FAILED
     finally:
         if bar is not None:
@@ -683,24 +392,24 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     return result.exit_code
 
 
-@main.command("units", **_COMMAND)
+@main.command("units", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
-@_opt(_IO, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
-@_opt(_METHODS, "--layer", required=True, metavar="NAME",
+@opt(TARGETS, "--layer", required=True, metavar="NAME",
       help="Layer whose units are shown ('guided-backprop layers' lists them with their receptive fields).")
-@_opt(_METHODS, "--channel", "unit_channels", type=click.IntRange(min=0), multiple=True,
+@opt(TARGETS, "--channel", "unit_channels", type=click.IntRange(min=0), multiple=True,
       show_default="the most active channels", help="Channel to show (repeatable).")
-@_opt(_METHODS, "--top-channels", type=click.IntRange(min=1), default=4,
+@opt(TARGETS, "--top-channels", type=click.IntRange(min=1), default=4,
       help="Without --channel: how many of the layer's most active channels.")
-@_opt(_METHODS, "--top", "k", type=click.IntRange(min=1), default=9,
+@opt(TARGETS, "--top", "k", type=click.IntRange(min=1), default=9,
       help="Strongest activations shown per unit (9: a 3x3 grid).")
 @model_options
-@_opt(_IO, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
+@opt(OUTPUT, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
       help="How the maps are turned into pictures.")
-@_opt(_PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
-@_opt(_IO, "-q", "--quiet", is_flag=True, help="No progress bar.")
-@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+@opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
+@opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar.")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channels: tuple[int, ...], top_channels: int,
                   k: int, model_options: ModelOptions, norm: str, batch_size: int, quiet: bool,
                   verbose: bool) -> int:
@@ -734,19 +443,19 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
             bar.close()
         units.save_unit_grids(grids, output)
     except GuidedBackpropError as err:
-        _echo_error(err, verbose=verbose, err=err)
+        echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     for w in skipped:
-        _echo_error(str(w.message))
+        echo_error(str(w.message))
     if not quiet:
-        click.echo(f"{_plural(len(grids), 'unit grid')} of layer {layer} -> {output}")
+        click.echo(f"{plural(len(grids), 'unit grid')} of layer {layer} -> {output}")
     return ExitCode.SOME_FAILED if skipped else ExitCode.OK
 
 
-@main.command("layers", **_COMMAND)
+@main.command("layers", **COMMAND_SETTINGS)
 @model_options
-@_opt(_IO, "--spatial", is_flag=True, help="Only layers with a spatial (N, C, H, W) output (for Grad-CAM and units).")
-@_opt(_IO, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+@opt(OUTPUT, "--spatial", is_flag=True, help="Only layers with a spatial (N, C, H, W) output (for Grad-CAM and units).")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) -> int:
     """Every layer of the model with its type, output shape and receptive field for the model's input
     size (--input-size changes it): the names --layer, --gradcam-layer and 'units --layer' take.
@@ -759,7 +468,7 @@ def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) ->
         loaded = model_options.load()
         rows = layer_table(loaded.model, loaded.preprocessing)
     except GuidedBackpropError as err:
-        _echo_error(err, verbose=verbose, err=err)
+        echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     if spatial:
         rows = [r for r in rows if r.spatial]
@@ -770,6 +479,6 @@ def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) ->
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
     if size is not None:
-        click.echo(f"{_plural(len(rows), 'layer')} of {loaded.name} for a {size[0]}x{size[1]} input; "
+        click.echo(f"{plural(len(rows), 'layer')} of {loaded.name} for a {size[0]}x{size[1]} input; "
                    f"default Grad-CAM layer: the last with a spatial output")
     return ExitCode.OK

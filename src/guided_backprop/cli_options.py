@@ -1,0 +1,333 @@
+"""The command line's vocabulary: library fields as flags, option types, grouped ``--help`` and the
+model options every subcommand shares.
+
+The library speaks Python and names the field at fault (``GuidedBackpropError.field``); this module
+is the one place that knows each field's flag (:data:`FLAGS`) and turns strings into the typed
+values the library takes (click ``ParamType``s, parsed once, at the edge).
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .errors import ExitCode, GuidedBackpropError
+from .methods import parse_methods
+
+__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "model_options"]
+
+PROG = "guided-backprop"
+EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in {
+    ExitCode.OK: "every input done",
+    ExitCode.SOME_FAILED: "some inputs failed (each named on stderr with the reason, all others done)",
+    ExitCode.USAGE: "usage error (bad option, unknown model, layer or class, an output folder of another run): "
+                    "nothing was computed",
+    ExitCode.FAILED: "the run failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "the disk is full (or the output folder cannot be written): free space, rerun to resume",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}.items()) + ". After 130 or 143, rerun the same command to finish: complete outputs are kept."
+
+# --------------------------------------------------------------------------- library fields -> flags
+
+#: The library's errors name the setting at fault in Python (``GuidedBackpropError.field``, and
+#: ``name=value`` in their text); on the command line they name the flag. One table for both.
+FLAGS: dict[str, str] = {
+    "model": "--model", "weights": "--weights", "labels": "--labels", "num_classes": "--num-classes",
+    "trust_checkpoint": "--trust-checkpoint", "input_size": "--input-size", "resize": "--resize", "crop": "--crop",
+    "mean": "--mean", "std": "--std", "channels": "--channels", "device": "--device", "method": "--methods",
+    "methods": "--methods", "target": "--target", "layer": "--layer", "channel": "--channel", "neuron": "--neuron",
+    "gradcam_layer": "--gradcam-layer", "smooth": "--smooth", "noise": "--noise", "seed": "--seed",
+    "norm": "--norm", "name": "--name", "input_name": "--input-name", "batch_size": "--batch-size",
+    "workers": "--workers", "output": "--output", "overwrite": "--overwrite",
+}
+_PY_ARG = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) +
+                     r")=('[^']*'|\"[^\"]*\"|\[[^\]]*\]|\([^)]*\)|[^\s,;:)]+)")
+
+
+def _flag_words(match: re.Match[str]) -> str:
+    flag, value = FLAGS[match.group(1)], match.group(2)
+    if value == "True":
+        return flag
+    if value[:1] in "'\"" and value[-1:] == value[:1] and " " not in value:
+        value = value[1:-1]
+    elif value[:1] in "[(":  # a Python sequence: the flag takes its items comma-separated
+        value = ",".join(v.strip(" '\"") for v in value[1:-1].split(",") if v.strip())
+    return f"{flag} {value}"
+
+
+def cli_message(message: str, field: str | None = None) -> str:
+    """A library message in the command line's words: ``num_classes=N`` becomes ``--num-classes N``,
+    ``method='saliency'`` becomes ``--methods saliency``, and the flag of ``field`` leads when the
+    message does not name it."""
+    text = _PY_ARG.sub(_flag_words, " ".join(str(message).split()))
+    flag = FLAGS.get(field or "")
+    if flag and flag not in text:
+        text = f"{flag}: {text}"
+    return text
+
+
+def echo_error(message: str | BaseException, *, verbose: bool = False, err: BaseException | None = None) -> None:
+    """One line ``error: ...`` on stderr (the traceback first with ``--verbose``)."""
+    if verbose and err is not None:
+        click.echo("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(), err=True)
+    field = getattr(message, "field", None) if isinstance(message, BaseException) else None
+    click.echo(f"error: {cli_message(str(message), field)}", err=True)
+
+
+def plural(n: int, word: str) -> str:
+    """``1 image``, ``2 images``."""
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+# ---------------------------------------------------------------------------------------- param types
+
+
+class MethodsType(click.ParamType):
+    """A comma-separated list of method names (aliases accepted): ``gbp,deconvnet``."""
+
+    name = "METHODS"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[str, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            return parse_methods([v for v in str(value).split(",") if v.strip()] or [""])
+        except GuidedBackpropError as err:
+            self.fail(str(err), param, ctx)
+
+
+class _Size(click.ParamType):
+    """A positive number of pixels, ``none``, or ``model`` (keep the model's own)."""
+
+    name = "PIXELS|none"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .preprocessing import KEEP
+
+        if value is None or value is KEEP or isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "model":
+            return KEEP
+        if text in ("none", "no", "off"):
+            return None
+        if text.isdigit() and int(text) > 0:
+            return int(text)
+        self.fail(f"{value!r} is not a positive number of pixels or 'none'", param, ctx)
+
+
+class _Floats(click.ParamType):
+    """Comma-separated numbers, one per input channel (or one for all): ``0.5`` or ``0.485,0.456,0.406``."""
+
+    name = "F[,F,F]"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> tuple[float, ...]:
+        if isinstance(value, tuple):
+            return value
+        try:
+            numbers = tuple(float(v) for v in str(value).split(","))
+        except ValueError:
+            self.fail(f"{value!r} is not a comma-separated list of numbers (e.g. 0.5 or 0.485,0.456,0.406)",
+                      param, ctx)
+        if len(numbers) not in (1, 3):
+            self.fail(f"{value!r}: give 1 number (grayscale, or the same for R, G and B) or 3 (R, G, B)", param, ctx)
+        return numbers
+
+
+class _Device(click.ParamType):
+    """``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (resolved on the machine that runs, see devices.py)."""
+
+    name = "auto|cpu|cuda[:N]|mps"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value).strip().lower()
+        if re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", text):
+            return text
+        self.fail(f"{value!r} is not a device; use auto, cpu, cuda, cuda:N or mps", param, ctx)
+
+
+class TargetType(click.ParamType):
+    """``top1`` -> ``None`` (each image's predicted class), ``topK`` -> :class:`TopK`, a class index ->
+    ``int``, anything else -> the class name (checked against the model's names once it is loaded)."""
+
+    name = "topK|INDEX|NAME"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from .targets import TopK
+
+        if value is None or isinstance(value, (int, TopK)):
+            return value
+        text = str(value).strip()
+        m = re.fullmatch(r"top-?(\d*)", text.lower())
+        if m:
+            k = int(m.group(1) or 1)
+            if k < 1:
+                self.fail(f"{value!r}: k of topK must be 1 or more", param, ctx)
+            return None if k == 1 else TopK(k)
+        if re.fullmatch(r"\d+", text):
+            return int(text)
+        if not text:
+            self.fail("give top1, topK, a class index or a class name", param, ctx)
+        return text
+
+
+class NeuronType(click.ParamType):
+    """``max`` (the most active unit of the channel) or ``Y,X`` -> ``(y, x)``."""
+
+    name = "max|Y,X"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if value is None or isinstance(value, tuple):
+            return value
+        text = str(value).strip().lower()
+        if text == "max":
+            return "max"
+        m = re.fullmatch(r"(\d+)\s*,\s*(\d+)", text)
+        if not m:
+            self.fail(f"{value!r}: give 'max' or 'Y,X' (a unit's row and column, from 0)", param, ctx)
+        return int(m.group(1)), int(m.group(2))
+
+
+# ------------------------------------------------------------------------------ grouped --help
+
+
+class _Option(click.Option):
+    """An option that belongs to a section of ``--help`` (``group``)."""
+
+    def __init__(self, *args: Any, group: str = "Other options", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+def opt(group: str, *decls: str, **attrs: Any) -> Callable[[Any], Any]:
+    return click.option(*decls, cls=_Option, group=group, **attrs)
+
+
+class _GroupedCommand(click.Command):
+    """``--help`` with the options in sections (inputs, model, methods and targets, output...).
+
+    click has no option groups; ``click-option-group`` adds them, but for what we need, titled
+    sections in ``--help``, ten lines here cost less than a dependency (and its own ``--help``
+    layout) on every install.
+    """
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        sections: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            if not isinstance(param, click.Option):  # arguments are in the usage line
+                continue
+            record = param.get_help_record(ctx)
+            if record is not None:
+                sections.setdefault(getattr(param, "group", "Other options"), []).append(record)
+        order = [INPUTS, MODEL, TARGETS, OUTPUT, PERF, RESUME]
+        for title in sorted(sections, key=lambda t: order.index(t) if t in order else len(order)):
+            with formatter.section(title):
+                formatter.write_dl(sections[title])
+
+
+COMMAND_SETTINGS = {"cls": _GroupedCommand, "epilog": EXIT_CODES,
+            "context_settings": {"max_content_width": 100, "show_default": True}}
+
+
+# ----------------------------------------------------------------------------- model options
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    """The model options every subcommand takes, parsed: which network, and how pictures become its input."""
+
+    model: str | None = None
+    weights: str | None = None
+    labels: Path | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    input_size: int | None = None
+    resize: Any = "model"
+    crop: Any = "model"
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    channels: int | None = None
+    device: str = "auto"
+
+    def preprocessing_changes(self) -> dict[str, Any]:
+        """Arguments of :meth:`Preprocessing.adjust` (for ``load_model(preprocessing=...)``)."""
+        from .preprocessing import KEEP
+
+        changes = {"input_size": self.input_size, "resize": self.resize, "crop": self.crop, "mean": self.mean,
+                   "std": self.std, "channels": self.channels}
+        return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
+            k: None for k in ("resize", "crop") if changes[k] is None}
+
+    def load(self) -> Any:
+        """The :class:`~guided_backprop.models.LoadedModel`, preprocessing changes applied."""
+        from . import models
+        from .devices import resolve_device
+
+        return models.load_model(
+            self.model or models.DEFAULT_MODEL, weights=self.weights, labels=self.labels,
+            num_classes=self.num_classes, trust_checkpoint=self.trust_checkpoint, device=resolve_device(self.device),
+            preprocessing=self.preprocessing_changes() or None,
+        )
+
+
+MODEL = "Model"
+INPUTS = "Inputs (how pictures become the network's input)"
+OUTPUT = "Output"
+TARGETS = "Methods and targets"
+PERF = "Performance"
+RESUME = "Resume"
+_MODEL_OPTIONS = [
+    opt(MODEL, "--model", default=None, metavar="NAME", show_default="efficientnet_lite0, offline",
+         help="A registry name (see 'guided-backprop models'), 'timm:<name>', or your factory 'pkg.mod:fn' / "
+              "'path/file.py:fn' (returning the model, or (model, preprocessing[, labels]): see the README)."),
+    opt(MODEL, "--weights", default=None, metavar="FILE|NAME", show_default="the model's own",
+         help="A checkpoint file, a weights name (torchvision: IMAGENET1K_V2; timm: pretrained), or 'random' "
+              "(random initialisation: for tests and sanity checks, the maps then show no learned features)."),
+    opt(MODEL, "--labels", type=click.Path(exists=True, dir_okay=False, path_type=Path), default=None,
+         metavar="FILE", show_default="the model's", help="Class names: one per line, or JSON; one per class."),
+    opt(MODEL, "--num-classes", type=click.IntRange(min=1), default=None, show_default="the checkpoint's",
+         help="Classes of a checkpoint or factory model."),
+    opt(MODEL, "--trust-checkpoint", is_flag=True,
+         help="Allow a pickled checkpoint (runs code from the file: only for files you trust)."),
+    opt(MODEL, "--device", type=_Device(), default="auto", metavar="auto|cpu|cuda[:N]|mps",
+         help="auto picks CUDA when available; under torchrun each process takes cuda:LOCAL_RANK."),
+    opt(INPUTS, "--input-size", type=click.IntRange(min=1), default=None, metavar="PIXELS",
+         show_default="the model's",
+         help="Size the network sees, in the model's own convention: its crop (the resize scaled like the "
+              "model's, e.g. 256/224), its direct resize, or the shorter side for whole pictures."),
+    opt(INPUTS, "--resize", type=_Size(), default="model", metavar="PIXELS|none",
+         help="Resize the shorter side to PIXELS first (aspect ratio kept), or 'none'."),
+    opt(INPUTS, "--crop", type=_Size(), default="model", metavar="PIXELS|none",
+         help="Centre crop PIXELS x PIXELS, or 'none' for whole pictures of any size."),
+    opt(INPUTS, "--mean", type=_Floats(), default=None, show_default="the model's; ImageNet's for factories",
+         help="Per-channel mean subtracted after scaling pixels to 0-1: R,G,B or one value."),
+    opt(INPUTS, "--std", type=_Floats(), default=None, show_default="the model's; ImageNet's for factories",
+         help="Per-channel standard deviation divided by: R,G,B or one value."),
+    opt(INPUTS, "--channels", type=click.Choice(["1", "3"]), default=None, show_default="the model's, 3: RGB",
+         help="1: the network takes grayscale pictures (mean/std default to the average of the model's)."),
+]
+_MODEL_FIELDS = ("model", "weights", "labels", "num_classes", "trust_checkpoint", "input_size", "resize", "crop",
+                 "mean", "std", "channels", "device")
+
+
+def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add the model options to a command; it receives them as one ``model_options: ModelOptions``."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        values = {k: kwargs.pop(k) for k in _MODEL_FIELDS}
+        if values["channels"] is not None:
+            values["channels"] = int(values["channels"])
+        return fn(*args, model_options=ModelOptions(**values), **kwargs)
+
+    for option in reversed(_MODEL_OPTIONS):
+        wrapper = option(wrapper)
+    return wrapper
