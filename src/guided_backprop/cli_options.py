@@ -18,7 +18,7 @@ from typing import Any
 
 import click
 
-from .errors import ExitCode, GuidedBackpropError
+from .errors import ExitCode, GuidedBackpropError, TargetError
 from .methods import parse_methods
 
 __all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "model_options"]
@@ -161,22 +161,14 @@ class TargetType(click.ParamType):
     name = "topK|INDEX|NAME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .targets import TopK
+        from .targets import parse_class_target
 
-        if value is None or isinstance(value, (int, TopK)):
-            return value
-        text = str(value).strip()
-        m = re.fullmatch(r"top-?(\d*)", text.lower())
-        if m:
-            k = int(m.group(1) or 1)
-            if k < 1:
-                self.fail(f"{value!r}: k of topK must be 1 or more", param, ctx)
-            return None if k == 1 else TopK(k)
-        if re.fullmatch(r"\d+", text):
-            return int(text)
-        if not text:
+        if isinstance(value, str) and not value.strip():
             self.fail("give top1, topK, a class index or a class name", param, ctx)
-        return text
+        try:
+            return parse_class_target(value)
+        except TargetError as err:
+            self.fail(str(err), param, ctx)
 
 
 class NeuronType(click.ParamType):
@@ -185,15 +177,12 @@ class NeuronType(click.ParamType):
     name = "max|Y,X"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if value is None or isinstance(value, tuple):
-            return value
-        text = str(value).strip().lower()
-        if text == "max":
-            return "max"
-        m = re.fullmatch(r"(\d+)\s*,\s*(\d+)", text)
-        if not m:
-            self.fail(f"{value!r}: give 'max' or 'Y,X' (a unit's row and column, from 0)", param, ctx)
-        return int(m.group(1)), int(m.group(2))
+        from .targets import parse_neuron
+
+        try:
+            return parse_neuron(value)
+        except TargetError as err:
+            self.fail(str(err), param, ctx)
 
 
 # ------------------------------------------------------------------------------ grouped --help

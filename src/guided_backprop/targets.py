@@ -7,9 +7,10 @@ backward pass. Samples never mix: each map is the gradient of that sample's own 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Union
+from typing import Literal, Union
 
 import torch
 
@@ -24,6 +25,8 @@ __all__ = [
     "Target",
     "resolve_classes",
     "layer_scores",
+    "parse_class_target",
+    "parse_neuron",
 ]
 
 
@@ -168,3 +171,44 @@ def layer_scores(target: LayerTarget, activation: torch.Tensor) -> tuple[torch.T
     best = flat.detach().argmax(dim=1)
     pos = torch.stack([best // w, best % w], dim=1)
     return flat.gather(1, best.unsqueeze(1)), pos
+
+
+# ------------------------------------------------------------------------------------ text forms
+
+
+def parse_class_target(spec: str | int | TopK | None) -> int | TopK | str | None:
+    """A class target written as text, the one grammar for it: ``None``/``"top1"`` -> ``None`` (each
+    sample's predicted class; so is ``""``), ``"top<k>"`` -> :class:`TopK`, ``"12"`` -> ``12``, anything else -> the
+    text, a class name for the model's labels to look up. Typed values pass through."""
+    if spec is None or isinstance(spec, TopK) or (isinstance(spec, int) and not isinstance(spec, bool)):
+        return spec
+    text = str(spec).strip()
+    m = re.fullmatch(r"top-?(\d*)", text.lower())
+    if m:
+        k = int(m.group(1) or 1)
+        if k < 1:
+            raise TargetError(f"target={spec!r}: k of top<k> must be 1 or more", field="target")
+        return None if k == 1 else TopK(k)
+    if re.fullmatch(r"\d+", text):
+        return int(text)
+    return text or None
+
+
+def parse_neuron(spec: str | tuple[int, int] | None) -> Literal["max"] | tuple[int, int] | None:
+    """Which unit of a layer target's channel, written as text: ``None``/``"all"``/``"sum"`` -> ``None``
+    (the channel summed), ``"max"`` (its most active unit, per sample), ``"Y,X"`` -> ``(y, x)``."""
+    if spec is None:
+        return None
+    if isinstance(spec, tuple):
+        y, x = (int(v) for v in spec)
+        return y, x
+    text = str(spec).strip().lower()
+    if text in ("", "all", "sum"):
+        return None
+    if text == "max":
+        return "max"
+    m = re.fullmatch(r"(\d+)\s*,\s*(\d+)", text)
+    if not m:
+        raise TargetError(f"neuron={spec!r}: give 'max' or 'Y,X' (a unit's row and column, from 0)",
+                          field="neuron")
+    return int(m.group(1)), int(m.group(2))

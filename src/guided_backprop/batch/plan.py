@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
 from ..preprocessing import KEEP
-from ..targets import Channel, MaxNeuron, Neuron, Target, TopK
+from ..targets import Channel, MaxNeuron, Neuron, Target, TopK, parse_class_target, parse_neuron
 from .config import STATE_DIR, BatchConfig
 from .identity import Digests, model_source_file
 from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
@@ -68,7 +67,7 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
     """(engine target, classes per image, layer target or None, description)."""
     model = loaded.model
     if cfg.layer is not None or cfg.channel is not None or cfg.neuron is not None:
-        if cfg.target not in (None, "top1"):
+        if parse_class_target(cfg.target) is not None:
             given = f"top{cfg.target.k}" if isinstance(cfg.target, TopK) else cfg.target
             raise TargetError(f"target={given!r} and layer={cfg.layer!r} are exclusive: a map explains a class "
                               f"or a unit", field="target")
@@ -78,36 +77,26 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
         channel = int(cfg.channel)
         if channel < 0:
             raise TargetError(f"channel must be >= 0, got {channel}", field="channel")
-        neuron = cfg.neuron if isinstance(cfg.neuron, tuple) or cfg.neuron is None else str(cfg.neuron).strip().lower()
-        if isinstance(neuron, str) and neuron not in ("", "all", "sum", "max"):  # "Y,X", the string form
-            m = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", neuron)
-            if not m:
-                raise TargetError(f"neuron={cfg.neuron!r}: give 'max' or 'Y,X' (a unit's position)", field="neuron")
-            neuron = (int(m.group(1)), int(m.group(2)))
+        neuron = parse_neuron(cfg.neuron)
         lt: Channel | Neuron | MaxNeuron
-        if neuron in (None, "", "all", "sum"):
+        if neuron is None:
             lt, desc = Channel(cfg.layer, channel), f"layer {cfg.layer} channel {channel} (summed)"
         elif neuron == "max":
             lt, desc = MaxNeuron(cfg.layer, channel), f"layer {cfg.layer} channel {channel} (most active unit)"
         else:
-            y, x = (int(v) for v in neuron)
+            y, x = neuron
             lt, desc = Neuron(cfg.layer, channel, y, x), f"layer {cfg.layer} channel {channel} unit (y={y}, x={x})"
         return lt, 1, lt, desc
-    spec = f"top{cfg.target.k}" if isinstance(cfg.target, TopK) else cfg.target
-    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "top1", "top-1", "top")):
+    spec = parse_class_target(cfg.target)
+    if spec is None:
         return None, 1, None, "top1 (each image's predicted class)"
-    if isinstance(spec, str):
-        m = re.fullmatch(r"\s*top-?(\d+)\s*", spec.lower())
-        if m:
-            k = int(m.group(1))
-            n_classes = len(loaded.labels)
-            if k < 1 or (n_classes and k > n_classes):
-                raise TargetError(f"target={spec!r}: k must be 1..{n_classes} for a model with {n_classes} classes",
-                                  field="target")
-            if k == 1:
-                return None, 1, None, "top1 (each image's predicted class)"
-            return TopK(k), k, None, f"top{k} (each image's {k} best classes)"
-    index = int(loaded.class_index(spec if not isinstance(spec, str) else spec.strip()))
+    if isinstance(spec, TopK):
+        k, n_classes = spec.k, len(loaded.labels)
+        if n_classes and k > n_classes:
+            raise TargetError(f"target='top{k}': k must be 1..{n_classes} for a model with {n_classes} classes",
+                              field="target")
+        return spec, k, None, f"top{k} (each image's {k} best classes)"
+    index = int(loaded.class_index(spec))
     return index, 1, None, f"class {index} ({loaded.label(index)})"
 
 
