@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,18 @@ def test_report_shows_an_evaluation_section_when_the_folder_has_one(tmp_path: Pa
     page = (out / "index.html").read_text(encoding="utf-8")
     assert 'id="evaluation"' in page and "deletion AUC" in page and 'src="evaluation_faithfulness.png"' in page
     assert "http://" not in page.split('id="evaluation"')[1].split("</section>")[0]
+
+
+def test_evaluate_reports_inputs_it_passes_over(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    os.mkfifo(tmp_path / "in" / "fifo.png")  # opening it would block forever
+    (tmp_path / "in" / "loop1.png").symlink_to(tmp_path / "in" / "loop2.png")
+    (tmp_path / "in" / "loop2.png").symlink_to(tmp_path / "in" / "loop1.png")
+    out = tmp_path / "out"
+    result = invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency", "--checks", "class")
+    for name, why in (("fifo.png", "FIFO"), ("loop1.png", "loop"), ("loop2.png", "loop")):
+        assert any(name in line and why in line and line.startswith("skipped:")
+                   for line in result.output.splitlines()), result.output
+    assert result.exit_code == 0 and "1 image evaluated (3 skipped)" in result.output  # as run: not failures
+    doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert doc["images"] == 1 and len(doc["passed_over"]) == 3

@@ -374,7 +374,9 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size)
         result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
-                                 on_skip=lambda path, reason: echo_error(reason))
+                                 on_skip=lambda path, reason: echo_error(reason),
+                                 on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
+                                                                              err=True))
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -387,7 +389,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             bar.close()
     if not quiet:
         n = len(result.evaluation.images)
-        click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({len(result.skipped)} skipped) -> "
+        skipped = len(result.skipped) + len(result.passed_over)
+        click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
                    f"{result.output / 'evaluation.json'}")
     return result.exit_code
 

@@ -175,6 +175,7 @@ class Evaluation:
     deletion: CurveResult | None = None
     insertion: CurveResult | None = None
     failed: dict[str, str] = field(default_factory=dict)
+    passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
     settings: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -187,6 +188,8 @@ class Evaluation:
                 out[key] = result.to_json()
         if self.failed:
             out["failed"] = dict(self.failed)
+        if self.passed_over:
+            out["passed_over"] = dict(self.passed_over)
         if self.settings:
             out["settings"] = dict(self.settings)
         return out

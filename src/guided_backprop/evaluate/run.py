@@ -71,6 +71,7 @@ class EvaluateRun:
     output: Path
     files: list[Path] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    passed_over: dict[str, str] = field(default_factory=dict)  # never opened: FIFOs, link loops, ...
 
     @property
     def exit_code(self) -> ExitCode:
@@ -79,11 +80,13 @@ class EvaluateRun:
 
 
 def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[[Any], torch.Tensor]
-                 ) -> tuple[list[str], list[torch.Tensor], dict[str, str]]:
-    from ..images import find_images, load_image
+                 ) -> tuple[list[str], list[torch.Tensor], dict[str, str], dict[str, str]]:
+    from ..images import load_image, search_images
 
     names, tensors, skipped = [], [], {}
-    for path in find_images([Path(p) for p in inputs]):
+    found = search_images([Path(p) for p in inputs])
+    passed_over = {str(s.path): s.reason for s in found.skipped}
+    for path in found.paths:
         try:
             tensors.append(preprocess(load_image(path)))
         except (ImageError, InputError) as err:
@@ -92,12 +95,14 @@ def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[
         names.append(str(path))
     if not tensors:
         raise ImageError("no readable image among the inputs" + (
-            f" ({len(skipped)} could not be read)" if skipped else ""))
+            f" ({len(skipped)} could not be read)" if skipped else "") + (
+            f" ({len(passed_over)} passed over, e.g. {next(iter(passed_over))!r}: "
+            f"{next(iter(passed_over.values()))})" if passed_over else ""))
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
         raise InputError(f"the images give inputs of different sizes {sorted(shapes)}; evaluate needs one size: "
                          f"use a model preprocessing with a fixed size or crop (--input-size)")
-    return names, tensors, skipped
+    return names, tensors, skipped, passed_over
 
 
 def evaluate_folder(
@@ -108,12 +113,15 @@ def evaluate_folder(
     loaded: LoadedModel | None = None,
     progress: Callable[[str, int, int], None] | None = None,
     on_skip: Callable[[str, str], None] | None = None,
+    on_pass_over: Callable[[str, str], None] | None = None,
 ) -> EvaluateRun:
     """Evaluate every image of ``inputs`` (files, folders, globs) and write the outputs to ``output``.
 
     ``loaded`` is the model to evaluate, with its preprocessing (:func:`guided_backprop.load_model`);
     without it the model is loaded from ``config``'s model fields. Unreadable images are skipped
-    (``on_skip(path, reason)`` is told) and listed under ``"failed"`` in ``evaluation.json``. Raises
+    (``on_skip(path, reason)`` is told) and listed under ``"failed"`` in ``evaluation.json``; inputs
+    that are never opened (a FIFO, a symbolic-link loop, an unreadable folder...) are told to
+    ``on_pass_over(path, reason)`` and listed under ``"passed_over"``. Raises
     :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
     from ..models import DEFAULT_MODEL, load_model
@@ -129,7 +137,10 @@ def evaluate_folder(
     pre = loaded.preprocessing
     if cfg.input_size is not None:
         pre = _sized(pre, int(cfg.input_size))
-    names, tensors, skipped = _load_inputs(list(inputs), pre)
+    names, tensors, skipped, passed_over = _load_inputs(list(inputs), pre)
+    for path, reason in passed_over.items():
+        if on_pass_over is not None:
+            on_pass_over(path, reason)
     for path, reason in skipped.items():
         if on_skip is not None:
             on_skip(path, reason)
@@ -142,6 +153,7 @@ def evaluate_folder(
         progress=progress,
     )
     evaluation.failed = dict(skipped)
+    evaluation.passed_over = dict(passed_over)
     evaluation.settings = {
         "methods": list(methods), "checks": list(checks), "weights": loaded.weights,
         "preprocessing": pre.describe(), "deletion_steps": cfg.steps, "figure_image": names[figure_image],
@@ -149,7 +161,8 @@ def evaluate_folder(
     }
     picture = pre.invert(x[figure_image])
     files = write_outputs(evaluation, output, image=picture)
-    return EvaluateRun(evaluation=evaluation, output=Path(output), files=files, skipped=skipped)
+    return EvaluateRun(evaluation=evaluation, output=Path(output), files=files, skipped=skipped,
+                       passed_over=passed_over)
 
 
 def _sized(pre: Any, size: int) -> Any:
