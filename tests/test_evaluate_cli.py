@@ -131,6 +131,19 @@ def test_report_shows_an_evaluation_section_when_the_folder_has_one(tmp_path: Pa
     assert "http://" not in page.split('id="evaluation"')[1].split("</section>")[0]
 
 
+def test_evaluate_keeps_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    raw = bytes(tmp_path / "in") + b"/bad\xff.png"
+    next((tmp_path / "in").iterdir()).rename(raw.decode("utf-8", "surrogateescape"))
+    out = tmp_path / "out"
+    result = invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency", "--checks", "class", "-q")
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+    assert [os.fsencode(p) for p in doc["inputs"]] == [raw]  # \udcff escapes give back the exact bytes
+    rows = (out / "evaluation.csv").read_bytes().splitlines()[1:]
+    assert rows and all(row.startswith(raw + b",") for row in rows)  # CSV: the name's own bytes
+
+
 def test_evaluate_reports_inputs_it_passes_over(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
     os.mkfifo(tmp_path / "in" / "fifo.png")  # opening it would block forever

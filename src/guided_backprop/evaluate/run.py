@@ -266,7 +266,9 @@ def write_outputs(evaluation: Evaluation, output: str | os.PathLike[str], *, ima
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(evaluation))
-    write_text(folder / CSV_NAME, buf.getvalue())
+    # A file name that is not UTF-8 is written as its own bytes (surrogateescape), as predictions.csv;
+    # evaluation.json keeps it as \udcXX escapes (json.dumps' ASCII output).
+    write_bytes(folder / CSV_NAME, buf.getvalue().encode("utf-8", "surrogateescape"))
     write_text(folder / JSON_NAME, json.dumps(_json_value(doc), indent=1, allow_nan=False) + "\n")
     files += [folder / CSV_NAME, folder / JSON_NAME]
     return files
