@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -12,6 +14,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from guided_backprop.cli import main
+from guided_backprop.errors import ExitCode
 from tests.fixtures.cli_images import write_plain
 
 REPO = Path(__file__).resolve().parents[1]
@@ -157,3 +160,29 @@ def test_evaluate_reports_inputs_it_passes_over(tmp_path: Path) -> None:
     assert result.exit_code == 0 and "1 image evaluated (3 skipped)" in result.output  # as run: not failures
     doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
     assert doc["images"] == 1 and len(doc["passed_over"]) == 3
+
+
+def test_evaluate_help_tells_its_own_exit_codes() -> None:
+    text = " ".join(invoke("evaluate", "--help").output.split())
+    assert "143 terminated (SIGTERM)" in text and "a rerun starts over" in text
+    assert "complete outputs are kept" not in text  # evaluate does not resume
+    assert "randomization, class, deletion, insertion" in text  # --checks names its choices
+    main_help = " ".join(invoke("--help").output.split())
+    for code in ExitCode:
+        assert f" {int(code)} " in main_help.split("Exit codes:")[1], code
+    assert "blocks.5" not in main_help  # its units see the whole picture: not a useful example
+
+
+def test_evaluate_sigterm_is_one_line_and_code_143(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import guided_backprop.evaluate.run as run
+
+    def killed(*_args: object, **_kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises before this ends
+        raise AssertionError("SIGTERM did not stop the evaluation")
+
+    monkeypatch.setattr(run, "evaluate_folder", killed)
+    write_plain(tmp_path / "in", 1)
+    result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *TINY])
+    assert result.exit_code == 143, result.output
+    assert result.output.strip() == "terminated (SIGTERM): the evaluation did not finish; a rerun starts over"

@@ -43,6 +43,13 @@ from .render import NORMALIZATIONS
 
 __all__ = ["cli_message", "main"]
 
+EVALUATE_EXIT_CODES = (
+    "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
+    "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
+    "3 the evaluation failed unexpectedly (--verbose shows why); 130 interrupted (Ctrl-C), 143 "
+    "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
+)
+
 def _keep_freed_memory() -> None:
     """Ask glibc to serve large buffers from the heap and keep freed memory for reuse.
 
@@ -146,7 +153,7 @@ def main() -> None:
       guided-backprop 'photos/**/*.jpg' -o out --methods gbp,deconvnet,guided_gradcam --target top5
       guided-backprop photos -o out --model vgg19 --norm minmax          # the seed's look
       torchrun --standalone --nproc-per-node 2 -m guided_backprop photos -o out
-      guided-backprop units photos -o units --layer blocks.5 --top-channels 4
+      guided-backprop units photos -o units --layer blocks.3 --top-channels 4
 
     Outputs in OUT: the maps (default names map_{idx}_class_{class_index}.png, as the seed),
     im_{idx}.png (the input as the network saw it), index.jsonl, predictions.csv and run.json.
@@ -328,13 +335,14 @@ def report_command(output: Path, verbose: bool) -> int:
     return _write_report(output, quiet=False, verbose=verbose)
 
 
-@main.command("evaluate", **COMMAND_SETTINGS)
+@main.command("evaluate", **{**COMMAND_SETTINGS, "epilog": EVALUATE_EXIT_CODES})
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for evaluation.json, evaluation.csv and the figures.")
 @opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop,saliency,gradcam",
       help=f"Comma-separated: {', '.join(METHODS)}.")
-@opt(TARGETS, "--checks", default="randomization,class,deletion,insertion", help="Comma-separated checks to run.")
+@opt(TARGETS, "--checks", default="randomization,class,deletion,insertion", metavar="CHECKS",
+     help="Comma-separated checks to run: randomization, class, deletion, insertion.")
 @opt(TARGETS, "--randomization", "order", type=click.Choice(["cascading", "independent"]), default="cascading",
       help="Re-initialise blocks cumulatively from the output, or one at a time.")
 @opt(TARGETS, "--granularity", type=click.Choice(["blocks", "modules"]), default="blocks",
@@ -357,6 +365,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     """
     from tqdm import tqdm
 
+    from .batch.config import Terminated
+    from .batch.pipeline import _sigterm_as_interrupt
     from .evaluate import parse_checks
     from .evaluate.run import EvaluateConfig, evaluate_folder
 
@@ -373,10 +383,16 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size)
-        result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
-                                 on_skip=lambda path, reason: echo_error(reason),
-                                 on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
-                                                                              err=True))
+        with _sigterm_as_interrupt():
+            result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
+                                     on_skip=lambda path, reason: echo_error(reason),
+                                     on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
+                                                                                  err=True))
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
+        terminated = isinstance(err, Terminated)
+        click.echo(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the evaluation did not finish; "
+                   "a rerun starts over", err=True)
+        return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
