@@ -20,12 +20,16 @@ __all__ = ["StopForward", "exact_cuda_math", "find_layer", "forward_hooks", "lay
            "model_state"]
 
 
-def find_layer(model: nn.Module, name: str) -> nn.Module:
-    """The submodule called ``name`` in ``model.named_modules()``; unknown names list close matches."""
+def find_layer(model: nn.Module, name: str, *, field: str | None = None) -> nn.Module:
+    """The submodule called ``name`` in ``model.named_modules()``; unknown names list close matches.
+
+    ``field`` names the option the name came from (``layer``, ``gradcam_layer``), so that the CLI's
+    message leads with that flag.
+    """
     modules = dict(model.named_modules())
     if name not in modules or name == "":
         raise UnknownNameError("layer", name, [n for n in modules if n],
-                               hint="layer names are those of model.named_modules()")
+                               hint="layer names are those of model.named_modules()", field=field)
     return modules[name]
 
 

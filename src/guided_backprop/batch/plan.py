@@ -73,7 +73,7 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
                               f"or a unit", field="target")
         if cfg.layer is None or cfg.channel is None:
             raise TargetError("a layer target needs both layer=NAME and channel=C", field="layer")
-        find_layer(model, cfg.layer)
+        find_layer(model, cfg.layer, field="layer")
         channel = int(cfg.channel)
         if channel < 0:
             raise TargetError(f"channel must be >= 0, got {channel}", field="channel")
@@ -209,7 +209,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     pre = loaded.preprocessing  # the config's changes applied by load_model, which tries the model on them
     gradcam_layer = cfg.gradcam_layer or getattr(loaded, "gradcam_layer", None)
     if gradcam_layer is not None:
-        find_layer(loaded.model, gradcam_layer)
+        find_layer(loaded.model, gradcam_layer, field="gradcam_layer")
     target, k, layer_target, target_text = _parse_target(cfg, loaded)
 
     map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)
