@@ -68,6 +68,10 @@ def test_unreadable_and_missing_files(tmp_path: Path) -> None:
     junk.write_bytes(b"not a checkpoint at all")
     with pytest.raises(CheckpointError, match="cannot read checkpoint .*junk.pth"):
         read_state_dict(junk)
+    text = tmp_path / "notes.txt"
+    text.write_text("hi\n")  # torch.load's own error is "KeyError: 105"
+    with pytest.raises(CheckpointError, match=r"notes.txt': it is not a file written by torch.save \(neither"):
+        read_state_dict(text)
     with pytest.raises(CheckpointError, match="not found: .*nope.pth"):
         read_state_dict(tmp_path / "nope.pth")
     torch.save({"epoch": 3, "note": "hello"}, tmp_path / "empty.pth")

@@ -76,6 +76,9 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
         except Exception as err2:
             raise CheckpointError(f"cannot read checkpoint '{file}': {err2}") from err2
     except Exception as err:
+        if not _looks_like_torch_save(file):  # a text file, an image...: torch's own error is a bare KeyError
+            raise CheckpointError(f"cannot read checkpoint '{file}': it is not a file written by torch.save "
+                                  f"(neither a zip archive nor a pickle)") from err
         raise CheckpointError(
             f"cannot read checkpoint '{file}' ({type(err).__name__}: {err}); is it a file written by torch.save?"
         ) from err
