@@ -186,3 +186,15 @@ def test_evaluate_sigterm_is_one_line_and_code_143(tmp_path: Path, monkeypatch: 
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *TINY])
     assert result.exit_code == 143, result.output
     assert result.output.strip() == "terminated (SIGTERM): the evaluation did not finish; a rerun starts over"
+
+
+def test_evaluate_pictures_of_different_shapes_name_the_flag_that_fixes_it(tmp_path: Path) -> None:
+    (tmp_path / "in").mkdir()
+    Image.new("RGB", (48, 32), (200, 10, 10)).save(tmp_path / "in" / "wide.png")
+    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "in" / "square.png")
+    tiny = [TINY[0], TINY[1], "--resize", "32", "--crop", "none"]  # whole pictures, aspect kept
+    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class")
+    assert result.exit_code == 2 and "--crop 32" in result.output, result.output
+    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class",
+                    "--methods", "saliency", "--crop", "32", "-q")
+    assert result.exit_code == 0, result.output

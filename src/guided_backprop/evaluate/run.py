@@ -100,8 +100,9 @@ def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[
             f"{next(iter(passed_over.values()))})" if passed_over else ""))
     shapes = {tuple(t.shape) for t in tensors}
     if len(shapes) > 1:
+        side = min(min(shape[-2:]) for shape in shapes)  # whole pictures keep their aspect: crop them square
         raise InputError(f"the images give inputs of different sizes {sorted(shapes)}; evaluate needs one size: "
-                         f"use a model preprocessing with a fixed size or crop (--input-size)")
+                         f"centre-crop them (crop={side}) or use a model with a fixed input size")
     return names, tensors, skipped, passed_over
 
 
