@@ -198,3 +198,12 @@ def test_evaluate_pictures_of_different_shapes_name_the_flag_that_fixes_it(tmp_p
     result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class",
                     "--methods", "saliency", "--crop", "32", "-q")
     assert result.exit_code == 0, result.output
+
+
+def test_evaluate_does_not_take_its_own_figures_as_inputs(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    out = tmp_path / "in" / "ev"  # inside the input folder: its figures are PNGs
+    for _ in range(2):
+        result = invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency",
+                        "--checks", "deletion", "--steps", "2")
+        assert result.exit_code == 0 and "1 image evaluated" in result.output, result.output

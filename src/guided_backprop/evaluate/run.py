@@ -79,14 +79,19 @@ class EvaluateRun:
         return ExitCode.SOME_FAILED if self.skipped else ExitCode.OK
 
 
-def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[[Any], torch.Tensor]
+def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[[Any], torch.Tensor],
+                 output: str | os.PathLike[str]
                  ) -> tuple[list[str], list[torch.Tensor], dict[str, str], dict[str, str]]:
+    """The images of ``inputs``, minus what lies in ``output`` (our own figures, on a rerun)."""
     from ..images import load_image, search_images
 
     names, tensors, skipped = [], [], {}
     found = search_images([Path(p) for p in inputs])
     passed_over = {str(s.path): s.reason for s in found.skipped}
+    home = os.path.realpath(output)
     for path in found.paths:
+        if os.path.commonpath([os.path.realpath(path), home]) == home:
+            continue
         try:
             tensors.append(preprocess(load_image(path)))
         except (ImageError, InputError) as err:
@@ -138,7 +143,7 @@ def evaluate_folder(
     pre = loaded.preprocessing
     if cfg.input_size is not None:
         pre = _sized(pre, int(cfg.input_size))
-    names, tensors, skipped, passed_over = _load_inputs(list(inputs), pre)
+    names, tensors, skipped, passed_over = _load_inputs(list(inputs), pre, output)
     for path, reason in passed_over.items():
         if on_pass_over is not None:
             on_pass_over(path, reason)
