@@ -608,7 +608,9 @@ def test_layers_lists_names_types_shapes_and_receptive_fields() -> None:
     assert "Linear" in rows["4"] and "1x10" in rows["4"] and rows["4"].rstrip().endswith("-")
     assert "32x32 input" in result.output.splitlines()[-1]
     spatial = invoke("layers", "--model", TINY, "--input-size", "32", "--spatial")
-    assert [line.split()[0] for line in spatial.output.splitlines()[1:-1]] == ["0", "1", "2"]  # 2: 1x1 pool
+    # the 1x1 pool (2) is no spatial map: Grad-CAM and units cannot use it
+    assert [line.split()[0] for line in spatial.output.splitlines()[1:-1]] == ["0", "1"]
+    assert spatial.output.splitlines()[-1].endswith("default Grad-CAM layer: 1")
 
 
 def test_layers_of_the_default_model_show_where_patches_are_real() -> None:

@@ -499,5 +499,19 @@ def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) ->
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
     if size is not None:
         click.echo(f"{plural(len(rows), 'layer')} of {loaded.name} for a {size[0]}x{size[1]} input; "
-                   f"default Grad-CAM layer: the last with a spatial output")
+                   f"default Grad-CAM layer: {_default_gradcam_layer(loaded, size) or 'none (no spatial output)'}")
     return ExitCode.OK
+
+
+def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
+    """The layer Grad-CAM takes by default, found as the engine finds it: one forward of a blank input."""
+    import torch
+
+    from .attribution import Explainer
+
+    channels = int(getattr(loaded.preprocessing, "channels", 3) or 3)
+    try:
+        blank = torch.zeros(1, channels, *size, device=next(loaded.model.parameters()).device)
+        return Explainer(loaded.model).explain(blank, 0, methods=["gradcam"]).gradcam_layer
+    except (GuidedBackpropError, StopIteration):
+        return None

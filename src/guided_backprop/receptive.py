@@ -270,8 +270,9 @@ class LayerRow:
 
     @property
     def spatial(self) -> bool:
-        """Whether the output is an ``(N, C, H, W)`` map (usable for Grad-CAM and units)."""
-        return self.shape is not None and len(self.shape) == 4
+        """Whether the output is an ``(N, C, H, W)`` map with more than one position (usable for
+        Grad-CAM and units; a 1x1 map, e.g. after global pooling, is not)."""
+        return self.shape is not None and len(self.shape) == 4 and self.shape[-1] * self.shape[-2] > 1
 
     @property
     def shape_text(self) -> str:

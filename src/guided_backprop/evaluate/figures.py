@@ -95,7 +95,9 @@ def randomization_figure(result: RandomizationResult, image: np.ndarray | None =
                 ax.set_ylabel(_title(m), fontsize=9)
     order = "cascading randomisation (output first) ->" if result.order == "cascading" else \
         "independent randomisation, one block at a time ->"
-    fig.suptitle(f"{order}   ({len(result.steps) - 1} steps, {result.granularity}; |map| per step)", fontsize=10)
+    total = len(result.steps) - 1
+    which = f"{total} steps" if len(shown) == total else f"{len(shown)} of {total} steps shown, evenly spread"
+    fig.suptitle(f"{order}   ({which}, {result.granularity}; |map| per step)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
 
