@@ -207,3 +207,13 @@ def test_evaluate_does_not_take_its_own_figures_as_inputs(tmp_path: Path) -> Non
         result = invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency",
                         "--checks", "deletion", "--steps", "2")
         assert result.exit_code == 0 and "1 image evaluated" in result.output, result.output
+
+
+def test_evaluate_takes_a_gradcam_layer_and_refuses_one_without_spatial_output(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    common = ["evaluate", tmp_path / "in", *TINY, "--methods", "gradcam", "--checks", "class", "-q"]
+    bad = invoke(*common, "-o", tmp_path / "bad", "--gradcam-layer", "4")
+    assert bad.exit_code == 2 and "--gradcam-layer" in bad.output and "(1, 10)" in bad.output, bad.output
+    good = invoke(*common, "-o", tmp_path / "good", "--gradcam-layer", "0")
+    assert good.exit_code == 0, good.output
+    assert (tmp_path / "good" / "evaluation.json").is_file()

@@ -61,6 +61,7 @@ class EvaluateConfig:
     device: str = "cpu"
     batch_size: int = 16
     figure_image: int = 0
+    gradcam_layer: str | None = None  # None: the model's own choice, else the last spatial layer
 
 
 @dataclass
@@ -155,7 +156,8 @@ def evaluate_folder(
     evaluation = run_checks(
         loaded.model, x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
         metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
-        gradcam_layer=loaded.gradcam_layer, model_name=loaded.name, image_names=names, maps_image=figure_image,
+        gradcam_layer=cfg.gradcam_layer or loaded.gradcam_layer, model_name=loaded.name, image_names=names,
+        maps_image=figure_image,
         progress=progress,
     )
     evaluation.failed = dict(skipped)
