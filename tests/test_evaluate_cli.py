@@ -217,3 +217,14 @@ def test_evaluate_takes_a_gradcam_layer_and_refuses_one_without_spatial_output(t
     good = invoke(*common, "-o", tmp_path / "good", "--gradcam-layer", "0")
     assert good.exit_code == 0, good.output
     assert (tmp_path / "good" / "evaluation.json").is_file()
+
+
+def test_evaluate_folder_loads_its_own_model_at_the_input_size_it_is_given(tmp_path: Path) -> None:
+    from guided_backprop.evaluate.run import EvaluateConfig, evaluate_folder
+
+    write_plain(tmp_path / "in", 2)
+    cfg = EvaluateConfig(model=TINY[1], input_size=24, methods=["saliency"], checks=["class"])
+    evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
+    doc = json.loads((tmp_path / "out" / "evaluation.json").read_text(encoding="utf-8"))
+    assert doc["images"] == 2
+    assert "24" in doc["preprocessing"], doc["preprocessing"]

@@ -24,7 +24,7 @@ from .atomic import is_temp_name
 from .errors import ImageError
 
 __all__ = ["IMAGE_EXTENSIONS", "ImageNotFoundError", "ImageSearch", "Skipped", "find_images", "load_image",
-           "search_images"]
+           "search_images", "to_rgb"]
 
 # Formats Pillow registers but cannot decode here: identification stubs (BUFR, GRIB, HDF5,
 # WMF/EMF off Windows, MPEG) and EPS, which needs Ghostscript. A file named explicitly is
@@ -215,7 +215,7 @@ def search_images(inputs: Sequence[str | Path] | str | Path) -> ImageSearch:
     return result
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
+def to_rgb(image: Image.Image) -> Image.Image:
     """Any Pillow mode -> 8-bit RGB. Transparent pixels are composited on white."""
     mode = image.mode
     if mode.startswith("I;16") or mode in ("I", "F"):
@@ -298,7 +298,7 @@ def load_image(path: str | Path) -> Image.Image:
                     image = ImageOps.exif_transpose(opened)
                 except Exception:  # a broken EXIF block must not cost the picture: keep it unrotated
                     image = opened.copy()
-                rgb = _to_rgb(image)
+                rgb = to_rgb(image)
                 rgb.load()
     except ImageError:
         raise

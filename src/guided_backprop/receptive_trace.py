@@ -17,6 +17,8 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
+from .rules import call_arg
+
 __all__ = ["Axis", "Field", "FieldTracer", "add_notes"]
 
 
@@ -61,12 +63,6 @@ def _pair(v: Any, name: str) -> tuple[int, int]:
             return int(v[0]), int(v[0])
         return int(v[-2]), int(v[-1])
     return int(v), int(v)
-
-
-def _arg(args: Sequence[Any], kwargs: dict[str, Any], pos: int, name: str, default: Any) -> Any:
-    if len(args) > pos:
-        return args[pos]
-    return kwargs.get(name, default)
 
 
 # name -> positions of (kernel, stride, padding, dilation) in the call; kernel given by weight for conv.
@@ -158,12 +154,12 @@ class FieldTracer(TorchFunctionMode):
         if name in _OPAQUE or (name in _WINDOWS and (first is None or first.dims != (-2, -1))):
             return self.opaque(self._notes(inputs), f"{name} is not followed")
         if name == "conv2d":
-            weight = _arg(args, kwargs, 1, "weight", None)
+            weight = call_arg(args, kwargs, 1, "weight", None)
             kh, kw = (int(k) for k in weight.shape[-2:])
             kernel = (kh, kw)
-            stride = _pair(_arg(args, kwargs, 3, "stride", 1), "stride")
-            dilation = _pair(_arg(args, kwargs, 5, "dilation", 1), "dilation")
-            padding = _arg(args, kwargs, 4, "padding", 0)
+            stride = _pair(call_arg(args, kwargs, 3, "stride", 1), "stride")
+            dilation = _pair(call_arg(args, kwargs, 5, "dilation", 1), "dilation")
+            padding = call_arg(args, kwargs, 4, "padding", 0)
             if isinstance(padding, str):
                 if padding == "valid":
                     padding = (0, 0)
@@ -173,12 +169,12 @@ class FieldTracer(TorchFunctionMode):
             return _window(first, kernel, stride, _pair(padding, "padding"), dilation, out)
         if name in _POOLS:
             kpos, spos, ppos, dpos = _POOLS[name]
-            kernel = _pair(_arg(args, kwargs, kpos, "kernel_size", 1), "kernel")
-            stride_arg = _arg(args, kwargs, spos, "stride", None)
+            kernel = _pair(call_arg(args, kwargs, kpos, "kernel_size", 1), "kernel")
+            stride_arg = call_arg(args, kwargs, spos, "stride", None)
             stride = kernel if stride_arg is None or (isinstance(stride_arg, (list, tuple)) and not stride_arg) \
                 else _pair(stride_arg, "stride")
-            padding = _pair(_arg(args, kwargs, ppos, "padding", 0), "padding") if ppos is not None else (0, 0)
-            dilation = _pair(_arg(args, kwargs, dpos, "dilation", 1), "dilation") if dpos is not None else (1, 1)
+            padding = _pair(call_arg(args, kwargs, ppos, "padding", 0), "padding") if ppos is not None else (0, 0)
+            dilation = _pair(call_arg(args, kwargs, dpos, "dilation", 1), "dilation") if dpos is not None else (1, 1)
             assert first is not None
             return _window(first, kernel, stride, padding, dilation, out)
         if name in _ADAPTIVE:
@@ -193,7 +189,7 @@ class FieldTracer(TorchFunctionMode):
         if name in _MIXING and any(self._mixes(name, args, kwargs, t) for t in inputs):
             return self.opaque(self._notes(inputs), f"{name} moves values across space")
         if name in _CONCAT:
-            dim = int(_arg(args, kwargs, 1, "dim", 0))
+            dim = int(call_arg(args, kwargs, 1, "dim", 0))
             for t in inputs:
                 f = self.field_of(t)
                 if f.dims is not None and (dim - t.ndim if dim >= 0 else dim) in f.dims:  # type: ignore[union-attr]
@@ -209,23 +205,23 @@ class FieldTracer(TorchFunctionMode):
         elif name == "flipud":
             dims = [0]
         elif name == "flip":
-            dims = _arg(args, kwargs, 1, "dims", None)
+            dims = call_arg(args, kwargs, 1, "dims", None)
         elif name == "roll":
-            dims = _arg(args, kwargs, 2, "dims", None)
+            dims = call_arg(args, kwargs, 2, "dims", None)
         elif name == "take_along_dim":
-            dims = _arg(args, kwargs, 2, "dim", None)
+            dims = call_arg(args, kwargs, 2, "dim", None)
         elif name == "rot90":
-            dims = _arg(args, kwargs, 2, "dims", [0, 1])
+            dims = call_arg(args, kwargs, 2, "dims", [0, 1])
         else:
-            dims = _arg(args, kwargs, 1, "dim", None)
+            dims = call_arg(args, kwargs, 1, "dim", None)
         if dims is None:
             return True
         dims = [dims] if isinstance(dims, int) else list(dims)
         return any((d - t.ndim if d >= 0 else d) in f.dims for d in dims)
 
     def _pad(self, f: Field, args: Sequence[Any], kwargs: dict[str, Any], out: torch.Tensor) -> Field:
-        pad = [int(p) for p in _arg(args, kwargs, 1, "pad", ())]
-        mode = _arg(args, kwargs, 2, "mode", "constant")
+        pad = [int(p) for p in call_arg(args, kwargs, 1, "pad", ())]
+        mode = call_arg(args, kwargs, 2, "mode", "constant")
         pad += [0] * (4 - len(pad))
         left, top = pad[0], pad[2]
         axes = (Axis(f.axes[0].start - top * f.axes[0].jump, f.axes[0].size, f.axes[0].jump),
@@ -326,12 +322,12 @@ def _relayout(name: str, args: Sequence[Any], kwargs: dict[str, Any], f: Field, 
     norm = [d + ndim for d in f.dims]  # type: ignore[union-attr]
     if name == "permute":
         perm = args[1:] if len(args) > 2 or (len(args) == 2 and isinstance(args[1], int)) else \
-            _arg(args, kwargs, 1, "dims", None)
+            call_arg(args, kwargs, 1, "dims", None)
         perm = [int(p) % ndim for p in perm]
         new = [perm.index(d) for d in norm]
     elif name in ("movedim", "moveaxis"):
-        src = _arg(args, kwargs, 1, "source", None)
-        dst = _arg(args, kwargs, 2, "destination", None)
+        src = call_arg(args, kwargs, 1, "source", None)
+        dst = call_arg(args, kwargs, 2, "destination", None)
         src = [int(s) % ndim for s in ([src] if isinstance(src, int) else src)]
         dst = [int(d) % ndim for d in ([dst] if isinstance(dst, int) else dst)]
         rest = [d for d in range(ndim) if d not in src]
@@ -342,8 +338,8 @@ def _relayout(name: str, args: Sequence[Any], kwargs: dict[str, Any], f: Field, 
         order = [o if o is not None else next(it) for o in placed]
         new = [order.index(d) for d in norm]
     else:
-        d0 = int(_arg(args, kwargs, 1, "dim0", 0)) % ndim
-        d1 = int(_arg(args, kwargs, 2, "dim1", 1)) % ndim
+        d0 = int(call_arg(args, kwargs, 1, "dim0", 0)) % ndim
+        d1 = int(call_arg(args, kwargs, 2, "dim1", 1)) % ndim
         swap = {d0: d1, d1: d0}
         new = [swap.get(d, d) for d in norm]
     dims = (new[0] - ndim, new[1] - ndim)

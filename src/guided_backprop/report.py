@@ -40,6 +40,7 @@ from . import __version__
 from .atomic import write_bytes
 from .batch.records import ClassScore, IndexRecord, RecordError, RunRecord
 from .errors import GuidedBackpropError
+from .images import to_rgb
 from .methods import REGISTRY, method_title
 
 __all__ = ["CSP", "REPORT_NAME", "SECTIONS", "THUMB_DIR", "THUMB_SIZE", "write_report"]
@@ -340,7 +341,7 @@ def _picture(folder: Path, rel: str) -> _Picture | None:
             if max(im.size) <= THUMB_SIZE:
                 return _Picture(url, url)
             im.draft("RGB", (THUMB_SIZE, THUMB_SIZE))  # JPEG: decode at a reduced scale
-            small = _rgb(im)
+            small = to_rgb(im)
             small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=_THUMB_QUALITY)
@@ -361,15 +362,6 @@ def _thumb_name(rel: str) -> str:
     stem = re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(rel).stem).strip("._")[:40] or "picture"
     digest = hashlib.sha1(rel.encode("utf-8", errors="surrogatepass")).hexdigest()[:12]
     return f"{stem}-{digest}.jpg"
-
-
-def _rgb(im: Image.Image) -> Image.Image:
-    """RGB copy of ``im``; transparent pixels become white."""
-    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
-        rgba = im.convert("RGBA")
-        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(white, rgba).convert("RGB")
-    return im.convert("RGB")
 
 
 # ------------------------------------------------------------------------------------------------- page

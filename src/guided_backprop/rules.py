@@ -21,7 +21,7 @@ is reused or not, and it leaves the model untouched.
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -90,7 +90,8 @@ class _RoutedReLU(torch.autograd.Function):
         return grad, None, None, None
 
 
-def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
+def call_arg(args: Sequence[Any], kwargs: dict[str, Any], pos: int, name: str, default: Any) -> Any:
+    """Argument ``name`` of an intercepted torch call, given by position ``pos`` or by keyword."""
     if len(args) > pos:
         return args[pos]
     return kwargs.get(name, default)
@@ -98,23 +99,23 @@ def _arg(args: tuple, kwargs: dict, pos: int, name: str, default: Any) -> Any:
 
 # func -> (upper bound or None, in-place?) where in-place may depend on the arguments.
 _RELU_FUNCS: dict[Callable, Callable[[tuple, dict], tuple[float | None, bool] | None]] = {
-    F.relu: lambda a, k: (None, bool(_arg(a, k, 1, "inplace", False))),
+    F.relu: lambda a, k: (None, bool(call_arg(a, k, 1, "inplace", False))),
     torch.relu: lambda a, k: (None, False),
     torch.relu_: lambda a, k: (None, True),
     torch.Tensor.relu: lambda a, k: (None, False),
     torch.Tensor.relu_: lambda a, k: (None, True),
-    F.relu6: lambda a, k: (6.0, bool(_arg(a, k, 1, "inplace", False))),
+    F.relu6: lambda a, k: (6.0, bool(call_arg(a, k, 1, "inplace", False))),
 }
 if hasattr(F, "relu_") and F.relu_ is not torch.relu_:
     _RELU_FUNCS[F.relu_] = lambda a, k: (None, True)
 
 
 def _hardtanh_spec(args: tuple, kwargs: dict, inplace: bool) -> tuple[float | None, bool] | None:
-    lo = float(_arg(args, kwargs, 1, "min_val", -1.0))
-    hi = float(_arg(args, kwargs, 2, "max_val", 1.0))
+    lo = float(call_arg(args, kwargs, 1, "min_val", -1.0))
+    hi = float(call_arg(args, kwargs, 2, "max_val", 1.0))
     if lo != 0.0 or hi != 6.0:
         return None  # an ordinary hardtanh: not a ReLU, keep its ordinary gradient
-    return 6.0, inplace or bool(_arg(args, kwargs, 3, "inplace", False))
+    return 6.0, inplace or bool(call_arg(args, kwargs, 3, "inplace", False))
 
 
 _RELU_FUNCS[F.hardtanh] = lambda a, k: _hardtanh_spec(a, k, False)

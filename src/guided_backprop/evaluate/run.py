@@ -143,7 +143,7 @@ def evaluate_folder(
                             trust_checkpoint=cfg.trust_checkpoint, device=cfg.device)
     pre = loaded.preprocessing
     if cfg.input_size is not None:
-        pre = _sized(pre, int(cfg.input_size))
+        pre = pre.adjust(input_size=int(cfg.input_size))
     names, tensors, skipped, passed_over = _load_inputs(list(inputs), pre, output)
     for path, reason in passed_over.items():
         if on_pass_over is not None:
@@ -171,21 +171,6 @@ def evaluate_folder(
     files = write_outputs(evaluation, output, image=picture)
     return EvaluateRun(evaluation=evaluation, output=Path(output), files=files, skipped=skipped,
                        passed_over=passed_over)
-
-
-def _sized(pre: Any, size: int) -> Any:
-    """The model's preprocessing at input size ``size``, in the model's own convention (as the main
-    command's --input-size): its crop (the resize scaled like the model's), its direct resize, or the
-    shorter side."""
-    import dataclasses
-
-    if pre.crop is not None:
-        crop = pre.crop if isinstance(pre.crop, int) else min(pre.crop)
-        resize = pre.resize if isinstance(pre.resize, int) else None
-        return dataclasses.replace(pre, crop=size, resize=max(size, round(size * resize / crop)) if resize else None)
-    if isinstance(pre.resize, tuple):
-        return dataclasses.replace(pre, resize=(size, size))
-    return dataclasses.replace(pre, resize=size)
 
 
 def _classes(evaluation: Evaluation) -> list[int]:
