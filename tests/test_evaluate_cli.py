@@ -227,4 +227,4 @@ def test_evaluate_folder_loads_its_own_model_at_the_input_size_it_is_given(tmp_p
     evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
     doc = json.loads((tmp_path / "out" / "evaluation.json").read_text(encoding="utf-8"))
     assert doc["images"] == 2
-    assert "24" in doc["preprocessing"], doc["preprocessing"]
+    assert "centre-cropped to 24x24" in doc["settings"]["preprocessing"], doc["settings"]
