@@ -42,6 +42,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+def _peak_rss_mib() -> float:
+    """This process's peak resident memory so far (Linux: ru_maxrss in KiB), in MiB."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _load() -> str:
     return "/".join(f"{v:.1f}" for v in os.getloadavg()) if hasattr(os, "getloadavg") else "n/a"
 
@@ -149,15 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     ours = run_ours(model, x, methods, classes)
     have_quantus = importlib.util.find_spec("quantus") is not None and not args.no_quantus
     print(f"ours: MPRT {ours['t_mprt']:.2f} s for the {len(methods)} methods together "
-          f"({len(steps)} steps x one forward), random logit {ours['t_logit']:.2f} s")
+          f"({len(steps)} steps x one forward), random logit {ours['t_logit']:.2f} s; peak RSS of the process "
+          f"{_peak_rss_mib():.0f} MiB")
     if not have_quantus:
         print("quantus: not installed (pip install quantus, the 'bench' extra) - comparison skipped")
         return 0
     same_order = quantus_order(model) == steps
     print(f"step order: Quantus's (named_modules reversed) {'equals' if same_order else 'DIFFERS FROM'} ours "
           f"(forward order reversed)")
+    before = _peak_rss_mib()
     q = run_quantus(model, x, methods, classes, ours["num_classes"])
     t_q = sum(q["t_mprt"].values())
+    after = _peak_rss_mib()
+    print(f"peak RSS of the process after Quantus: {after:.0f} MiB ({'+' if after > before else ''}"
+          f"{after - before:.0f} MiB over ours: Quantus ran second, so a rise is memory it needed beyond ours)")
     print("\n| check | method | Quantus s | max abs difference (images x steps) |")
     print("|---|---|---:|---:|")
     worst = 0.0
