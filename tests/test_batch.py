@@ -21,19 +21,7 @@ from guided_backprop.batch.records import IndexRecord
 from guided_backprop.errors import GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import write_plain
-
-MODELS = Path(__file__).resolve().parent / "fixtures" / "cli_models.py"
-TINY = f"{MODELS}:tiny"
-
-
-def config(**changes: object) -> batch.BatchConfig:
-    base = dict(model=TINY, input_size=32, workers=0, batch_size=2)
-    base.update(changes)
-    return batch.BatchConfig(**base)  # type: ignore[arg-type]
-
-
-def index(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+from tests.fixtures.runs import TINY, config, index
 
 
 def journal(out: Path) -> list[dict]:

@@ -27,21 +27,9 @@ from guided_backprop.errors import ExitCode, GuidedBackpropError
 from guided_backprop.images import load_image
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
+from tests.fixtures.runs import MODELS, SLOW, TINY, config, index
 
 REPO = Path(__file__).resolve().parents[1]
-MODELS = REPO / "tests" / "fixtures" / "cli_models.py"
-TINY = f"{MODELS}:tiny"
-SLOW = f"{MODELS}:slow"
-
-
-def config(**changes: object) -> batch.BatchConfig:
-    base = dict(model=TINY, input_size=32, workers=0, batch_size=2)
-    base.update(changes)
-    return batch.BatchConfig(**base)  # type: ignore[arg-type]
-
-
-def index(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "index.jsonl").read_text(encoding="utf-8").splitlines()]
 
 
 def visible(out: Path) -> set[str]:
