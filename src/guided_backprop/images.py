@@ -185,7 +185,8 @@ def find_images(inputs: Sequence[str | Path] | str | Path) -> list[Path]:
     return search_images(inputs).paths
 
 
-def search_images(inputs: Sequence[str | Path] | str | Path) -> ImageSearch:
+def search_images(inputs: Sequence[str | Path] | str | Path, *, exclude: str | os.PathLike[str] | None = None
+                  ) -> ImageSearch:
     """Expand files, folders and glob patterns into a list of absolute image paths.
 
     - a file is taken as given, whatever its extension (reading it may still fail later);
@@ -197,18 +198,22 @@ def search_images(inputs: Sequence[str | Path] | str | Path) -> ImageSearch:
     Inputs keep their order; a file reached twice (also through a symbolic link) is listed once,
     at its first place. What is passed over (not a regular file, a symbolic-link loop, an unreadable
     folder, a hidden or unsupported picture in a walk) is listed in ``skipped`` with its reason.
-    Raises :class:`ImageNotFoundError` (a ``FileNotFoundError``) for no inputs, a missing path, an
-    empty folder or a pattern that matches no image.
+    Images inside the folder ``exclude`` (a command's own output folder: its pictures are no inputs
+    on a rerun) are left out. Raises :class:`ImageNotFoundError` (a ``FileNotFoundError``) for no
+    inputs, a missing path, an empty folder or a pattern that matches no image.
     """
     items: Iterable[str | Path] = [inputs] if isinstance(inputs, str | os.PathLike) else inputs
     items = list(items)
     if not items:
         raise ImageNotFoundError("no input given: pass image files, folders or glob patterns")
     seen: set[str] = set()
+    home = None if exclude is None else os.path.realpath(exclude)
     result = ImageSearch()
     for item in items:
         for path in _expand(item, result.skipped):
             key = os.path.realpath(path)
+            if home is not None and (key == home or key.startswith(home.rstrip(os.sep) + os.sep)):
+                continue
             if key not in seen:
                 seen.add(key)
                 result.paths.append(Path(os.path.abspath(path)))

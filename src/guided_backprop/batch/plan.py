@@ -105,9 +105,8 @@ def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[ima
 
     Returns the paths and what was passed over (with the reason of each).
     """
-    found = images.search_images(inputs)
-    home = os.path.realpath(out)
-    paths = [p for p in found.paths if not _inside(os.path.realpath(p), home)]
+    found = images.search_images(inputs, exclude=out)
+    paths = found.paths
     if not paths and found.skipped:
         first = found.skipped[0]
         raise InputError(f"no image can be read: {len(found.skipped)} input(s) passed over, e.g. "
@@ -116,10 +115,6 @@ def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[ima
         raise InputError(f"every image found is inside the output folder {str(out)!r} (earlier outputs are not "
                          f"inputs); give other inputs or another output folder", field="output")
     return paths, found.skipped
-
-
-def _inside(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _digest(digests: Digests, path: str | os.PathLike[str] | None) -> str | None:

@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import InputError, UnknownNameError
 from ..hooks import logits_of, model_state
+from .randomization import predicted_classes
 from .results import CurveResult
 
 __all__ = ["BLUR_KERNEL", "BLUR_SIGMA", "MODES", "blurred", "deletion_insertion", "pixel_order"]
@@ -125,8 +126,7 @@ def deletion_insertion(
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
         if classes is None:
-            cls = torch.cat([logits_of(model(x[s:s + batch_size])).argmax(dim=1)
-                             for s in range(0, n, batch_size)]).tolist()
+            cls = predicted_classes(model, x, batch_size=batch_size).tolist()
         else:
             cls = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
         starts = torch.zeros_like(x) if mode == "deletion" else blurred(x)

@@ -87,12 +87,9 @@ def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[
     from ..images import load_image, search_images
 
     names, tensors, skipped = [], [], {}
-    found = search_images([Path(p) for p in inputs])
+    found = search_images([Path(p) for p in inputs], exclude=output)
     passed_over = {str(s.path): s.reason for s in found.skipped}
-    home = os.path.realpath(output)
     for path in found.paths:
-        if os.path.commonpath([os.path.realpath(path), home]) == home:
-            continue
         try:
             tensors.append(preprocess(load_image(path)))
         except (ImageError, InputError) as err:
