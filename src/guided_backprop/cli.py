@@ -33,9 +33,11 @@ from .cli_options import (
     TargetType,
     cli_message,
     echo_error,
+    echo_unexpected,
     model_options,
     opt,
     plural,
+    stopped_by,
 )
 from .errors import ExitCode, GuidedBackpropError
 from .methods import METHODS
@@ -255,14 +257,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except KeyboardInterrupt as err:
-        terminated = isinstance(err, batch.Terminated)
-        click.echo(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}; rerun the same command to finish "
-                   f"({output})", err=True)
-        return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+        what, code = stopped_by(err)
+        click.echo(f"{what}; rerun the same command to finish ({output})", err=True)
+        return code
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
-        hint = "" if verbose else " (rerun with --verbose for the traceback)"
-        echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
-        return ExitCode.FAILED
+        return echo_unexpected(err, verbose=verbose)
     if result.interrupted:
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
@@ -273,9 +272,9 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
     if not quiet:
         click.echo(result.summary())
     if with_report:
-        code = _write_report(output, quiet=quiet, verbose=verbose)
-        if code:
-            return code
+        report_code = _write_report(output, quiet=quiet, verbose=verbose)
+        if report_code:
+            return report_code
     return result.exit_code
 
 
@@ -367,7 +366,6 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     """
     from tqdm import tqdm
 
-    from .batch.config import Terminated
     from .batch.pipeline import _sigterm_as_interrupt
     from .evaluate import parse_checks
     from .evaluate.run import EvaluateConfig, evaluate_folder
@@ -391,17 +389,14 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
                                      on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
                                                                                   err=True))
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
-        terminated = isinstance(err, Terminated)
-        click.echo(f"{'terminated (SIGTERM)' if terminated else 'interrupted'}: the evaluation did not finish; "
-                   "a rerun starts over", err=True)
-        return ExitCode.TERMINATED if terminated else ExitCode.INTERRUPTED
+        what, code = stopped_by(err)
+        click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
+        return code
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
-        hint = "" if verbose else " (rerun with --verbose for the traceback)"
-        echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
-        return ExitCode.FAILED
+        return echo_unexpected(err, verbose=verbose)
     finally:
         if bar is not None:
             bar.close()

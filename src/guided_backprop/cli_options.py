@@ -21,7 +21,8 @@ import click
 from .errors import ExitCode, GuidedBackpropError, TargetError
 from .methods import parse_methods
 
-__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "model_options"]
+__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "echo_unexpected", "model_options",
+           "stopped_by"]
 
 PROG = "guided-backprop"
 EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in {
@@ -80,6 +81,22 @@ def echo_error(message: str | BaseException, *, verbose: bool = False, err: Base
         click.echo("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(), err=True)
     field = getattr(message, "field", None) if isinstance(message, BaseException) else None
     click.echo(f"error: {cli_message(str(message), field)}", err=True)
+
+
+def echo_unexpected(err: BaseException, *, verbose: bool) -> ExitCode:
+    """An error nobody raised on purpose: its type and text on one line (the traceback with ``--verbose``)."""
+    hint = "" if verbose else " (rerun with --verbose for the traceback)"
+    echo_error(f"{type(err).__name__}: {err}{hint}", verbose=verbose, err=err)
+    return ExitCode.FAILED
+
+
+def stopped_by(err: KeyboardInterrupt) -> tuple[str, ExitCode]:
+    """What stopped a command, in words, and its exit code: SIGTERM (143) or Ctrl-C (130)."""
+    from .batch.config import Terminated
+
+    if isinstance(err, Terminated):
+        return "terminated (SIGTERM)", ExitCode.TERMINATED
+    return "interrupted", ExitCode.INTERRUPTED
 
 
 def plural(n: int, word: str) -> str:
