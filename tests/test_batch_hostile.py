@@ -17,17 +17,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from click.testing import CliRunner
 from PIL import Image
 
 from guided_backprop import batch, render
 from guided_backprop.batch import journal as batch_journal
-from guided_backprop.cli import main
 from guided_backprop.errors import ExitCode, GuidedBackpropError
 from guided_backprop.images import load_image
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
-from tests.fixtures.runs import MODELS, SLOW, TINY, config, index
+from tests.fixtures.runs import MODELS, SLOW, TINY, cli_process, config, index, invoke, rerun_to_the_end
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -46,16 +44,6 @@ def listed(out: Path) -> set[str]:
 
 def our_temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*.tmp")]
-
-
-def invoke(*args: object) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def process(*args: object, env: dict | None = None, **kw: object) -> subprocess.Popen:
-    full = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "guided_backprop", *map(str, args)], cwd=REPO, env=full,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def wait_for_lines(path: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -186,7 +174,7 @@ def test_kill_9_of_the_main_process_then_an_immediate_rerun_finishes(tmp_path: P
     out = tmp_path / "out"
     args = [tmp_path / "in", "-o", out, "--model", SLOW, "--input-size", "32", "--batch-size", "1",
             "--workers", "2", "--quiet"]
-    proc = process(*args, env={"GBP_TEST_DELAY": "0.2"})
+    proc = cli_process(*args, env={"GBP_TEST_DELAY": "0.2"})
     journal = out / batch.STATE_DIR / "journal-0.jsonl"
     if moment:
         wait_for_lines(journal, moment, proc)
@@ -202,9 +190,7 @@ def test_kill_9_of_the_main_process_then_an_immediate_rerun_finishes(tmp_path: P
         time.sleep(0.05)
     assert not any(alive(w) for w in workers), "decode workers outlived the killed main process"
 
-    rerun = process(*args, env={"GBP_TEST_DELAY": "0"})
-    _stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    rerun_to_the_end(*args)
     assert not our_temp_files(out)
     rows = index(out)
     assert len(rows) == 8 and all(r["status"] == "ok" for r in rows)
@@ -388,16 +374,14 @@ def test_sigterm_to_the_process_group_exits_143_and_the_rerun_finishes(tmp_path:
     out = tmp_path / "out"
     args = [tmp_path / "in", "-o", out, "--model", SLOW, "--input-size", "32", "--batch-size", "1",
             "--workers", "2"]
-    proc = process(*args, env={"GBP_TEST_DELAY": "0.3"}, start_new_session=True)
+    proc = cli_process(*args, env={"GBP_TEST_DELAY": "0.3"}, start_new_session=True)
     wait_for_lines(out / batch.STATE_DIR / "journal-0.jsonl", 2, proc)
     os.killpg(proc.pid, signal.SIGTERM)
     _stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == ExitCode.TERMINATED == 143, stderr
     assert stderr.strip().splitlines()[-1].startswith("terminated (SIGTERM) after") and "Traceback" not in stderr
     assert not our_temp_files(out)
-    rerun = process(*args, "--quiet", env={"GBP_TEST_DELAY": "0"})
-    _stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    rerun_to_the_end(*args, "--quiet")
     assert len(index(out)) == 10
 
 
@@ -407,7 +391,7 @@ def test_kill_9_of_a_decode_worker_is_reported_and_the_rerun_finishes(tmp_path: 
     out = tmp_path / "out"
     args = [tmp_path / "in", "-o", out, "--model", SLOW, "--input-size", "32", "--batch-size", "1",
             "--workers", "2"]
-    proc = process(*args, env={"GBP_TEST_DELAY": "0.3"})
+    proc = cli_process(*args, env={"GBP_TEST_DELAY": "0.3"})
     wait_for_lines(out / batch.STATE_DIR / "journal-0.jsonl", 2, proc)
     os.kill(children(proc.pid)[0], signal.SIGKILL)  # what the out-of-memory killer does
     _stdout, stderr = proc.communicate(timeout=60)
@@ -415,7 +399,5 @@ def test_kill_9_of_a_decode_worker_is_reported_and_the_rerun_finishes(tmp_path: 
     lines = stderr.strip().splitlines()
     assert len(lines) == 1, stderr
     assert lines[0].startswith("error: a decode worker process died") and "rerun" in lines[0]
-    rerun = process(*args, "--quiet", env={"GBP_TEST_DELAY": "0"})
-    _stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    rerun_to_the_end(*args, "--quiet")
     assert len(index(out)) == 10 and not our_temp_files(out)

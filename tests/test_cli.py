@@ -27,6 +27,7 @@ from guided_backprop.cli import main
 from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import BAD, BLUE, RED, write_plain, write_zoo
 from tests.fixtures.cli_models import tiny
+from tests.fixtures.runs import cli_process, invoke, rerun_to_the_end
 
 REPO = Path(__file__).resolve().parents[1]
 MODELS = REPO / "tests" / "fixtures" / "cli_models.py"
@@ -37,10 +38,6 @@ FAST = ["--model", TINY, "--input-size", "32"]
 PRE = Preprocessing(resize=37, crop=32)
 SUMMARY = re.compile(r"^(\d+) images?: (\d+) skipped \(already done\), (\d+) computed, (\d+) failed"
                      r"(?:, (\d+) passed over \(not read\))? in [\d.]+ s(?: \([\d.]+ img/s\))? -> (.+)$")
-
-
-def invoke(*args: str) -> object:
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def read_index(out: Path) -> list[dict]:
@@ -83,12 +80,6 @@ def visible_files(out: Path) -> set[str]:
 
 def temp_files(out: Path) -> list[Path]:
     return [p for p in out.rglob("*.tmp")]
-
-
-def cli_process(*args: str, env: dict | None = None, **kw: object) -> subprocess.Popen:
-    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    return subprocess.Popen([sys.executable, "-m", "guided_backprop", *map(str, args)], cwd=REPO, env=full_env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -399,9 +390,7 @@ def test_kill_9_then_resume_matches_a_clean_run(tmp_path: Path) -> None:
             json.loads((out / name).read_text(encoding="utf-8"))
     assert not (out / "index.jsonl").exists()
 
-    rerun = cli_process(*args, env={"GBP_TEST_DELAY": "0"})
-    stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    rerun_to_the_end(*args)
     assert not temp_files(out)
     assert_same_outputs(out, clean)
     resumed = json.loads((out / "run.json").read_text())
@@ -430,9 +419,7 @@ def test_ctrl_c_stops_cleanly_with_exit_130(tmp_path: Path) -> None:
     done = [json.loads(line) for line in journal.read_text().splitlines()]
     assert 2 <= len(done) < 12 and all(r["status"] == "ok" for r in done)
 
-    rerun = cli_process(*args, "--quiet", env={"GBP_TEST_DELAY": "0"})
-    _stdout, stderr = rerun.communicate(timeout=300)
-    assert rerun.returncode == 0, stderr
+    rerun_to_the_end(*args, "--quiet")
     assert len(read_index(out)) == 12
 
 
