@@ -35,11 +35,9 @@ class Digests:
     def of(self, path: str | os.PathLike[str]) -> str | None:
         """The file's sha256 (hex), or ``None`` when ``path`` is not a readable regular file."""
         name = os.path.abspath(path)
-        try:
-            st = os.stat(name)
-        except OSError:
+        key = file_identity(name)
+        if key is None:
             return None
-        key = [st.st_size, st.st_mtime_ns]
         hit = self._cache.get(name)
         if isinstance(hit, list) and len(hit) == 3 and hit[:2] == key:
             return str(hit[2])
