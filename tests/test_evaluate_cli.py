@@ -69,13 +69,16 @@ def test_evaluate_writes_the_contract_csv_and_pictures(tmp_path: Path) -> None:
     assert set(rows[0]) == {"image", "check", "method", "step", "metric", "value"}
     # randomisation: 3 images x 5 methods x 3 steps x 4 metrics
     assert sum(r["check"] == "randomization_cascading" for r in rows) == 3 * 5 * 3 * 4
-    assert {r["check"] for r in rows} == {"randomization_cascading", "class_sensitivity", "deletion", "insertion"}
+    assert {r["check"] for r in rows} == {"randomization_cascading", "efficient_mprt", "class_sensitivity",
+                                          "deletion", "insertion"}
 
     for name in doc["figures"].values():
         with Image.open(out / name) as im:
             im.load()
             assert im.width > 200 and im.height > 100
-    assert set(doc["figures"]) == {"randomization", "similarity", "faithfulness"}
+    assert set(doc["figures"]) == {"randomization", "similarity", "efficient_mprt", "faithfulness"}
+    for m in methods.split(","):  # the summary table: one reading per method
+        assert any(line.startswith(f"{m}: ") for line in result.output.splitlines()), result.output
 
 
 def test_evaluate_one_image_independent_named_blocks(tmp_path: Path) -> None:
@@ -164,9 +167,9 @@ def test_evaluate_reports_inputs_it_passes_over(tmp_path: Path) -> None:
 
 def test_evaluate_help_tells_its_own_exit_codes() -> None:
     text = " ".join(invoke("evaluate", "--help").output.split())
-    assert "143 terminated (SIGTERM)" in text and "a rerun starts over" in text
+    assert "143 terminated (SIGTERM)" in text and "a rerun starts over" in text and "4 the output folder" in text
     assert "complete outputs are kept" not in text  # evaluate does not resume
-    assert "randomization, class, deletion, insertion" in text  # --checks names its choices
+    assert "randomization, emprt (Efficient MPRT), smprt (Smooth MPRT), class, deletion, insertion" in text
     main_help = " ".join(invoke("--help").output.split())
     for code in ExitCode:
         assert f" {int(code)} " in main_help.split("Exit codes:")[1], code

@@ -48,7 +48,8 @@ __all__ = ["cli_message", "main"]
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
     "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
-    "3 the evaluation failed unexpectedly (--verbose shows why); 130 interrupted (Ctrl-C), 143 "
+    "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
+    "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
     "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
 )
 
@@ -340,8 +341,9 @@ def report_command(output: Path, verbose: bool) -> int:
       help="Folder for evaluation.json, evaluation.csv and the figures.")
 @opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop,saliency,gradcam",
       help=f"Comma-separated: {', '.join(METHODS)}.")
-@opt(TARGETS, "--checks", default="randomization,class,deletion,insertion", metavar="CHECKS",
-     help="Comma-separated checks to run: randomization, class, deletion, insertion.")
+@opt(TARGETS, "--checks", default="randomization,emprt,class,deletion,insertion", metavar="CHECKS",
+     help="Comma-separated checks to run: randomization, emprt (Efficient MPRT), smprt (Smooth MPRT), class, "
+          "deletion, insertion.")
 @opt(TARGETS, "--randomization", "order", type=click.Choice(["cascading", "independent"]), default="cascading",
       help="Re-initialise blocks cumulatively from the output, or one at a time.")
 @opt(TARGETS, "--granularity", type=click.Choice(["blocks", "modules"]), default="blocks",
@@ -349,7 +351,11 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--blocks", default=None, metavar="A,B,...",
       help="Randomise these modules (model.named_modules() names) instead of --granularity.")
 @opt(TARGETS, "--seed", type=int, default=0, help="Seed of re-initialisations and random draws.")
-@opt(TARGETS, "--steps", type=click.IntRange(min=1), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--steps", type=click.IntRange(min=1, max=1024), default=32, help="Deletion / insertion steps.")
+@opt(OUTPUT, "--figure-image", default=None, metavar="NAME", show_default="the first image",
+     help="The input (file name, stem or path) whose maps the randomisation figure shows.")
+@opt(OUTPUT, "--figure-steps", type=click.IntRange(min=1, max=200), default=10,
+     help="Randomisation steps shown in that figure (evenly spread, the last one included).")
 @model_options
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -357,7 +363,8 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
      help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
-                     granularity: str, blocks: str | None, seed: int, steps: int, model_options: ModelOptions,
+                     granularity: str, blocks: str | None, seed: int, steps: int, figure_image: str | None,
+                     figure_steps: int, model_options: ModelOptions,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
@@ -368,7 +375,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     from .batch.pipeline import _sigterm_as_interrupt
     from .evaluate import parse_checks
-    from .evaluate.run import EvaluateConfig, evaluate_folder
+    from .evaluate.run import EvaluateConfig, WriteError, evaluate_folder
+    from .evaluate.verdict import summary_table
 
     bar = None if quiet or not sys.stderr.isatty() else tqdm(desc="evaluate", unit="step")
 
@@ -382,7 +390,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         cfg = EvaluateConfig(
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
-            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer)
+            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
+            figure_steps=figure_steps)
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
@@ -392,6 +401,9 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
         return code
+    except WriteError as err:
+        echo_error(err, verbose=verbose, err=err)
+        return ExitCode.DISK_FULL
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -401,6 +413,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         if bar is not None:
             bar.close()
     if not quiet:
+        for line in summary_table(result.evaluation):
+            click.echo(line)
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "

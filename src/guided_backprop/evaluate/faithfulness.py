@@ -21,6 +21,7 @@ from torch import nn
 
 from ..errors import InputError, UnknownNameError
 from ..hooks import logits_of, model_state
+from .class_sensitivity import image_rng
 from .randomization import predicted_classes
 from .results import CurveResult
 
@@ -95,6 +96,7 @@ def deletion_insertion(
     seed: int = 0,
     classes: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 32,
+    image_ids: Sequence[int] | None = None,
 ) -> CurveResult:
     """Deletion or insertion curves of every map in ``maps``, beside a random pixel order.
 
@@ -104,9 +106,11 @@ def deletion_insertion(
         maps: ``{method: (N, C', H, W)}`` maps of ``x`` (``C'`` may be 1, as Grad-CAM's).
         mode: ``"deletion"`` or ``"insertion"``.
         steps: equal steps from 0 to every pixel (``steps + 1`` points per curve).
-        seed: seed of the random pixel order (one per image).
+        seed: seed of the random pixel orders: each image's is drawn from ``seed`` and its id.
         classes: the class whose probability is followed (default: the model's prediction on ``x``).
         batch_size: step images per forward pass.
+        image_ids: each image's id for its random order (default ``0..N-1``), so that an image's curve
+            does not depend on the batch it came in.
     """
     if mode not in MODES:
         raise UnknownNameError("faithfulness mode", str(mode), MODES)
@@ -120,8 +124,8 @@ def deletion_insertion(
             raise InputError(f"map {name!r} has shape {tuple(m.shape)}; expected ({n}, C, {h}, {w}) like x")
     counts = _step_counts(h * w, int(steps))
     fractions = counts / float(h * w)
-    gen = torch.Generator().manual_seed(int(seed))
-    random_orders = [torch.randperm(h * w, generator=gen) for _ in range(n)]
+    ids = range(n) if image_ids is None else image_ids
+    random_orders = [torch.from_numpy(image_rng(seed, i).permutation(h * w)) for i in ids]
     curves = {m: np.zeros((n, len(counts))) for m in maps}
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
