@@ -191,18 +191,6 @@ def test_evaluate_sigterm_is_one_line_and_code_143(tmp_path: Path, monkeypatch: 
     assert result.output.strip() == "terminated (SIGTERM): the evaluation did not finish; a rerun starts over"
 
 
-def test_evaluate_pictures_of_different_shapes_name_the_flag_that_fixes_it(tmp_path: Path) -> None:
-    (tmp_path / "in").mkdir()
-    Image.new("RGB", (48, 32), (200, 10, 10)).save(tmp_path / "in" / "wide.png")
-    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "in" / "square.png")
-    tiny = [TINY[0], TINY[1], "--resize", "32", "--crop", "none"]  # whole pictures, aspect kept
-    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class")
-    assert result.exit_code == 2 and "--crop 32" in result.output, result.output
-    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class",
-                    "--methods", "saliency", "--crop", "32", "-q")
-    assert result.exit_code == 0, result.output
-
-
 def test_evaluate_does_not_take_its_own_figures_as_inputs(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
     out = tmp_path / "in" / "ev"  # inside the input folder: its figures are PNGs

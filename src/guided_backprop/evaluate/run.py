@@ -19,6 +19,7 @@ import os
 import re
 import secrets
 import shutil
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,7 +181,7 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
     from .randomization import _explain_all, model_logits
 
     logits = model_logits(model, batch.x, batch_size=batch_size)
-    bad = {i: "the model's scores for this image are not finite (NaN or inf): check the weights"
+    bad = {i: f"{batch.names[i]!r}: the model's scores are not finite (NaN or inf): check the weights"
            for i in range(len(batch.ids)) if not bool(torch.isfinite(logits[i]).all())}
     good = [i for i in range(len(batch.ids)) if i not in bad]
     if good:
@@ -189,7 +190,7 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
         for m in methods:
             for k, i in enumerate(good):
                 if i not in bad and not bool(torch.isfinite(maps[m][k]).all()):
-                    bad[i] = f"its {m} map is not finite (NaN or inf): check the weights"
+                    bad[i] = f"{batch.names[i]!r}: its {m} map is not finite (NaN or inf): check the weights"
     return bad
 
 
@@ -275,7 +276,7 @@ def evaluate_folder(
                 loaded.model, batch.x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
-                image_ids=batch.ids, progress=progress)
+                image_ids=[image_id(n) for n in batch.names], progress=progress)
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
@@ -297,6 +298,12 @@ def evaluate_folder(
     files = write_outputs(evaluation, folder, image=picture, figure_steps=cfg.figure_steps)
     return EvaluateRun(evaluation=evaluation, output=folder, files=files, skipped=skipped,
                        passed_over=passed_over)
+
+
+def image_id(path: str | os.PathLike[str]) -> int:
+    """An image's id for its random draws: the CRC-32 of its file name, so that an image gets the same
+    numbers whatever folder, batch or company it is evaluated in."""
+    return zlib.crc32(os.fsencode(Path(path).name))
 
 
 #: The most deletion / insertion steps (each is one forward pass per image and pixel order).

@@ -79,9 +79,9 @@ def readings(ev: Evaluation, method: str) -> list[str]:
 
 def summary_table(ev: Evaluation) -> list[str]:
     """The console summary: one row per method, then one reading per method."""
-    methods = next((r.methods for r in (ev.randomization, ev.efficient_mprt, ev.class_sensitivity)
-                    if r is not None), tuple((ev.deletion or ev.insertion).curves) if (ev.deletion or ev.insertion)
-                   else ())
+    curve = ev.deletion or ev.insertion
+    methods = next((r.methods for r in (ev.randomization, ev.efficient_mprt, ev.smooth_mprt, ev.class_sensitivity)
+                    if r is not None), tuple(curve.curves) if curve is not None else ())
     heads = ["method", "top block", "full rand.", "other class", "EMPRT rise", "deletion (rand.)",
              "insertion (rand.)"]
     rows = []
