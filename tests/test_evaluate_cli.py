@@ -130,10 +130,11 @@ def test_report_shows_an_evaluation_section_when_the_folder_has_one(tmp_path: Pa
     assert invoke("report", out).exit_code == 0
     assert 'id="evaluation"' not in (out / "index.html").read_text(encoding="utf-8")
     assert invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency", "--checks",
-                  "class,deletion", "--steps", "4", "-q").exit_code == 0
+                  "class,emprt,deletion", "--steps", "4", "-q").exit_code == 0
     assert invoke("report", out).exit_code == 0
     page = (out / "index.html").read_text(encoding="utf-8")
     assert 'id="evaluation"' in page and "deletion AUC" in page and 'src="evaluation_faithfulness.png"' in page
+    assert "Efficient MPRT" in page and 'src="evaluation_efficient_mprt.png"' in page
     assert "http://" not in page.split('id="evaluation"')[1].split("</section>")[0]
 
 

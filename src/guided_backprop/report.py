@@ -189,6 +189,11 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
                lambda m: num(rnd.get("methods", {}).get(m, {}).get("spearman_abs"))),
               ("class_sensitivity", "Spearman |map|, predicted vs random class",
                lambda m: num(cls.get("methods", {}).get(m, {}).get("spearman_abs")))]
+    emprt, smprt = doc.get("efficient_mprt") or {}, doc.get("smooth_mprt") or {}
+    checks += [("efficient_mprt", "Efficient MPRT: rise in map entropy, trained to random (high is good)",
+                lambda m: num(emprt.get("methods", {}).get(m, {}).get("complexity_rise"))),
+               ("smooth_mprt", "Smooth MPRT: Spearman |map| after the last step",
+                lambda m: num(smprt.get("methods", {}).get(m, {}).get("spearman_abs")))]
     for mode in ("deletion", "insertion"):
         block = doc.get(mode) or {}
         def auc(m: str, b: dict[str, Any] = block) -> str:
@@ -196,7 +201,7 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
 
         checks.append((mode, f"{mode} AUC (random order: {num((block.get('random') or {}).get('auc'))})", auc))
     methods: list[str] = []
-    for key in ("randomization", "class_sensitivity", "deletion", "insertion"):
+    for key in ("randomization", "efficient_mprt", "smooth_mprt", "class_sensitivity", "deletion", "insertion"):
         for m in (doc.get(key) or {}).get("methods", {}):
             if m not in methods:
                 methods.append(m)
