@@ -352,6 +352,8 @@ def report_command(output: Path, verbose: bool) -> int:
       help="Randomise these modules (model.named_modules() names) instead of --granularity.")
 @opt(TARGETS, "--seed", type=int, default=0, help="Seed of re-initialisations and random draws.")
 @opt(TARGETS, "--steps", type=click.IntRange(min=1, max=1024), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--smooth-samples", type=click.IntRange(min=1, max=1000), default=50,
+     help="Smooth MPRT: SmoothGrad samples per map (noise 0.1 of each input's range, as Hedström et al.).")
 @opt(OUTPUT, "--figure-image", default=None, metavar="NAME", show_default="the first image",
      help="The input (file name, stem or path) whose maps the randomisation figure shows.")
 @opt(OUTPUT, "--figure-steps", type=click.IntRange(min=1, max=200), default=10,
@@ -363,7 +365,8 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
      help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
-                     granularity: str, blocks: str | None, seed: int, steps: int, figure_image: str | None,
+                     granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
+                     figure_image: str | None,
                      figure_steps: int, model_options: ModelOptions,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
@@ -391,7 +394,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
-            figure_steps=figure_steps)
+            figure_steps=figure_steps, smooth_samples=smooth_samples)
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),

@@ -32,7 +32,7 @@ from ..atomic import write_bytes
 from ..attribution import Explainer
 from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError
 from ..methods import parse_methods
-from .checks import DEFAULT_CHECKS, parse_checks, run_checks
+from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks
 from .results import Evaluation, merge
 from .similarity import METRICS
 
@@ -69,6 +69,8 @@ class EvaluateConfig:
     batch_size: int = 16
     figure_image: int | str | None = None  # an index or a name among the inputs; None: the first readable
     figure_steps: int = 10  # randomisation steps shown in the figure-2 layout
+    smooth_samples: int = SMOOTH_SAMPLES  # Smooth MPRT's SmoothGrad samples
+    smooth_noise: float = SMOOTH_NOISE  # ... and noise, a fraction of each input's value range
     gradcam_layer: str | None = None  # None: the model's own choice, else the last spatial layer
 
 
@@ -276,7 +278,8 @@ def evaluate_folder(
                 loaded.model, batch.x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
-                image_ids=[image_id(n) for n in batch.names], progress=progress)
+                image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,
+                smooth_noise=cfg.smooth_noise, progress=progress)
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
