@@ -256,3 +256,22 @@ def test_deletion_steps_that_cannot_fit_are_a_usage_error(tmp_path: Path) -> Non
     write_plain(tmp_path / "in", 1)
     result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", "--model", FACTORY, "--steps", "5000")
     assert result.exit_code == ExitCode.USAGE and "--steps" in result.output
+
+
+def test_deletion_makes_its_step_images_one_batch_at_a_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """--steps 1000 once built every step image of an image at once (GBs); now one batch's worth."""
+    import guided_backprop.evaluate.faithfulness as faith
+    from tests.fixtures.cli_models import tiny
+
+    real, sizes = faith._step_images, []
+
+    def counted(image: torch.Tensor, start: torch.Tensor, order: torch.Tensor, counts: Any, *, mode: str
+                ) -> torch.Tensor:
+        sizes.append(len(counts))
+        return real(image, start, order, counts, mode=mode)
+
+    monkeypatch.setattr(faith, "_step_images", counted)
+    x = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    res = faith.deletion_insertion(tiny(), x, {"m": x.clone()}, steps=20, batch_size=4)
+    assert max(sizes) <= 4 and sum(sizes) == 2 * 21  # the map's order and the random one, 21 points each
+    assert res.curves["m"].shape == (1, 21)

@@ -6,8 +6,9 @@ preprocessed tensor space: the mean colour for ImageNet normalisation); *inserti
 same order, into a blurred copy of the image (Gaussian, kernel 11, sigma 5, as RISE). The curve is the
 softmax probability of the class the model predicts on the intact image; its area (trapezoid rule
 over the fraction of pixels, 0 to 1) is the score: low is good for deletion, high for insertion. A
-random pixel order (seeded) is always measured beside it, as the baseline a map has to beat. All
-the steps of one image go through the model in batches.
+random pixel order (seeded) is always measured beside it, as the baseline a map has to beat. The
+steps of one image are made and go through the model ``batch_size`` at a time, so memory does not grow
+with the number of steps.
 """
 
 from __future__ import annotations
@@ -78,6 +79,7 @@ def _step_images(image: torch.Tensor, start: torch.Tensor, order: torch.Tensor, 
 
 
 def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int) -> np.ndarray:
+    """The score deletion and insertion follow: the softmax probability of class ``cls``, per image of ``batch``."""
     out = []
     for s in range(0, batch.shape[0], batch_size):
         logits = logits_of(model(batch[s:s + batch_size]))
@@ -136,9 +138,12 @@ def deletion_insertion(
         starts = torch.zeros_like(x) if mode == "deletion" else blurred(x)
         for i in range(n):
             orders = [pixel_order(v[i]) for v in maps.values()] + [random_orders[i]]
-            # every order's steps of this image in one stack, cut into batches of batch_size
-            batch = torch.cat([_step_images(x[i], starts[i], o, counts, mode=mode) for o in orders])
-            probs = _probabilities(model, batch, cls[i], batch_size).reshape(len(orders), len(counts))
+            # the step images are made batch by batch: memory holds one batch whatever the number of steps
+            probs = np.stack([
+                np.concatenate([_probabilities(model, _step_images(x[i], starts[i], o, counts[s:s + batch_size],
+                                                                   mode=mode), cls[i], batch_size)
+                                for s in range(0, len(counts), batch_size)])
+                for o in orders])
             for j, name in enumerate(maps):
                 curves[name][i] = probs[j]
             random_curve[i] = probs[-1]
