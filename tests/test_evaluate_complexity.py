@@ -125,3 +125,42 @@ def test_evaluate_writes_efficient_and_smooth_mprt(tmp_path: Path) -> None:
     checks = {line.split(",")[1] for line in (out / "evaluation.csv").read_text(encoding="utf-8").splitlines()[1:]}
     assert checks == {"efficient_mprt", "smooth_mprt_cascading"}
     assert "EMPRT rise" in result.output
+
+
+def test_the_readings_say_what_fails_with_the_stated_thresholds() -> None:
+    from guided_backprop.evaluate import ClassSensitivityResult, ComplexityResult, CurveResult, Evaluation
+    from guided_backprop.evaluate.results import RandomizationResult
+    from guided_backprop.evaluate.verdict import readings, summary_table
+
+    methods = ("guided_backprop", "gradcam")
+    rnd = RandomizationResult(
+        order="cascading", granularity="blocks", steps=["original", "top", "bottom"], methods=methods,
+        metrics=("spearman_abs",), classes=[0, 0],
+        values={"guided_backprop": {"spearman_abs": np.array([[1, 0.99, 0.6], [1, 0.97, 0.5]])},
+                "gradcam": {"spearman_abs": np.array([[1, 0.1, np.nan], [1, -0.1, 0.0]])}},
+        constant={"guided_backprop": np.zeros((2, 3), bool), "gradcam": np.array([[0, 0, 1], [0, 0, 0]], bool)})
+    cls = ClassSensitivityResult(methods=methods, metrics=("spearman_abs",), predicted=[0, 0], random_classes=[1, 1],
+                                 second_classes=[2, 2],
+                                 values={k: {"guided_backprop": {"spearman_abs": np.array([0.99, 0.98])},
+                                             "gradcam": {"spearman_abs": np.array([0.1, 0.2])}}
+                                         for k in ("random", "second")})
+    em = ComplexityResult(methods=methods, trained={m: np.array([2.0, 2.0]) for m in methods},
+                          randomized={"guided_backprop": np.array([2.05, 2.0]), "gradcam": np.array([3.0, 3.0])},
+                          steps=["top", "bottom"], classes=[0, 0])
+    fractions = np.array([0.0, 0.5, 1.0])
+    deletion = CurveResult(mode="deletion", fractions=fractions, classes=[0, 0],
+                           curves={"guided_backprop": np.array([[1, 0.1, 0]] * 2),
+                                   "gradcam": np.array([[1, 0.9, 0]] * 2)},
+                           random=np.array([[1, 0.5, 0]] * 2))
+    ev = Evaluation(model="m", images=["a", "b"], seed=0, randomization=rnd, class_sensitivity=cls,
+                    efficient_mprt=em, deletion=deletion)
+    gbp_words = " ".join(readings(ev, "guided_backprop"))
+    assert "fails the randomisation check at the top" in gbp_words and "after full randomisation" in gbp_words
+    assert "not class-sensitive" in gbp_words and "Efficient MPRT fails" in gbp_words  # rise 1.25 % <= 5 %
+    assert "deletion" not in gbp_words
+    cam_words = " ".join(readings(ev, "gradcam"))
+    assert "worse than a random pixel order on deletion" in cam_words
+    assert "became constant after full randomisation on 1 image(s)" in cam_words
+    assert "randomisation check" not in cam_words and "class-sensitive" not in cam_words
+    table = summary_table(ev)
+    assert table[0].split()[:3] == ["method", "top", "block"] and len(table) == 1 + 2 + 1 + 2
