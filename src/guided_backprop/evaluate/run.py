@@ -106,6 +106,8 @@ def prepare_output(output: str | os.PathLike[str]) -> Path:
     """Create ``output``, prove that a file can be written in it, and sweep this command's leftovers
     (staging folders of a killed run): before anything is computed. Raises :class:`WriteError`."""
     folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the output {str(folder)!r} is not a folder; give a folder (-o)", field="output")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         probe = folder / f".evaluate-{os.getpid()}-{secrets.token_hex(4)}.tmp"
@@ -145,13 +147,13 @@ class _Batch:
 
 
 def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], batch_size: int,
-             skipped: dict[str, str]) -> Iterator[_Batch]:
+             skipped: dict[str, str], on_skip: Callable[[str, str], None] | None = None) -> Iterator[_Batch]:
     """The readable images of ``paths`` in batches of one input size, at most ``batch_size`` each.
 
     Pictures are read one at a time and wait in one pending group per size; a group is evaluated
     when it is full, or (the largest group) when the pending images reach ``batch_size`` in all, so
     that memory holds at most about two batches whatever the number of images and sizes. A folder
-    of one size gives the batches of a plain cut. Unreadable images go to ``skipped``.
+    of one size gives the batches of a plain cut. Unreadable images go to ``skipped`` (and ``on_skip``, at once).
     """
     from ..images import load_image
 
@@ -166,6 +168,8 @@ def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], b
             tensor = preprocess(load_image(path))
         except (ImageError, InputError) as err:
             skipped[str(path)] = str(err)
+            if on_skip is not None:
+                on_skip(str(path), str(err))
             continue
         shape = tuple(tensor.shape)
         pending.setdefault(shape, []).append((index, str(path), tensor))
@@ -261,12 +265,14 @@ def evaluate_folder(
     figure_id: int | None = found.paths.index(figure_path) if figure_path is not None else None
     cam_layer = cfg.gradcam_layer or loaded.gradcam_layer
     with np.errstate(all="ignore"):
-        for batch in _batches(found.paths, pre, int(cfg.batch_size), skipped):
+        for batch in _batches(found.paths, pre, int(cfg.batch_size), skipped, on_skip):
             batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
                                                                           batch.x.to(loaded.device))
             bad = _non_finite(loaded.model, batch, methods, int(cfg.batch_size), cam_layer)
             for i, reason in bad.items():
                 skipped[batch.names[i]] = reason
+                if on_skip is not None:
+                    on_skip(batch.names[i], reason)
             keep = [i for i in range(len(batch.ids)) if i not in bad]
             if not keep:
                 continue
@@ -283,9 +289,6 @@ def evaluate_folder(
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
-    for path, reason in skipped.items():
-        if on_skip is not None:
-            on_skip(path, reason)
     if not parts:
         raise ImageError(_nothing_evaluated(skipped, passed_over, own))
     evaluation = merge(parts)
