@@ -202,8 +202,9 @@ def complexity_figure(result: ComplexityResult) -> bytes:
     ax.set_ylim(0, np.log(result.bins) * 1.15)
     ax.legend(fontsize=8, loc="lower right")
     n = len(result.classes)
-    ax.set_title(f"Efficient MPRT (Hedström et al. 2023): complexity before and after randomising every "
-                 f"{result.granularity} step\n(mean over {n} image{'s' if n != 1 else ''}; a rise is what a "
+    ax.set_title(f"Efficient MPRT (Hedström et al. 2023): complexity before and after randomising the whole "
+                 f"network ({len(result.steps)} {result.granularity} steps)\n"
+                 f"(mean over {n} image{'s' if n != 1 else ''}; a rise is what a "
                  f"model-dependent map shows; dotted: the maximum)", fontsize=9)
     fig.tight_layout()
     return _png(fig)
