@@ -164,3 +164,23 @@ def test_the_readings_say_what_fails_with_the_stated_thresholds() -> None:
     assert "randomisation check" not in cam_words and "class-sensitive" not in cam_words
     table = summary_table(ev)
     assert table[0].split()[:3] == ["method", "top", "block"] and len(table) == 1 + 2 + 1 + 2
+
+
+def test_efficient_mprt_costs_two_explanations_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The trained model's maps are computed once (and checked for NaN) and shared by every check."""
+    from guided_backprop.attribution import Explainer
+    from guided_backprop.evaluate.run import EvaluateConfig, evaluate_folder
+
+    real, calls = Explainer.explain, []
+
+    def counted(self: Explainer, x: torch.Tensor, *args: object, **kwargs: object) -> object:
+        calls.append(x.shape[0])
+        return real(self, x, *args, **kwargs)
+
+    monkeypatch.setattr(Explainer, "explain", counted)
+    write_plain(tmp_path / "in", 3)
+    cfg = EvaluateConfig(model=f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny", input_size=32,
+                         methods=["saliency", "gradcam"], checks=["emprt", "deletion"], steps=2, batch_size=2)
+    run = evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
+    assert run.evaluation.efficient_mprt is not None and len(run.evaluation.images) == 3
+    assert calls == [2, 2, 1, 1]  # per batch (2 images, then 1): the trained maps, the randomised maps

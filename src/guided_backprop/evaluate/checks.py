@@ -68,6 +68,7 @@ def run_checks(
     image_ids: Sequence[int] | None = None,
     smooth_samples: int = SMOOTH_SAMPLES,
     smooth_noise: float = SMOOTH_NOISE,
+    trained_maps: dict[str, torch.Tensor] | None = None,
     progress: CheckProgress | None = None,
 ) -> Evaluation:
     """Run ``checks`` on ``model`` and the preprocessed batch ``x`` ``(N, C, H, W)``.
@@ -79,7 +80,8 @@ def run_checks(
     maps (``steps`` equal steps). Every check explains the class the trained model predicts.
     ``image_ids`` (default ``0..N-1``) seed each image's random draws, so that an image gets the same
     numbers whichever batch it is evaluated in. ``maps_image``: the image whose maps the figure
-    shows (``None``: none). ``model`` is never modified.
+    shows (``None``: none). The trained model's maps are computed once for every check
+    (``trained_maps``: given, of the predicted classes). ``model`` is never modified.
     """
     names = parse_methods(methods)
     wanted = parse_checks(checks)
@@ -95,14 +97,16 @@ def run_checks(
         return lambda done, total: progress(check, done, total)
 
     ids = list(range(x.shape[0])) if image_ids is None else [int(i) for i in image_ids]
+    if trained_maps is None and any(c in wanted for c in ("randomization", "emprt", "deletion", "insertion")):
+        trained_maps = _explain_all_from(model, x, classes, names, batch_size, gradcam_layer)
     common: dict[str, Any] = {"methods": names, "granularity": granularity, "seed": seed, "classes": classes,
               "batch_size": batch_size, "gradcam_layer": gradcam_layer}
     if "randomization" in wanted:
         result.randomization = model_randomization(
             model, x, order=order, metrics=kept_metrics, maps_image=maps_image, progress=tick("randomization"),
-            **common)
+            trained_maps=trained_maps, **common)
     if "emprt" in wanted:
-        result.efficient_mprt = efficient_mprt(model, x, **common)
+        result.efficient_mprt = efficient_mprt(model, x, trained_maps=trained_maps, **common)
         if progress is not None:
             progress("emprt", 1, 1)
     if "smprt" in wanted:
@@ -118,7 +122,8 @@ def run_checks(
             progress("class", 1, 1)
     faithfulness = [c for c in wanted if c in ("deletion", "insertion")]
     if faithfulness:
-        maps = _explain_all_from(model, x, classes, names, batch_size, gradcam_layer)
+        assert trained_maps is not None  # computed above for these checks
+        maps = {m: v.to(x.device) for m, v in trained_maps.items()}
         for mode in faithfulness:
             curve = deletion_insertion(model, x, maps, mode=mode, steps=steps, seed=seed,  # type: ignore[arg-type]
                                        classes=classes, batch_size=max(batch_size, 32), image_ids=ids)

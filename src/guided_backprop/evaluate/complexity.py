@@ -65,6 +65,7 @@ def efficient_mprt(
     gradcam_layer: str | None = None,
     bins: int = BINS,
     order: Literal["cascading"] = "cascading",
+    trained_maps: dict[str, torch.Tensor] | None = None,
 ) -> ComplexityResult:
     """Efficient MPRT of ``methods`` on ``model`` and the batch ``x`` ``(N, C, H, W)``.
 
@@ -72,7 +73,8 @@ def efficient_mprt(
     :func:`.randomization.model_randomization` with the same ``granularity``, ``seed``,
     ``keep_running_stats`` and ``reseed_each_module`` (so it is the very network MPRT ends with);
     ``classes`` (default: the trained model's predictions) are explained for both models. ``model``
-    is never modified.
+    is never modified. ``trained_maps``: the trained model's maps of ``classes`` when already computed
+    (then only the randomised model is explained).
     """
     names = parse_methods(methods)
     if not isinstance(x, torch.Tensor) or x.ndim < 2 or x.shape[0] == 0:
@@ -83,7 +85,8 @@ def efficient_mprt(
     else:
         target = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
     target = target.to(x.device)
-    trained = _explain_all(Explainer(model), x, target, names, batch_size, gradcam_layer)
+    trained = trained_maps if trained_maps is not None else \
+        _explain_all(Explainer(model), x, target, names, batch_size, gradcam_layer)
     # re-initialise every step (the same generator as MPRT's); only the end is explained
     *_before, (_name, net) = randomized_models(model, steps, order=order, seed=seed,
                                                keep_running_stats=keep_running_stats,

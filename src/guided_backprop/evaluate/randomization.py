@@ -263,6 +263,7 @@ def model_randomization(
     gradcam_layer: str | None = None,
     maps_image: int | None = 0,
     smoothing: Smoothing | None = None,
+    trained_maps: dict[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
 ) -> RandomizationResult:
     """The model-parameter randomisation test (Adebayo et al. 2018, arXiv:1810.03292).
@@ -281,6 +282,8 @@ def model_randomization(
             kept for every step).
         maps_image: keep the maps of this image at every step (for figure 2); ``None``: keep none.
         smoothing: SmoothGrad every map (Smooth MPRT, Hedström et al. 2023, arXiv:2401.06465).
+        trained_maps: the trained model's maps ``{method: (N, C, H, W)}`` of ``classes``, when already
+            computed (saves one explanation).
         progress: called with ``(steps done, steps)`` after each step.
 
     Returns:
@@ -306,7 +309,7 @@ def model_randomization(
     def maps_of(net: nn.Module) -> dict[str, torch.Tensor]:
         return _explain_all(Explainer(net), x, target, names, batch_size, cam_layer, smoothing)
 
-    original = maps_of(model)
+    original = {m: v.cpu() for m, v in trained_maps.items()} if trained_maps is not None else maps_of(model)
     refs = {m: [Reference(original[m][i], wanted) for i in range(x.shape[0])] for m in names}
     values = {m: {k: np.full((x.shape[0], len(steps) + 1), np.nan) for k in wanted} for m in names}
     constant = {m: np.zeros((x.shape[0], len(steps) + 1), dtype=bool) for m in names}

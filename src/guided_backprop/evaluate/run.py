@@ -182,14 +182,16 @@ def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], b
 
 
 def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...], batch_size: int,
-                gradcam_layer: str | None) -> dict[int, str]:
-    """Images of ``batch`` (by position) whose scores or trained-model maps are not finite, and why."""
+                gradcam_layer: str | None) -> tuple[dict[int, str], dict[str, torch.Tensor] | None]:
+    """Images of ``batch`` (by position) whose scores or trained-model maps are not finite, and why; and the
+    trained model's maps of the others (the checks reuse them)."""
     from .randomization import _explain_all, model_logits
 
     logits = model_logits(model, batch.x, batch_size=batch_size)
     bad = {i: f"{batch.names[i]!r}: the model's scores are not finite (NaN or inf): check the weights"
            for i in range(len(batch.ids)) if not bool(torch.isfinite(logits[i]).all())}
     good = [i for i in range(len(batch.ids)) if i not in bad]
+    maps: dict[str, torch.Tensor] | None = None
     if good:
         x = batch.x[good]
         maps = _explain_all(Explainer(model), x, logits[good].argmax(dim=1), methods, batch_size, gradcam_layer)
@@ -197,7 +199,10 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
             for k, i in enumerate(good):
                 if i not in bad and not bool(torch.isfinite(maps[m][k]).all()):
                     bad[i] = f"{batch.names[i]!r}: its {m} map is not finite (NaN or inf): check the weights"
-    return bad
+        if maps is not None:  # the maps of the images kept, in order
+            kept = [k for k, i in enumerate(good) if i not in bad]
+            maps = {m: v[kept] for m, v in maps.items()}
+    return bad, maps
 
 
 def evaluate_folder(
@@ -268,7 +273,7 @@ def evaluate_folder(
         for batch in _batches(found.paths, pre, int(cfg.batch_size), skipped, on_skip):
             batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
                                                                           batch.x.to(loaded.device))
-            bad = _non_finite(loaded.model, batch, methods, int(cfg.batch_size), cam_layer)
+            bad, trained_maps = _non_finite(loaded.model, batch, methods, int(cfg.batch_size), cam_layer)
             for i, reason in bad.items():
                 skipped[batch.names[i]] = reason
                 if on_skip is not None:
@@ -285,7 +290,7 @@ def evaluate_folder(
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
                 image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,
-                smooth_noise=cfg.smooth_noise, progress=progress)
+                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps, progress=progress)
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
