@@ -8,7 +8,8 @@ with the offline default model and every method and check, then writes
 * the section of ``docs/evaluation.md`` from ``## What it finds on the default model`` to the end: every
   number and count in it comes from this run.
 
-Usage: python scripts/make_evaluation_doc.py [--smooth-samples N] [--docs docs]   (minutes on a laptop CPU)
+Usage: python scripts/make_evaluation_doc.py [--smooth-samples N (0: no Smooth MPRT)] [--docs docs]
+(minutes on a laptop CPU; Smooth MPRT multiplies the randomisation's cost by N)
 """
 
 from __future__ import annotations
@@ -91,7 +92,9 @@ def results_section(ev: Any, *, command: str, seconds: float, smooth_samples: in
              f"different sizes, evaluated as they are) with the offline {ev.model} and its own preprocessing "
              f"({ev.settings['preprocessing']}): cascading randomisation, `{rnd.granularity}` granularity "
              f"({len(rnd.steps) - 1} steps), seed {ev.seed}, {ev.settings['deletion_steps']} deletion / insertion "
-             f"steps, BatchNorm running statistics kept, Smooth MPRT with {smooth_samples} SmoothGrad samples. "
+             f"steps, BatchNorm running statistics kept" +
+             (f", Smooth MPRT with {smooth_samples} SmoothGrad samples. " if ev.smooth_mprt is not None else
+              " (Smooth MPRT not run here: it costs its SmoothGrad samples at every step). ") +
              f"The whole `evaluation.json` is in [bench/evaluation-samples.json](bench/evaluation-samples.json); "
              f"the run took {seconds / 60:.0f} min (load average {load} on {os.cpu_count()} CPU cores). This "
              f"section is written by `python scripts/make_evaluation_doc.py` from that run: the numbers below "
@@ -169,14 +172,17 @@ def main(argv: list[str] | None = None) -> int:
         samples, out = Path(tmp) / "samples", Path(tmp) / "eval"
         sample_images.main(str(samples))
         checks = ["randomization", "emprt", "smprt", "class", "deletion", "insertion"]
-        cfg = EvaluateConfig(methods=METHODS, checks=checks, steps=args.steps, smooth_samples=args.smooth_samples)
+        if args.smooth_samples <= 0:  # Smooth MPRT costs its samples at every step: left out
+            checks.remove("smprt")
+        cfg = EvaluateConfig(methods=METHODS, checks=checks, steps=args.steps,
+                             smooth_samples=max(args.smooth_samples, 1))
         load = "/".join(f"{v:.1f}" for v in os.getloadavg())
         t0 = time.perf_counter()
         run = evaluate_folder(samples, out, cfg)
         seconds = time.perf_counter() - t0
         load = f"{load} at the start, " + "/".join(f"{v:.1f}" for v in os.getloadavg()) + " at the end"
         command = (f"guided-backprop evaluate samples -o eval --methods {','.join(METHODS)} --checks "
-                   f"{','.join(checks)} --smooth-samples {args.smooth_samples}")
+                   f"{','.join(checks)}" + (f" --smooth-samples {args.smooth_samples}" if "smprt" in checks else ""))
         (docs / "bench").mkdir(parents=True, exist_ok=True)
         shutil.copyfile(out / "evaluation.json", docs / "bench" / "evaluation-samples.json")
         doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
