@@ -50,6 +50,7 @@ from .zoo import (
     build_torchvision,
     build_vgg19_caffe,
     cache_file,
+    import_timm,
     lite0_available,
     relu_support,
     torchvision_names,
@@ -220,7 +221,7 @@ def _builder(name: str) -> tuple[str, Callable[[Request], Built]]:
         return key, lambda req: build_torchvision(key, req)
     hint = "also 'timm:<name>', or your own factory 'package.module:function' / 'path/to/file.py:function'"
     try:
-        import timm
+        timm = import_timm()
 
         if timm.is_model(text):
             hint = f"{text!r} is a timm model: use 'timm:{text}'"
@@ -343,7 +344,7 @@ def available_models() -> list[ModelInfo]:
         infos.append(ModelInfo(arch, "torchvision", cache_file(weights.url).is_file(), ", ".join(parts),
                                relu_support(arch)))
     try:
-        import timm
+        timm = import_timm()
 
         count = f"any of timm's {len(timm.list_models())} models"
     except ImportError:  # pragma: no cover
