@@ -95,13 +95,29 @@ class _DefaultGroup(click.Group):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
+    #: The main command's options that ``--help`` shows; ``run --help`` shows every one, with defaults.
+    common_options = ("--output", "--model", "--methods", "--target", "--layer", "--smooth", "--norm", "--panel",
+                      "--report", "--overwrite", "--quiet")
+
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         cmd = self.commands[self.default_command]
         formatter.write_usage(ctx.command_path, "[OPTIONS] INPUTS... -o OUT")
         formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
         self.format_help_text(ctx, formatter)
         sub = click.Context(cmd, info_name=self.default_command, parent=ctx, **cmd.context_settings)
-        cmd.format_options(sub, formatter)
+        options = {name: p for p in cmd.get_params(sub) if isinstance(p, click.Option) for name in p.opts}
+        rows = []
+        for name in self.common_options:
+            record = options[name].get_help_record(sub)
+            if record is not None:  # the text without its "[default: ...]": run --help has those
+                rows.append((record[0], record[1].split("  [")[0]))
+        for param in self.get_params(ctx):  # --version, --help
+            record = param.get_help_record(ctx)
+            if record is not None:
+                rows.append(record)
+        n_options = sum(isinstance(p, click.Option) for p in cmd.params)  # --help aside
+        with formatter.section(f"Main options ({n_options} in all, with defaults: {PROG} run --help)"):
+            formatter.write_dl(rows, col_max=24)
         self.format_commands(ctx, formatter)
         self.format_epilog(ctx, formatter)
 
@@ -152,8 +168,8 @@ def main() -> None:
     \b
     Examples:
       guided-backprop photos/ -o out
-      guided-backprop 'photos/**/*.jpg' -o out --methods gbp,deconvnet,guided_gradcam --target top5
-      guided-backprop photos -o out --model vgg19 --norm minmax          # the seed's look
+      guided-backprop 'photos/*.jpg' -o out --methods gbp,gradcam --target top3
+      guided-backprop photos -o out --model vgg19 --norm minmax  # the seed's look
       torchrun --standalone --nproc-per-node 2 -m guided_backprop photos -o out
       guided-backprop units photos -o units --layer blocks.3 --top-channels 4
 
@@ -167,7 +183,8 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
-@main.command("run", **COMMAND_SETTINGS)
+@main.command("run", short_help="Compute the maps of every image in INPUTS (the default command).",
+              **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Output folder (created if needed).")
@@ -302,12 +319,18 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
 _RELU_MARK = {"yes": "yes", "partly": "partly", "no": "no", "depends": "-"}
 
 
-@main.command("models")
+@main.command("models", short_help="The models --model accepts, and where guided backprop applies.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Every torchvision model by name (default: the offline ones and a line for the rest).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def models_command(verbose: bool) -> int:
+def models_command(show_all: bool, verbose: bool) -> int:
     """List the models --model accepts by name: offline ones need no download; GBP says whether
     guided backprop and deconvnet apply (they change only ReLUs: 'no' for GELU/SiLU networks such as
-    ViT, Swin, ConvNeXt, MaxViT and EfficientNet-B; 'partly' where other activations keep plain gradients)."""
+    ViT, Swin, ConvNeXt, MaxViT and EfficientNet-B; 'partly' where other activations keep plain gradients).
+    The list fits a screen; --all names every torchvision model."""
+    import shutil
+    import textwrap
+
     from . import models
 
     try:
@@ -315,18 +338,32 @@ def models_command(verbose: bool) -> int:
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
-    width = max([len(str(i.name)) for i in infos] + [4])
-    click.echo(f"{'NAME':<{width}}  OFFLINE  GBP     SOURCE        DESCRIPTION")
+    vision = [i for i in infos if i.source == "torchvision" and i.name not in models.MODEL_NAMES]
+    if not show_all and len(vision) > 1:  # one line for the torchvision models that need a download
+        hidden = [i for i in vision if not i.offline]
+        infos = [i for i in infos if i not in hidden]
+        examples = ", ".join(i.name for i in hidden if i.name in ("resnet50", "densenet121", "vit_b_16")) or \
+            hidden[0].name
+        infos.insert(len(models.MODEL_NAMES), models.ModelInfo(
+            "<torchvision name>", "torchvision", False,
+            f"any of torchvision's {len(vision)} ImageNet models by name ({examples}...): weights download on "
+            f"first use, then cached; --all lists each with its GBP support", "depends"))
+    width = min(max(shutil.get_terminal_size((100, 24)).columns, 72), 100)
+    columns = (max(len(i.name) for i in infos), 7, 3)  # name, offline, GBP; the description wraps beside them
+    indent = sum(columns) + 2 * len(columns)
+    click.echo("  ".join(h.ljust(w) for h, w in zip(("NAME", "OFFLINE", "GBP"), columns)) + "  DESCRIPTION")
     for info in infos:
-        offline = "yes" if info.offline else "no"
-        click.echo(f"{info.name:<{width}}  {offline:<7}  {_RELU_MARK[info.relu]:<6}  {str(info.source):<12}  "
-                   f"{cli_message(info.description)}")
-    click.echo(f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'; "
-               f"GBP -: depends on the network (saliency and gradcam work on any)")
+        cells = (info.name, "yes" if info.offline else "no", _RELU_MARK[info.relu])
+        lead = "  ".join(c.ljust(w) for c, w in zip(cells, columns)) + "  "
+        click.echo(textwrap.fill(cli_message(info.description), width, initial_indent=lead,
+                                 subsequent_indent=" " * indent))
+    click.echo(textwrap.fill(
+        f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'; "
+        f"GBP -: depends on the network (saliency and gradcam work on any)", width))
     return ExitCode.OK
 
 
-@main.command("report")
+@main.command("report", short_help="Write the HTML gallery OUT/index.html of an output folder.")
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="OUT")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def report_command(output: Path, verbose: bool) -> int:
@@ -334,7 +371,8 @@ def report_command(output: Path, verbose: bool) -> int:
     return _write_report(output, quiet=False, verbose=verbose)
 
 
-@main.command("evaluate", **{**COMMAND_SETTINGS, "epilog": EVALUATE_EXIT_CODES})
+@main.command("evaluate", short_help="Can these maps be trusted? Sanity checks and faithfulness.",
+              **{**COMMAND_SETTINGS, "epilog": EVALUATE_EXIT_CODES})
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for evaluation.json, evaluation.csv and the figures.")
@@ -408,7 +446,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     return result.exit_code
 
 
-@main.command("units", **COMMAND_SETTINGS)
+@main.command("units", short_help="What units of a higher layer respond to: top-9 grids.", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
@@ -468,17 +506,22 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     return ExitCode.SOME_FAILED if skipped else ExitCode.OK
 
 
-@main.command("layers", **COMMAND_SETTINGS)
+@main.command("layers", short_help="The model's layers: type, output shape, receptive field.",
+              **COMMAND_SETTINGS)
 @model_options
 @opt(OUTPUT, "--spatial", is_flag=True, help="Only layers with a spatial (N, C, H, W) output (for Grad-CAM and units).")
+@opt(OUTPUT, "--all", "show_all", is_flag=True,
+     help="Every layer, at every depth, Identity and dropout included (default: what fits a screen).")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) -> int:
-    """Every layer of the model with its type, output shape and receptive field for the model's input
+def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, verbose: bool) -> int:
+    """The model's layers with their type, output shape and receptive field for the model's input
     size (--input-size changes it): the names --layer, --gradcam-layer and 'units --layer' take.
-    A field of the whole input means every unit sees all of the picture: patches of such a layer show
-    nothing more than the picture itself; pick an earlier layer for units.
+    By default the list fits a screen: no Identity or dropout layers, and names only as deep as
+    fits 50 rows (--all lists everything). A field of the whole input means every unit sees all of
+    the picture: patches of such a layer show nothing more than the picture itself; pick an earlier
+    layer for units.
     """
-    from .receptive import layer_table
+    from .receptive import layer_table, screen_rows
 
     try:
         loaded = model_options.load()
@@ -489,14 +532,22 @@ def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) ->
     if spatial:
         rows = [r for r in rows if r.spatial]
     size = rows[0].input_size if rows else None
+    every = len(rows)
+    depth = None
+    if not show_all:
+        rows, depth = screen_rows(rows)
     header = ("NAME", "TYPE", "OUTPUT", "RECEPTIVE FIELD")
     table = [header] + [(r.name, r.type, r.shape_text, r.field_text) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
     if size is not None:
-        click.echo(f"{plural(len(rows), 'layer')} of {loaded.name} for a {size[0]}x{size[1]} input; "
+        shown = plural(len(rows), "layer") if len(rows) == every else f"{len(rows)} of {every} layers"
+        click.echo(f"{shown} of {loaded.name} for a {size[0]}x{size[1]} input; "
                    f"default Grad-CAM layer: {_default_gradcam_layer(loaded, size) or 'none (no spatial output)'}")
+        if len(rows) < every:
+            click.echo(f"(Identity and dropout layers left out{'' if depth is None else f', names to depth {depth}'}; "
+                       f"--all lists every layer)")
     return ExitCode.OK
 
 

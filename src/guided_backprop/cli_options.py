@@ -118,7 +118,7 @@ class MethodsType(click.ParamType):
         try:
             return parse_methods([v for v in str(value).split(",") if v.strip()] or [""])
         except GuidedBackpropError as err:
-            self.fail(str(err), param, ctx)
+            self.fail(cli_message(str(err)), param, ctx)
 
 
 class _Size(click.ParamType):

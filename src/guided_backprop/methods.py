@@ -77,7 +77,11 @@ def get_method(name: str | MethodSpec) -> MethodSpec:
         return REGISTRY[name.value]
     found = _LOOKUP.get(_key(name))
     if found is None:
-        raise UnknownNameError("method", str(name), METHODS)
+        hint = ""
+        if "smooth" in _key(name):  # SmoothGrad averages any method's maps: an option, not a method
+            hint = ("SmoothGrad is an option of every method, not a method: smooth=N noisy copies, "
+                    "e.g. smooth=25 with method='guided_backprop'")
+        raise UnknownNameError("method", str(name), METHODS, hint=hint)
     return REGISTRY[found]
 
 

