@@ -666,6 +666,23 @@ def test_help_fits_a_screen_and_command_summaries_are_whole() -> None:
     assert f"Main options ({n_options} in all, with defaults: guided-backprop run --help)" in text
 
 
+def test_import_help_version_and_option_errors_answer_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import guided_backprop as gbp\n"
+        "light = 'torch' not in sys.modules and gbp.parse_methods('gbp') == ('guided_backprop',)\n"
+        "from guided_backprop.cli import main\n"
+        "calls = [['--help'], ['--version'], ['run', '--help'], ['layers', '--help'], ['evaluate', '--help'],\n"
+        "         ['photos', '-o', 'out', '--bogus'], ['photos', '-o', 'out', '--methods', 'smoothgrad'],\n"
+        "         ['photos', '-o', 'out', '--batch-size', '0']]\n"
+        "codes = [int(main(args, standalone_mode=False)) for args in calls]\n"
+        "print(light, codes, sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "True [0, 0, 0, 0, 0, 2, 2, 2] []", done.stdout[-500:]
+
+
 def test_help_is_grouped_shows_defaults_and_documents_random_weights() -> None:
     text = invoke("run", "--help").output
     flat = " ".join(text.split())
