@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import subprocess
 import sys
 
@@ -85,8 +86,11 @@ def test_rows_follow_the_picture_and_grad_cam_bar_sits_under_its_column(height: 
 
 def test_the_figure_shows_itself_in_a_notebook() -> None:
     x, e = _explain(k=1)
-    png = gbp.show(e, x)._repr_png_()  # type: ignore[attr-defined]  # what IPython displays
+    fig = gbp.show(e, x)
+    png = fig._repr_png_()  # type: ignore[attr-defined]  # what IPython displays
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size[0] > 100
+    again = pickle.loads(pickle.dumps(fig))  # a Figure pickles; this one too, by its module's name
+    assert type(again) is type(fig) and len(again.axes) == len(fig.axes)
 
 
 def test_the_picture_the_network_saw_and_a_preprocessing_are_accepted() -> None:

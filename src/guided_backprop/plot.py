@@ -134,7 +134,14 @@ def _figure_class() -> type[Figure]:
             self.savefig(buffer, format="png", dpi=96)
             return buffer.getvalue()
 
+    NotebookFigure.__qualname__ = "NotebookFigure"  # pickled by name: plot.NotebookFigure (__getattr__)
     return NotebookFigure
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NotebookFigure":
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _picture(image: Any, index: int, preprocessing: Any) -> np.ndarray:
