@@ -33,7 +33,9 @@ from .cli_options import (
     TargetType,
     cli_message,
     echo_error,
+    echo_skipped,
     echo_unexpected,
+    echo_warnings,
     model_options,
     opt,
     plural,
@@ -284,8 +286,14 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     except ImportError as err:
         echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
+    from .batch.config import RunStopped
+
     try:
-        page = report.write_report(output)
+        with echo_warnings(report.log):
+            page = report.write_report(output)
+    except RunStopped as err:  # the folder or thumbs/ cannot be written: 4, with the path
+        echo_error(err, verbose=verbose, err=err)
+        return err.exit_code
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -386,8 +394,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
-                                     on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
-                                                                                  err=True))
+                                     on_pass_over=echo_skipped)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
