@@ -19,6 +19,7 @@ from guided_backprop.errors import ExitCode
 from guided_backprop.report import THUMB_DIR, write_report
 
 from .fixtures.cli_images import write_plain
+from .fixtures.disks import refuse_writes_under
 from .fixtures.runs import REPO, TINY, invoke
 from .test_report import _parse, make_run
 
@@ -30,19 +31,6 @@ def _hidden_characters(text: str) -> list[str]:
     return [c for c in text if not c.isprintable() and c != "\n"]
 
 
-def _refuse_writes_under(monkeypatch: pytest.MonkeyPatch, folder: Path, code: int) -> None:
-    """Every file created under ``folder`` fails as a read-only or full disk would (``os.open`` with O_CREAT)."""
-    real_open = os.open
-    root = str(folder.resolve())
-
-    def refusing(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
-        if flags & os.O_CREAT and os.path.abspath(os.fspath(path)).startswith(root):
-            raise OSError(code, os.strerror(code), os.fspath(path))
-        return real_open(path, flags, *args, **kwargs)
-
-    monkeypatch.setattr(os, "open", refusing)
-
-
 # ------------------------------------------------------------------------------ 18.4: disks that refuse
 
 
@@ -52,7 +40,7 @@ def test_a_thumbs_folder_that_cannot_be_written_exits_4_naming_it(tmp_path: Path
     out = tmp_path / "out"
     make_run(out)
     (out / THUMB_DIR).mkdir()
-    _refuse_writes_under(monkeypatch, out / THUMB_DIR, code)
+    refuse_writes_under(monkeypatch, out / THUMB_DIR, code)
     result: Any = invoke("report", out)
     assert result.exit_code == ExitCode.DISK_FULL == 4, result.output
     (line,) = result.stderr.strip().splitlines()  # one line: no warning that pictures are "missing"
@@ -92,7 +80,7 @@ def test_an_output_folder_that_cannot_be_written_exits_4_before_any_thumbnail(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     out = tmp_path / "out"
     make_run(out)
-    _refuse_writes_under(monkeypatch, out, errno.EROFS)
+    refuse_writes_under(monkeypatch, out, errno.EROFS)
     result: Any = invoke("report", out)
     assert result.exit_code == 4
     assert result.stderr.startswith(f"error: cannot write {str(out)!r}: read-only file system")
