@@ -45,6 +45,7 @@ from .cli_options import (
 from .errors import ExitCode, GuidedBackpropError
 from .methods import METHODS
 from .render import NORMALIZATIONS
+from .visible import visible
 
 __all__ = ["cli_message", "main"]
 
@@ -261,19 +262,19 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         return ExitCode.USAGE
     except KeyboardInterrupt as err:
         what, code = stopped_by(err)
-        click.echo(f"{what}; rerun the same command to finish ({output})", err=True)
+        click.echo(f"{what}; rerun the same command to finish ({visible(str(output))})", err=True)
         return code
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     if result.interrupted:
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
-                   f"({result.output})", err=True)
+                   f"({visible(str(result.output))})", err=True)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code
     if not quiet:
-        click.echo(result.summary())
+        click.echo(visible(result.summary()))
     if with_report:
         report_code = _write_report(output, quiet=quiet, verbose=verbose)
         if report_code:
@@ -302,7 +303,7 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
         echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
         return ExitCode.FAILED
     if not quiet:
-        click.echo(f"report: {page}")
+        click.echo(f"report: {visible(str(page))}")
     return ExitCode.OK
 
 
@@ -412,7 +413,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
-                   f"{result.output / 'evaluation.json'}")
+                   f"{visible(str(result.output / 'evaluation.json'))}")
     return result.exit_code
 
 
@@ -496,7 +497,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the unit grids did not finish; those already written are kept, units.json is not "
-                   f"updated; a rerun starts over ({output})", err=True)
+                   f"updated; a rerun starts over ({visible(str(output))})", err=True)
         return code
     except RunStopped as err:  # OUT cannot be written: 4, with the path
         echo_error(err, verbose=verbose, err=err)
@@ -512,7 +513,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     for w in skipped:
         echo_error(str(w.message))
     if not quiet:
-        click.echo(f"{plural(len(written), 'unit grid')} of layer {layer} -> {output}")
+        click.echo(f"{plural(len(written), 'unit grid')} of layer {layer} -> {visible(str(output))}")
     return ExitCode.SOME_FAILED if skipped else ExitCode.OK
 
 
