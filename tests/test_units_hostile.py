@@ -67,6 +67,14 @@ def test_a_top_that_cannot_be_drawn_is_a_usage_error_before_anything(tmp_path: P
         unit_grids(UnitNet().double(), torch.zeros(1, 3, 16, 16, dtype=torch.float64), "features.conv2", k=101)
 
 
+@pytest.mark.parametrize("bad", [["--layer", "nope"], ["--channel", "99"]])
+def test_a_usage_error_leaves_no_folder_behind(tmp_path: Path, bad: list[str]) -> None:
+    write_plain(tmp_path / "in", 2)
+    result: Any = invoke("units", tmp_path / "in", "-o", tmp_path / "out", *FAST, *bad)
+    assert result.exit_code == ExitCode.USAGE and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
 def test_grids_are_made_and_written_one_at_a_time(tmp_path: Path) -> None:
     """Memory does not grow with the number of channels: each grid is saved before the next is made."""
     torch.manual_seed(0)

@@ -9,6 +9,7 @@ report OUT`` writes the HTML gallery of an existing output folder; ``guided-back
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import sys
@@ -460,6 +461,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     from . import units
     from .batch.config import RunStopped, check_writable
     from .batch.pipeline import _sigterm_as_interrupt
+    from .hooks import find_layer
     from .images import search_images
 
     if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
@@ -467,6 +469,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
                                f"{math.isqrt(units.MAX_TOP)}x{math.isqrt(units.MAX_TOP)} grid); give --top "
                                f"{units.MAX_TOP} or fewer")
     bar = None
+    created = False
     try:
         with _sigterm_as_interrupt():
             loaded = model_options.load()
@@ -476,6 +479,8 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
             if not found.paths:
                 raise GuidedBackpropError(f"no image to read among {', '.join(map(repr, inputs))} (every path was "
                                           f"passed over, see the skipped: lines)")
+            find_layer(loaded.model, layer)  # an unknown layer is a usage error before the folder is made
+            created = not output.exists()
             check_writable(output, "rerun the same command")
             bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
 
@@ -502,7 +507,10 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     except RunStopped as err:  # OUT cannot be written: 4, with the path
         echo_error(err, verbose=verbose, err=err)
         return err.exit_code
-    except GuidedBackpropError as err:
+    except GuidedBackpropError as err:  # a channel out of range, no readable image: the folder is left as it was
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if still empty
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
