@@ -12,7 +12,10 @@ and writes one self-contained page:
 
 The page works offline from ``file://``: CSS and JS are inline, there is no external URL, and a
 Content-Security-Policy forbids every network request. Names from the user's files never become
-markup: they travel as escaped JSON and are rendered with ``textContent``.
+markup: they travel as escaped JSON and are rendered with ``textContent``, isolated (``<bdi>``) and
+with their invisible characters spelled out (:func:`.visible.visible`). A path read from the folder's
+files becomes a link only when it names a regular file inside the folder, percent-quoted; nothing
+but regular files is ever opened. Disk errors raise :class:`.batch.DiskFull` (exit code 4).
 """
 
 from __future__ import annotations
@@ -115,7 +118,8 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
 
     ``output_dir`` must hold ``run.json`` and ``index.jsonl`` (the output folder contract). Thumbnails of
     pictures larger than :data:`THUMB_SIZE` are written to ``output_dir/thumbs/`` (existing, up-to-date
-    ones are kept). ``title`` defaults to the model and folder name; ``page_size`` rows are shown per page.
+    ones are kept). ``title`` defaults to the model and the run's inputs (``run.json``'s ``inputs``; the folder's
+    name without them); ``page_size`` rows are shown per page.
     The page and every thumbnail are written atomically (temporary file, then ``os.replace``).
 
     Paths read from the folder's files are shown only when they name a regular file inside
