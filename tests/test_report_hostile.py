@@ -117,6 +117,19 @@ def test_a_fifo_where_a_map_should_be_is_never_opened(tmp_path: Path) -> None:
     assert data["rows"][0]["img"][cols.index("deconvnet")] is not None
 
 
+@pytest.mark.parametrize("name", ["run.json", "index.jsonl"])
+def test_a_fifo_as_the_runs_own_file_is_named_not_opened(tmp_path: Path, name: str) -> None:
+    out = tmp_path / "out"
+    make_run(out, n_ok=1)
+    (out / name).unlink()
+    os.mkfifo(out / name)
+    proc = subprocess.run([sys.executable, "-m", "guided_backprop", "report", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == ExitCode.USAGE
+    assert proc.stderr == f"error: {str(out / name)!r} is a FIFO (named pipe), not a regular file; it is not read " \
+                          f"(rerun the batch to rewrite it)\n"
+
+
 # ------------------------------------------------------------------------------ 18.12: paths from files
 
 HOSTILE_PATHS = ["http://example.com/x.png", "javascript:alert(1)", "../outside.png", "//example.com/y.png",

@@ -258,7 +258,8 @@ def _evaluation_section(folder: Path, doc: dict[str, Any], odd: list[str]) -> di
 def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:
     """The run's record, and the settings to show: the record's, or (a run.json of another version, or
     written by hand: no record) the object as written."""
-    if not path.is_file() or not_a_file_reason(path) is not None:
+    _refuse_non_file(path)
+    if not path.is_file():
         raise GuidedBackpropError(_not_a_run_folder(path.parent))
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
@@ -274,6 +275,14 @@ def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:
         log.info("%s: %s; showing its settings as written", path, err)
         return None, settings
     return run, run.to_json()
+
+
+def _refuse_non_file(path: Path) -> None:
+    """A FIFO, socket, device or link loop where one of the run's files should be: named, never opened."""
+    reason = not_a_file_reason(path)
+    if reason is not None:
+        raise GuidedBackpropError(f"{visible(str(path))!r} is {reason}; it is not read (rerun the batch to "
+                                  f"rewrite it)")
 
 
 def _not_a_run_folder(folder: Path) -> str:
@@ -299,6 +308,7 @@ def _read_index(path: Path) -> list[IndexRecord]:
     (hand-edited, another version's) is read leniently (:meth:`.IndexRecord.from_json`): what is odd in it
     is left out, and a row without a valid ``idx`` gets its place in the file.
     """
+    _refuse_non_file(path)
     if not path.is_file():
         raise GuidedBackpropError(
             f"no index.jsonl in {str(path.parent)!r}: the run has not listed any input yet; "
