@@ -275,3 +275,8 @@ def test_report_on_an_evaluate_folder_says_what_it_is_and_what_to_run(tmp_path: 
     (line,) = result.stderr.strip().splitlines()
     assert "output of `guided-backprop evaluate`" in line and "evaluation.csv" in line
     assert f"-o {out}" not in line  # no suggestion to run the main command into the evaluation's folder
+
+
+def test_report_help_states_its_exit_codes() -> None:
+    text = " ".join(invoke("report", "--help").output.split())  # type: ignore[attr-defined]
+    assert "4 OUT or OUT/thumbs cannot be written" in text and "written atomically" in text

@@ -337,11 +337,20 @@ def models_command(verbose: bool) -> int:
     return ExitCode.OK
 
 
-@main.command("report")
+REPORT_EXIT_CODES = (
+    "Exit codes: 0 written (pictures that are missing or unreadable are counted on 'warning:' lines); 2 OUT is "
+    "not a run's folder (an evaluate or units folder is named as such); 3 failed unexpectedly (--verbose shows "
+    "why); 4 OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the previous "
+    "page is kept). The page and each thumbnail are written atomically: rerun at any time."
+)
+
+
+@main.command("report", epilog=REPORT_EXIT_CODES)
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="OUT")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def report_command(output: Path, verbose: bool) -> int:
-    """Write OUT/index.html, the HTML gallery of an existing output folder."""
+    """Write OUT/index.html, the HTML gallery of an existing output folder (up-to-date thumbnails in
+    OUT/thumbs are kept)."""
     return _write_report(output, quiet=False, verbose=verbose)
 
 
