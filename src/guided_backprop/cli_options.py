@@ -101,11 +101,15 @@ def echo_warnings(logger: logging.Logger) -> Iterator[None]:
             click.echo(f"warning: {visible(record.getMessage())}", err=True)
 
     handler = Echo(logging.WARNING)
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:  # a quieter logging setup must not hide them
+        logger.setLevel(logging.WARNING)
     logger.addHandler(handler)
     try:
         yield
     finally:
         logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def echo_unexpected(err: BaseException, *, verbose: bool) -> ExitCode:
