@@ -123,10 +123,9 @@ def test_a_fifo_as_the_runs_own_file_is_named_not_opened(tmp_path: Path, name: s
     make_run(out, n_ok=1)
     (out / name).unlink()
     os.mkfifo(out / name)
-    proc = subprocess.run([sys.executable, "-m", "guided_backprop", "report", str(out)], cwd=REPO,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == ExitCode.USAGE
-    assert proc.stderr == f"error: {str(out / name)!r} is a FIFO (named pipe), not a regular file; it is not read " \
+    result: Any = invoke("report", out)  # in this process: the check comes before any open
+    assert result.exit_code == ExitCode.USAGE
+    assert result.stderr == f"error: {str(out / name)!r} is a FIFO (named pipe), not a regular file; it is not read " \
                           f"(rerun the batch to rewrite it)\n"
 
 
