@@ -31,7 +31,7 @@ _LAZY = {
     "panel": "panels", "class_panel": "panels", "explanation_panel": "panels",
     "show": "plot",
     "receptive_field": "receptive", "ReceptiveField": "receptive", "layer_table": "receptive",
-    "unit_grids": "units", "save_unit_grids": "units",
+    "unit_grids": "units", "iter_unit_grids": "units", "save_unit_grids": "units",
     "write_report": "report",
     # sanity checks and faithfulness (issue 13): scipy and scikit-image load with them
     "evaluate": "evaluate", "run_checks": "evaluate", "model_randomization": "evaluate",

@@ -9,6 +9,8 @@ report OUT`` writes the HTML gallery of an existing output folder; ``guided-back
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import sys
 import warnings
@@ -33,7 +35,9 @@ from .cli_options import (
     TargetType,
     cli_message,
     echo_error,
+    echo_skipped,
     echo_unexpected,
+    echo_warnings,
     model_options,
     opt,
     plural,
@@ -42,6 +46,7 @@ from .cli_options import (
 from .errors import ExitCode, GuidedBackpropError
 from .methods import METHODS
 from .render import NORMALIZATIONS
+from .visible import visible
 
 __all__ = ["cli_message", "main"]
 
@@ -275,19 +280,19 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         return ExitCode.USAGE
     except KeyboardInterrupt as err:
         what, code = stopped_by(err)
-        click.echo(f"{what}; rerun the same command to finish ({output})", err=True)
+        click.echo(f"{what}; rerun the same command to finish ({visible(str(output))})", err=True)
         return code
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     if result.interrupted:
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
-                   f"({result.output})", err=True)
+                   f"({visible(str(result.output))})", err=True)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code
     if not quiet:
-        click.echo(result.summary())
+        click.echo(visible(result.summary()))
     if with_report:
         report_code = _write_report(output, quiet=quiet, verbose=verbose)
         if report_code:
@@ -301,8 +306,14 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     except ImportError as err:
         echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
+    from .batch.config import RunStopped
+
     try:
-        page = report.write_report(output)
+        with echo_warnings(report.log):
+            page = report.write_report(output)
+    except RunStopped as err:  # the folder or thumbs/ cannot be written: 4, with the path
+        echo_error(err, verbose=verbose, err=err)
+        return err.exit_code
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -310,7 +321,7 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
         echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
         return ExitCode.FAILED
     if not quiet:
-        click.echo(f"report: {page}")
+        click.echo(f"report: {visible(str(page))}")
     return ExitCode.OK
 
 
@@ -363,11 +374,21 @@ def models_command(show_all: bool, verbose: bool) -> int:
     return ExitCode.OK
 
 
-@main.command("report", short_help="Write the HTML gallery OUT/index.html of an output folder.")
+REPORT_EXIT_CODES = (
+    "Exit codes: 0 written (pictures that are missing or unreadable are counted on 'warning:' lines); 2 OUT is "
+    "not a run's folder (an evaluate or units folder is named as such); 3 failed unexpectedly (--verbose shows "
+    "why); 4 OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the previous "
+    "page is kept). The page and each thumbnail are written atomically: rerun at any time."
+)
+
+
+@main.command("report", short_help="Write the HTML gallery OUT/index.html of an output folder.",
+              epilog=REPORT_EXIT_CODES)
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="OUT")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def report_command(output: Path, verbose: bool) -> int:
-    """Write OUT/index.html, the HTML gallery of an existing output folder."""
+    """Write OUT/index.html, the HTML gallery of an existing output folder (up-to-date thumbnails in
+    OUT/thumbs are kept)."""
     return _write_report(output, quiet=False, verbose=verbose)
 
 
@@ -424,8 +445,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
-                                     on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
-                                                                                  err=True))
+                                     on_pass_over=echo_skipped)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
@@ -442,11 +462,22 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
-                   f"{result.output / 'evaluation.json'}")
+                   f"{visible(str(result.output / 'evaluation.json'))}")
     return result.exit_code
 
 
-@main.command("units", short_help="What units of a higher layer respond to: top-9 grids.", **COMMAND_SETTINGS)
+UNITS_EXIT_CODES = (
+    "Exit codes: 0 every image read; 1 some images could not be read (each named on stderr, the others used); "
+    "2 usage error (bad option, unknown model or layer, channel out of range, no readable image): nothing "
+    "written; 3 failed unexpectedly (--verbose shows why); 4 OUT cannot be written (full, read-only: checked "
+    "before computing); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Each grid and units.json is "
+    "written atomically (whole or not at all), units.json last, listing the grids of the run that wrote it; "
+    "units does not resume: after 130 or 143 the grids already written are kept, and a rerun starts over."
+)
+
+
+@main.command("units", short_help="What units of a higher layer respond to: top-9 grids.",
+              **{**COMMAND_SETTINGS, "epilog": UNITS_EXIT_CODES})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
@@ -457,7 +488,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 @opt(TARGETS, "--top-channels", type=click.IntRange(min=1), default=4,
       help="Without --channel: how many of the layer's most active channels.")
 @opt(TARGETS, "--top", "k", type=click.IntRange(min=1), default=9,
-      help="Strongest activations shown per unit (9: a 3x3 grid).")
+      help="Strongest activations shown per unit (9: a 3x3 grid; at most 100, a 10x10 grid).")
 @model_options
 @opt(OUTPUT, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
       help="How the maps are turned into pictures.")
@@ -470,39 +501,76 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     """What units of a higher layer respond to (Springenberg et al. 2014, fig. 3): for each channel,
     the images and positions where it fires most, shown as the image patch in the unit's receptive
     field beside the unit's guided-backprop and deconvnet maps, cropped the same way (3x3 grids).
-    Unreadable images are reported and skipped.
+    Unreadable images are reported and skipped; FIFOs and other non-files, and folders holding this
+    tool's output (OUT among them), are passed over with a 'skipped:' line. Images are read in batches
+    and grids written one at a time: memory does not grow with the number of images.
     """
     from tqdm import tqdm
 
     from . import units
+    from .batch.config import RunStopped, check_writable
+    from .batch.pipeline import _sigterm_as_interrupt
+    from .hooks import find_layer
+    from .images import search_images
 
+    if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
+        raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
+                               f"{math.isqrt(units.MAX_TOP)}x{math.isqrt(units.MAX_TOP)} grid); give --top "
+                               f"{units.MAX_TOP} or fewer")
+    bar = None
+    created = False
     try:
-        loaded = model_options.load()
-        bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
+        with _sigterm_as_interrupt():
+            loaded = model_options.load()
+            found = search_images(list(inputs), exclude=output)
+            for passed in found.skipped:
+                echo_skipped(passed.path, passed.reason)
+            if not found.paths:
+                raise GuidedBackpropError(f"no image to read among {', '.join(map(repr, inputs))} (every path was "
+                                          f"passed over, see the skipped: lines)")
+            find_layer(loaded.model, layer)  # an unknown layer is a usage error before the folder is made
+            created = not output.exists()
+            check_writable(output, "rerun the same command")
+            bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
 
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+            def progress(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
 
-        with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
-            warnings.simplefilter("always", UserWarning)
-            grids = units.unit_grids_from_paths(
-                loaded.model, list(inputs), layer, loaded.preprocessing, channels=list(unit_channels) or None,
-                top_channels=top_channels, k=k, norm=norm, batch_size=batch_size, on_error="skip",
-                progress=progress,
-            )
-        if bar is not None:
-            bar.close()
-        units.save_unit_grids(grids, output)
-    except GuidedBackpropError as err:
+            with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
+                warnings.simplefilter("always", UserWarning)
+                grids = units.iter_unit_grids(
+                    loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
+                    channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
+                    display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
+                    sources=[str(p) for p in found.paths], progress=progress,
+                )
+                written = units.save_unit_grids(grids, output)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
+        what, code = stopped_by(err)
+        click.echo(f"{what}: the unit grids did not finish; those already written are kept, units.json is not "
+                   f"updated; a rerun starts over ({visible(str(output))})", err=True)
+        return code
+    except RunStopped as err:  # OUT cannot be written: 4, with the path
+        echo_error(err, verbose=verbose, err=err)
+        return err.exit_code
+    except GuidedBackpropError as err:  # a channel out of range, no readable image: the folder is left as it was
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if still empty
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
+    except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
+        return echo_unexpected(err, verbose=verbose)
+    finally:
+        if bar is not None:
+            bar.close()
     for w in skipped:
         echo_error(str(w.message))
     if not quiet:
-        click.echo(f"{plural(len(grids), 'unit grid')} of layer {layer} -> {output}")
+        click.echo(f"{plural(len(written), 'unit grid')} of layer {layer} -> {visible(str(output))}")
     return ExitCode.SOME_FAILED if skipped else ExitCode.OK
 
 
