@@ -1,0 +1,68 @@
+"""Starting the explorer: bind, print one URL with the token, open the browser, serve until Ctrl-C."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import webbrowser
+from collections.abc import Callable
+from typing import Any
+
+from .app import create_app, new_token
+from .service import ExploreService
+
+__all__ = ["LOCAL_HOSTS", "allowed_hosts", "bind", "serve"]
+
+LOCAL_HOSTS = ("127.0.0.1", "localhost")
+
+
+def allowed_hosts(host: str, port: int) -> list[str]:
+    """The ``Host`` headers the server accepts: the address it listens on (and ``localhost`` for the
+    loopback address), with the port; nothing a DNS-rebinding page's own name could be."""
+    names = list(LOCAL_HOSTS) if host in LOCAL_HOSTS else [host]
+    return [f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in names]
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free port chosen by the system)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(64)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(service: ExploreService, *, host: str = "127.0.0.1", port: int = 0, open_browser: bool = True,
+          token: str | None = None, echo: Callable[[str], None] = print, ready: Callable[[str], Any] | None = None
+          ) -> None:
+    """Serve the explorer until interrupted (Ctrl-C stops it cleanly: uvicorn finishes the requests
+    under way and closes the socket). ``echo`` prints the URL; ``ready(url)`` is called once serving."""
+    import uvicorn
+
+    token = token or new_token()
+    sock = bind(host, port)
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}/?token={token}"
+    app = create_app(service, token=token, hosts=allowed_hosts(host, port))
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    server = uvicorn.Server(config)
+    echo(f"explorer of {len(service.paths)} image{'s' if len(service.paths) != 1 else ''} with model "
+         f"{service.loaded.name}; open\n    {url}\n(Ctrl-C stops it)")
+
+    def when_ready() -> None:
+        while not server.started and not server.should_exit:
+            threading.Event().wait(0.05)
+        if server.started:
+            if open_browser:
+                webbrowser.open(url)
+            if ready is not None:
+                ready(url)
+
+    threading.Thread(target=when_ready, daemon=True, name="explore-ready").start()
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
