@@ -142,11 +142,13 @@ def test_names_go_out_as_data(service: ExploreService, inputs: list[Path]) -> No
 def test_a_corrupt_image_is_a_message_and_the_app_goes_on(service: ExploreService) -> None:
     errors: list[str] = []
     client = make_client(service, errors)
-    for path in ("/api/images/3/input.png", "/api/images/3/thumb.png", "/api/panel.png?image=3&class=0"):
+    for path in ("/api/images/3/input.png", "/api/images/3/classes", "/api/panel.png?image=3&class=0"):
         response = client.get(path)
         assert response.status_code == 422
         assert "corrupt.png" in response.json()["error"] and "not an image" in response.json()["error"]
     assert len(errors) == 3 and all("corrupt.png" in e for e in errors)
+    thumb = png(client.get("/api/images/3/thumb.png"))  # the strip shows a crossed square for it
+    assert thumb.shape == (96, 96, 3) and len(errors) == 3
     png(client.get("/api/panel.png?image=0&class=0&methods=guided_backprop"))
 
 

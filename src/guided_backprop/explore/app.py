@@ -215,8 +215,12 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         picture = service.run(lambda: service.unit_panel(index, layer, channel, position), **client(request))
         return _png(png_bytes(picture))
 
+    async def favicon(request: Request) -> Response:
+        return Response(status_code=204)
+
     routes = [
         Route("/", index),
+        Route("/favicon.ico", favicon),
         Route("/static/{name}", static),
         Route("/api/info", guarded(info)),
         Route("/api/images/{index}/thumb.png", guarded(thumb)),

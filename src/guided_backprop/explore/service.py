@@ -29,7 +29,7 @@ from PIL import Image, ImageDraw
 
 from .. import render
 from ..attribution import Explainer
-from ..errors import InputError, NoReLUError, TargetError
+from ..errors import ImageError, InputError, NoReLUError, TargetError
 from ..hooks import find_layer, layer_output, logits_of, model_state
 from ..images import load_image
 from ..methods import METHODS, REGISTRY, method_title, parse_methods
@@ -124,8 +124,15 @@ class ExploreService:
         return self.paths[int(index)]
 
     def thumbnail(self, index: int) -> bytes:
-        """A small PNG of image ``index`` as it is on disk (no model involved)."""
-        picture = load_image(self.image(index))
+        """A small PNG of image ``index`` as it is on disk (no model involved); an unreadable file gets a
+        crossed grey square (choosing it says why)."""
+        try:
+            picture = load_image(self.image(index))
+        except ImageError:
+            picture = Image.new("RGB", (THUMB, THUMB), (200, 200, 200))
+            draw = ImageDraw.Draw(picture)
+            draw.line((0, 0, THUMB, THUMB), fill=(160, 40, 40), width=3)
+            draw.line((0, THUMB, THUMB, 0), fill=(160, 40, 40), width=3)
         picture.thumbnail((THUMB, THUMB))
         return png_bytes(picture)
 
