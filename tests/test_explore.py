@@ -386,3 +386,76 @@ def test_command_without_images_is_a_usage_error(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(main, ["explore", str(tmp_path / "missing"), "--no-browser"])
     assert result.exit_code == 2 and "missing" in result.output and "Traceback" not in result.output
+
+
+# ------------------------------------------------------------------------ what a unit responds to
+
+
+def _wait(job: Any) -> dict[str, Any]:
+    deadline = time.monotonic() + 120
+    while job.state not in ("done", "failed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return job.status()
+
+
+def test_top_images_in_background_cached_and_reused_by_units(inputs: list[Path], tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from click.testing import CliRunner
+
+    from guided_backprop import unit_cache, units
+    from guided_backprop.cli import main
+    from guided_backprop.cli_options import ModelOptions
+
+    loaded = ModelOptions(model=f"{MODELS}:tiny", input_size=32).load()  # as the command loads it
+    out = tmp_path / "units"
+    service = ExploreService(loaded, inputs, units_folder=out)
+    client = make_client(service)
+    first = client.get("/api/top-images?layer=1&channel=2").json()
+    assert first["state"] in ("waiting", "running", "done") and first["total"] == 4
+    status = _wait(service.top_images("1", 2))
+    assert status["state"] == "done" and status["done"] == 4 and not status["reused"], status
+    assert len(status["top"]) == 9 and {t["name"] for t in status["top"]} <= {str(p) for p in inputs[:3]}
+    shown = png(client.get("/api/top-images.png?layer=1&channel=2"))
+    want = units.unit_grids_from_paths(loaded.model, inputs, "1", loaded.preprocessing, channels=[2], k=9,
+                                       on_error="skip")[0]
+    assert [(t.image, t.y, t.x) for t in want.top] == [(t["image"], t["y"], t["x"]) for t in status["top"]]
+    np.testing.assert_array_equal(shown, np.asarray(want.picture.convert("RGB")))
+    cached = list((out / unit_cache.CACHE_FOLDER).glob("1_c2_*.json"))
+    assert len(cached) == 1
+
+    def no_pass(*args: Any, **kwargs: Any) -> Any:
+        raise AssertionError("the pass over the images ran again")
+
+    monkeypatch.setattr(unit_cache, "top_activations", no_pass)
+    again = ExploreService(loaded, inputs, units_folder=out)  # a new explorer on the same folder: from the disk
+    assert _wait(again.top_images("1", 2))["reused"] is True
+    result = CliRunner().invoke(main, ["units", str(inputs[0].parent), "--layer", "1", "--channel", "2", "-o",
+                                       str(out), "--model", f"{MODELS}:tiny", "--input-size", "32", "-q"])
+    assert result.exit_code == 1, result.output  # the units command reused it too, and names the unreadable file
+    assert "corrupt.png" in result.output and "ran again" not in result.output
+    written = np.asarray(Image.open(out / "unit_1_c2.png").convert("RGB"))
+    np.testing.assert_array_equal(written, np.asarray(want.picture.convert("RGB")))
+
+    os.utime(inputs[0], ns=(1, 1))  # a changed input: the cache no longer applies
+    assert _wait(ExploreService(loaded, inputs, units_folder=out).top_images("1", 2))["state"] == "failed"
+
+
+def test_top_images_of_an_unknown_layer_or_channel(service: ExploreService) -> None:
+    client = make_client(service)
+    assert "relu9" in client.get("/api/top-images?layer=features.relu9&channel=0").json()["error"]
+    assert "out of range" in client.get("/api/top-images?layer=features.relu2&channel=6").json()["error"]
+    assert client.get("/api/top-images.png?layer=features.relu2&channel=1").status_code == 400
+
+
+def test_reproducing_command_takes_the_model_options_back() -> None:
+    from guided_backprop.cli import _model_words, main
+    from guided_backprop.cli_options import _MODEL_FIELDS, ModelOptions
+
+    given = ModelOptions(model="my net.py:build", weights="w.pt", num_classes=7, trust_checkpoint=True,
+                         input_size=64, resize=None, crop=48, mean=(0.5,), std=(0.25,), channels=1, device="cpu")
+    words = _model_words(given)
+    ctx = main.commands["run"].make_context("run", ["x.png", "-o", "out", *words])
+    parsed = {k: ctx.params[k] for k in _MODEL_FIELDS}
+    parsed["channels"] = int(parsed["channels"])
+    assert ModelOptions(**parsed) == given
+    assert _model_words(ModelOptions()) == []

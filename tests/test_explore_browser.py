@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_backprop import attribute
+from guided_backprop import attribute, units
 from guided_backprop.explore import ExploreService
 from guided_backprop.panels import explanation_panel
 from guided_backprop.targets import Channel
@@ -217,6 +217,16 @@ def test_layer_channel_and_unit(page: tuple[Any, Watch], service: ExploreService
     assert not np.array_equal(unit_panel, channel_panel)
     fresh = ExploreService(tiny_loaded(), service.paths)  # the API on its own
     assert_same(unit_panel, np.asarray(fresh.unit_panel(0, layer, channel, (5, 6))))
+
+    p.click("#top-button")  # what the channel responds to in the folder: computed in the background
+    wait_key(p, "#top-images", f"layer={layer}&channel={channel}")
+    grid = units.unit_grids_from_paths(service.loaded.model, service.paths, layer, service.loaded.preprocessing,
+                                       channels=[channel], k=9, on_error="skip")[0]
+    assert_same(shown(p, "#top-images"), np.asarray(grid.picture.convert("RGB")))
+    listed = p.locator("#top-list li").all_text_contents()
+    assert len(listed) == 9 and all(" at (y, x) = (" in t for t in listed)
+    assert listed[0].startswith(Path(grid.top[0].source or "").name + " at (y, x) = "
+                                f"({grid.top[0].y}, {grid.top[0].x})")
     ARTIFACTS.mkdir(exist_ok=True)
     p.screenshot(path=str(ARTIFACTS / "explore-tiny.png"), full_page=True)
 

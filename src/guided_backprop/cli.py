@@ -450,10 +450,18 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
 
         with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
             warnings.simplefilter("always", UserWarning)
+            tops = None
+            if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
+                from .images import find_images
+                from .unit_cache import cached_tops
+
+                tops, _reused = cached_tops(output, loaded.model, find_images(list(inputs)), layer,
+                                            loaded.preprocessing, list(unit_channels), k, batch_size=batch_size,
+                                            progress=progress)
             grids = units.unit_grids_from_paths(
                 loaded.model, list(inputs), layer, loaded.preprocessing, channels=list(unit_channels) or None,
                 top_channels=top_channels, k=k, norm=norm, batch_size=batch_size, on_error="skip",
-                progress=progress,
+                progress=progress, tops=tops,
             )
         if bar is not None:
             bar.close()
@@ -549,6 +557,9 @@ def _model_words(mo: ModelOptions) -> list[str]:
      help="Noisy copies when SmoothGrad is switched on in the page.")
 @opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
      help="SmoothGrad noise std as a fraction of the input's value range.")
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/units"),
+     help="Folder where the channels' top images over IMAGES are kept (OUT/.unit-cache): "
+          "'guided-backprop units IMAGES --channel C -o OUT' reuses them.")
 @opt(OUTPUT, "--host", default="127.0.0.1", show_default=True,
      help="Address to listen on. Anything but 127.0.0.1 / localhost lets other machines reach the app "
           "(they still need the token).")
@@ -557,7 +568,7 @@ def _model_words(mo: ModelOptions) -> list[str]:
 @opt(OUTPUT, "--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradcam_layer: str | None, smooth: int,
-                    noise: float, host: str, port: int, no_browser: bool, verbose: bool) -> int:
+                    noise: float, output: Path, host: str, port: int, no_browser: bool, verbose: bool) -> int:
     """A local web app that computes maps on demand: pick an image of IMAGES, a class, methods, a
     layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
     does) and opens it; Ctrl-C stops it. Only the given images are served.
@@ -572,7 +583,8 @@ def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradca
         loaded = model_options.load()
         names = _display_names(found.paths)
         service = ExploreService(loaded, found.paths, names=names, gradcam_layer=gradcam_layer,
-                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options))
+                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options),
+                                 units_folder=output)
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE

@@ -215,6 +215,17 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         picture = service.run(lambda: service.unit_panel(index, layer, channel, position), **client(request))
         return _png(png_bytes(picture))
 
+    def top_images(request: Request) -> Any:
+        layer, channel = request.query_params.get("layer", ""), _int(request, "channel")
+        return service.top_images(layer, channel).status()
+
+    def top_picture(request: Request) -> Any:
+        layer, channel = request.query_params.get("layer", ""), _int(request, "channel")
+        job = service.top_images(layer, channel, start=False)
+        if job.picture is None:
+            raise _BadRequest(f"the top images of {layer} channel {channel} are not ready ({job.state})")
+        return _png(job.picture)
+
     async def favicon(request: Request) -> Response:
         return Response(status_code=204)
 
@@ -234,6 +245,8 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         Route("/api/channels", guarded(channels)),
         Route("/api/activation.png", guarded(activation)),
         Route("/api/unit.png", guarded(unit)),
+        Route("/api/top-images", guarded(top_images)),
+        Route("/api/top-images.png", guarded(top_picture)),
     ]
     return Starlette(routes=routes, middleware=[Middleware(_Guard, token=token, hosts=list(hosts))])
 

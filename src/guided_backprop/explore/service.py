@@ -13,10 +13,12 @@ client's latest is dropped (:class:`Superseded`) before it takes the model.
 
 from __future__ import annotations
 
+import copy
 import io
 import os
 import shlex
 import threading
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -26,10 +28,11 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
+from torch import nn
 
 from .. import render
 from ..attribution import Explainer
-from ..errors import ImageError, InputError, NoReLUError, TargetError
+from ..errors import GuidedBackpropError, ImageError, InputError, NoReLUError, TargetError
 from ..hooks import find_layer, layer_output, logits_of, model_state
 from ..images import load_image
 from ..methods import METHODS, REGISTRY, method_title, parse_methods
@@ -37,11 +40,32 @@ from ..panels import explanation_panel
 from ..receptive import LayerRow, ReceptiveField, layer_table, receptive_field
 from ..targets import Channel, Neuron
 
-__all__ = ["ExploreService", "Superseded", "command_line", "png_bytes"]
+__all__ = ["ExploreService", "Superseded", "UnitJob", "command_line", "png_bytes"]
 
 T = TypeVar("T")
 THUMB = 96  # thumbnail size (px, longer side)
 UNIT_METHODS = ("guided_backprop", "deconvnet")
+
+
+@dataclass
+class UnitJob:
+    """A background search of the images where one channel fires most (see :meth:`ExploreService.top_images`)."""
+
+    layer: str
+    channel: int
+    total: int
+    k: int = 9
+    state: str = "waiting"  # waiting, running, done, failed
+    done: int = 0
+    error: str | None = None
+    reused: bool = False  # read from the disk cache
+    top: list[dict[str, Any]] = field(default_factory=list)
+    picture: bytes | None = None
+
+    def status(self) -> dict[str, Any]:
+        """What the page shows (no pixels)."""
+        return {"layer": self.layer, "channel": self.channel, "state": self.state, "done": self.done,
+                "total": self.total, "error": self.error, "reused": self.reused, "top": self.top}
 
 
 class Superseded(Exception):
@@ -79,11 +103,14 @@ class ExploreService:
         smooth_samples, noise, seed: SmoothGrad when it is switched on.
         model_args: the model options as command-line words, for :meth:`command`.
         cache_images: how many prepared inputs are kept.
+        units_folder: where the top activations of channels over the images are kept on disk
+            (``.unit-cache/``, as ``guided-backprop units -o`` the same folder reads them); ``None``: not kept.
     """
 
     def __init__(self, loaded: Any, paths: Sequence[str | Path], *, names: Sequence[str] | None = None,
                  gradcam_layer: str | None = None, smooth_samples: int = 16, noise: float = 0.15, seed: int = 0,
-                 model_args: Sequence[str] = (), cache_images: int = 8) -> None:
+                 model_args: Sequence[str] = (), cache_images: int = 8, units_folder: str | Path | None = None
+                 ) -> None:
         self.loaded = loaded
         self.paths = [Path(p) for p in paths]
         self.names = [str(n) for n in names] if names is not None else [str(p) for p in self.paths]
@@ -102,6 +129,11 @@ class ExploreService:
         self._latest_lock = threading.Lock()
         self._layers: list[LayerRow] | None = None
         self._fields: dict[tuple[str, tuple[int, int]], ReceptiveField] = {}
+        self.units_folder = None if units_folder is None else Path(units_folder)
+        self._jobs: dict[tuple[str, int], UnitJob] = {}
+        self._jobs_lock = threading.Lock()
+        self._runner_lock = threading.Lock()
+        self._background_model: nn.Module | None = None
 
     # -- requests ---------------------------------------------------------------------------------
     def run(self, fn: Callable[[], T], *, client: str | None = None, seq: int | None = None) -> T:
@@ -311,6 +343,66 @@ class ExploreService:
                                             outline=(255, 215, 0), width=max(1, min(h, w) // 112))
             picture = np.asarray(image)
         return explanation_panel(picture, maps, class_name=f"{layer} channel {channel}", position=position)
+
+    # -- what a unit responds to in the folder ----------------------------------------------------
+    def top_images(self, layer: str, channel: int, *, start: bool = True) -> UnitJob:
+        """The job finding the ``k = 9`` images and positions where ``channel`` of ``layer`` fires most
+        over all the images (the ``units`` grid), started in the background on first request. It runs
+        on a copy of the model, so the page stays live; one job runs at a time."""
+        self._check_unit(layer, channel)
+        key = (layer, int(channel))
+        with self._jobs_lock:
+            job = self._jobs.get(key)
+            if job is None or (job.state == "failed" and start):
+                job = UnitJob(layer, int(channel), total=len(self.paths))
+                self._jobs[key] = job
+                threading.Thread(target=self._run_job, args=(job,), daemon=True, name=f"top9-{layer}-{channel}").start()
+            return job
+
+    def _check_unit(self, layer: str, channel: int) -> None:
+        """A known layer with a spatial output, and one of its channels (from the layer table)."""
+        find_layer(self.loaded.model, layer)
+        row = next((r for r in self.layers() if r.name == layer), None)
+        if row is None or not row.spatial or row.shape is None:
+            raise TargetError(f"layer {layer!r} has no spatial (N, C, h, w) output; pick a convolutional layer",
+                              field="layer")
+        if not 0 <= int(channel) < row.shape[1]:
+            raise TargetError(f"channel {channel} is out of range for layer {layer!r} with {row.shape[1]} channels "
+                              f"(valid: 0..{row.shape[1] - 1})", field="channel")
+
+    def _run_job(self, job: UnitJob) -> None:
+        from ..unit_cache import cached_tops
+        from ..units import ImageFiles, unit_grids
+
+        with self._runner_lock:  # one job at a time, on the background copy of the model
+            job.state = "running"
+            try:
+                if self._background_model is None:
+                    with self.lock:
+                        self._background_model = copy.deepcopy(self.loaded.model)
+                model, pre = self._background_model, self.loaded.preprocessing
+
+                def progress(done: int, total: int) -> None:
+                    job.done, job.total = done, total
+
+                if self.units_folder is not None:
+                    tops, reused = cached_tops(self.units_folder, model, self.paths, job.layer, pre, [job.channel],
+                                               job.k, progress=progress)
+                    job.reused = bool(reused)
+                else:
+                    tops = None
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", UserWarning)  # unreadable images: said when they are chosen
+                    grid = unit_grids(model, ImageFiles(self.paths, pre), job.layer, [job.channel], k=job.k,
+                                      display=pre, sources=self.names, on_error="skip", tops=tops,
+                                      progress=progress)[0]
+                job.top = [{**t.to_dict(), "name": t.source} for t in grid.top]
+                job.picture = png_bytes(grid.picture)
+                job.done = job.total
+                job.state = "done"
+            except Exception as err:  # noqa: BLE001 - shown in the page, the app goes on
+                job.error = str(err) if isinstance(err, GuidedBackpropError) else f"{type(err).__name__}: {err}"
+                job.state = "failed"
 
     # -- reproducing ------------------------------------------------------------------------------
     def command(self, index: int, class_index: int, methods: Sequence[str], smooth: bool = False) -> str:

@@ -179,6 +179,7 @@ async function loadChannels() {
   const box = $("channels");
   box.replaceChildren();
   $("unit-activation").removeAttribute("src");
+  $("top-button").disabled = true;
   if (state.image === null || !state.layer) return;
   const response = await latest("channels", "/api/channels", { image: state.image, layer: state.layer });
   if (!response) return;
@@ -208,6 +209,8 @@ async function chooseChannel(channel) {
   state.pos = null;
   for (const b of $("channels").querySelectorAll("button")) b.setAttribute("aria-pressed", String(b.dataset.channel == channel));
   $("unit-activation").src = "/api/activation.png?" + query({ image: state.image, layer: state.layer, channel: channel });
+  $("top-button").disabled = false;
+  $("top-button").textContent = "what does channel " + channel + " respond to in the folder?";
   await loadUnit();
 }
 
@@ -218,6 +221,40 @@ async function loadUnit() {
   const response = await latest("unit", "/api/unit.png", params);
   if (!response) return;
   setPicture($("unit-panel"), await response.blob(), key);
+}
+
+// "What does this unit respond to in the folder": a background job on the server, polled.
+let polling = null;
+async function topImages() {
+  if (state.channel === null) return;
+  const asked = { layer: state.layer, channel: state.channel };
+  if (polling) clearTimeout(polling);
+  $("top-images").removeAttribute("src");
+  $("top-list").replaceChildren();
+  const poll = async () => {
+    if (asked.layer !== state.layer || asked.channel !== state.channel) return;  // superseded
+    const job = await json("/api/top-images", asked);
+    if (!job) return;
+    const progress = $("top-progress");
+    progress.hidden = job.state === "done";
+    progress.max = Math.max(1, job.total);
+    progress.value = job.done;
+    $("top-status").textContent = job.state === "failed" ? "" : job.state === "done"
+      ? "the " + job.top.length + " strongest of " + job.total + " images" + (job.reused ? " (from the cache)" : "")
+      : "searching " + job.done + " / " + job.total + " images…";
+    if (job.state === "failed") { showError(job.error); return; }
+    if (job.state !== "done") { polling = setTimeout(poll, 300); return; }
+    const response = await fetch("/api/top-images.png?" + query(asked));
+    if (!response.ok) return;
+    setPicture($("top-images"), await response.blob(), query(asked));
+    const list = $("top-list");
+    for (const t of job.top) {
+      const li = document.createElement("li");
+      li.textContent = t.name + " at (y, x) = (" + t.y + ", " + t.x + "), activation " + t.activation.toFixed(3);
+      list.append(li);
+    }
+  };
+  await poll();
 }
 
 function pickPosition(event) {
@@ -251,6 +288,7 @@ async function start() {
     if (found) await chooseClass(found.index);
   });
   $("unit-activation").addEventListener("click", pickPosition);
+  $("top-button").addEventListener("click", topImages);
   await loadLayers();
   if (info.images.length) await chooseImage(info.images[0]);
   document.body.dataset.ready = "1";
