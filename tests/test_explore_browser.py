@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from guided_backprop import attribute, units
@@ -122,8 +123,10 @@ def expected_panel(service: ExploreService, path: Path, cls: int, methods: list[
     pre, model = service.loaded.preprocessing, service.loaded.model
     x = pre(Image.open(path).convert("RGB"))[None]
     maps = {m: attribute(model, x, cls, m)[0] for m in methods}
-    prob = float(model(x).detach().softmax(-1)[0, cls])
-    return np.asarray(explanation_panel(pre.invert(x[0]), maps, class_name=LABELS[cls], probability=prob))
+    with torch.no_grad():
+        prob = float(model(x).softmax(-1)[0, cls])
+    return np.asarray(explanation_panel(pre.invert(x[0]), maps, class_name=service.loaded.label(cls),
+                                        probability=prob))
 
 
 def assert_same(got: np.ndarray, want: np.ndarray) -> None:
@@ -277,3 +280,49 @@ def test_no_entry_without_token_nor_outside_the_inputs(browser: Any, base: str) 
         assert context.request.get(base + "/api/info").status == 200
     finally:
         context.close()
+
+
+def test_default_model_on_photos(browser: Any, tmp_path: Path) -> None:  # noqa: F811
+    """The default model (efficientnet_lite0, offline) on real photos: the page as the README shows it."""
+    from skimage import data
+
+    from guided_backprop.models import load_model
+
+    folder = tmp_path / "samples"
+    folder.mkdir()
+    for name in ("chelsea", "coffee", "rocket"):
+        Image.fromarray(getattr(data, name)()).save(folder / f"{name}.png")
+    paths = sorted(folder.glob("*.png"))
+    service = ExploreService(load_model(), paths, names=[p.name for p in paths])
+    with running(service) as base:
+        context = browser.new_context(viewport={"width": 1200, "height": 1300})
+        p = context.new_page()
+        watch = Watch(base)
+        watch.attach(p)
+        try:
+            p.goto(f"{base}/?token={TOKEN}")
+            p.wait_for_selector("body[data-ready='1']", timeout=120_000)
+            cls = int(p.locator("#classes button").first.get_attribute("data-cls") or -1)
+            assert p.locator("#classes button").first.text_content().startswith(service.loaded.label(cls))
+            methods = ["guided_backprop", "gradcam", "guided_gradcam"]
+            p.check("#methods input[value='gradcam']")
+            p.check("#methods input[value='guided_gradcam']")
+            wait_key(p, "#panel", panel_key(0, cls, methods))
+            assert_same(shown(p, "#panel"), expected_panel(service, paths[0], cls, methods))
+            p.select_option("#layer", "blocks.3")
+            p.wait_for_selector("#channels button")
+            p.click("#channels button >> nth=0")
+            p.wait_for_function("() => document.querySelector('#unit-panel').dataset.key", timeout=120_000)
+            box = p.locator("#unit-activation").bounding_box()
+            assert box is not None
+            p.mouse.click(box["x"] + box["width"] * 0.5, box["y"] + box["height"] * 0.4)  # a unit near the eyes
+            p.wait_for_function("() => document.querySelector('#unit-panel').dataset.key.includes('&y=')",
+                                timeout=120_000)
+            p.click("#top-button")
+            p.wait_for_function("() => document.querySelector('#top-images').dataset.key", timeout=300_000)
+            p.wait_for_function("() => document.querySelector('#unit-panel').complete")
+            ARTIFACTS.mkdir(exist_ok=True)
+            p.screenshot(path=str(ARTIFACTS / "explore.png"), full_page=True)
+        finally:
+            context.close()
+    assert watch.console == [] and watch.foreign == [] and watch.dialogs == [] and watch.refused == []

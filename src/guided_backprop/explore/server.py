@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
+import time
 import webbrowser
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from .app import create_app, new_token
 from .service import ExploreService
 
-__all__ = ["LOCAL_HOSTS", "allowed_hosts", "bind", "serve"]
+__all__ = ["LOCAL_HOSTS", "allowed_hosts", "bind", "running", "serve"]
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
@@ -65,4 +67,29 @@ def serve(service: ExploreService, *, host: str = "127.0.0.1", port: int = 0, op
     try:
         server.run(sockets=[sock])
     finally:
+        sock.close()
+
+
+@contextlib.contextmanager
+def running(service: ExploreService, *, token: str, report: Callable[[str], None] | None = None) -> Iterator[str]:
+    """The app over ``service`` served on 127.0.0.1 (a free port) in a background thread, for tests,
+    benchmarks and notebooks; yields the base URL (``http://127.0.0.1:PORT``, open it with ``/?token=...``)
+    and stops the server when the block ends."""
+    import uvicorn
+
+    sock = bind("127.0.0.1", 0)
+    port = sock.getsockname()[1]
+    app = create_app(service, token=token, hosts=allowed_hosts("127.0.0.1", port),
+                     **({"report": report} if report is not None else {}))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True, name="explore-server")
+    thread.start()
+    deadline = time.monotonic() + 60
+    while not server.started and thread.is_alive() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
         sock.close()
