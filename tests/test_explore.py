@@ -459,3 +459,11 @@ def test_reproducing_command_takes_the_model_options_back() -> None:
     parsed["channels"] = int(parsed["channels"])
     assert ModelOptions(**parsed) == given
     assert _model_words(ModelOptions()) == []
+
+
+def test_warm_up_fills_the_cache_of_the_first_readable_image(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), [inputs[3], inputs[1]])  # the corrupt file first
+    service.warm_up()
+    assert list(service._cache) == [1]
+    top = service.top_classes(1, 1)[0]["index"]
+    assert {"guided_backprop", "gradcam", "saliency"} <= set(service._cache[1].maps[(top, 0)])

@@ -63,6 +63,7 @@ def serve(service: ExploreService, *, host: str = "127.0.0.1", port: int = 0, op
             if ready is not None:
                 ready(url)
 
+    threading.Thread(target=service.warm_up, daemon=True, name="explore-warm-up").start()
     threading.Thread(target=when_ready, daemon=True, name="explore-ready").start()
     try:
         server.run(sockets=[sock])

@@ -189,6 +189,18 @@ class ExploreService:
                 self._cache.popitem(last=False)
             return item
 
+    def warm_up(self) -> None:
+        """Prepare the first readable image and its top class's maps, so that the page's first answers come
+        from the cache (the first pass through a model is slow: lazy initialisations). Errors are left for
+        the page to report when that image is chosen."""
+        for index in range(len(self.paths)):
+            try:
+                top = self.top_classes(index, 1)
+                self.maps(index, top[0]["index"], ["guided_backprop"])
+                return
+            except Exception:  # noqa: BLE001 - said in the page when this image is chosen
+                continue
+
     def picture(self, index: int) -> bytes:
         """PNG of image ``index`` as the network sees it."""
         return png_bytes(self.prepared(index).picture)
