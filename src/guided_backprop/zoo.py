@@ -49,10 +49,15 @@ __all__ = [
     "vgg19_cached",
 ]
 
-#: Preprocessing of the default model: shorter side to 224 px with the aspect ratio kept and no crop
-#: (the network pools globally, so it takes any size: the whole picture, undistorted, as the seed
-#: did). Predictions on skimage's photos: chelsea 285 "Egyptian cat", coffee 967 "espresso".
-EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(resize=224, crop=None, interpolation="bicubic")
+#: Preprocessing of the default model. Pixels go to [-1, 1] (mean = std = 0.5 per channel): the
+#: TensorFlow EfficientNet-Lite convention the weights were trained with, and timm's pretrained config
+#: for ``tf_efficientnet_lite0`` (its first BatchNorm's running statistics agree; tests/test_models.py).
+#: Interpolation is timm's (bicubic). Unlike timm's 256 -> 224 centre crop, the shorter side goes to
+#: 224 px with the aspect ratio kept and no crop (the network pools globally, so it takes any size:
+#: the whole picture, undistorted, as the seed did).
+#: Predictions on skimage's photos: chelsea 285 "Egyptian cat", coffee 967 "espresso".
+EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(resize=224, crop=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                                 interpolation="bicubic")
 #: The seed's preprocessing: shorter side to 224 (aspect kept, no crop), 0-255 BGR minus the Caffe means.
 CAFFE_VGG_PREPROCESSING = Preprocessing(resize=224, crop=None, mean=CAFFE_MEAN, std=(1.0, 1.0, 1.0),
                                         scale=255.0, bgr=True, interpolation="bilinear")
