@@ -13,6 +13,7 @@ import os
 import re
 import shlex
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -367,12 +368,19 @@ def test_command_serves_on_localhost_and_stops_on_ctrl_c(inputs: list[Path], tmp
 
 @pytest.mark.slow
 def test_another_host_needs_the_flag_and_warns(inputs: list[Path], tmp_path: Path) -> None:
+    import httpx
+
     proc = _start([str(inputs[0]), "--model", f"{MODELS}:tiny", "--input-size", "32", "--no-browser",
                    "--host", "0.0.0.0"], tmp_path)
     try:
         url, lines = _read_url(proc)
-        assert url.startswith("http://0.0.0.0:")
+        assert url.startswith(f"http://{socket.gethostname()}:")  # all interfaces: the machine's name
         assert any("warning: --host 0.0.0.0" in line for line in lines)
+        port = url.split(":")[2].split("/")[0]
+        for host, status in ((f"{socket.gethostname()}:{port}", 200), (f"127.0.0.1:{port}", 200),
+                             (f"evil.example:{port}", 403)):
+            answer = httpx.get(url, headers={"Host": host}, follow_redirects=False)
+            assert answer.status_code in ((303,) if status == 200 else (403,)), host
     finally:
         proc.send_signal(signal.SIGINT)
         proc.communicate(timeout=60)

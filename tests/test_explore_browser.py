@@ -83,7 +83,7 @@ def base(service: ExploreService) -> Iterator[str]:
 
 @pytest.fixture
 def page(browser: Any, base: str) -> Iterator[tuple[Any, Watch]]:  # noqa: F811 - the fixture imported above
-    context = browser.new_context(viewport={"width": 1280, "height": 1000})
+    context = browser.new_context(viewport={"width": 1280, "height": 1000}, accept_downloads=True)
     page = context.new_page()
     watch = Watch(base)
     watch.attach(page)
@@ -171,7 +171,13 @@ def test_image_class_method_and_name(page: tuple[Any, Watch], service: ExploreSe
     assert_same(shown(p, "#panel"), expected_panel(service, inputs[1], 2, ["deconvnet", "gradcam"]))
     command = p.locator("#command").text_content() or ""
     assert "--methods deconvnet,gradcam --target 2 --panel" in command and "b.png" in command
-    assert p.get_attribute("#download-png", "href", timeout=5000).startswith("blob:")
+    with p.expect_download() as png_download:  # the panel as PNG: the picture shown
+        p.click("#download-png")
+    downloaded = np.asarray(Image.open(png_download.value.path()).convert("RGB"))
+    np.testing.assert_array_equal(downloaded, shown(p, "#panel"))
+    with p.expect_download() as command_download:  # the command line that writes it
+        p.click("#download-command")
+    assert Path(command_download.value.path()).read_text(encoding="utf-8") == command + "\n"
 
     p.check("#smooth")  # SmoothGrad: the service's own computation with noise (seeded)
     wait_key(p, "#panel", panel_key(1, 2, ["deconvnet", "gradcam"], smooth=True))

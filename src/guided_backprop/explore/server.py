@@ -18,11 +18,37 @@ __all__ = ["LOCAL_HOSTS", "allowed_hosts", "bind", "running", "serve"]
 LOCAL_HOSTS = ("127.0.0.1", "localhost")
 
 
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def _machine_names() -> list[str]:
+    """This machine's names and addresses (what a browser on the network may put in ``Host``)."""
+    names = [socket.gethostname(), socket.getfqdn()]
+    try:
+        names += [str(info[4][0]) for info in socket.getaddrinfo(socket.gethostname(), None)]
+    except OSError:  # no resolvable host name: its name alone
+        pass
+    return list(dict.fromkeys(n for n in names if n))
+
+
 def allowed_hosts(host: str, port: int) -> list[str]:
-    """The ``Host`` headers the server accepts: the address it listens on (and ``localhost`` for the
-    loopback address), with the port; nothing a DNS-rebinding page's own name could be."""
-    names = list(LOCAL_HOSTS) if host in LOCAL_HOSTS else [host]
+    """The ``Host`` headers the server accepts, with the port: the address it listens on (``localhost``
+    too for the loopback address; the machine's names and addresses for all interfaces, ``0.0.0.0`` or
+    ``::``); never a name a DNS-rebinding page could bring."""
+    if host in LOCAL_HOSTS:
+        names = list(LOCAL_HOSTS)
+    elif host in WILDCARDS:
+        names = [*LOCAL_HOSTS, "::1", *_machine_names()]
+    else:
+        names = [host]
     return [f"[{name}]:{port}" if ":" in name else f"{name}:{port}" for name in names]
+
+
+def url_host(host: str) -> str:
+    """The host part of the printed URL: the machine's name for all interfaces, brackets for IPv6."""
+    if host in WILDCARDS:
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -46,8 +72,7 @@ def serve(service: ExploreService, *, host: str = "127.0.0.1", port: int = 0, op
     token = token or new_token()
     sock = bind(host, port)
     port = sock.getsockname()[1]
-    shown = f"[{host}]" if ":" in host else host
-    url = f"http://{shown}:{port}/?token={token}"
+    url = f"http://{url_host(host)}:{port}/?token={token}"
     app = create_app(service, token=token, hosts=allowed_hosts(host, port))
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
     server = uvicorn.Server(config)
