@@ -74,7 +74,7 @@ def serve(service: ExploreService, *, host: str = "127.0.0.1", port: int = 0, op
     port = sock.getsockname()[1]
     url = f"http://{url_host(host)}:{port}/?token={token}"
     app = create_app(service, token=token, hosts=allowed_hosts(host, port))
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off", timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     echo(f"explorer of {len(service.paths)} image{'s' if len(service.paths) != 1 else ''} with model "
          f"{service.loaded.name}; open\n    {url}\n(Ctrl-C stops it)")
