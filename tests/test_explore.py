@@ -297,13 +297,18 @@ def test_latest_request_wins(service: ExploreService) -> None:
         except Superseded:
             outcome[seq] = "superseded"
 
+    def arrived(seq: int) -> None:
+        deadline = time.monotonic() + 30
+        while service._latest.get("c") != seq and time.monotonic() < deadline:
+            time.sleep(0.01)
+
     with service.lock:  # the model is busy: both wait, the newer one arrives second
         first = threading.Thread(target=ask, args=(1,))
         first.start()
-        time.sleep(0.2)
+        arrived(1)
         second = threading.Thread(target=ask, args=(2,))
         second.start()
-        time.sleep(0.2)
+        arrived(2)
     first.join()
     second.join()
     assert outcome == {1: "superseded", 2: "ran"} and ran == [2]
