@@ -5,13 +5,16 @@ unit) and checks that the picture shown changed and equals what the library comp
 its own (``attribute`` and ``explanation_panel``); and throughout: no console error, no request leaving
 127.0.0.1, the hostile file name inert text, the corrupt image and an unknown layer answered by a
 message while the app keeps working, no entry without the token and nothing outside the inputs.
-A screenshot goes to test-artifacts/explore.png.
+Screenshots go to test-artifacts/ (explore.png: the default model on photos; with GBP_UPDATE_FIGURES=1 it
+also replaces the README's docs/figures/explore.png).
 """
 
 from __future__ import annotations
 
 import base64
 import io
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,8 @@ from guided_backprop.targets import Channel
 
 from .fixtures.explore import HOSTILE, LABELS, TOKEN, make_inputs, running, tiny_loaded
 from .test_report_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 - the shared Chromium fixture
+
+FIGURE = Path(__file__).resolve().parents[1] / "docs" / "figures" / "explore.png"
 
 pytestmark = [
     pytest.mark.browser,
@@ -329,6 +334,8 @@ def test_default_model_on_photos(browser: Any, tmp_path: Path) -> None:  # noqa:
             p.wait_for_function("() => document.querySelector('#unit-panel').complete")
             ARTIFACTS.mkdir(exist_ok=True)
             p.screenshot(path=str(ARTIFACTS / "explore.png"), full_page=True)
+            if os.environ.get("GBP_UPDATE_FIGURES"):  # the README's figure
+                shutil.copyfile(ARTIFACTS / "explore.png", FIGURE)
         finally:
             context.close()
     assert watch.console == [] and watch.foreign == [] and watch.dialogs == [] and watch.refused == []
