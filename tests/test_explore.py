@@ -480,3 +480,19 @@ def test_warm_up_fills_the_cache_of_the_first_readable_image(inputs: list[Path])
     assert list(service._cache) == [1]
     top = service.top_classes(1, 1)[0]["index"]
     assert {"guided_backprop", "gradcam", "saliency"} <= set(service._cache[1].maps[(top, 0)])
+
+
+def test_a_port_in_use_is_a_usage_error(inputs: list[Path]) -> None:
+    from click.testing import CliRunner
+
+    from guided_backprop.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        result = CliRunner().invoke(main, ["explore", str(inputs[0]), "--model", f"{MODELS}:tiny", "--input-size",
+                                           "32", "--no-browser", "--port", str(port)])
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
+    assert "Traceback" not in result.output
