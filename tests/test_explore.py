@@ -496,3 +496,33 @@ def test_a_port_in_use_is_a_usage_error(inputs: list[Path]) -> None:
     assert result.exit_code == 2, result.output
     assert f"cannot listen on 127.0.0.1:{port}" in result.output and "--port" in result.output
     assert "Traceback" not in result.output
+
+
+def test_other_top_classes_are_prefetched_from_one_forward(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs, prefetch=False)
+    top = [c["index"] for c in service.top_classes(0, 3)]
+    service.maps(0, top[0], ["guided_backprop"])
+    item = service._cache[0]
+    assert set(item.maps) == {(top[0], 0)} and not item.prefetched
+    forwards: list[int] = []
+    handle = service._background().register_forward_hook(lambda *_: forwards.append(1))
+    try:
+        service._prefetch_run(item, top[1:])  # what the background thread runs
+    finally:
+        handle.remove()
+    assert forwards == [1]  # one forward pass for both classes and all five methods
+    fresh = ExploreService(tiny_loaded(), inputs, prefetch=False)
+    for cls in top[1:]:
+        got = item.maps[(cls, 0)]
+        assert len(got) == 5
+        want = fresh.maps(0, cls, list(got))
+        for m in got:
+            np.testing.assert_allclose(got[m], want[m], atol=1e-6, err_msg=f"{m} of class {cls}")
+    assert not any(m._forward_hooks for m in service.loaded.model.modules())  # the user's model untouched
+
+    started = ExploreService(tiny_loaded(), inputs)  # prefetch on: maps() starts it, once per image
+    started.maps(1, 0, ["saliency"])
+    deadline = time.monotonic() + 60
+    while len(started._cache[1].maps) < 3 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert started._cache[1].prefetched and len(started._cache[1].maps) == 3

@@ -4,8 +4,10 @@ One :class:`ExploreService` holds the loaded model, the list of inputs (served b
 path ever comes from a request) and small per-image caches: the input as the network sees it, its
 logits, and the maps of every method for each explained class, computed together by one
 :meth:`Explainer.explain` (one forward pass and one backward pass per rule), so that switching
-methods re-uses them. Every use of the model holds one lock, so concurrent requests never mix
-their maps, and every engine call restores the model as it found it (hooks, modes, train flags).
+methods re-uses them. Once a class is shown, the other top-5 classes' maps are computed in the
+background from one forward pass (on a copy of the model), ready for the next click. Every use
+of the model holds one lock, so concurrent requests never mix their maps, and every engine call
+restores the model as it found it (hooks, modes, train flags).
 
 Requests of one client are "latest wins": a request whose sequence number is older than the
 client's latest is dropped (:class:`Superseded`) before it takes the model.
@@ -90,6 +92,7 @@ class _Prepared:
     logits: torch.Tensor
     maps: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)  # (class, smooth) -> maps
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (C, h, w)
+    prefetched: bool = False  # the other top classes' maps were asked for in the background
 
 
 class ExploreService:
@@ -105,12 +108,14 @@ class ExploreService:
         cache_images: how many prepared inputs are kept.
         units_folder: where the top activations of channels over the images are kept on disk
             (``.unit-cache/``, as ``guided-backprop units -o`` the same folder reads them); ``None``: not kept.
+        prefetch: once a class of an image is shown, compute the maps of its other top-5 classes in the
+            background (one forward pass for all of them, on a copy of the model).
     """
 
     def __init__(self, loaded: Any, paths: Sequence[str | Path], *, names: Sequence[str] | None = None,
                  gradcam_layer: str | None = None, smooth_samples: int = 16, noise: float = 0.15, seed: int = 0,
-                 model_args: Sequence[str] = (), cache_images: int = 8, units_folder: str | Path | None = None
-                 ) -> None:
+                 model_args: Sequence[str] = (), cache_images: int = 8, units_folder: str | Path | None = None,
+                 prefetch: bool = True) -> None:
         self.loaded = loaded
         self.paths = [Path(p) for p in paths]
         self.names = [str(n) for n in names] if names is not None else [str(p) for p in self.paths]
@@ -130,6 +135,7 @@ class ExploreService:
         self._layers: list[LayerRow] | None = None
         self._fields: dict[tuple[str, tuple[int, int]], ReceptiveField] = {}
         self.units_folder = None if units_folder is None else Path(units_folder)
+        self.prefetch = bool(prefetch)
         self._jobs: dict[tuple[str, int], UnitJob] = {}
         self._jobs_lock = threading.Lock()
         self._runner_lock = threading.Lock()
@@ -233,7 +239,42 @@ class ExploreService:
             if missing:
                 wanted = missing if samples else [m for m in METHODS if m not in have]
                 have.update(self._compute(item.x, cls, wanted, samples, fallback=missing))
+            if not samples:
+                self._prefetch(item)
             return {m: have[m] for m in names}
+
+    def _prefetch(self, item: _Prepared) -> None:
+        """Start computing, in the background and on the copy of the model, every method's maps for the
+        image's other top-5 classes from one forward pass, so that a click on one of them finds them ready."""
+        if not self.prefetch or item.prefetched:
+            return
+        item.prefetched = True
+        top = item.logits.topk(min(5, item.logits.shape[0])).indices.tolist()
+        classes = [int(c) for c in top if (int(c), 0) not in item.maps]
+        if classes:
+            threading.Thread(target=self._prefetch_run, args=(item, classes), daemon=True,
+                             name="explore-prefetch").start()
+
+    def _prefetch_run(self, item: _Prepared, classes: list[int]) -> None:
+        with self._runner_lock:  # one background computation at a time
+            try:
+                explainer = Explainer(self._background())
+                target = torch.tensor([classes], device=item.x.device)
+                found = explainer.explain(item.x, target, methods=METHODS, gradcam_layer=self.gradcam_layer)
+            except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
+                return
+            with self.lock:
+                for j, cls in enumerate(classes):
+                    have = item.maps.setdefault((cls, 0), {})
+                    for m, value in self._first_maps(found.maps, j).items():
+                        have.setdefault(m, value)
+
+    def _background(self) -> nn.Module:
+        """The copy of the model that background work uses (the page's requests keep the model itself)."""
+        if self._background_model is None:
+            with self.lock:
+                self._background_model = copy.deepcopy(self.loaded.model)
+        return self._background_model
 
     def _compute(self, x: torch.Tensor, cls: int, methods: Sequence[str], samples: int,
                  fallback: Sequence[str]) -> dict[str, np.ndarray]:
@@ -248,12 +289,12 @@ class ExploreService:
             found = self.explainer.explain(x, cls, methods=tuple(fallback), **options)
         return self._first_maps(found.maps)
 
-    def _first_maps(self, maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
-        """Each method's map of the first sample and target, as float32 ``(C, H, W)`` in RGB order."""
+    def _first_maps(self, maps: dict[str, torch.Tensor], target: int = 0) -> dict[str, np.ndarray]:
+        """Each method's map of the first sample and of one target, as float32 ``(C, H, W)`` in RGB order."""
         bgr = bool(getattr(self.loaded.preprocessing, "bgr", False))
         out = {}
         for m, value in maps.items():
-            a = value[0, 0].detach().float().cpu().numpy()
+            a = value[0, target].detach().float().cpu().numpy()
             out[m] = a[::-1].copy() if bgr and a.shape[0] == 3 else a  # the network's BGR back to RGB
         return out
 
@@ -389,10 +430,7 @@ class ExploreService:
         with self._runner_lock:  # one job at a time, on the background copy of the model
             job.state = "running"
             try:
-                if self._background_model is None:
-                    with self.lock:
-                        self._background_model = copy.deepcopy(self.loaded.model)
-                model, pre = self._background_model, self.loaded.preprocessing
+                model, pre = self._background(), self.loaded.preprocessing
 
                 def progress(done: int, total: int) -> None:
                     job.done, job.total = done, total
