@@ -498,7 +498,7 @@ def test_a_port_in_use_is_a_usage_error(inputs: list[Path]) -> None:
     assert "Traceback" not in result.output
 
 
-def test_other_top_classes_are_prefetched_from_one_forward(inputs: list[Path]) -> None:
+def test_other_top_classes_are_prefetched_while_idle(inputs: list[Path]) -> None:
     service = ExploreService(tiny_loaded(), inputs, prefetch=False)
     top = [c["index"] for c in service.top_classes(0, 3)]
     service.maps(0, top[0], ["guided_backprop"])
@@ -510,7 +510,7 @@ def test_other_top_classes_are_prefetched_from_one_forward(inputs: list[Path]) -
         service._prefetch_run(item, top[1:])  # what the background thread runs
     finally:
         handle.remove()
-    assert forwards == [1]  # one forward pass for both classes and all five methods
+    assert forwards == [1, 1]  # one forward pass per class for all five methods
     fresh = ExploreService(tiny_loaded(), inputs, prefetch=False)
     for cls in top[1:]:
         got = item.maps[(cls, 0)]
@@ -526,3 +526,23 @@ def test_other_top_classes_are_prefetched_from_one_forward(inputs: list[Path]) -
     while len(started._cache[1].maps) < 3 and time.monotonic() < deadline:
         time.sleep(0.02)
     assert started._cache[1].prefetched and len(started._cache[1].maps) == 3
+
+
+def test_prefetch_waits_while_a_request_is_under_way(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs, prefetch=False)
+    top = [c["index"] for c in service.top_classes(0, 3)]
+    service.maps(0, top[0], ["saliency"])
+    item = service._cache[0]
+    release = threading.Event()
+    busy = threading.Thread(target=lambda: service.run(lambda: release.wait(30)))
+    busy.start()  # a request under way (it holds the model)
+    while not service._active:
+        time.sleep(0.01)
+    prefetch = threading.Thread(target=service._prefetch_run, args=(item, top[1:]))
+    prefetch.start()
+    time.sleep(0.5)
+    assert set(item.maps) == {(top[0], 0)}  # nothing computed meanwhile
+    release.set()
+    busy.join()
+    prefetch.join(timeout=60)
+    assert {(c, 0) for c in top} <= set(item.maps)

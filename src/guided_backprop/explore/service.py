@@ -5,7 +5,7 @@ path ever comes from a request) and small per-image caches: the input as the net
 logits, and the maps of every method for each explained class, computed together by one
 :meth:`Explainer.explain` (one forward pass and one backward pass per rule), so that switching
 methods re-uses them. Once a class is shown, the other top-5 classes' maps are computed in the
-background from one forward pass (on a copy of the model), ready for the next click. Every use
+background (on a copy of the model, while no request is under way), ready for the next click. Every use
 of the model holds one lock, so concurrent requests never mix their maps, and every engine call
 restores the model as it found it (hooks, modes, train flags).
 
@@ -20,6 +20,7 @@ import io
 import os
 import shlex
 import threading
+import time
 import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
@@ -109,7 +110,7 @@ class ExploreService:
         units_folder: where the top activations of channels over the images are kept on disk
             (``.unit-cache/``, as ``guided-backprop units -o`` the same folder reads them); ``None``: not kept.
         prefetch: once a class of an image is shown, compute the maps of its other top-5 classes in the
-            background (one forward pass for all of them, on a copy of the model).
+            background (on a copy of the model, while no request is under way).
     """
 
     def __init__(self, loaded: Any, paths: Sequence[str | Path], *, names: Sequence[str] | None = None,
@@ -132,6 +133,7 @@ class ExploreService:
         self._cache_images = max(1, int(cache_images))
         self._latest: dict[str, int] = {}
         self._latest_lock = threading.Lock()
+        self._active = 0  # requests under way (see run)
         self._layers: list[LayerRow] | None = None
         self._fields: dict[tuple[str, tuple[int, int]], ReceptiveField] = {}
         self.units_folder = None if units_folder is None else Path(units_folder)
@@ -145,13 +147,18 @@ class ExploreService:
     def run(self, fn: Callable[[], T], *, client: str | None = None, seq: int | None = None) -> T:
         """``fn()`` under the model lock; with ``client``/``seq``, dropped (:class:`Superseded`) when the
         client sent a newer request meanwhile (checked once the lock is ours, before any work)."""
-        if client is not None and seq is not None:
-            with self._latest_lock:
+        with self._latest_lock:
+            self._active += 1  # background work waits while a request is under way
+            if client is not None and seq is not None:
                 self._latest[client] = max(self._latest.get(client, seq), seq)
-        with self.lock:
-            if client is not None and seq is not None and self._latest.get(client, seq) > seq:
-                raise Superseded(f"request {seq} of client {client!r} was superseded")
-            return fn()
+        try:
+            with self.lock:
+                if client is not None and seq is not None and self._latest.get(client, seq) > seq:
+                    raise Superseded(f"request {seq} of client {client!r} was superseded")
+                return fn()
+        finally:
+            with self._latest_lock:
+                self._active -= 1
 
     # -- images -----------------------------------------------------------------------------------
     def image(self, index: int) -> Path:
@@ -245,7 +252,8 @@ class ExploreService:
 
     def _prefetch(self, item: _Prepared) -> None:
         """Start computing, in the background and on the copy of the model, every method's maps for the
-        image's other top-5 classes from one forward pass, so that a click on one of them finds them ready."""
+        image's other top-5 classes, best first, one class at a time and only while no request of the
+        page is under way, so that a later click on one of them finds them ready."""
         if not self.prefetch or item.prefetched:
             return
         item.prefetched = True
@@ -259,14 +267,20 @@ class ExploreService:
         with self._runner_lock:  # one background computation at a time
             try:
                 explainer = Explainer(self._background())
-                target = torch.tensor([classes], device=item.x.device)
-                found = explainer.explain(item.x, target, methods=METHODS, gradcam_layer=self.gradcam_layer)
-            except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
+            except Exception:  # noqa: BLE001 - a model that cannot be copied: no prefetch
                 return
-            with self.lock:
-                for j, cls in enumerate(classes):
+            for cls in classes:
+                while self._active:  # the page's requests first: wait until they are answered
+                    time.sleep(0.01)
+                if len(item.maps.get((cls, 0), {})) == len(METHODS):
+                    continue
+                try:
+                    found = explainer.explain(item.x, cls, methods=METHODS, gradcam_layer=self.gradcam_layer)
+                except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
+                    return
+                with self.lock:
                     have = item.maps.setdefault((cls, 0), {})
-                    for m, value in self._first_maps(found.maps, j).items():
+                    for m, value in self._first_maps(found.maps).items():
                         have.setdefault(m, value)
 
     def _background(self) -> nn.Module:
