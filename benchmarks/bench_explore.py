@@ -16,6 +16,7 @@ average before and after (other work on the machine slows every figure down).
 
     python benchmarks/bench_explore.py                      # 24 interactions, default model
     python benchmarks/bench_explore.py --interactions 60
+    python benchmarks/bench_explore.py --pause 1.5           # a person's pace: 1.5 s between picture and click
     python benchmarks/bench_explore.py --quick              # smoke test: a tiny model, 6 interactions
 """
 
@@ -43,6 +44,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--interactions", type=int, default=24, help="clicks timed (at least 20 for the figures)")
     parser.add_argument("--model", default=None, help="model name (default: the package's default model)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds between a picture and the next click (0: at once; ~1-2: a person's pace, "
+                             "which leaves the background prefetch of the other top-5 classes time to work)")
     parser.add_argument("--quick", action="store_true", help="smoke test: a tiny random model, 6 interactions")
     args = parser.parse_args(argv)
     if args.interactions < 1:
@@ -125,6 +129,7 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
             cls = classes[0]
             done = 0
             while done < n:
+                time.sleep(args.pause)
                 kind = ("new class", "method", "method", "new image")[done % 4]
                 if kind == "new class":
                     fresh = [c for c in classes if c not in shown]
@@ -168,8 +173,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     times = run(args)
     load_after = os.getloadavg()
     model = "tiny (quick)" if args.quick else (args.model or "default (efficientnet_lite0)")
-    print(f"# explore click-to-picture latency: {model}, {platform.processor() or platform.machine()}, "
-          f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads")
+    print(f"# explore click-to-picture latency: {model}, pause {args.pause:g} s, "
+          f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__} "
+          f"with {torch.get_num_threads()} threads")
     print(f"load average (1, 5, 15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
           f"after: {' '.join(f'{v:.2f}' for v in load_after)}")
     print("| interaction | n | median (s) | p95 (s) | max (s) |")
