@@ -546,3 +546,11 @@ def test_prefetch_waits_while_a_request_is_under_way(inputs: list[Path]) -> None
     busy.join()
     prefetch.join(timeout=60)
     assert {(c, 0) for c in top} <= set(item.maps)
+
+
+def test_terminal_lines_show_control_characters_as_escapes(capsys: pytest.CaptureFixture[str]) -> None:
+    from guided_backprop.explore.app import _stderr
+
+    _stderr("cannot read image 'a\x1b[2Jb\u202e.png'")
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\u202e" not in err and "\\x1b[2J" in err and err.count("\n") == 1

@@ -28,6 +28,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, RedirectRespons
 from starlette.routing import Route
 
 from ..errors import GuidedBackpropError, ImageError
+from ..visible import visible
 from .service import ExploreService, Superseded, png_bytes
 
 __all__ = ["CSP", "create_app"]
@@ -39,7 +40,8 @@ Report = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
-    print(f"explore: {message}", file=sys.stderr, flush=True)
+    """One line on the terminal; a file name's control characters shown as escapes, never run."""
+    print(f"explore: {visible(message)}", file=sys.stderr, flush=True)
 
 
 def cookie_name(token: str) -> str:
