@@ -558,11 +558,17 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
 
             with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
                 warnings.simplefilter("always", UserWarning)
+                tops = None
+                if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
+                    from .unit_cache import cached_tops
+
+                    tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
+                                                list(unit_channels), k, batch_size=batch_size, progress=progress)
                 grids = units.iter_unit_grids(
                     loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
                     channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
                     display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
-                    sources=[str(p) for p in found.paths], progress=progress,
+                    sources=[str(p) for p in found.paths], progress=progress, tops=tops,
                 )
                 written = units.save_unit_grids(grids, output)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
@@ -648,3 +654,93 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
         return Explainer(loaded.model).explain(blank, 0, methods=["gradcam"]).gradcam_layer
     except (GuidedBackpropError, StopIteration):
         return None
+
+
+# ------------------------------------------------------------------------------------------- explore
+
+
+def _model_words(mo: ModelOptions) -> list[str]:
+    """The model options as given, back as command-line words (for the explorer's reproducing command)."""
+    words: list[str] = []
+    for key, flag in (("model", "--model"), ("weights", "--weights"), ("labels", "--labels"),
+                      ("num_classes", "--num-classes"), ("input_size", "--input-size"), ("channels", "--channels")):
+        value = getattr(mo, key)
+        if value is not None:
+            words += [flag, str(value)]
+    for key in ("resize", "crop"):
+        value = getattr(mo, key)
+        if value != "model":
+            words += [f"--{key}", "none" if value is None else str(value)]
+    for key in ("mean", "std"):
+        value = getattr(mo, key)
+        if value is not None:
+            words += [f"--{key}", ",".join(f"{v:g}" for v in value)]
+    if mo.trust_checkpoint:
+        words.append("--trust-checkpoint")
+    if mo.device != "auto":
+        words += ["--device", mo.device]
+    return words
+
+
+@main.command("explore", **COMMAND_SETTINGS)
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
+@model_options
+@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
+     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",
+     help="Noisy copies when SmoothGrad is switched on in the page.")
+@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+     help="SmoothGrad noise std as a fraction of the input's value range.")
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/units"),
+     help="Folder where the channels' top images over IMAGES are kept (OUT/.unit-cache): "
+          "'guided-backprop units IMAGES --channel C -o OUT' reuses them.")
+@opt(OUTPUT, "--host", default="127.0.0.1", show_default=True,
+     help="Address to listen on. Anything but 127.0.0.1 / localhost lets other machines reach the app "
+          "(they still need the token).")
+@opt(OUTPUT, "--port", type=click.IntRange(min=0, max=65535), default=0, show_default="a free port",
+     help="Port to listen on.")
+@opt(OUTPUT, "--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradcam_layer: str | None, smooth: int,
+                    noise: float, output: Path, host: str, port: int, no_browser: bool, verbose: bool) -> int:
+    """A local web app that computes maps on demand: pick an image of IMAGES, a class, methods, a
+    layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
+    does) and opens it; Ctrl-C stops it. Only the given images are served.
+    """
+    from .explore import ExploreService, serve
+    from .images import search_images
+
+    try:
+        found = search_images(list(inputs))
+        if not found.paths:
+            raise click.UsageError("no image files found in IMAGES")
+        loaded = model_options.load()
+        names = _display_names(found.paths)
+        service = ExploreService(loaded, found.paths, names=names, gradcam_layer=gradcam_layer,
+                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options),
+                                 units_folder=output)
+    except GuidedBackpropError as err:
+        echo_error(err, verbose=verbose, err=err)
+        return ExitCode.USAGE
+    for skipped in found.skipped:
+        echo_skipped(skipped.path, skipped.reason)
+    if host not in ("127.0.0.1", "localhost"):
+        click.echo(f"warning: --host {host}: the explorer is reachable from other machines on this network "
+                   "(the token still guards it; use it only on a network you trust)", err=True)
+    try:
+        serve(service, host=host, port=port, open_browser=not no_browser, echo=lambda s: click.echo(s, err=True))
+    except OSError as err:
+        echo_error(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host")
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        pass
+    click.echo("explorer stopped", err=True)
+    return ExitCode.OK
+
+
+def _display_names(paths: Sequence[Path]) -> list[str]:
+    """Each file's path relative to the inputs' common folder (what the strip shows)."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    return [os.path.relpath(p, root) for p in paths]
