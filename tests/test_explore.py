@@ -474,6 +474,15 @@ def test_reproducing_command_takes_the_model_options_back() -> None:
     assert _model_words(ModelOptions()) == []
 
 
+def test_reproducing_command_of_the_default_options_adds_no_word() -> None:
+    # the command line's own defaults (--resize/--crop parse to the KEEP sentinel, not the string 'model')
+    from guided_backprop.cli import _model_words, main
+    from guided_backprop.cli_options import _MODEL_FIELDS, ModelOptions
+
+    ctx = main.commands["explore"].make_context("explore", ["x.png"])
+    assert _model_words(ModelOptions(**{k: ctx.params[k] for k in _MODEL_FIELDS})) == []
+
+
 def test_warm_up_fills_the_cache_of_the_first_readable_image(inputs: list[Path]) -> None:
     service = ExploreService(tiny_loaded(), [inputs[3], inputs[1]])  # the corrupt file first
     service.warm_up()

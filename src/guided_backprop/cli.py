@@ -667,9 +667,11 @@ def _model_words(mo: ModelOptions) -> list[str]:
         value = getattr(mo, key)
         if value is not None:
             words += [flag, str(value)]
+    from .preprocessing import KEEP
+
     for key in ("resize", "crop"):
         value = getattr(mo, key)
-        if value != "model":
+        if value != "model" and value is not KEEP:  # the parsed default is the KEEP sentinel
             words += [f"--{key}", "none" if value is None else str(value)]
     for key in ("mean", "std"):
         value = getattr(mo, key)
