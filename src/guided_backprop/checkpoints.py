@@ -28,6 +28,7 @@ from torch import nn
 from .errors import CheckpointError
 
 __all__ = [
+    "check_finite",
     "convert_by_order",
     "extract_state_dict",
     "fit_report",
@@ -124,6 +125,36 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True
     return state
+
+
+def check_finite(model: nn.Module, *, source: str, checkpoint: bool) -> None:
+    """Raise one error naming the first tensor of ``model`` (parameter or buffer) that holds NaN or
+    infinity: such weights make every map and score NaN (uniform grey pictures, ``NaN`` probabilities).
+
+    ``source`` says where the weights came from (``"checkpoint 'w.pt'"``); the error is a
+    :class:`CheckpointError` for weights read from a ``checkpoint`` file, else a
+    :class:`~guided_backprop.errors.ModelError` (weights a model or factory made itself).
+    """
+    from .errors import ModelError
+
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(tensor).sum())
+            bad.append((name, nan, int((~finite).sum()) - nan, tensor.numel()))
+    if not bad:
+        return
+    name, nan, inf, total = bad[0]
+    what = " and ".join(t for t in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if t)
+    more = f" ({len(bad) - 1} more tensor(s) too: {_listing([b[0] for b in bad[1:]])})" if len(bad) > 1 else ""
+    msg = (f"{source}: tensor {name!r} holds {what} value(s) of {total}{more}; every map and score would be NaN; "
+           f"the weights are broken (a diverged training run, a bad conversion): use other weights")
+    if checkpoint:
+        raise CheckpointError(msg, field="weights")
+    raise ModelError(msg, field="weights")
 
 
 def _listing(keys: list[str]) -> str:

@@ -134,7 +134,14 @@ class _Job:
         targets = None if e.targets is None else e.targets.cpu()
         scores = e.scores.detach().float().cpu()
         positions = None if e.positions is None else e.positions.cpu()
+        finite_logits = torch.isfinite(logits.detach()).all(dim=1).cpu().tolist()
         for i, it in enumerate(items):
+            broken = self._not_finite(bool(finite_logits[i]), {m: v[i] for m, v in maps.items()}, scores[i])
+            if broken is not None:
+                self.fail(it.idx, it.path, f"the model's {broken} for {it.path!r} holds NaN or infinity (its "
+                                           f"values overflow, or the model divides by zero); no map is written",
+                          it.ident)
+                continue
             job = {
                 "maps": {m: v[i] for m, v in maps.items()},
                 "top5": [(int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
@@ -143,6 +150,16 @@ class _Job:
                 "position": None if positions is None else [int(v) for v in positions[i].tolist()],
             }
             writer.submit(self._writer_job(it, job))
+
+    @staticmethod
+    def _not_finite(logits_ok: bool, maps: dict[str, np.ndarray], scores: torch.Tensor) -> str | None:
+        """What of one input's results is not finite (``"output"``, ``"saliency map"``...), or ``None``."""
+        if not logits_ok or not bool(torch.isfinite(scores).all()):
+            return "output"
+        for method, m in maps.items():
+            if not np.isfinite(m).all():
+                return f"{method} map"
+        return None
 
     def _model_fault(self, item: _Decoded, err: Exception) -> ModelError | None:
         """The model's fault, not the image's, when a forward fails: a first layer that takes another
