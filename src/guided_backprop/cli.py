@@ -81,7 +81,7 @@ def _started_at() -> float:
     process runs this command (``guided-backprop``, ``python -m guided_backprop``), else (a call from
     Python, as tests do) when ``main`` was entered."""
     now = time.perf_counter()
-    if Path(sys.argv[0] if sys.argv else "").name not in (PROG, "__main__.py"):
+    if not _own_process():
         return _ENTERED[0] if _ENTERED else now
     try:
         with open("/proc/self/stat", encoding="ascii") as fh:
@@ -95,6 +95,12 @@ def _started_at() -> float:
 
 
 _ENTERED: list[float] = []  # when _DefaultGroup.main was entered (the last call)
+
+
+def _own_process() -> bool:
+    """Whether this process was started to run the command (``guided-backprop``, ``python -m
+    guided_backprop``, torchrun), not a Python program calling ``main`` (tests, notebooks)."""
+    return Path(sys.argv[0] if sys.argv else "").name in (PROG, "__main__.py")
 
 
 def _default_workers() -> int:
@@ -290,6 +296,10 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
                    f"({result.output})", err=True)
+        if result.abandoned and _own_process():  # writer threads still busy: do not wait for them to end
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(result.exit_code)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code

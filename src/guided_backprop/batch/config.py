@@ -89,6 +89,7 @@ class BatchResult:
     errors: list[str] = field(default_factory=list)  # this rank's error lines
     skipped: list[Skipped] = field(default_factory=list)  # inputs passed over, never opened (and why)
     index: Path | None = None
+    abandoned: int = 0  # writer jobs still running when an interrupted run stopped waiting for them
 
     @property
     def rate(self) -> float:

@@ -49,6 +49,7 @@ class _Job:
         self.stop: RunStopped | None = None  # set by a writer thread (disk full); raised by the pipeline
         self.gradcam_layer: str | None = None  # the layer Grad-CAM used (the engine's choice when not given)
         self.computed_once = False  # a batch went through the model: a later forward failure is the input's
+        self.abandoned = 0  # writes still running when a stop gave up waiting for them (writer.close)
 
     # -- records -------------------------------------------------------------------------------
     def _entry(self, record: IndexRecord, ident: list[int] | None) -> JournalEntry:

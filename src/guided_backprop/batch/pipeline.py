@@ -89,8 +89,13 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
         if shutdown is not None:  # stop the decode workers now, not when garbage is collected
             shutdown()
         del it
-        writer.close(cancel=cancel)
-        bar.close()
+        try:
+            job.abandoned = writer.close(cancel=cancel)
+        except KeyboardInterrupt:  # stopped while waiting for the last writes: wait no more than a stop does
+            job.abandoned = writer.close(cancel=True)
+            raise
+        finally:
+            bar.close()
     if job.stop is not None:  # the last writes filled the disk
         raise job.stop
 

@@ -153,6 +153,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.ok = job.ok
             result.images = len(paths)
             result.maps = job.maps
+            result.abandoned = job.abandoned
             return result
         if isinstance(job.fatal, RunStopped) and dist.world == 1:  # list what is done, if the disk lets us
             with contextlib.suppress(Exception):
