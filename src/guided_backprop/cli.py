@@ -237,6 +237,9 @@ def main() -> None:
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
 @opt(PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
       help="Decoding processes (0: decode in the main process).")
+@opt(PERF, "--max-pixels", type=click.IntRange(min=1), default=2048 * 2048, metavar="N",
+      help="Refuse (by name) an input that preprocessing would make larger than N pixels, e.g. a 30000x10 strip "
+           "resized by its shorter side.")
 @opt(RESUME, "--overwrite", is_flag=True,
       help="Redo every input, even those a previous run finished (default: rerunning resumes).")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
@@ -245,8 +248,8 @@ def main() -> None:
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
                 target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
                 smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
-                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, overwrite: bool,
-                with_report: bool, quiet: bool, verbose: bool) -> int:
+                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, max_pixels: int,
+                overwrite: bool, with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
 
@@ -274,6 +277,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
+        max_pixels=max_pixels,
     )
     progress = not quiet and sys.stderr.isatty()
     try:

@@ -68,6 +68,7 @@ class BatchConfig:
     batch_size: int = 8
     workers: int = 2
     overwrite: bool = False
+    max_pixels: int = 2048 * 2048  # an input whose preprocessed size has more pixels is refused, by name
 
 
 @dataclass

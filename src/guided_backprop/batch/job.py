@@ -52,16 +52,18 @@ class _Job:
         self.abandoned = 0  # writes still running when a stop gave up waiting for them (writer.close)
 
     # -- records -------------------------------------------------------------------------------
-    def _entry(self, record: IndexRecord, ident: list[int] | None) -> JournalEntry:
+    def _entry(self, record: IndexRecord, ident: list[int] | None, poison: bool = False) -> JournalEntry:
         """``record`` as this rank's journal line."""
-        return JournalEntry(record, self.plan.fingerprint, ident, time.time(), self.dist.rank)
+        return JournalEntry(record, self.plan.fingerprint, ident, time.time(), self.dist.rank, poison)
 
-    def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None) -> None:
-        """Journal one input as failed, and say why in one line."""
+    def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None, *, poison: bool = False) -> None:
+        """Journal one input as failed, and say why in one line; ``poison``: a rerun does not retry it
+        (reading it killed a decode worker), unless the file changes or ``overwrite`` is given."""
         reason = _one_line(reason)
         assert self.journal is not None
         try:
-            self.journal.write(self._entry(IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw), ident))
+            record = IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw)
+            self.journal.write(self._entry(record, ident, poison))
         except OSError as err:
             if self._stop_if_disk(err, self.journal.path):
                 return
@@ -69,7 +71,8 @@ class _Job:
         with self._lock:
             self.failed += 1
             self.errors.append(reason)
-        self.log(f"error: {reason}")
+        if not poison:  # the stop that follows names it
+            self.log(f"error: {reason}")
 
     def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
         """A write failure that will hit every input (disk full, over quota, read-only): stop the run.

@@ -58,10 +58,12 @@ class JournalEntry:
     ident: list[int] | None
     time: float
     rank: int
+    poison: bool = False  # reading this input killed a decode worker: reruns pass over it (``_poison``)
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"_poison": True} if self.poison else {}
         return {**self.record.to_json(), "_fp": self.fingerprint, "_id": self.ident, "_t": self.time,
-                "_rank": self.rank}
+                "_rank": self.rank, **extra}
 
     @classmethod
     def from_json(cls, data: Any) -> JournalEntry:
@@ -75,8 +77,9 @@ class JournalEntry:
             raise RecordError(f"journal line: key '_id' is {ident!r}, expected a list of integers or null")
         if not isinstance(when, (int, float)) or not isinstance(rank, int):
             raise RecordError(f"journal line: keys '_t', '_rank' are {when!r}, {rank!r}, expected numbers")
-        record = IndexRecord.from_json({k: v for k, v in data.items() if k not in ("_fp", "_id", "_t", "_rank")})
-        return cls(record, fp, ident, float(when), rank)
+        private = ("_fp", "_id", "_t", "_rank", "_poison")
+        record = IndexRecord.from_json({k: v for k, v in data.items() if k not in private})
+        return cls(record, fp, ident, float(when), rank, data.get("_poison") is True)
 
 
 class _Journal:
@@ -145,11 +148,14 @@ def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
 
 def _complete(entry: JournalEntry | None, path: str, out: Path, ident: list[int] | None) -> bool:
     """A journal entry that says this input is done, of this very file (``ident``: its size and
-    modification time now, :func:`.identity.file_identity`), and whose files all exist."""
-    if entry is None or entry.record.status != "ok" or entry.record.input != path:
+    modification time now, :func:`.identity.file_identity`), and whose files all exist; or that reading
+    this very file killed a decode worker (its ``poison`` failure stands until the file changes)."""
+    if entry is None or entry.record.input != path:
         return False
     if ident is None or entry.ident != ident:  # the input was replaced or touched since: redo it
         return False
+    if entry.record.status != "ok":  # failed inputs are retried, but one that killed a decode worker
+        return entry.poison
     names = list(entry.record.files.values()) + list((entry.record.raw or {}).values())
     return bool(names) and all((out / n).is_file() for n in names)
 

@@ -13,7 +13,8 @@ from typing import Any
 import torch
 
 from .config import RunStopped, Terminated
-from .decode import _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
+from .decode import WorkerDied, _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
+from .identity import file_identity
 from .job import _Job
 from .writer import _Writer
 
@@ -43,7 +44,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
 
     cfg = job.cfg
     batch_size = int(cfg.batch_size)
-    dataset = _DecodeDataset(todo, job.plan.preprocessing)
+    dataset = _DecodeDataset(todo, job.plan.preprocessing, int(cfg.max_pixels))
     workers = min(int(cfg.workers), max(1, len(todo))) if todo else 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
@@ -81,6 +82,15 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
             elif sum(map(len, pending.values())) >= 2 * batch_size:  # many sizes: keep memory bounded
                 flush(list(pending))
         flush(list(pending))
+    except WorkerDied as died:
+        cancel = True
+        reading = dataset.reading_when_died(died.__cause__ or died)
+        if reading is None:
+            raise
+        idx, path = reading  # named, and recorded as failed so that the rerun gets past it
+        job.fail(idx, path, f"a decode worker process died while reading {path!r} (killed, perhaps by the "
+                            f"out-of-memory killer); --overwrite retries it", file_identity(path), poison=True)
+        raise (worker_died(died.__cause__ or died, job.ok + job.failed - 1, reading) or died) from died.__cause__
     except (KeyboardInterrupt, RunStopped):
         cancel = True  # Ctrl-C: drop the queued writes (their inputs are redone by a rerun), finish the running ones
         raise

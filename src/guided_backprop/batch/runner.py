@@ -141,7 +141,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.interrupted = True
             result.signal = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         except Exception as err:  # noqa: BLE001 - raised on every rank by dist.agree below
-            job.fatal = worker_died(err, job.ok + job.failed) or err
+            job.fatal = err if isinstance(err, RunStopped) else worker_died(err, job.ok + job.failed) or err
         finally:
             job.journal.close()
 
