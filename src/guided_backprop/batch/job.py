@@ -18,6 +18,7 @@ from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
 from ..targets import MaxNeuron, Neuron
+from ..visible import visible
 from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
 from .decode import _Decoded, _one_line, worker_died
 from .dist import _Dist
@@ -50,6 +51,7 @@ class _Job:
         self.gradcam_layer: str | None = None  # the layer Grad-CAM used (the engine's choice when not given)
         self.computed_once = False  # a batch went through the model: a later forward failure is the input's
         self.abandoned = 0  # writes still running when a stop gave up waiting for them (writer.close)
+        self.decoding: tuple[Any, list[Any]] | None = None  # (the decode dataset, its worker processes)
 
     # -- records -------------------------------------------------------------------------------
     def _entry(self, record: IndexRecord, ident: list[int] | None, poison: bool = False) -> JournalEntry:
@@ -72,7 +74,7 @@ class _Job:
             self.failed += 1
             self.errors.append(reason)
         if not poison:  # the stop that follows names it
-            self.log(f"error: {reason}")
+            self.log(f"error: {visible(reason)}")
 
     def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
         """A write failure that will hit every input (disk full, over quota, read-only): stop the run.

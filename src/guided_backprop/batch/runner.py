@@ -14,15 +14,15 @@ from ..atomic import write_text
 from ..devices import resolve_device
 from ..errors import GuidedBackpropError
 from ..images import Skipped
+from ..visible import skipped_line
 from .config import DISK_ERRNOS, STATE_DIR, BatchConfig, BatchResult, DiskFull, RunStopped, Terminated
-from .decode import worker_died
 from .dist import _Dist, torchrun_env
 from .identity import file_identity
 from .job import _Job
 from .journal import _complete, _folder_lock, _FolderBefore, _Journal, _prepare_folder, _read_journals
 from .numbering import save_numbers
 from .outputs import _merge, _now, _previous_gradcam_layer, _run_json
-from .pipeline import _pipeline, _sigterm_as_interrupt
+from .pipeline import _pipeline, _sigterm_as_interrupt, stop_for_dead_worker
 from .plan import _input_paths, _Plan, _plan
 
 
@@ -81,7 +81,7 @@ def run(
             assert plan is not None and paths is not None
             if dist.rank == 0:
                 for s in skipped:
-                    log(f"skipped: {str(s.path)!r}: {s.reason}")
+                    log(skipped_line(s.path, s.reason))
             result = _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
             result.skipped = skipped
             return result
@@ -141,7 +141,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.interrupted = True
             result.signal = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         except Exception as err:  # noqa: BLE001 - raised on every rank by dist.agree below
-            job.fatal = err if isinstance(err, RunStopped) else worker_died(err, job.ok + job.failed) or err
+            job.fatal = stop_for_dead_worker(job, err)
         finally:
             job.journal.close()
 
