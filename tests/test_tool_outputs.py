@@ -71,3 +71,14 @@ def test_the_main_command_reads_no_output_of_any_command(tmp_path: Path) -> None
     inner = invoke(tmp_path / "in", "-o", tmp_path / "in" / "maps", "--model", TINY, "--input-size", "32",
                    "--workers", "0")
     assert inner.exit_code == 0 and "'maps'" not in inner.stderr and str(folders["maps"]) + "'" not in inner.stderr
+
+
+def test_units_reads_no_output_of_any_command(tmp_path: Path) -> None:
+    folders = _tool_folders(tmp_path / "in")
+    result = invoke("units", tmp_path / "in", "-o", tmp_path / "units_out", "--model", TINY, "--input-size", "32",
+                    "--layer", "1", "--top-channels", "1", "--top", "2")
+    assert result.exit_code == 0, result.output
+    skipped = [line for line in result.stderr.splitlines() if line.startswith("skipped: ")]
+    assert len(skipped) == len(folders), result.stderr
+    grid = json.loads((tmp_path / "units_out" / "units.json").read_text())["units"][0]
+    assert {Path(t["source"]).name for t in grid["top"]} <= {"img000.png", "img001.png"}
