@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +54,8 @@ __all__ = ["cli_message", "main"]
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
     "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
-    "3 the evaluation failed unexpectedly (--verbose shows why); 130 interrupted (Ctrl-C), 143 "
+    "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
+    "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
     "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
 )
 
@@ -77,6 +79,34 @@ def _keep_freed_memory() -> None:
         libc.mallopt(m_trim_threshold, 2**31 - 1)
     except (OSError, AttributeError):  # not glibc (musl...): nothing to tune
         return
+
+
+def _started_at() -> float:
+    """When the command started, as a :func:`time.perf_counter` value, so that the summary's time counts
+    the start-up (the interpreter, the imports): the process's start (from ``/proc`` on Linux) when the
+    process runs this command (``guided-backprop``, ``python -m guided_backprop``), else (a call from
+    Python, as tests do) when ``main`` was entered."""
+    now = time.perf_counter()
+    if not _own_process():
+        return _ENTERED[0] if _ENTERED else now
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _ENTERED[0] if _ENTERED else now
+    return now - min(max(age, 0.0), 1e6)
+
+
+_ENTERED: list[float] = []  # when _DefaultGroup.main was entered (the last call)
+
+
+def _own_process() -> bool:
+    """Whether this process was started to run the command (``guided-backprop``, ``python -m
+    guided_backprop``, torchrun), not a Python program calling ``main`` (tests, notebooks)."""
+    return Path(sys.argv[0] if sys.argv else "").name in (PROG, "__main__.py")
 
 
 def _default_workers() -> int:
@@ -134,6 +164,7 @@ class _DefaultGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        _ENTERED[:] = [time.perf_counter()]
         try:
             rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -229,6 +260,9 @@ def main() -> None:
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
 @opt(PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
       help="Decoding processes (0: decode in the main process).")
+@opt(PERF, "--max-pixels", type=click.IntRange(min=1), default=2048 * 2048, metavar="N",
+      help="Refuse (by name) an input that preprocessing would make larger than N pixels, e.g. a 30000x10 strip "
+           "resized by its shorter side.")
 @opt(RESUME, "--overwrite", is_flag=True,
       help="Redo every input, even those a previous run finished (default: rerunning resumes).")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
@@ -237,8 +271,8 @@ def main() -> None:
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
                 target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
                 smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
-                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, overwrite: bool,
-                with_report: bool, quiet: bool, verbose: bool) -> int:
+                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, max_pixels: int,
+                overwrite: bool, with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
 
@@ -266,10 +300,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
+        max_pixels=max_pixels,
     )
     progress = not quiet and sys.stderr.isatty()
     try:
-        result = batch.run(list(inputs), output, cfg, progress=progress)
+        result = batch.run(list(inputs), output, cfg, progress=progress, started_at=_started_at())
     except batch.PeerFailed as err:  # another torchrun process failed and said why
         return err.exit_code
     except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
@@ -288,6 +323,10 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
                    f"({visible(str(result.output))})", err=True)
+        if result.abandoned and _own_process():  # writer threads still busy: do not wait for them to end
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(result.exit_code)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code
@@ -399,8 +438,9 @@ def report_command(output: Path, verbose: bool) -> int:
       help="Folder for evaluation.json, evaluation.csv and the figures.")
 @opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop,saliency,gradcam",
       help=f"Comma-separated: {', '.join(METHODS)}.")
-@opt(TARGETS, "--checks", default="randomization,class,deletion,insertion", metavar="CHECKS",
-     help="Comma-separated checks to run: randomization, class, deletion, insertion.")
+@opt(TARGETS, "--checks", default="randomization,emprt,class,deletion,insertion", metavar="CHECKS",
+     help="Comma-separated checks to run: randomization, emprt (Efficient MPRT), smprt (Smooth MPRT), class, "
+          "deletion, insertion.")
 @opt(TARGETS, "--randomization", "order", type=click.Choice(["cascading", "independent"]), default="cascading",
       help="Re-initialise blocks cumulatively from the output, or one at a time.")
 @opt(TARGETS, "--granularity", type=click.Choice(["blocks", "modules"]), default="blocks",
@@ -408,7 +448,13 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--blocks", default=None, metavar="A,B,...",
       help="Randomise these modules (model.named_modules() names) instead of --granularity.")
 @opt(TARGETS, "--seed", type=int, default=0, help="Seed of re-initialisations and random draws.")
-@opt(TARGETS, "--steps", type=click.IntRange(min=1), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--steps", type=click.IntRange(min=1, max=1024), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--smooth-samples", type=click.IntRange(min=1, max=1000), default=50,
+     help="Smooth MPRT: SmoothGrad samples per map (noise 0.1 of each input's range, as Hedström et al.).")
+@opt(OUTPUT, "--figure-image", default=None, metavar="NAME", show_default="the first image",
+     help="The input (file name, stem or path) whose maps the randomisation figure shows.")
+@opt(OUTPUT, "--figure-steps", type=click.IntRange(min=1, max=200), default=10,
+     help="Randomisation steps shown in that figure (evenly spread, the last one included).")
 @model_options
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -416,7 +462,9 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
      help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
-                     granularity: str, blocks: str | None, seed: int, steps: int, model_options: ModelOptions,
+                     granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
+                     figure_image: str | None,
+                     figure_steps: int, model_options: ModelOptions,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
@@ -427,7 +475,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     from .batch.pipeline import _sigterm_as_interrupt
     from .evaluate import parse_checks
-    from .evaluate.run import EvaluateConfig, evaluate_folder
+    from .evaluate.run import EvaluateConfig, WriteError, evaluate_folder
+    from .evaluate.verdict import summary_table
 
     bar = None if quiet or not sys.stderr.isatty() else tqdm(desc="evaluate", unit="step")
 
@@ -441,7 +490,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         cfg = EvaluateConfig(
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
-            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer)
+            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
+            figure_steps=figure_steps, smooth_samples=smooth_samples)
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
@@ -450,6 +500,9 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
         return code
+    except WriteError as err:
+        echo_error(err, verbose=verbose, err=err)
+        return ExitCode.DISK_FULL
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -459,6 +512,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         if bar is not None:
             bar.close()
     if not quiet:
+        for line in summary_table(result.evaluation):
+            click.echo(line)
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
@@ -665,7 +720,7 @@ def _model_words(mo: ModelOptions) -> list[str]:
     return words
 
 
-@main.command("explore", **COMMAND_SETTINGS)
+@main.command("explore", short_help="A local web app: maps of IMAGES computed on demand.", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @model_options
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
