@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,34 @@ def _keep_freed_memory() -> None:
         return
 
 
+def _started_at() -> float:
+    """When the command started, as a :func:`time.perf_counter` value, so that the summary's time counts
+    the start-up (the interpreter, the imports): the process's start (from ``/proc`` on Linux) when the
+    process runs this command (``guided-backprop``, ``python -m guided_backprop``), else (a call from
+    Python, as tests do) when ``main`` was entered."""
+    now = time.perf_counter()
+    if not _own_process():
+        return _ENTERED[0] if _ENTERED else now
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _ENTERED[0] if _ENTERED else now
+    return now - min(max(age, 0.0), 1e6)
+
+
+_ENTERED: list[float] = []  # when _DefaultGroup.main was entered (the last call)
+
+
+def _own_process() -> bool:
+    """Whether this process was started to run the command (``guided-backprop``, ``python -m
+    guided_backprop``, torchrun), not a Python program calling ``main`` (tests, notebooks)."""
+    return Path(sys.argv[0] if sys.argv else "").name in (PROG, "__main__.py")
+
+
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
@@ -135,6 +164,7 @@ class _DefaultGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        _ENTERED[:] = [time.perf_counter()]
         try:
             rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -230,6 +260,9 @@ def main() -> None:
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
 @opt(PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
       help="Decoding processes (0: decode in the main process).")
+@opt(PERF, "--max-pixels", type=click.IntRange(min=1), default=2048 * 2048, metavar="N",
+      help="Refuse (by name) an input that preprocessing would make larger than N pixels, e.g. a 30000x10 strip "
+           "resized by its shorter side.")
 @opt(RESUME, "--overwrite", is_flag=True,
       help="Redo every input, even those a previous run finished (default: rerunning resumes).")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
@@ -238,8 +271,8 @@ def main() -> None:
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
                 target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
                 smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
-                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, overwrite: bool,
-                with_report: bool, quiet: bool, verbose: bool) -> int:
+                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, max_pixels: int,
+                overwrite: bool, with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
 
@@ -267,10 +300,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
+        max_pixels=max_pixels,
     )
     progress = not quiet and sys.stderr.isatty()
     try:
-        result = batch.run(list(inputs), output, cfg, progress=progress)
+        result = batch.run(list(inputs), output, cfg, progress=progress, started_at=_started_at())
     except batch.PeerFailed as err:  # another torchrun process failed and said why
         return err.exit_code
     except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
@@ -289,6 +323,10 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
                    f"({visible(str(result.output))})", err=True)
+        if result.abandoned and _own_process():  # writer threads still busy: do not wait for them to end
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(result.exit_code)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code
@@ -558,11 +596,17 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
 
             with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
                 warnings.simplefilter("always", UserWarning)
+                tops = None
+                if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
+                    from .unit_cache import cached_tops
+
+                    tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
+                                                list(unit_channels), k, batch_size=batch_size, progress=progress)
                 grids = units.iter_unit_grids(
                     loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
                     channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
                     display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
-                    sources=[str(p) for p in found.paths], progress=progress,
+                    sources=[str(p) for p in found.paths], progress=progress, tops=tops,
                 )
                 written = units.save_unit_grids(grids, output)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
@@ -648,3 +692,93 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
         return Explainer(loaded.model).explain(blank, 0, methods=["gradcam"]).gradcam_layer
     except (GuidedBackpropError, StopIteration):
         return None
+
+
+# ------------------------------------------------------------------------------------------- explore
+
+
+def _model_words(mo: ModelOptions) -> list[str]:
+    """The model options as given, back as command-line words (for the explorer's reproducing command)."""
+    words: list[str] = []
+    for key, flag in (("model", "--model"), ("weights", "--weights"), ("labels", "--labels"),
+                      ("num_classes", "--num-classes"), ("input_size", "--input-size"), ("channels", "--channels")):
+        value = getattr(mo, key)
+        if value is not None:
+            words += [flag, str(value)]
+    for key in ("resize", "crop"):
+        value = getattr(mo, key)
+        if value != "model":
+            words += [f"--{key}", "none" if value is None else str(value)]
+    for key in ("mean", "std"):
+        value = getattr(mo, key)
+        if value is not None:
+            words += [f"--{key}", ",".join(f"{v:g}" for v in value)]
+    if mo.trust_checkpoint:
+        words.append("--trust-checkpoint")
+    if mo.device != "auto":
+        words += ["--device", mo.device]
+    return words
+
+
+@main.command("explore", short_help="A local web app: maps of IMAGES computed on demand.", **COMMAND_SETTINGS)
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
+@model_options
+@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
+     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",
+     help="Noisy copies when SmoothGrad is switched on in the page.")
+@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+     help="SmoothGrad noise std as a fraction of the input's value range.")
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/units"),
+     help="Folder where the channels' top images over IMAGES are kept (OUT/.unit-cache): "
+          "'guided-backprop units IMAGES --channel C -o OUT' reuses them.")
+@opt(OUTPUT, "--host", default="127.0.0.1", show_default=True,
+     help="Address to listen on. Anything but 127.0.0.1 / localhost lets other machines reach the app "
+          "(they still need the token).")
+@opt(OUTPUT, "--port", type=click.IntRange(min=0, max=65535), default=0, show_default="a free port",
+     help="Port to listen on.")
+@opt(OUTPUT, "--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradcam_layer: str | None, smooth: int,
+                    noise: float, output: Path, host: str, port: int, no_browser: bool, verbose: bool) -> int:
+    """A local web app that computes maps on demand: pick an image of IMAGES, a class, methods, a
+    layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
+    does) and opens it; Ctrl-C stops it. Only the given images are served.
+    """
+    from .explore import ExploreService, serve
+    from .images import search_images
+
+    try:
+        found = search_images(list(inputs))
+        if not found.paths:
+            raise click.UsageError("no image files found in IMAGES")
+        loaded = model_options.load()
+        names = _display_names(found.paths)
+        service = ExploreService(loaded, found.paths, names=names, gradcam_layer=gradcam_layer,
+                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options),
+                                 units_folder=output)
+    except GuidedBackpropError as err:
+        echo_error(err, verbose=verbose, err=err)
+        return ExitCode.USAGE
+    for skipped in found.skipped:
+        echo_skipped(skipped.path, skipped.reason)
+    if host not in ("127.0.0.1", "localhost"):
+        click.echo(f"warning: --host {host}: the explorer is reachable from other machines on this network "
+                   "(the token still guards it; use it only on a network you trust)", err=True)
+    try:
+        serve(service, host=host, port=port, open_browser=not no_browser, echo=lambda s: click.echo(s, err=True))
+    except OSError as err:
+        echo_error(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host")
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        pass
+    click.echo("explorer stopped", err=True)
+    return ExitCode.OK
+
+
+def _display_names(paths: Sequence[Path]) -> list[str]:
+    """Each file's path relative to the inputs' common folder (what the strip shows)."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    return [os.path.relpath(p, root) for p in paths]
