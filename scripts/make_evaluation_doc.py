@@ -42,7 +42,8 @@ def _ms(values: np.ndarray, spec: str = ".3f") -> str:
     from guided_backprop.evaluate import summarize
 
     s = summarize(values)
-    return "–" if s.n == 0 else f"{s.mean:{spec}} ± {s.std:{spec}}" + (f" (n={s.n})" if s.n < len(values) else "")
+    spread = spec.lstrip("+")  # a spread has no sign
+    return "–" if s.n == 0 else f"{s.mean:{spec}} ± {s.std:{spread}}" + (f" (n={s.n})" if s.n < len(values) else "")
 
 
 def _step_table(rnd: Any, columns: list[int]) -> list[str]:

@@ -82,7 +82,7 @@ def test_run_result_and_error_log(tmp_path: Path) -> None:
     assert result.exit_code == batch.EXIT_SOME_FAILED and not result.interrupted
     assert len(lines) == 1 and "zz broken.png" in lines[0] and lines[0].startswith("error: ")
     assert result.errors == [lines[0][len("error: "):]]
-    assert result.summary().startswith("4 images: 0 skipped (already done), 3 computed, 1 failed in ")
+    assert result.summary().startswith("4 images: 3 computed, 1 failed in ")
     again = batch.run([tmp_path / "in"], tmp_path / "out", config())  # only the failed input is retried
     assert again.summary().startswith("4 images: 3 skipped (already done), 0 computed, 1 failed in "), again.summary()
     rows = index(tmp_path / "out")

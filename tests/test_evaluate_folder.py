@@ -101,15 +101,20 @@ def test_batches_hold_one_size_each_and_memory_stays_bounded() -> None:
 
 
 def _nan_factory(tmp_path: Path, value: str) -> str:
+    """Finite weights (non-finite ones are refused at load) whose scores are not finite: a NaN or inf scale."""
     path = tmp_path / "nan_model.py"
     path.write_text(
         "import torch\nfrom torch import nn\n\n"
+        "class Scaled(nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        torch.manual_seed(0)\n"
+        "        self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
+        "                                 nn.Linear(4, 10))\n\n"
+        "    def forward(self, x):\n"
+        f"        return self.net(x) * float({value!r})\n\n"
         "def net():\n"
-        "    torch.manual_seed(0)\n"
-        "    m = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),\n"
-        "                      nn.Linear(4, 10))\n"
-        f"    with torch.no_grad():\n        m[4].weight[0, 0] = float({value!r})\n"
-        "    return m\n")
+        "    return Scaled()\n")
     return f"{path}:net"
 
 

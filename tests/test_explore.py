@@ -563,3 +563,11 @@ def test_terminal_lines_show_control_characters_as_escapes(capsys: pytest.Captur
     _stderr("cannot read image 'a\x1b[2Jb\u202e.png'")
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\u202e" not in err and "\\x1b[2J" in err and err.count("\n") == 1
+
+
+def test_a_superseded_request_is_answered_with_no_content(service: ExploreService) -> None:
+    client = make_client(service)
+    service.run(lambda: None, client="page", seq=5)  # the client's newer request came first
+    late = client.get("/api/panel.png?image=0&class=0&client=page&seq=4")
+    assert late.status_code == 204 and late.headers["x-superseded"] == "1" and late.content == b""
+    png(client.get("/api/panel.png?image=0&class=0&client=page&seq=6"))

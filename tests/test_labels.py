@@ -20,7 +20,7 @@ def test_imagenet_labels_are_torchvisions_1000() -> None:
 
 
 @pytest.mark.parametrize("content, suffix", [
-    ("cat\ndog\n\nbird\n", ".txt"),
+    ("cat\ndog\nbird\n\n \n", ".txt"),  # blank lines at the end: ignored
     (json.dumps(["cat", "dog", "bird"]), ".json"),
     (json.dumps({"2": "bird", "0": "cat", "1": "dog"}), ".json"),
     (json.dumps({"0": ["n001", "cat"], "1": ["n002", "dog"], "2": ["n003", "bird"]}), ".json"),
@@ -47,6 +47,15 @@ def test_label_file_errors_name_the_file(tmp_path: Path) -> None:
     empty.write_text("\n\n")
     with pytest.raises(ModelError, match="no class names"):
         read_labels(empty)
+
+
+def test_a_blank_line_among_the_names_is_an_error_naming_it(tmp_path: Path) -> None:
+    """Skipping it would silently give every later class its neighbour's name (issue 18.14)."""
+    path = tmp_path / "labels.txt"
+    path.write_text("cat\ndog\n\nbird\n")
+    with pytest.raises(ModelError, match=r"labels.txt': line 3 is blank; .*'class 2'") as info:
+        read_labels(path)
+    assert info.value.field == "labels"
 
 
 def test_generic_labels() -> None:

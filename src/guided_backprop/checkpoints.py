@@ -28,6 +28,7 @@ from torch import nn
 from .errors import CheckpointError
 
 __all__ = [
+    "check_finite",
     "convert_by_order",
     "extract_state_dict",
     "fit_report",
@@ -43,8 +44,24 @@ _PREFIXES = ("module.", "_orig_mod.", "model.")
 _SHOW = 5  # keys listed per category in error messages
 
 
+#: The most a compressed zip entry may inflate (uncompressed / compressed size) above :data:`_RATIO_FROM` bytes.
+#: ``torch.save`` stores entries uncompressed (ratio 1); a zip bomb's entries inflate ~1000 times.
+MAX_INFLATION = 100
+_RATIO_FROM = 16 << 20
+#: Environment variable that raises the cap on a checkpoint's inflated size (GiB; default: this machine's memory).
+MAX_CHECKPOINT_ENV = "GUIDED_BACKPROP_MAX_CHECKPOINT_GB"
+
+
 def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch.Tensor]:
-    """The state dict stored in ``path`` (CPU tensors), unwrapped by :func:`extract_state_dict`."""
+    """The state dict stored in ``path`` (CPU tensors), unwrapped by :func:`extract_state_dict`.
+
+    Before anything is inflated, a zip checkpoint's sizes are read from its central directory
+    (:func:`check_zip_sizes`): a file that would inflate beyond this machine's memory, or whose
+    entries are compressed more than :data:`MAX_INFLATION` times (a zip bomb), is refused. A file
+    that is damaged is called corrupt; ``trust`` is suggested only for a sound file holding more
+    than tensors (or in PyTorch's legacy ``.tar`` format), and with ``trust`` such a file is loaded
+    with full unpickling.
+    """
     file = Path(path).expanduser()
     if not file.is_file():
         raise CheckpointError(f"checkpoint file not found: '{file}'" + (" (it is a folder)" if file.is_dir() else ""))
@@ -59,37 +76,123 @@ def read_state_dict(path: str | Path, *, trust: bool = False) -> dict[str, torch
             raise
         except Exception as err:
             raise CheckpointError(f"cannot read safetensors file '{file}': {err}") from err
+    kind = _container(file)
+    if kind == "zip":
+        check_zip_sizes(file, trust=trust)
+    elif kind == "tar":
+        if not trust:
+            raise CheckpointError(
+                f"checkpoint '{file}' is in PyTorch's legacy .tar format (PyTorch before 0.4), which only full "
+                f"unpickling can read, and that can run arbitrary code; {_TRUST_HINT}, then re-save it as "
+                f"torch.save(model.state_dict(), path)", field="weights")
+        return extract_state_dict(_load(file, trusted=True), source=str(file))
+    elif kind == "damaged zip":
+        raise CheckpointError(f"checkpoint '{file}' is corrupt or truncated: it starts as a zip archive (torch.save's "
+                              f"format) but its directory is missing; download or copy it again", field="weights")
+    elif kind is None:
+        raise CheckpointError(f"cannot read checkpoint '{file}': it is not a file written by torch.save "
+                              f"(neither a zip archive nor a pickle)", field="weights")
     try:
         obj = torch.load(file, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        if not _looks_like_torch_save(file):
-            raise CheckpointError(f"cannot read checkpoint '{file}': it is not a file written by torch.save") from err
+        found = re.search(r"Unsupported global: GLOBAL ([\w.]+) was not an allowed global", str(err))
+        if found is None:  # bytes no pickle holds, or a global's name with junk in it: damaged, not unsafe
+            raise _corrupt(file, err) from err
         if not trust:
-            found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
-            what = f" (it contains {found.group(1)})" if found else ""
             raise CheckpointError(
-                f"checkpoint '{file}' holds more than tensors{what}: loading it needs full unpickling, which can "
-                f"run arbitrary code; {_TRUST_HINT}, or re-save it as torch.save(model.state_dict(), path)"
+                f"checkpoint '{file}' holds more than tensors (it contains {found.group(1)}): loading it needs full "
+                f"unpickling, which can run arbitrary code; {_TRUST_HINT}, or re-save it as "
+                f"torch.save(model.state_dict(), path)", field="weights"
             ) from err
-        try:
-            obj = torch.load(file, map_location="cpu", weights_only=False)
-        except Exception as err2:
-            raise CheckpointError(f"cannot read checkpoint '{file}': {err2}") from err2
+        obj = _load(file, trusted=True)
     except Exception as err:
-        if not _looks_like_torch_save(file):  # a text file, an image...: torch's own error is a bare KeyError
-            raise CheckpointError(f"cannot read checkpoint '{file}': it is not a file written by torch.save "
-                                  f"(neither a zip archive nor a pickle)") from err
-        raise CheckpointError(
-            f"cannot read checkpoint '{file}' ({type(err).__name__}: {err}); is it a file written by torch.save?"
-        ) from err
+        raise _corrupt(file, err) from err
     return extract_state_dict(obj, source=str(file))
 
 
-def _looks_like_torch_save(file: Path) -> bool:
-    """A zip archive (torch.save since 1.6) or a pickle stream (the legacy format)."""
+def _load(file: Path, *, trusted: bool) -> Any:
+    """``torch.load`` with full unpickling when ``trusted`` (the user said so); a failure: corrupt."""
+    try:
+        return torch.load(file, map_location="cpu", weights_only=not trusted)
+    except Exception as err:
+        raise _corrupt(file, err) from err
+
+
+def _corrupt(file: Path, err: BaseException) -> CheckpointError:
+    text = " ".join(str(err).split())
+    # Only what torch found, not its advice (to trust the file, to file an issue), which is not ours.
+    text = text.split("WeightsUnpickler error:")[-1].split(". This is an internal miniz error")[0]
+    text = re.split(r"\s*(?:Please use|Check the documentation|was not an allowed global)", text)[0].strip()[:200]
+    return CheckpointError(f"checkpoint '{file}' is corrupt or truncated ({type(err).__name__}: {text}); "
+                           f"download or copy it again", field="weights")
+
+
+def _container(file: Path) -> str | None:
+    """``"zip"`` (torch.save since 1.6), ``"pickle"`` (the legacy format), ``"tar"`` (the legacy .tar
+    format), ``"damaged zip"`` (a zip's start without its central directory: a truncated file), or None."""
+    import tarfile
+
     with file.open("rb") as fh:
-        head = fh.read(2)
-    return zipfile.is_zipfile(file) or (len(head) == 2 and head[0] == 0x80 and 2 <= head[1] <= 5)
+        head = fh.read(4)
+    if zipfile.is_zipfile(file):
+        return "zip"
+    if len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5:
+        return "pickle"
+    if head == b"PK\x03\x04":
+        return "damaged zip"
+    try:
+        if tarfile.is_tarfile(file):
+            return "tar"
+    except OSError:
+        pass
+    return None
+
+
+def _max_checkpoint_bytes() -> tuple[int, str]:
+    """The cap on a checkpoint's inflated size, and where it comes from (for the message)."""
+    import os
+
+    given = os.environ.get(MAX_CHECKPOINT_ENV, "").strip()
+    if given:
+        try:
+            return int(float(given) * (1 << 30)), f"{MAX_CHECKPOINT_ENV}={given}"
+        except ValueError:
+            pass
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: no cap but the ratio
+        return 1 << 62, "no cap"
+    return memory, "this machine's memory"
+
+
+def check_zip_sizes(file: str | Path, *, trust: bool = False) -> None:
+    """Refuse a zip checkpoint that would inflate beyond the cap (this machine's memory, or
+    ``GUIDED_BACKPROP_MAX_CHECKPOINT_GB``), or (unless ``trust``) one with an entry over 16 MiB compressed
+    more than :data:`MAX_INFLATION` times, from the sizes its central directory states: nothing is inflated."""
+    file = Path(file)
+    try:
+        with zipfile.ZipFile(file) as zf:
+            entries = zf.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as err:
+        raise _corrupt(file, err) from err
+    total = sum(e.file_size for e in entries)
+    cap, why = _max_checkpoint_bytes()
+    if total > cap:
+        raise CheckpointError(
+            f"checkpoint '{file}' ({_gib(file.stat().st_size)}) would inflate to {_gib(total)}, more than the "
+            f"{_gib(cap)} allowed ({why}); it is corrupt or a zip bomb, or set {MAX_CHECKPOINT_ENV} to a larger "
+            f"number of GiB if it is real; nothing was inflated", field="weights")
+    for e in entries:
+        if (not trust and e.compress_type != zipfile.ZIP_STORED and e.file_size > _RATIO_FROM
+                and e.file_size > MAX_INFLATION * max(e.compress_size, 1)):
+            raise CheckpointError(
+                f"checkpoint '{file}': its entry {e.filename!r} inflates {e.compress_size} bytes to "
+                f"{_gib(e.file_size)} (over {MAX_INFLATION} times; torch.save does not compress), the mark of a zip "
+                f"bomb; nothing was inflated; {_TRUST_HINT}", field="weights")
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):.2f} GiB" if n >= 1 << 28 else f"{n / (1 << 20):.1f} MiB"
 
 
 def extract_state_dict(obj: Any, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
@@ -124,6 +227,36 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 state = {k[len(prefix):]: v for k, v in state.items()}
                 changed = True
     return state
+
+
+def check_finite(model: nn.Module, *, source: str, checkpoint: bool) -> None:
+    """Raise one error naming the first tensor of ``model`` (parameter or buffer) that holds NaN or
+    infinity: such weights make every map and score NaN (uniform grey pictures, ``NaN`` probabilities).
+
+    ``source`` says where the weights came from (``"checkpoint 'w.pt'"``); the error is a
+    :class:`CheckpointError` for weights read from a ``checkpoint`` file, else a
+    :class:`~guided_backprop.errors.ModelError` (weights a model or factory made itself).
+    """
+    from .errors import ModelError
+
+    bad = []
+    for name, tensor in model.state_dict().items():
+        if not isinstance(tensor, torch.Tensor) or not tensor.is_floating_point() or tensor.numel() == 0:
+            continue
+        finite = torch.isfinite(tensor)
+        if not bool(finite.all()):
+            nan = int(torch.isnan(tensor).sum())
+            bad.append((name, nan, int((~finite).sum()) - nan, tensor.numel()))
+    if not bad:
+        return
+    name, nan, inf, total = bad[0]
+    what = " and ".join(t for t in (f"{nan} NaN" if nan else "", f"{inf} infinite" if inf else "") if t)
+    more = f" ({len(bad) - 1} more tensor(s) too: {_listing([b[0] for b in bad[1:]])})" if len(bad) > 1 else ""
+    msg = (f"{source}: tensor {name!r} holds {what} value(s) of {total}{more}; every map and score would be NaN; "
+           f"the weights are broken (a diverged training run, a bad conversion): use other weights")
+    if checkpoint:
+        raise CheckpointError(msg, field="weights")
+    raise ModelError(msg, field="weights")
 
 
 def _listing(keys: list[str]) -> str:

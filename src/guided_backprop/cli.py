@@ -13,6 +13,7 @@ import contextlib
 import math
 import os
 import sys
+import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -80,6 +81,34 @@ def _keep_freed_memory() -> None:
         return
 
 
+def _started_at() -> float:
+    """When the command started, as a :func:`time.perf_counter` value, so that the summary's time counts
+    the start-up (the interpreter, the imports): the process's start (from ``/proc`` on Linux) when the
+    process runs this command (``guided-backprop``, ``python -m guided_backprop``), else (a call from
+    Python, as tests do) when ``main`` was entered."""
+    now = time.perf_counter()
+    if not _own_process():
+        return _ENTERED[0] if _ENTERED else now
+    try:
+        with open("/proc/self/stat", encoding="ascii") as fh:
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks since boot
+        with open("/proc/uptime", encoding="ascii") as fh:
+            uptime = float(fh.read().split()[0])
+        age = uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _ENTERED[0] if _ENTERED else now
+    return now - min(max(age, 0.0), 1e6)
+
+
+_ENTERED: list[float] = []  # when _DefaultGroup.main was entered (the last call)
+
+
+def _own_process() -> bool:
+    """Whether this process was started to run the command (``guided-backprop``, ``python -m
+    guided_backprop``, torchrun), not a Python program calling ``main`` (tests, notebooks)."""
+    return Path(sys.argv[0] if sys.argv else "").name in (PROG, "__main__.py")
+
+
 def _default_workers() -> int:
     return max(1, min(4, (os.cpu_count() or 2) - 1))
 
@@ -135,6 +164,7 @@ class _DefaultGroup(click.Group):
         standalone_mode: bool = True,
         **extra: Any,
     ) -> Any:
+        _ENTERED[:] = [time.perf_counter()]
         try:
             rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -230,6 +260,9 @@ def main() -> None:
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=8, help="Images per batch.")
 @opt(PERF, "--workers", type=click.IntRange(min=0), default=_default_workers, show_default="cores - 1, at most 4",
       help="Decoding processes (0: decode in the main process).")
+@opt(PERF, "--max-pixels", type=click.IntRange(min=1), default=2048 * 2048, metavar="N",
+      help="Refuse (by name) an input that preprocessing would make larger than N pixels, e.g. a 30000x10 strip "
+           "resized by its shorter side.")
 @opt(RESUME, "--overwrite", is_flag=True,
       help="Redo every input, even those a previous run finished (default: rerunning resumes).")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
@@ -238,8 +271,8 @@ def main() -> None:
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
                 target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
                 smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
-                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, overwrite: bool,
-                with_report: bool, quiet: bool, verbose: bool) -> int:
+                input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, max_pixels: int,
+                overwrite: bool, with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
     quoted glob patterns) and write them to OUT.
 
@@ -267,10 +300,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
+        max_pixels=max_pixels,
     )
     progress = not quiet and sys.stderr.isatty()
     try:
-        result = batch.run(list(inputs), output, cfg, progress=progress)
+        result = batch.run(list(inputs), output, cfg, progress=progress, started_at=_started_at())
     except batch.PeerFailed as err:  # another torchrun process failed and said why
         return err.exit_code
     except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
@@ -289,6 +323,10 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
                    f"({visible(str(result.output))})", err=True)
+        if result.abandoned and _own_process():  # writer threads still busy: do not wait for them to end
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(result.exit_code)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code

@@ -60,6 +60,38 @@ def _import_path(folder: Path | None) -> Iterator[None]:
             sys.path.remove(entry)
 
 
+_IMPORT_ADVICE = ("a factory module must not parse the command line or exit when imported (put that code under "
+                  "'if __name__ == \"__main__\":')")
+
+
+@contextlib.contextmanager
+def _guarded(what: str, program: str, advice: str) -> Iterator[None]:
+    """Run the user's code (a factory module's import, the factory call) as a library call: with a
+    neutral ``sys.argv`` (only ``program``), so that a module parsing the command line on import sees
+    none of ours; its printed output held back and a ``sys.exit`` (argparse's error included) turned into
+    one :class:`ModelError` that quotes what it printed. On success the held output is passed on."""
+    import io
+
+    argv = sys.argv
+    out, err = io.StringIO(), io.StringIO()
+    sys.argv = [program]
+    exited = False
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield
+    except SystemExit as exit_:
+        exited = True
+        printed = " ".join((err.getvalue() + " " + out.getvalue()).split())
+        said = f"; it printed: {printed[:300]!r}" if printed else ""
+        raise ModelError(
+            f"{what} called sys.exit({exit_.code!r}) instead of returning{said}; {advice}", field="model") from None
+    finally:
+        sys.argv = argv
+        if not exited:  # quoted in the error otherwise: never printed as if it were ours
+            sys.stdout.write(out.getvalue())
+            sys.stderr.write(err.getvalue())
+
+
 def _import_factory(spec: str) -> Callable[..., Any]:
     target, attr, file = _factory_file(spec)
     if file is not None:
@@ -72,14 +104,21 @@ def _import_factory(spec: str) -> Callable[..., Any]:
         module = importlib.util.module_from_spec(loader_spec)
         sys.modules[mod_name] = module
         try:
-            loader_spec.loader.exec_module(module)
+            with _guarded(f"importing '{file}'", str(file), _IMPORT_ADVICE):
+                loader_spec.loader.exec_module(module)
+        except ModelError:
+            sys.modules.pop(mod_name, None)
+            raise
         except Exception as err:
             sys.modules.pop(mod_name, None)
             raise ModelError(f"importing '{file}' failed: {type(err).__name__}: {err}", field="model") from err
         where = f"'{file}'"
     else:
         try:
-            module = importlib.import_module(target)
+            with _guarded(f"importing {target!r}", target, _IMPORT_ADVICE):
+                module = importlib.import_module(target)
+        except ModelError:
+            raise
         except ModuleNotFoundError as err:
             if err.name and (target == err.name or target.startswith(err.name + ".")):
                 raise ModelError(
@@ -165,7 +204,10 @@ def build_factory(spec: str, req: Request) -> Built:
                                  f"num_classes argument", field="num_classes")
             kwargs["num_classes"] = req.num_classes
         try:
-            result = factory(**kwargs)
+            with _guarded(f"the factory {spec!r}", spec, "a factory returns the model; it must not exit"):
+                result = factory(**kwargs)
+        except ModelError:
+            raise
         except Exception as err:
             raise ModelError(f"the factory {spec!r} failed: {type(err).__name__}: {err}", field="model") from err
     model, prep, labels = _unpack_factory(result, spec)

@@ -23,8 +23,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .atomic import is_temp_name
 from .errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "ImageNotFoundError", "ImageSearch", "Skipped", "find_images", "load_image",
-           "search_images", "to_rgb"]
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_MARKERS", "ImageNotFoundError", "ImageSearch", "Skipped", "find_images",
+           "load_image", "search_images", "to_rgb", "tool_output_reason"]
 
 # Formats Pillow registers but cannot decode here: identification stubs (BUFR, GRIB, HDF5,
 # WMF/EMF off Windows, MPEG) and EPS, which needs Ghostscript. A file named explicitly is
@@ -102,13 +102,51 @@ def not_a_file_reason(path: str | os.PathLike[str]) -> str | None:
     return f"{kind}, not a regular file"
 
 
+#: What marks a folder as holding this tool's output: (file or folder name, text its first 64 KiB must hold,
+#: or None; the command that writes it). A command that writes a new kind of folder adds its marker here.
+OUTPUT_MARKERS: tuple[tuple[str, str | None, str], ...] = (
+    (".guided-backprop", None, "a guided-backprop run"),  # the main command's state folder
+    ("run.json", '"tool": "guided-backprop"', "a guided-backprop run"),
+    ("evaluation.json", None, "guided-backprop evaluate"),
+    ("units.json", '"units"', "guided-backprop units"),
+    ("index.html", 'name="generator" content="guided-backprop', "a guided-backprop report"),
+)
+
+
+def tool_output_reason(folder: str | os.PathLike[str]) -> str | None:
+    """Why ``folder`` holds this tool's output (one line for a ``skipped:`` line), or ``None``.
+
+    Every command passes over such folders when it looks for inputs (:func:`search_images` does it
+    for them), so that no command reads another's pictures (maps, figures, grids, thumbnails) as
+    inputs. The markers are :data:`OUTPUT_MARKERS`: the main run's ``.guided-backprop/`` state
+    folder or ``run.json``, ``evaluation.json``, ``units.json``, a report's ``index.html``.
+    """
+    for name, text, what in OUTPUT_MARKERS:
+        path = os.path.join(folder, name)
+        if text is None:
+            if os.path.lexists(path):
+                return f"holds the output of {what} ({name}): this tool's outputs are not inputs"
+            continue
+        if not os.path.isfile(path):
+            continue
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(1 << 16).decode("utf-8", "replace")
+        except OSError:
+            continue
+        if text in head:
+            return f"holds the output of {what} ({name}): this tool's outputs are not inputs"
+    return None
+
+
 def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
     """Image files under ``folder``, recursively, sorted by their path components.
 
     Hidden folders are not entered and symbolic links to folders are not followed. Passed over, and
     listed in ``skipped`` with the reason: hidden files named like images (``._IMG.jpg``, ``..png``),
     pictures Pillow cannot read (``.heic``, ``.svg``, ``.eps``...), anything named like an image that
-    is not a regular file (FIFO, socket, device, symbolic-link loop) and folders that cannot be read.
+    is not a regular file (FIFO, socket, device, symbolic-link loop), folders that cannot be read and
+    folders that hold this tool's output (:func:`tool_output_reason`).
     Files with other extensions (``.txt``, ``.npy``) are not inputs and are not listed.
     """
     found: list[Path] = []
@@ -118,6 +156,11 @@ def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
 
     for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not _is_hidden(d)]
+        ours = tool_output_reason(root)
+        if ours is not None:
+            skipped.append(Skipped(Path(root), ours))
+            dirs[:] = []
+            continue
         for f in files:
             path = Path(root, f)
             ext = path.suffix.lower()
@@ -141,6 +184,10 @@ def _expand(item: str | Path, skipped: list[Skipped]) -> list[Path]:
     path = Path(text).expanduser()
     if path.is_dir():
         found = _walk(path, skipped)
+        ours = tool_output_reason(path)
+        if ours is not None:
+            skipped.pop()  # the error below says it
+            raise ImageNotFoundError(f"folder {text!r} {ours}; give the folder of the pictures instead")
         if not found:
             raise ImageNotFoundError(
                 f"folder {text!r} contains no image files (looked for {_extensions_hint()}, recursively)"
@@ -155,8 +202,11 @@ def _expand(item: str | Path, skipped: list[Skipped]) -> list[Path]:
     if _GLOB_CHARS & set(text):
         matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
         found = []
+        inside = _OutputFolders(_glob_base(text), skipped)
         for match in matches:
             m = Path(match)
+            if inside(m):
+                continue
             if m.is_dir():
                 found.extend(_walk(m, skipped))
             elif _is_image_name(m):
@@ -173,6 +223,45 @@ def _expand(item: str | Path, skipped: list[Skipped]) -> list[Path]:
             )
         return found
     raise ImageNotFoundError(f"no such file or folder: {text!r} (check the path, or quote a glob pattern)")
+
+
+def _glob_base(pattern: str) -> str:
+    """The folder a glob pattern starts from: its leading components without ``*``, ``?`` or ``[``."""
+    parts = os.path.expanduser(pattern).split(os.sep)
+    fixed = []
+    for part in parts[:-1]:
+        if _GLOB_CHARS & set(part):
+            break
+        fixed.append(part)
+    return os.sep.join(fixed) or ("." if not pattern.startswith(os.sep) else os.sep)
+
+
+class _OutputFolders:
+    """Whether a glob's match lies in a folder holding this tool's output, between the match and the
+    pattern's fixed base (each such folder listed once in ``skipped``)."""
+
+    def __init__(self, base: str, skipped: list[Skipped]) -> None:
+        self.base = os.path.abspath(base)
+        self.skipped = skipped
+        self.known: dict[str, bool] = {}
+
+    def __call__(self, match: Path) -> bool:
+        folder = os.path.abspath(match if match.is_dir() else match.parent)
+        chain = []
+        while True:
+            chain.append(folder)
+            if folder == self.base or os.path.dirname(folder) == folder or not folder.startswith(self.base):
+                break
+            folder = os.path.dirname(folder)
+        for f in reversed(chain):  # from the base down: the outermost output folder is the one named
+            if f not in self.known:
+                reason = tool_output_reason(f)
+                self.known[f] = reason is not None
+                if reason is not None:
+                    self.skipped.append(Skipped(Path(f), reason))
+            if self.known[f]:
+                return True
+        return False
 
 
 def _extensions_hint() -> str:
@@ -217,6 +306,8 @@ def search_images(inputs: Sequence[str | Path] | str | Path, *, exclude: str | o
             if key not in seen:
                 seen.add(key)
                 result.paths.append(Path(os.path.abspath(path)))
+    if home is not None:  # the command's own output folder is left out without a word, as its files are
+        result.skipped = [s for s in result.skipped if os.path.realpath(s.path) != home]
     return result
 
 

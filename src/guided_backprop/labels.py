@@ -25,7 +25,9 @@ def generic_labels(num_classes: int) -> list[str]:
 def read_labels(path: str | Path) -> list[str]:
     """Class names from a label file, in index order.
 
-    Accepted formats: plain text with one name per line (blank lines skipped); a JSON list of
+    Accepted formats: plain text with one name per line (line N is class N-1, so a blank line before the
+    last name is an error naming its line: skipping it would shift every later class; blank lines at the
+    end are ignored); a JSON list of
     names; a JSON object from index to name (``{"0": "cat", ...}``; a list value such as
     ``["n01440764", "tench"]`` gives its last element, as in Keras' ``imagenet_class_index.json``);
     or a JSON object from name to index. Indices must run 0..N-1 without gaps.
@@ -45,7 +47,17 @@ def read_labels(path: str | Path) -> list[str]:
             raise ModelError(f"label file '{file}' is not valid JSON: {err}") from err
         labels = _from_json(data, file)
     else:
-        labels = [line.strip() for line in text.splitlines() if line.strip()]
+        lines = text.splitlines()
+        while lines and not lines[-1].strip():
+            lines.pop()
+        blank = [n for n, line in enumerate(lines, 1) if not line.strip()]
+        if blank:
+            shown = ", ".join(map(str, blank[:5])) + (", ..." if len(blank) > 5 else "")
+            raise ModelError(
+                f"label file '{file}': line {shown} {'is' if len(blank) == 1 else 'are'} blank; line N names class "
+                f"N-1, so a blank line would shift every later class; write the class's name there (or "
+                f"'class {blank[0] - 1}')", field="labels")
+        labels = [line.strip() for line in lines]
     if not labels:
         raise ModelError(f"label file '{file}' holds no class names; write one name per line or a JSON list")
     return labels

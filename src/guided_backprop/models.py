@@ -37,6 +37,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from .checkpoints import check_finite
 from .devices import resolve_device
 from .errors import ModelError, TargetError, UnknownNameError
 from .factories import build_factory, output_classes
@@ -295,6 +296,9 @@ def load_model(
             raise ModelError(f"preprocessing changes {dict(preprocessing)!r}: {err}", field="preprocessing") from err
     else:
         pre = built.preprocessing
+    from_file = isinstance(weights, str | Path) and Path(weights).expanduser().is_file()
+    source = f"checkpoint '{weights}'" if from_file else f"model {canonical!r} ({built.weights})"
+    check_finite(built.model, source=source, checkpoint=from_file)
     model = built.model.to(dev).eval()
     n_classes = built.num_classes
     if built.source == "factory":

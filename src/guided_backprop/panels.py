@@ -83,41 +83,63 @@ def _printable(text: str, font: Any) -> str:
     return text.encode("latin-1", "replace").decode("latin-1")
 
 
+def _fitting(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, suffix: str = "") -> int:
+    """The most leading characters of ``text`` that, followed by ``suffix``, fit in ``width`` px.
+
+    A binary search over prefixes no longer than ``width`` characters (no glyph is narrower than a
+    pixel, zero-width marks aside), so a long text costs O(log n) measurements of at most a line each,
+    not one per character of the whole text.
+    """
+    hi = min(len(text), int(width) + 1)
+    lo = 0
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if draw.textlength(text[:mid] + suffix, font=font) <= width:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
     """``text``, shortened with an ellipsis if it is wider than ``width`` pixels."""
     text = _printable(" ".join(text.split()), font)
-    if draw.textlength(text, font=font) <= width:
+    if _fitting(draw, text, font, width) >= len(text):
         return text
-    ellipsis = _printable("…", font)
-    while text and draw.textlength(text + ellipsis, font=font) > width:
-        text = text[:-1]
-    return text.rstrip() + ellipsis if text else ""
+    return _fit_end(draw, text, font, width)
 
 
 def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lines: int | None = None) -> list[str]:
     """``text`` broken into lines of at most ``width`` px, at spaces (a word too long for a line is
-    broken inside); with ``max_lines``, the last line kept ends in an ellipsis if text was left over."""
+    broken inside); with ``max_lines``, the last line kept ends in an ellipsis if text was left over.
+
+    Linear in the length of ``text``: each line is measured O(log line) times, and with ``max_lines`` the
+    text after the lines kept is not measured at all (a 1 MB class name costs what a short one does).
+    """
     words = _printable(" ".join(text.split()), font).split(" ")
     lines: list[str] = []
     line = ""
     for word in words:
+        if max_lines is not None and len(lines) > max_lines:
+            break  # enough to know the text is cut: the rest is never measured
         candidate = f"{line} {word}" if line else word
-        if draw.textlength(candidate, font=font) <= width:
+        if len(candidate) <= int(width) + 1 and draw.textlength(candidate, font=font) <= width:
             line = candidate
             continue
         if line:
             lines.append(line)
-        while draw.textlength(word, font=font) > width and len(word) > 1:  # break a long word
-            cut = len(word) - 1
-            while cut > 1 and draw.textlength(word[:cut], font=font) > width:
-                cut -= 1
+        while True:  # break a word too long for a line
+            cut = _fitting(draw, word, font, width)
+            if cut >= len(word) or (max_lines is not None and len(lines) > max_lines):
+                break
+            cut = max(cut, 1)
             lines.append(word[:cut])
             word = word[cut:]
         line = word
-    if line:
+    if line and (max_lines is None or len(lines) <= max_lines):
         lines.append(line)
     if max_lines is not None and len(lines) > max_lines:
-        rest = " ".join(lines[max_lines - 1 :])
+        rest = " ".join(lines[max_lines - 1 : max_lines + 1])
         lines = lines[: max_lines - 1] + [_fit_end(draw, rest, font, width)]
     return lines
 
@@ -125,9 +147,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lin
 def _fit_end(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
     """``text`` cut to ``width`` px and always ending in an ellipsis (more text followed)."""
     ellipsis = _printable("…", font)
-    while text and draw.textlength(text + ellipsis, font=font) > width:
-        text = text[:-1]
-    return text.rstrip() + ellipsis
+    return text[: _fitting(draw, text, font, width, ellipsis)].rstrip() + ellipsis
 
 
 def _line_height(font: Any) -> int:

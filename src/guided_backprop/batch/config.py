@@ -71,6 +71,7 @@ class BatchConfig:
     batch_size: int = 8
     workers: int = 2
     overwrite: bool = False
+    max_pixels: int = 2048 * 2048  # an input whose preprocessed size has more pixels is refused, by name
 
 
 @dataclass
@@ -92,6 +93,7 @@ class BatchResult:
     errors: list[str] = field(default_factory=list)  # this rank's error lines
     skipped: list[Skipped] = field(default_factory=list)  # inputs passed over, never opened (and why)
     index: Path | None = None
+    abandoned: int = 0  # writer jobs still running when an interrupted run stopped waiting for them
 
     @property
     def rate(self) -> float:
@@ -112,16 +114,19 @@ class BatchResult:
     def summary(self) -> str:
         """One line: ``N images: S skipped (already done), C computed, F failed in T s (X img/s) -> OUT``.
 
-        ``C`` counts the inputs this invocation explained (their maps were written), ``F`` the failed
-        inputs of the whole folder (a failed input is retried by every rerun); inputs passed over (not
-        regular files, unreadable folders...) are added as ``P passed over`` when there are any. The
-        rate is left out when nothing was processed (a rerun of a finished folder).
+        ``S skipped (already done)`` is there only when a previous run had done some inputs. ``C``
+        counts the inputs this invocation explained (their maps were written), ``F`` the failed inputs
+        of the whole folder (a failed input is retried by every rerun); inputs passed over (not regular
+        files, unreadable folders...) are added as ``P passed over`` when there are any. ``T`` counts
+        from the start of the process when the command gives it (``run(started_at=...)``). The rate is
+        left out when nothing was processed (a rerun of a finished folder).
         """
         over = f", {len(self.skipped)} passed over (not read)" if self.skipped else ""
         images = "image" if self.images == 1 else "images"
         explained = max(0, self.computed - self.failed)
         rate = f" ({self.rate:.1f} img/s)" if self.computed else ""
-        return (f"{self.images} {images}: {self.resumed} skipped (already done), {explained} computed, "
+        resumed = f"{self.resumed} skipped (already done), " if self.resumed else ""
+        return (f"{self.images} {images}: {resumed}{explained} computed, "
                 f"{self.failed} failed{over} in {self.seconds:.1f} s{rate} -> {self.output}")
 
 

@@ -50,18 +50,22 @@ class _Job:
         self.stop: RunStopped | None = None  # set by a writer thread (disk full); raised by the pipeline
         self.gradcam_layer: str | None = None  # the layer Grad-CAM used (the engine's choice when not given)
         self.computed_once = False  # a batch went through the model: a later forward failure is the input's
+        self.abandoned = 0  # writes still running when a stop gave up waiting for them (writer.close)
+        self.decoding: tuple[Any, list[Any]] | None = None  # (the decode dataset, its worker processes)
 
     # -- records -------------------------------------------------------------------------------
-    def _entry(self, record: IndexRecord, ident: list[int] | None) -> JournalEntry:
+    def _entry(self, record: IndexRecord, ident: list[int] | None, poison: bool = False) -> JournalEntry:
         """``record`` as this rank's journal line."""
-        return JournalEntry(record, self.plan.fingerprint, ident, time.time(), self.dist.rank)
+        return JournalEntry(record, self.plan.fingerprint, ident, time.time(), self.dist.rank, poison)
 
-    def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None) -> None:
-        """Journal one input as failed, and say why in one line."""
+    def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None, *, poison: bool = False) -> None:
+        """Journal one input as failed, and say why in one line; ``poison``: a rerun does not retry it
+        (reading it killed a decode worker), unless the file changes or ``overwrite`` is given."""
         reason = _one_line(reason)
         assert self.journal is not None
         try:
-            self.journal.write(self._entry(IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw), ident))
+            record = IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw)
+            self.journal.write(self._entry(record, ident, poison))
         except OSError as err:
             if self._stop_if_disk(err, self.journal.path):
                 return
@@ -69,7 +73,8 @@ class _Job:
         with self._lock:
             self.failed += 1
             self.errors.append(reason)
-        self.log(f"error: {visible(reason)}")
+        if not poison:  # the stop that follows names it
+            self.log(f"error: {visible(reason)}")
 
     def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
         """A write failure that will hit every input (disk full, over quota, read-only): stop the run.
@@ -135,7 +140,14 @@ class _Job:
         targets = None if e.targets is None else e.targets.cpu()
         scores = e.scores.detach().float().cpu()
         positions = None if e.positions is None else e.positions.cpu()
+        finite_logits = torch.isfinite(logits.detach()).all(dim=1).cpu().tolist()
         for i, it in enumerate(items):
+            broken = self._not_finite(bool(finite_logits[i]), {m: v[i] for m, v in maps.items()}, scores[i])
+            if broken is not None:
+                self.fail(it.idx, it.path, f"the model's {broken} for {it.path!r} holds NaN or infinity (its "
+                                           f"values overflow, or the model divides by zero); no map is written",
+                          it.ident)
+                continue
             job = {
                 "maps": {m: v[i] for m, v in maps.items()},
                 "top5": [(int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
@@ -144,6 +156,16 @@ class _Job:
                 "position": None if positions is None else [int(v) for v in positions[i].tolist()],
             }
             writer.submit(self._writer_job(it, job))
+
+    @staticmethod
+    def _not_finite(logits_ok: bool, maps: dict[str, np.ndarray], scores: torch.Tensor) -> str | None:
+        """What of one input's results is not finite (``"output"``, ``"saliency map"``...), or ``None``."""
+        if not logits_ok or not bool(torch.isfinite(scores).all()):
+            return "output"
+        for method, m in maps.items():
+            if not np.isfinite(m).all():
+                return f"{method} map"
+        return None
 
     def _model_fault(self, item: _Decoded, err: Exception) -> ModelError | None:
         """The model's fault, not the image's, when a forward fails: a first layer that takes another

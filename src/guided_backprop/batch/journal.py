@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..atomic import is_temp_name, write_text
+from ..atomic import is_temp_name, write_bytes, write_text
 from ..errors import GuidedBackpropError
 from .config import STATE_DIR, BatchConfig
 from .records import IndexRecord, RecordError, json_text
@@ -58,10 +58,12 @@ class JournalEntry:
     ident: list[int] | None
     time: float
     rank: int
+    poison: bool = False  # reading this input killed a decode worker: reruns pass over it (``_poison``)
 
     def to_json(self) -> dict[str, Any]:
+        extra = {"_poison": True} if self.poison else {}
         return {**self.record.to_json(), "_fp": self.fingerprint, "_id": self.ident, "_t": self.time,
-                "_rank": self.rank}
+                "_rank": self.rank, **extra}
 
     @classmethod
     def from_json(cls, data: Any) -> JournalEntry:
@@ -75,8 +77,9 @@ class JournalEntry:
             raise RecordError(f"journal line: key '_id' is {ident!r}, expected a list of integers or null")
         if not isinstance(when, (int, float)) or not isinstance(rank, int):
             raise RecordError(f"journal line: keys '_t', '_rank' are {when!r}, {rank!r}, expected numbers")
-        record = IndexRecord.from_json({k: v for k, v in data.items() if k not in ("_fp", "_id", "_t", "_rank")})
-        return cls(record, fp, ident, float(when), rank)
+        private = ("_fp", "_id", "_t", "_rank", "_poison")
+        record = IndexRecord.from_json({k: v for k, v in data.items() if k not in private})
+        return cls(record, fp, ident, float(when), rank, data.get("_poison") is True)
 
 
 class _Journal:
@@ -109,12 +112,11 @@ class _Journal:
                 self._fh.close()
 
 
-def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
-    """The newest entry of each idx over every journal in ``state`` that matches ``fingerprint``.
+def _journal_entries(state: Path) -> Iterator[JournalEntry]:
+    """Every entry of every journal in ``state``, whatever its fingerprint, in file order.
 
-    A line cut by a kill, or one that is not an entry of this version, is left out (its input is redone).
+    A line cut by a kill, or one that is not an entry of this version, is left out.
     """
-    best: dict[int, JournalEntry] = {}
     for path in sorted(state.glob("journal-*.jsonl")):
         try:
             data = path.read_bytes()
@@ -124,24 +126,36 @@ def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
             if not line.strip():
                 continue
             try:
-                entry = JournalEntry.from_json(json.loads(line))
+                yield JournalEntry.from_json(json.loads(line))
             except ValueError:  # a line cut by a kill (JSONDecodeError), or not an entry (RecordError)
                 continue
-            if entry.fingerprint != fingerprint:
-                continue
-            old = best.get(entry.record.idx)
-            if old is None or entry.time >= old.time:
-                best[entry.record.idx] = entry
+
+
+def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
+    """The newest entry of each idx over every journal in ``state`` that matches ``fingerprint``.
+
+    A line cut by a kill, or one that is not an entry of this version, is left out (its input is redone).
+    """
+    best: dict[int, JournalEntry] = {}
+    for entry in _journal_entries(state):
+        if entry.fingerprint != fingerprint:
+            continue
+        old = best.get(entry.record.idx)
+        if old is None or entry.time >= old.time:
+            best[entry.record.idx] = entry
     return best
 
 
 def _complete(entry: JournalEntry | None, path: str, out: Path, ident: list[int] | None) -> bool:
     """A journal entry that says this input is done, of this very file (``ident``: its size and
-    modification time now, :func:`.identity.file_identity`), and whose files all exist."""
-    if entry is None or entry.record.status != "ok" or entry.record.input != path:
+    modification time now, :func:`.identity.file_identity`), and whose files all exist; or that reading
+    this very file killed a decode worker (its ``poison`` failure stands until the file changes)."""
+    if entry is None or entry.record.input != path:
         return False
     if ident is None or entry.ident != ident:  # the input was replaced or touched since: redo it
         return False
+    if entry.record.status != "ok":  # failed inputs are retried, but one that killed a decode worker
+        return entry.poison
     names = list(entry.record.files.values()) + list((entry.record.raw or {}).values())
     return bool(names) and all((out / n).is_file() for n in names)
 
@@ -189,13 +203,16 @@ def _folder_lock(state: Path) -> Iterator[None]:
 
 
 def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
-    """Rank 0, before any image: check the folder holds no other job, write job.json and run.json."""
+    """Rank 0, before any image: check the folder holds no other job's computed inputs, write job.json.
+
+    A folder whose journals hold no input (a run that failed before its first input) is no other job:
+    it is taken over, whatever settings its job.json names.
+    """
     state = out / STATE_DIR
     job_path = state / "job.json"
-    if cfg.overwrite:
-        for p in state.glob("journal-*.jsonl"):
-            p.unlink()
-    elif job_path.is_file():
+    # --overwrite keeps the journals: they say which files are this tool's (removed once no input lists
+    # them, numbering.remove_stale) and which number each input has; the run redoes every input anyway.
+    if not cfg.overwrite and job_path.is_file() and next(_journal_entries(state), None) is not None:
         try:
             old = json.loads(job_path.read_text(encoding="utf-8")).get("settings", {})
         except (OSError, ValueError, AttributeError):
@@ -210,3 +227,50 @@ def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
     _sweep_temp_files(out, state, *plan.folders, recursive=plan.class_folders)
     plan.digests.save()
     write_text(job_path, json_text({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))
+
+
+class _FolderBefore:
+    """What the output folder held before a run touched it, so that a run that computed nothing can
+    leave it as it was (a refused model, a bad channel... must not lock the folder for the corrected
+    command): :meth:`restore` puts back ``run.json`` and ``job.json``, and removes the state folder and
+    the output folder when this run created them."""
+
+    _SAVED = ("run.json", f"{STATE_DIR}/job.json")
+
+    def __init__(self, out: Path) -> None:
+        self.out = out
+        self.out_existed = out.exists()
+        self.state_existed = (out / STATE_DIR).exists()
+        self.journals = {p.name for p in (out / STATE_DIR).glob("journal-*.jsonl")}
+        self.saved: dict[str, bytes | None] = {}
+        for name in self._SAVED:
+            try:
+                self.saved[name] = (out / name).read_bytes()
+            except OSError:
+                self.saved[name] = None
+
+    def restore(self) -> None:
+        """Undo this run's writes (best effort: a folder that cannot be written stays as it is)."""
+        import shutil
+
+        state = self.out / STATE_DIR
+        if not self.state_existed:
+            shutil.rmtree(state, ignore_errors=True)
+        else:
+            for p in state.glob("journal-*.jsonl"):
+                with contextlib.suppress(OSError):
+                    if p.name not in self.journals and p.stat().st_size == 0:
+                        p.unlink()
+        for name, data in self.saved.items():
+            path = self.out / name
+            if not self.state_existed and name.startswith(STATE_DIR):
+                continue
+            with contextlib.suppress(OSError):
+                if data is None:
+                    path.unlink(missing_ok=True)
+                else:
+                    write_bytes(path, data)
+        if not self.out_existed:
+            _sweep_temp_files(self.out)
+            with contextlib.suppress(OSError):
+                self.out.rmdir()  # only when empty

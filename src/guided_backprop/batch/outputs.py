@@ -16,6 +16,7 @@ from ..atomic import write_bytes, write_text
 from .config import _TOP5, STATE_DIR, BatchConfig
 from .dist import _Dist
 from .journal import _read_journals
+from .numbering import earlier_outputs, remove_stale
 from .plan import _Plan
 from .records import IndexRecord, RunRecord, json_text
 
@@ -95,14 +96,20 @@ def _previous_gradcam_layer(path: Path) -> str | None:
         return None
 
 
-def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[IndexRecord], dict[str, int]]:
-    """Rank 0, after every rank is done: index.jsonl + predictions.csv from the journals; compact them."""
+def _merge(out: Path, plan: _Plan, paths: list[Path], *, sweep: bool = True
+           ) -> tuple[list[IndexRecord], dict[str, int], list[str]]:
+    """Rank 0, after every rank is done: index.jsonl + predictions.csv from the journals; compact them.
+
+    With ``sweep`` (a finished run), the files of earlier outputs that no row lists any more are removed
+    (:func:`.numbering.remove_stale`); their names are returned.
+    """
     state = out / STATE_DIR
+    earlier = earlier_outputs(out, state) if sweep else set()
     entries = _read_journals(state, plan.fingerprint)
     save_raw = bool(plan.settings["save_raw"])
     rows: list[IndexRecord] = []
     kept = []
-    for idx, path in enumerate(paths):
+    for idx, path in zip(plan.numbers, paths, strict=True):
         entry = entries.get(idx)
         if entry is None or entry.record.input != str(path):
             rows.append(IndexRecord.failed(idx, str(path), f"{str(path)!r} was not processed", save_raw=save_raw))
@@ -110,6 +117,7 @@ def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[IndexRecord]
             kept.append(entry)
             rows.append(entry.record)
     write_text(out / "index.jsonl", "".join(json_text(r.to_json()) + "\n" for r in rows))
+    removed = remove_stale(out, earlier, rows) if sweep else []
     # A file name that is not UTF-8 is written as its own bytes (surrogateescape): CSV has no escapes.
     csv_text = _csv_text(rows, plan.file_keys, save_raw)
     write_bytes(out / "predictions.csv", csv_text.encode("utf-8", "surrogateescape"))
@@ -121,4 +129,4 @@ def _merge(out: Path, plan: _Plan, paths: list[Path]) -> tuple[list[IndexRecord]
                 p.unlink()
     ok = [r for r in rows if r.status == "ok"]
     counts = {"images": len(rows), "ok": len(ok), "failed": len(rows) - len(ok), "maps": sum(r.maps for r in ok)}
-    return rows, counts
+    return rows, counts, removed

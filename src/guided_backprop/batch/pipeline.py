@@ -7,13 +7,15 @@ import os
 import signal
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from .config import RunStopped, Terminated
-from .decode import _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
+from .decode import WorkerDied, _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
+from .identity import file_identity
 from .job import _Job
 from .writer import _Writer
 
@@ -43,7 +45,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
 
     cfg = job.cfg
     batch_size = int(cfg.batch_size)
-    dataset = _DecodeDataset(todo, job.plan.preprocessing)
+    dataset = _DecodeDataset(todo, job.plan.preprocessing, int(cfg.max_pixels))
     workers = min(int(cfg.workers), max(1, len(todo))) if todo else 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
@@ -65,6 +67,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
 
     cancel = False
     it = iter(loader) if todo else iter(())
+    job.decoding = (dataset, list(getattr(it, "_workers", None) or []))  # for stop_for_dead_worker
     try:
         for item in _decoded(it, job):
             if job.stop is not None:
@@ -81,7 +84,10 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
             elif sum(map(len, pending.values())) >= 2 * batch_size:  # many sizes: keep memory bounded
                 flush(list(pending))
         flush(list(pending))
-    except (KeyboardInterrupt, RunStopped):
+    except RunStopped:
+        cancel = True  # a full disk, a dead worker: drop the queued writes, as Ctrl-C does
+        raise
+    except KeyboardInterrupt:
         cancel = True  # Ctrl-C: drop the queued writes (their inputs are redone by a rerun), finish the running ones
         raise
     finally:
@@ -89,22 +95,67 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
         if shutdown is not None:  # stop the decode workers now, not when garbage is collected
             shutdown()
         del it
-        writer.close(cancel=cancel)
-        bar.close()
+        try:
+            job.abandoned = writer.close(cancel=cancel)
+        except KeyboardInterrupt:  # stopped while waiting for the last writes: wait no more than a stop does
+            job.abandoned = writer.close(cancel=True)
+            raise
+        finally:
+            bar.close()
     if job.stop is not None:  # the last writes filled the disk
         raise job.stop
 
 
+def _dead_workers(workers: list[Any], wait: float = 2.0) -> list[int]:
+    """The pids of decode worker processes that have died (not a clean exit). A worker killed a moment
+    ago may still be exiting when its lost queue item is noticed: it is waited for up to ``wait`` s."""
+    deadline = time.monotonic() + wait
+    while True:
+        dead = []
+        for worker in workers:
+            with contextlib.suppress(Exception):
+                if not worker.is_alive() and worker.exitcode not in (None, 0):
+                    dead.append(int(worker.pid))
+        if dead or time.monotonic() >= deadline or not workers:
+            return dead
+        time.sleep(0.05)
+
+
+def stop_for_dead_worker(job: _Job, err: BaseException) -> BaseException:
+    """What stops the run when ``err`` escaped the pipeline: for a decode worker that died (however the
+    loader showed it: its ``RuntimeError``, a lost queue item, a SIGCHLD raised anywhere), a
+    :class:`.decode.WorkerDied` that names the file the worker was reading, which is journaled as a
+    ``poison`` failure so that the rerun gets past it; else ``err`` itself."""
+    if isinstance(err, RunStopped) and not isinstance(err, WorkerDied):
+        return err
+    dataset, workers = job.decoding or (None, [])
+    died = err if isinstance(err, WorkerDied) else worker_died(err, job.ok + job.failed, _dead_workers(workers))
+    if died is None:
+        return err
+    reading = dataset.reading_when_died(died.pids) if dataset is not None else None
+    if reading is None:
+        return died
+    idx, path = reading
+    job.fail(idx, path, f"a decode worker process died while reading {path!r} (killed, perhaps by the "
+                        f"out-of-memory killer); --overwrite retries it", file_identity(path), poison=True)
+    root = (err.__cause__ or err) if isinstance(err, WorkerDied) else err  # the loader's own words
+    named = worker_died(root, job.ok + job.failed - 1, died.pids, reading) or died
+    named.__cause__ = err
+    return named
+
+
 def _decoded(it: Iterator[_Decoded], job: _Job) -> Iterator[_Decoded]:
     """The loader's items; a decode worker that died (the OOM killer's ``kill -9``) stops the run with
-    one line that says so (exit code 3), not a traceback."""
+    one line that says so (exit code 3), not a traceback. The loader reports it as its own
+    ``RuntimeError``, or as the failure to receive an item the dead worker had queued
+    (``ConnectionResetError``): whichever comes, the dead workers are looked for."""
     while True:
         try:
             item = next(it)
         except StopIteration:
             return
-        except RuntimeError as err:
-            died = worker_died(err, job.ok + job.failed)
+        except Exception as err:
+            died = worker_died(err, job.ok + job.failed, _dead_workers(list(getattr(it, "_workers", None) or [])))
             if died is None:
                 raise
             raise died from err

@@ -22,6 +22,7 @@ from ..targets import Channel, MaxNeuron, Neuron, Target, TopK, parse_class_targ
 from .config import STATE_DIR, BatchConfig
 from .identity import Digests, model_source_file
 from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
+from .numbering import input_numbers
 
 
 @dataclass
@@ -45,6 +46,8 @@ class _Plan:
     digests: Digests
     folders: list[Path]  # the subfolders the outputs are written in (swept of temporary files)
     class_folders: list[Path]  # folders below which the subfolders depend on the class (swept recursively)
+    numbers: list[int]  # each input's number ({idx}), stable across reruns (numbering.py)
+    number_table: dict[str, int]  # every number the folder has given, saved by rank 0
 
 
 def _preprocessing_changes(cfg: BatchConfig) -> dict[str, Any]:
@@ -129,8 +132,9 @@ def _digest(digests: Digests, path: str | os.PathLike[str] | None) -> str | None
 _CLASS_PLACEHOLDER = "\0class{rank}\0"
 
 
-def _check_unique_outputs(paths: list[Path], map_template: str, input_template: str, methods: Sequence[str],
-                          k: int, layer_target: Any, panel: bool, save_raw: bool) -> tuple[set[str], set[str]]:
+def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_template: str, input_template: str,
+                          methods: Sequence[str], k: int, layer_target: Any, panel: bool,
+                          save_raw: bool) -> tuple[set[str], set[str]]:
     """Every file the run will write has its own path, across all inputs and kinds; else a usage error
     naming both inputs. Class-dependent fields count as different per rank (the classes are not known
     before the forward pass); names are compared case-insensitively (macOS, Windows).
@@ -143,7 +147,7 @@ def _check_unique_outputs(paths: list[Path], map_template: str, input_template: 
     class_folders: set[str] = set()
     layer = safe_name(layer_target.layer) if layer_target is not None else "none"
     channel = layer_target.channel if layer_target is not None else "none"
-    for idx, path in enumerate(paths):
+    for idx, path in zip(numbers, paths, strict=True):
         stem = safe_name(path.stem)
         planned = [(_fill(input_template, idx=idx, stem=stem), "input picture")]
         for method in methods:
@@ -222,8 +226,9 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     if not in_used & {"idx", "stem"}:
         raise GuidedBackpropError(f"input_name={cfg.input_name!r} must contain {{idx}} or {{stem}}",
                                   field="input_name")
-    folders, class_folders = _check_unique_outputs(paths, map_template, cfg.input_name, methods, k, layer_target,
-                                                   cfg.panel, cfg.save_raw)
+    numbers, number_table = input_numbers(out / STATE_DIR, paths)
+    folders, class_folders = _check_unique_outputs(paths, numbers, map_template, cfg.input_name, methods, k,
+                                                   layer_target, cfg.panel, cfg.save_raw)
 
     file_keys = ["input"] + [m if r == 1 else f"{m}_top{r}" for m in methods for r in range(1, k + 1)]
     if cfg.panel:
@@ -255,4 +260,4 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
     return _Plan(loaded, device, pre, methods, target, k, layer_target, target_text, map_template,
                  cfg.input_name, settings, fingerprint, file_keys, gradcam_layer, digests,
-                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)])
+                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)], numbers, number_table)

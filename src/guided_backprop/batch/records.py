@@ -46,10 +46,22 @@ def json_text(value: Any, *, indent: int | None = None) -> str:
     A file name that is not valid UTF-8 reaches Python with surrogate escapes (``b"\\xff"`` is
     ``"\\udcff"``); it is written as the JSON escape ``\\udcff``, which ``json.loads`` turns back into
     the same string (``os.fsencode`` then gives the original bytes). Every other character is
-    written as itself.
+    written as itself. A float that is not finite (NaN, infinity) is written as ``null``: JSON has no
+    such numbers, and a bare ``NaN`` makes the file unreadable to strict parsers (``JSON.parse``).
     """
-    text = json.dumps(value, ensure_ascii=False, indent=indent)
+    text = json.dumps(finite_json(value), ensure_ascii=False, indent=indent, allow_nan=False)
     return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
+def finite_json(value: Any) -> Any:
+    """``value`` (dicts, lists, tuples, scalars) with every non-finite float replaced by ``None``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_json(v) for v in value]
+    return value
 
 
 class RecordError(ValueError):

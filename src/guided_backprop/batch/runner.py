@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import time
@@ -14,14 +15,14 @@ from ..devices import resolve_device
 from ..errors import GuidedBackpropError
 from ..images import Skipped
 from ..visible import skipped_line
-from .config import STATE_DIR, BatchConfig, BatchResult, RunStopped, Terminated
-from .decode import worker_died
+from .config import DISK_ERRNOS, STATE_DIR, BatchConfig, BatchResult, DiskFull, RunStopped, Terminated
 from .dist import _Dist, torchrun_env
 from .identity import file_identity
 from .job import _Job
-from .journal import _complete, _folder_lock, _Journal, _prepare_folder, _read_journals
+from .journal import _complete, _folder_lock, _FolderBefore, _Journal, _prepare_folder, _read_journals
+from .numbering import save_numbers
 from .outputs import _merge, _now, _previous_gradcam_layer, _run_json
-from .pipeline import _pipeline, _sigterm_as_interrupt
+from .pipeline import _pipeline, _sigterm_as_interrupt, stop_for_dead_worker
 from .plan import _input_paths, _Plan, _plan
 
 
@@ -38,6 +39,7 @@ def run(
     *,
     progress: bool = False,
     log: Callable[[str], None] | None = None,
+    started_at: float | None = None,
 ) -> BatchResult:
     """Compute and save the maps of every image in ``inputs`` (files, folders, globs) into ``output``.
 
@@ -47,13 +49,14 @@ def run(
     subclass :class:`.config.RunStopped` when the run stopped midway for a reason that is not one
     input's (disk full: :class:`.config.DiskFull`, exit code 4; a decode worker killed: 3): what
     is done is kept, the same command resumes.
-    Run under ``torchrun``, each rank takes the inputs ``idx % WORLD_SIZE == RANK``; rank 0 writes
-    the index of all of them.
+    Run under ``torchrun``, each rank takes every ``WORLD_SIZE``-th input; rank 0 writes the index
+    of all of them. ``started_at`` (a :func:`time.perf_counter` value) is when the time in
+    :attr:`BatchResult.seconds` starts: the command passes its process's start, so that start-up counts.
     """
     cfg = config or BatchConfig()
     log = log or _default_log
     out = Path(output).expanduser()
-    t0 = time.perf_counter()
+    t0 = time.perf_counter() if started_at is None else started_at
     started = _now()
     inputs_text = [os.fspath(i) for i in inputs]
 
@@ -86,11 +89,25 @@ def run(
         dist.close()
 
 
+def _disk_error(err: OSError, out: Path) -> BaseException:
+    """A failure to write the output folder before anything is computed: exit code 4 with the path
+    when it is the folder's (read-only, permission denied, full), else ``err`` itself."""
+    if err.errno not in DISK_ERRNOS | {errno.EACCES, errno.EPERM}:
+        return err
+    where = os.fspath(err.filename or out)
+    what = os.strerror(err.errno or 0).lower()
+    fix = ("free some space" if err.errno in (errno.ENOSPC, errno.EDQUOT) else
+           "make it writable (chmod u+w), or choose another output folder with -o")
+    return DiskFull(f"cannot write the output folder {os.fspath(out)!r}: {what} at {where!r}; nothing was computed; "
+                    f"{fix}, then rerun")
+
+
 def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, dist: _Dist,
                  inputs_text: list[str], started: str, t0: float, progress: bool,
                  log: Callable[[str], None]) -> BatchResult:
     state = out / STATE_DIR
     previous_cam = None
+    before = _FolderBefore(out) if dist.rank == 0 else None
     with contextlib.ExitStack() as stack:
         error: BaseException | None = None
         if dist.rank == 0:
@@ -98,13 +115,19 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(_folder_lock(state))
                 _prepare_folder(out, plan, cfg)
+                save_numbers(state, plan.number_table)
                 previous_cam = None if cfg.overwrite else _previous_gradcam_layer(out / "run.json")
                 write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}, None))
+            except OSError as err:
+                error = _disk_error(err, out)
             except BaseException as err:  # noqa: BLE001
                 error = err
+            if error is not None and before is not None and not before.state_existed:
+                before.restore()  # unwritable, or interrupted: a folder this run started is not left behind
         dist.agree(error)
 
-        mine = [(i, str(p)) for i, p in enumerate(paths) if i % dist.world == dist.rank]
+        numbered = list(zip(plan.numbers, paths, strict=True))
+        mine = [(i, str(p)) for pos, (i, p) in enumerate(numbered) if pos % dist.world == dist.rank]
         done = _read_journals(state, plan.fingerprint) if not cfg.overwrite else {}
         todo = [(i, p) for i, p in mine if not _complete(done.get(i), p, out, file_identity(p))]
         result = BatchResult(output=out, rank=dist.rank, world_size=dist.world)
@@ -118,7 +141,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.interrupted = True
             result.signal = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
         except Exception as err:  # noqa: BLE001 - raised on every rank by dist.agree below
-            job.fatal = worker_died(err, job.ok + job.failed) or err
+            job.fatal = stop_for_dead_worker(job, err)
         finally:
             job.journal.close()
 
@@ -130,12 +153,19 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             result.ok = job.ok
             result.images = len(paths)
             result.maps = job.maps
+            result.abandoned = job.abandoned
             return result
         if isinstance(job.fatal, RunStopped) and dist.world == 1:  # list what is done, if the disk lets us
             with contextlib.suppress(Exception):
-                _rows, counts = _merge(out, plan, paths)
+                _rows, counts, _ = _merge(out, plan, paths, sweep=False)
                 write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
                                                        job.gradcam_layer or previous_cam))
+        # A usage error met at the first batch (no ReLU, a channel out of range...) before any input was
+        # journaled on any rank: the folder is put back as it was, so the corrected command is not refused.
+        usage = job.fatal is not None and not isinstance(job.fatal, RunStopped)
+        journaled, usages = dist.sum([job.ok + job.failed, int(usage)])
+        if usages and not journaled and before is not None:
+            before.restore()
         dist.agree(job.fatal)
         computed, resumed = dist.sum([result.computed, result.resumed])
         result.computed, result.resumed = int(computed), int(resumed)
@@ -143,10 +173,15 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
         error = None
         if dist.rank == 0:
             try:
-                _rows, counts = _merge(out, plan, paths)
+                _rows, counts, removed = _merge(out, plan, paths)
                 write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
                                                        job.gradcam_layer or previous_cam))
                 result.index = out / "index.jsonl"
+                if removed:
+                    shown = ", ".join(repr(n) for n in removed[:3]) + (", ..." if len(removed) > 3 else "")
+                    log(f"removed {len(removed)} file(s) of earlier outputs that no input of this run has: {shown}")
+            except OSError as err:
+                error = _disk_error(err, out)
             except BaseException as err:  # noqa: BLE001 - after the ranks agree
                 error = err
         dist.agree(error)

@@ -144,12 +144,12 @@ def similarity_figure(result: RandomizationResult, metrics: Sequence[str] | None
 
     for idx, metric in enumerate(shown):
         ax = axes[idx // cols][idx % cols]
-        for m in result.methods:
+        for k, m in enumerate(result.methods):  # one colour per method in every panel
             stats = [summarize(result.values[m][metric][:, j]) for j in steps]
             mean = np.array([s.mean for s in stats])
             std = np.array([s.std for s in stats])
             counts = np.array([s.n for s in stats])
-            (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=_title(m))
+            (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=_title(m), color=f"C{k}")
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
             fewer = counts < total
             if fewer.any():  # hollow: a mean over fewer images than all
@@ -166,8 +166,8 @@ def similarity_figure(result: RandomizationResult, metrics: Sequence[str] | None
             ax.legend(fontsize=8, loc="lower left")
     if result.constant:
         ax = axes[len(shown) // cols][len(shown) % cols]
-        for m in result.methods:
-            ax.plot(steps, result.constant[m].sum(axis=0), marker="s", markersize=3, label=_title(m))
+        for k, m in enumerate(result.methods):
+            ax.plot(steps, result.constant[m].sum(axis=0), marker="s", markersize=3, label=_title(m), color=f"C{k}")
         ax.set_ylim(-0.2, total + 0.2)
         ax.set_ylabel(f"images (of {total})")
         axis(ax, "Maps that became constant (no ranking: left out of the means)")

@@ -124,7 +124,8 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
             try:
                 result = await run_in_threadpool(fn, request)
             except Superseded:
-                return JSONResponse({"superseded": True}, status_code=409)
+                # nothing to show, and no error: a newer request of the same client is answered instead
+                return Response(status_code=204, headers={"X-Superseded": "1"})
             except _BadRequest as err:
                 return fail(400, str(err))
             except ImageError as err:

@@ -94,6 +94,7 @@ def serve(service: ExploreService, *, host: str = "127.0.0.1", port: int = 0, op
         server.run(sockets=[sock])
     finally:
         sock.close()
+        service.close(timeout=10.0)
 
 
 @contextlib.contextmanager

@@ -15,6 +15,7 @@ client's latest is dropped (:class:`Superseded`) before it takes the model.
 
 from __future__ import annotations
 
+import atexit
 import copy
 import io
 import os
@@ -22,6 +23,7 @@ import shlex
 import threading
 import time
 import warnings
+import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -69,6 +71,15 @@ class UnitJob:
         """What the page shows (no pixels)."""
         return {"layer": self.layer, "channel": self.channel, "state": self.state, "done": self.done,
                 "total": self.total, "error": self.error, "reused": self.reused, "top": self.top}
+
+
+_OPEN: weakref.WeakSet[ExploreService] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for service in list(_OPEN):
+        service.close(timeout=10.0)
 
 
 class Superseded(Exception):
@@ -142,6 +153,10 @@ class ExploreService:
         self._jobs_lock = threading.Lock()
         self._runner_lock = threading.Lock()
         self._background_model: nn.Module | None = None
+        self._threads: list[threading.Thread] = []
+        self._threads_lock = threading.Lock()
+        self._closing = False
+        _OPEN.add(self)
 
     # -- requests ---------------------------------------------------------------------------------
     def run(self, fn: Callable[[], T], *, client: str | None = None, seq: int | None = None) -> T:
@@ -260,8 +275,7 @@ class ExploreService:
         top = item.logits.topk(min(5, item.logits.shape[0])).indices.tolist()
         classes = [int(c) for c in top if (int(c), 0) not in item.maps]
         if classes:
-            threading.Thread(target=self._prefetch_run, args=(item, classes), daemon=True,
-                             name="explore-prefetch").start()
+            self._start(self._prefetch_run, item, classes, name="explore-prefetch")
 
     def _prefetch_run(self, item: _Prepared, classes: list[int]) -> None:
         with self._runner_lock:  # one background computation at a time
@@ -270,8 +284,10 @@ class ExploreService:
             except Exception:  # noqa: BLE001 - a model that cannot be copied: no prefetch
                 return
             for cls in classes:
-                while self._active:  # the page's requests first: wait until they are answered
+                while self._active and not self._closing:  # the page's requests first: wait until answered
                     time.sleep(0.01)
+                if self._closing:
+                    return
                 if len(item.maps.get((cls, 0), {})) == len(METHODS):
                     continue
                 try:
@@ -282,6 +298,23 @@ class ExploreService:
                     have = item.maps.setdefault((cls, 0), {})
                     for m, value in self._first_maps(found.maps).items():
                         have.setdefault(m, value)
+
+    def _start(self, target: Callable[..., None], *args: Any, name: str) -> None:
+        """Run ``target(*args)`` in a background thread that :meth:`close` waits for."""
+        thread = threading.Thread(target=target, args=args, daemon=True, name=name)
+        with self._threads_lock:  # not _jobs_lock: top_images holds it when it starts a job
+            self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        thread.start()
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the background work (prefetch, top images) and wait for it: a thread killed inside a
+        torch operation when the interpreter exits aborts the process. Called when the server stops,
+        and at exit for every service still open."""
+        self._closing = True
+        with self._threads_lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
 
     def _background(self) -> nn.Module:
         """The copy of the model that background work uses (the page's requests keep the model itself)."""
@@ -423,7 +456,7 @@ class ExploreService:
             if job is None or (job.state == "failed" and start):
                 job = UnitJob(layer, int(channel), total=len(self.paths))
                 self._jobs[key] = job
-                threading.Thread(target=self._run_job, args=(job,), daemon=True, name=f"top9-{layer}-{channel}").start()
+                self._start(self._run_job, job, name=f"explore-top9-{layer}-{channel}")
             return job
 
     def _check_unit(self, layer: str, channel: int) -> None:
@@ -447,6 +480,8 @@ class ExploreService:
                 model, pre = self._background(), self.loaded.preprocessing
 
                 def progress(done: int, total: int) -> None:
+                    if self._closing:
+                        raise InputError("the explorer was stopped")
                     job.done, job.total = done, total
 
                 if self.units_folder is not None:

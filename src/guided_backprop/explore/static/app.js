@@ -35,7 +35,7 @@ async function latest(kind, path, params) {
   try {
     const response = await fetch(path + "?" + query({ ...params, client: client + kind, seq: mine.seq }),
                                  { signal: mine.controller.signal });
-    if (pending[kind] !== mine || response.status === 409) return null;  // superseded
+    if (pending[kind] !== mine || response.status === 204) return null;  // superseded
     if (!response.ok) {
       let message = response.statusText;
       try { message = (await response.json()).error || message; } catch (e) { /* not JSON */ }
