@@ -279,7 +279,8 @@ def test_bad_input_and_hostile_name(page: tuple[Any, Watch], service: ExploreSer
     p.evaluate("""() => { const o = document.createElement('option'); o.value = 'features.relu9';
         o.textContent = 'features.relu9'; document.getElementById('layer').append(o); }""")
     p.select_option("#layer", "features.relu9")  # a layer the model does not have
-    p.wait_for_selector("#error:not([hidden])")
+    # several requests follow a layer change; wait for the one that names the layer
+    p.wait_for_function("() => (document.getElementById('error').textContent || '').includes('features.relu9')")
     assert "unknown layer 'features.relu9'" in (p.locator("#error").text_content() or "")
     p.select_option("#layer", "features.relu1")
     p.wait_for_selector("#channels button")
