@@ -164,6 +164,12 @@ def test_the_readings_say_what_fails_with_the_stated_thresholds() -> None:
     assert "randomisation check" not in cam_words and "class-sensitive" not in cam_words
     table = summary_table(ev)
     assert table[0].split()[:3] == ["method", "top", "block"] and len(table) == 1 + 2 + 1 + 2
+    # a fall in complexity is said as a fall, not as "no rise"
+    ev.efficient_mprt = ComplexityResult(methods=methods, trained={m: np.array([2.0, 2.0]) for m in methods},
+                                         randomized={m: np.array([1.0, 1.0]) for m in methods},
+                                         steps=["top", "bottom"], classes=[0, 0])
+    fell = " ".join(readings(ev, "guided_backprop"))
+    assert "a 50% fall in complexity" in fell and "no rise" not in fell
 
 
 def test_efficient_mprt_costs_two_explanations_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

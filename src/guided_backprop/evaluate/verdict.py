@@ -70,7 +70,9 @@ def readings(ev: Evaluation, method: str) -> list[str]:
     if math.isfinite(c.get("class", math.nan)) and c["class"] >= SAME_CLASS:
         said.append("maps of another class look the same: not class-sensitive")
     if math.isfinite(c.get("rise", math.nan)) and c["rise"] <= NO_RISE:
-        said.append("no rise in complexity when the network is randomised (Efficient MPRT fails)")
+        # a fall is worded as a fall: "no rise" would undersell a map that got much simpler
+        change = "no rise" if c["rise"] >= 0 else f"a {-c['rise']:.0%} fall"
+        said.append(f"{change} in complexity when the network is randomised (Efficient MPRT fails)")
     for curve in (ev.deletion, ev.insertion):
         if curve is not None and worse_than_random(curve, method):
             said.append(f"worse than a random pixel order on {curve.mode}")
