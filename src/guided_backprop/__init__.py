@@ -19,7 +19,7 @@ from .errors import (
 )
 from .methods import METHODS, MethodSpec, get_method, parse_methods
 from .rules import Rule
-from .targets import Channel, MaxNeuron, Neuron, TopK
+from .targets import Box, Channel, MaxNeuron, Neuron, Output, Region, Score, Similarity, TopK
 
 # Heavier parts (models pull in timm and torchvision weights metadata, render pulls in Pillow
 # fonts and colour maps) load on first use, so that `import guided_backprop` stays light.
@@ -75,6 +75,11 @@ __all__ = [
     "Rule",
     "TargetError",
     "TopK",
+    "Score",
+    "Region",
+    "Box",
+    "Similarity",
+    "Output",
     "UnknownNameError",
     "__version__",
     "attribute",
