@@ -33,6 +33,9 @@ __all__ = [
     "layer_scores",
     "parse_class_target",
     "parse_neuron",
+    "parse_target",
+    "output_kind",
+    "OUTPUT_KINDS",
 ]
 
 
@@ -580,3 +583,90 @@ class Similarity:
 OutputTarget = Union[Score, Region, Box, Similarity, Output]
 OUTPUT_TARGETS = (Score, Region, Box, Similarity, Output)
 LAYER_TARGETS = (Channel, Neuron, MaxNeuron)
+
+
+#: What a model's output is, as :func:`output_kind` recognises it.
+OUTPUT_KINDS = ("classifier", "segmenter", "detector", "other")
+
+
+def output_kind(output: Any) -> str:
+    """``"classifier"`` for ``(N, classes)`` logits (or an object with ``.logits``), ``"segmenter"`` for
+    ``(N, classes, H, W)`` or torchvision's ``{"out": ...}``, ``"detector"`` for a list of dicts with
+    ``boxes``/``labels``/``scores``, else ``"other"`` (explain it with ``output:K`` or a Score)."""
+    if isinstance(output, dict) and isinstance(output.get("out"), torch.Tensor):
+        output = output["out"]
+    if not isinstance(output, torch.Tensor) and isinstance(getattr(output, "logits", None), torch.Tensor):
+        output = output.logits
+    if isinstance(output, torch.Tensor):
+        return {2: "classifier", 4: "segmenter"}.get(output.ndim, "other")
+    if isinstance(output, (list, tuple)) and output and all(
+            isinstance(d, dict) and {"boxes", "labels", "scores"} <= set(d) for d in output):
+        return "detector"
+    return "other"
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",")]
+    except ValueError:
+        raise TargetError(f"target={what!r}: {text!r} is not a list of numbers separated by commas",
+                          field="target") from None
+
+
+def parse_target(spec: Any, *, kind: str = "classifier", mask: Any = None, score_threshold: float = 0.5,
+                 read_input: Callable[[str], torch.Tensor] | None = None) -> Any:
+    """A target written as text, for a model whose output is of ``kind`` (:func:`output_kind`): the one
+    grammar of the command line.
+
+    * any model: ``output:K`` (``gbp.Output(K)``; ``output:1,3,4`` for a multi-dimensional output);
+      ``similar:REF.png`` (``gbp.Similarity`` to the embedding of that input, read by ``read_input``);
+    * detectors: ``detections:5`` (the 5 most confident detections scoring at least ``score_threshold``,
+      one ``gbp.Box`` each; the default is ``detections:1``), ``box:x0,y0,x1,y1[:label]``;
+    * segmenters: a class name or index (``person``, ``15``): ``gbp.Region`` of the pixels predicted as it,
+      or of ``mask`` when given;
+    * classifiers: :func:`parse_class_target` (``top5``, ``285``, ``Egyptian cat``).
+    """
+    if kind == "segmenter" and isinstance(spec, int) and not isinstance(spec, bool):
+        return Region(spec, mask)
+    if not isinstance(spec, (str, type(None))) or (kind == "classifier" and mask is None and not (
+            isinstance(spec, str) and re.match(r"\s*(output|similar|detections|box):", spec, re.I))):
+        return parse_class_target(spec)
+    text = "" if spec is None else spec.strip()
+    head, sep, rest = text.partition(":")
+    head = head.lower() if sep else ""
+    if mask is not None and kind != "segmenter":
+        raise TargetError(f"a mask selects the pixels of a segmenter's class; this model's output is a {kind}'s",
+                          field="mask")
+    if head == "output":
+        idx = [int(v) for v in _numbers(rest, text)]
+        return Output(idx[0] if len(idx) == 1 else tuple(idx))
+    if head == "similar":
+        if read_input is None:
+            raise TargetError(f"target={text!r}: a reference input needs a reader", field="target")
+        return Similarity(read_input(rest.strip()))
+    if head in ("detections", "box") and kind != "detector":
+        raise TargetError(f"target={text!r} explains a detector's boxes; this model's output is a {kind}'s "
+                          f"(for a segmenter, name a class)", field="target")
+    if head == "detections" or (kind == "detector" and not text):
+        count = rest.strip() or "1"
+        if not count.isdigit() or int(count) < 1:
+            raise TargetError(f"target={text!r}: give detections:K with K >= 1", field="target")
+        return [Box(rank=r, min_score=score_threshold) for r in range(int(count))]
+    if head == "box":
+        coords, _, label = rest.partition(":")
+        box = _numbers(coords, text)
+        if len(box) != 4 or box[2] <= box[0] or box[3] <= box[1]:
+            raise TargetError(f"target={text!r}: a box is x0,y0,x1,y1 (input pixels, x0 < x1, y0 < y1)",
+                              field="target")
+        lab = label.strip()
+        return Box(box=tuple(box), label=(int(lab) if lab.isdigit() else lab) if lab else None)
+    if kind == "detector":
+        raise TargetError(f"target={text!r}: for a detector give detections:K or box:x0,y0,x1,y1[:label]",
+                          field="target")
+    if kind == "segmenter":
+        if not text or text.lower().startswith("top"):
+            raise TargetError("a segmenter's target is a class: --target person (its predicted pixels), or with "
+                              "--mask mask.png", field="target")
+        return Region(int(text) if text.isdigit() else text, mask)
+    raise TargetError(f"target={text!r}: this model's output ({kind}) has no classes; give output:K or a "
+                      f"similar:REF.png", field="target")
