@@ -351,11 +351,11 @@ def _logits(out: Any, n: int) -> torch.Tensor:
     if isinstance(out, dict) and not hasattr(out, "logits"):
         raise ModelError(f"the model returned a dict with keys {list(out)}, not a logits tensor; choose the logits "
                          f"with output=KEY, or explain the output with gbp.Region / gbp.Box / gbp.Score(fn)",
-                         field="output")
+                         field="output_key")
     logits = logits_of(out)
     if logits.ndim == 0 or logits.shape[0] != n:
         raise ModelError(f"the model returned shape {tuple(logits.shape)} for an input batch of {n}: the first "
-                         f"dimension must be the batch ({n}), so that samples never mix", field="output")
+                         f"dimension must be the batch ({n}), so that samples never mix", field="output_key")
     return logits
 
 
@@ -604,12 +604,13 @@ class Explainer:
         done = []
         for t in items:
             ref = t.reference if isinstance(t, Similarity) else None
-            if isinstance(ref, torch.Tensor) and ref.is_floating_point() and (
-                    tuple(ref.shape) == tuple(x.shape[1:]) or tuple(ref.shape) == (1, *x.shape[1:])):
+            shaped = isinstance(ref, torch.Tensor) and ref.is_floating_point() and (
+                tuple(ref.shape) == tuple(x.shape[1:]) or tuple(ref.shape) == (1, *x.shape[1:]))
+            if isinstance(ref, torch.Tensor) and (t.is_input or (t.is_input is None and shaped)):
                 capture = _Capture(self.model, None, None, False, 1, keep=[t.layer] if t.layer else [])
                 with model_state(self.model, eval_mode=self.eval_mode), forward_hooks(capture.hooks()), \
                         torch.no_grad():
-                    out = self.model(ref.reshape(1, *x.shape[1:]).to(x.device, x.dtype))
+                    out = self.model((ref if ref.ndim == x.ndim else ref[None]).to(x.device, x.dtype))
                 emb = capture.kept.get(t.layer) if t.layer else select_output(out, output)
                 if not isinstance(emb, torch.Tensor):
                     raise TargetError(f"Similarity: the reference's {t.layer or 'output'} is {type(emb).__name__}, "
@@ -677,7 +678,8 @@ class Explainer:
         idx = [c.classes for c in columns if c.classes is not None]
         classes = torch.cat(idx, 1) if len(idx) == len(columns) else None
         logits = _logits(selected, n).detach() if classes is not None else None
-        cam_name, cam_act = capture.gradcam_activation(scores)
+        # Nothing found anywhere (no detection): every map is NaN, any candidate layer will do.
+        cam_name, cam_act = capture.gradcam_activation(scores if bool(found.any()) else None)
         _check_relus(state, plan, strict)
         if not scores.requires_grad:  # nothing found anywhere (no detection): no backward, no maps
             scores = scores + 0 * leaf.sum()  # keeps the shapes flowing; every map is NaN below

@@ -176,7 +176,14 @@ def main() -> None:
       help=f"Comma-separated: {', '.join(METHODS)} (aliases: gbp, deconv, gradient, ggcam).")
 @opt(TARGETS, "--target", type=TargetType(), default="top1",
       help="What each map explains: top1 (the predicted class), topK (K best classes), a class index or a "
-           "class name (e.g. 'Egyptian cat').")
+           "class name (e.g. 'Egyptian cat'); a segmenter's class (person: its predicted pixels); a detector's "
+           "detections:K (the K most confident) or box:x0,y0,x1,y1[:label]; similar:REF.png; output:K.")
+@opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
+      help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
+@opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
+      help="detections:K counts the detections scoring at least F.")
+@opt(TARGETS, "--output-key", default=None, metavar="KEY",
+      help="The entry of a dict or tuple output the targets read (e.g. logits; an index for a tuple).")
 @opt(TARGETS, "--layer", default=None, metavar="NAME",
       help="Explain a unit of this layer instead (with --channel; 'guided-backprop layers' lists them).")
 @opt(TARGETS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
@@ -213,8 +220,9 @@ def main() -> None:
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
-                target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
-                smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
+                target: Any, mask: str | None, score_threshold: float, output_key: str | None, layer: str | None,
+                channel: int | None, neuron: Any, gradcam_layer: str | None, smooth: int, noise: float, seed: int,
+                norm: str, seed_look: bool, name_template: str | None,
                 input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, overwrite: bool,
                 with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
@@ -241,7 +249,9 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         model=mo.model, weights=mo.weights, labels=None if mo.labels is None else str(mo.labels),
         num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
         resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
-        target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
+        target=target, mask=mask, score_threshold=score_threshold,
+        output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key,
+        layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
     )
@@ -316,11 +326,11 @@ def models_command(verbose: bool) -> int:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
     width = max([len(str(i.name)) for i in infos] + [4])
-    click.echo(f"{'NAME':<{width}}  OFFLINE  GBP     SOURCE        DESCRIPTION")
+    click.echo(f"{'NAME':<{width}}  OFFLINE  GBP     OUTPUT      SOURCE        DESCRIPTION")
     for info in infos:
         offline = "yes" if info.offline else "no"
-        click.echo(f"{info.name:<{width}}  {offline:<7}  {_RELU_MARK[info.relu]:<6}  {str(info.source):<12}  "
-                   f"{cli_message(info.description)}")
+        click.echo(f"{info.name:<{width}}  {offline:<7}  {_RELU_MARK[info.relu]:<6}  {info.kind:<10}  "
+                   f"{str(info.source):<12}  {cli_message(info.description)}")
     click.echo(f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'; "
                f"GBP -: depends on the network (saliency and gradcam work on any)")
     return ExitCode.OK

@@ -291,10 +291,10 @@ def _batch_tensor(out: Any, n: int, what: str) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         keys = f" with keys {list(out)}" if isinstance(out, dict) else ""
         raise TargetError(f"{what} needs a tensor output; the model returned {_shape(out)}{keys}: choose one "
-                          f"with output=KEY or output=INDEX", field="output")
+                          f"with output=KEY or output=INDEX", field="output_key")
     if out.ndim == 0 or out.shape[0] != n:
         raise TargetError(f"the model's output has shape {tuple(out.shape)} for an input batch of {n}: its first "
-                          f"dimension must be the batch ({n}), so that samples never mix", field="output")
+                          f"dimension must be the batch ({n}), so that samples never mix", field="output_key")
     return out
 
 
@@ -315,7 +315,7 @@ def select_output(output: Any, key: str | int | Callable[[Any], Any] | None) -> 
     valid = list(output) if isinstance(output, dict) else (
         f"0..{len(output) - 1}" if isinstance(output, (tuple, list)) else "none")
     raise TargetError(f"output={key!r}: the model's output ({_shape(output)}) has no such entry (valid: {valid})",
-                      field="output")
+                      field="output_key")
 
 
 @dataclass(frozen=True)
@@ -450,7 +450,7 @@ def _detections(output: Any, n: int) -> list[dict[str, torch.Tensor]]:
                           f"(torchvision's detectors); the model returned {_shape(output)}", field="target")
     if len(output) != n:
         raise TargetError(f"the detector returned {len(output)} results for an input batch of {n}: one per "
-                          f"image is needed, so that samples never mix", field="output")
+                          f"image is needed, so that samples never mix", field="output_key")
     return list(output)
 
 
@@ -547,7 +547,9 @@ class Box:
         above = "" if self.min_score is None else f" scoring at least {self.min_score:g}"
         if boxes is not None:
             return f"no detection{which}{above} overlaps the box with IoU >= {self.iou}"
-        return f"{candidates} detection(s){which}{above}, rank {rank} asked (from 0)"
+        if not candidates:
+            return f"no detection{which}{above}"
+        return f"only {candidates} detection(s){which}{above}; rank {rank} asked (from 0)"
 
 
 @dataclass(frozen=True)
@@ -561,6 +563,7 @@ class Similarity:
 
     reference: Any
     layer: str | None = None
+    is_input: bool | None = None  # None: an input when shaped like one sample (or a batch of one)
 
     @property
     def title(self) -> str:
@@ -643,7 +646,7 @@ def parse_target(spec: Any, *, kind: str = "classifier", mask: Any = None, score
     if head == "similar":
         if read_input is None:
             raise TargetError(f"target={text!r}: a reference input needs a reader", field="target")
-        return Similarity(read_input(rest.strip()))
+        return Similarity(read_input(rest.strip()), is_input=True)
     if head in ("detections", "box") and kind != "detector":
         raise TargetError(f"target={text!r} explains a detector's boxes; this model's output is a {kind}'s "
                           f"(for a segmenter, name a class)", field="target")
