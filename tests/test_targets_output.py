@@ -368,3 +368,13 @@ def test_a_detector_in_training_mode_is_a_clear_error(x: torch.Tensor) -> None:
         gbp.Explainer(net, eval_mode=False).explain(x, gbp.Box(rank=0))
     assert err.value.field == "model" and net.training
     assert gbp.Explainer(net).explain(x, gbp.Box(rank=0)).found is None and net.training
+
+
+def test_show_titles_output_targets_with_their_raw_score_never_a_probability(det: BoxDetector,
+                                                                            x: torch.Tensor) -> None:
+    from guided_backprop.plot import _row_label
+
+    e = gbp.Explainer(det).explain(x, [gbp.Box(rank=0), gbp.Box(box=(20, 20, 30, 30))])
+    label = _row_label(e, 0, 0, ["background", "cat", "dog"])
+    assert label.startswith("detection 0 (") and f"score = {float(e.scores[0, 0]):.3g}" in label
+    assert "p = " not in label and _row_label(e, 0, 1, None).endswith("nothing found")
