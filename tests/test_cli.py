@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 import torch
@@ -254,6 +255,7 @@ def test_layer_target(tmp_path: Path) -> None:
         (["--model", "efficientnet_lite00"], ["unknown model", "efficientnet_lite0"]),
         (["--model", f"{MODELS}:tinny"], ["unknown factory function", "'tiny'"]),
         ([*FAST, "--methods", "guided,deconvnett"], ["unknown method", "deconvnet"]),
+        ([*FAST, "--methods", "gbp,smoothgrad"], ["unknown method 'smoothgrad'", "--smooth 25 with --methods"]),
         ([*FAST, "--target", "dog"], ["unknown class", "dog"]),
         ([*FAST, "--target", "12"], ["class index 12 is out of range"]),
         ([*FAST, "--layer", "9", "--channel", "0"], ["--layer: unknown layer", "'9'"]),
@@ -296,9 +298,9 @@ def test_verbose_shows_the_traceback(tmp_path: Path) -> None:
 def test_help_version_and_subcommands() -> None:
     help_text = invoke("--help").output
     for text in ("Exit codes: 0", "1 some inputs failed", "2 usage error", "130 interrupted", "--methods",
-                 "--target", "--norm", "--name", "models", "report"):
+                 "--target", "--norm", "models", "report", "run --help"):
         assert text in " ".join(help_text.split()), text
-    assert invoke("run", "--help").exit_code == 0
+    assert invoke("run", "--help").exit_code == 0 and "--name TEMPLATE" in invoke("run", "--help").output
     version = invoke("--version")
     assert version.exit_code == 0 and version.output.strip() == f"guided-backprop {gbp.__version__}"
     listing = invoke("models")
@@ -593,7 +595,7 @@ def test_layers_lists_names_types_shapes_and_receptive_fields() -> None:
     assert result.exit_code == 0, result.output
     rows = {line.split()[0]: line for line in result.output.splitlines()[1:-1]}
     assert list(rows) == ["0", "1", "2", "3", "4"]
-    assert "Conv2d" in rows["0"] and "1x4x30x30" in rows["0"] and "3x3 px, stride 1x1" in rows["0"]
+    assert "Conv2d" in rows["0"] and "1x4x30x30" in rows["0"] and "3x3 px, stride 1" in rows["0"]
     assert "Linear" in rows["4"] and "1x10" in rows["4"] and rows["4"].rstrip().endswith("-")
     assert "32x32 input" in result.output.splitlines()[-1]
     spatial = invoke("layers", "--model", TINY, "--input-size", "32", "--spatial")
@@ -608,6 +610,24 @@ def test_layers_of_the_default_model_show_where_patches_are_real() -> None:
     rows = {line.split()[0]: line for line in result.output.splitlines()[1:-1]}
     assert "147x147 px" in rows["blocks.3"] and "whole input" not in rows["blocks.3"]
     assert "787x787 px" in rows["blocks.5"] and "whole input" in rows["blocks.5"]
+
+
+def test_layers_fit_a_screen_by_default_and_all_lists_everything() -> None:
+    result = invoke("layers")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) <= 55 and max(map(len, lines)) <= 100
+    rows = {line.split()[0]: line.split()[1] for line in lines[1:-2]}
+    assert not {"Identity", "Dropout", "DropPath"} & set(rows.values())
+    assert {"conv_stem", "blocks.3", "blocks.3.0", "conv_head", "classifier"} <= set(rows)
+    assert "stride 224x0" not in result.output and "x0 " not in result.output
+    assert "global_pool" in rows and "whole input (no positions)" in result.output
+    assert lines[-1].startswith("(Identity and dropout layers left out") and "--all" in lines[-1]
+    every = invoke("layers", "--all")
+    assert every.exit_code == 0, every.output
+    listed = every.output.splitlines()[1:-1]
+    assert len(listed) > 200 and any(" Identity " in line for line in listed)
+    assert every.output.splitlines()[-1].startswith(f"{len(listed)} layers of efficientnet_lite0")
 
 
 def test_units_takes_every_model_option_and_points_to_its_own_help(tmp_path: Path, gray_model: str) -> None:
@@ -633,8 +653,38 @@ def test_gradcam_layer_without_a_gradcam_method_warns(tmp_path: Path) -> None:
     assert line.startswith("warning: --gradcam-layer 0 is not used")
 
 
+def test_help_fits_a_screen_and_command_summaries_are_whole() -> None:
+    text = invoke("--help").output  # CliRunner: an 80-column terminal
+    lines = text.splitlines()
+    assert len(lines) <= 70 and max(map(len, lines)) <= 80
+    commands = lines[lines.index("Commands:") + 1:]
+    summaries = {line.split()[0]: line.split(None, 1)[1] for line in commands[:commands.index("")]}
+    assert set(summaries) == {"run", "evaluate", "layers", "models", "report", "units"}
+    for name, summary in summaries.items():  # click's default cut them mid-parenthesis with "..."
+        assert not summary.endswith("...") and summary.count("(") == summary.count(")"), (name, summary)
+    n_options = sum(isinstance(p, click.Option) for p in main.commands["run"].params)
+    assert f"Main options ({n_options} in all, with defaults: guided-backprop run --help)" in text
+
+
+def test_import_help_version_and_option_errors_answer_without_torch() -> None:
+    code = (
+        "import sys\n"
+        "import guided_backprop as gbp\n"
+        "light = 'torch' not in sys.modules and gbp.parse_methods('gbp') == ('guided_backprop',)\n"
+        "from guided_backprop.cli import main\n"
+        "calls = [['--help'], ['--version'], ['run', '--help'], ['layers', '--help'], ['evaluate', '--help'],\n"
+        "         ['photos', '-o', 'out', '--bogus'], ['photos', '-o', 'out', '--methods', 'smoothgrad'],\n"
+        "         ['photos', '-o', 'out', '--batch-size', '0']]\n"
+        "codes = [int(main(args, standalone_mode=False)) for args in calls]\n"
+        "print(light, codes, sorted(m for m in ('torch', 'torchvision', 'timm') if m in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[-2] == "True [0, 0, 0, 0, 0, 2, 2, 2] []", done.stdout[-500:]
+
+
 def test_help_is_grouped_shows_defaults_and_documents_random_weights() -> None:
-    text = invoke("--help").output
+    text = invoke("run", "--help").output
     flat = " ".join(text.split())
     sections = ["Inputs (how pictures become the network's input):", "Model:", "Methods and targets:",
                 "Output:", "Performance:", "Resume:"]
@@ -649,13 +699,31 @@ def test_help_is_grouped_shows_defaults_and_documents_random_weights() -> None:
         assert flag in units_help, flag
 
 
+def _listed(output: str) -> dict[str, list[str]]:
+    """The rows of a listing by name (a row's wrapped description continues on indented lines)."""
+    return {line.split()[0]: line.split() for line in output.splitlines()[1:] if line[:1].strip()}
+
+
 def test_models_marks_where_guided_backprop_applies() -> None:
-    result = invoke("models")
-    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:-1]}
+    result = invoke("models", "--all")
+    rows = _listed(result.output)
     assert rows["efficientnet_lite0"][2] == "yes" and rows["resnet50"][2] == "yes"
     for arch in ("vit_b_16", "swin_t", "convnext_tiny", "maxvit_t"):
         assert rows[arch][2] == "no", arch
     assert "weights=PATH" not in result.output and "--weights PATH" in result.output
+
+
+def test_models_fit_a_screen_and_all_names_every_torchvision_model() -> None:
+    result = invoke("models")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert len(lines) <= 24 and max(map(len, lines)) <= 100
+    rows = _listed(result.output)
+    assert {"efficientnet_lite0", "vgg19", "vgg19-caffe", "<torchvision", "timm:<name>"} <= set(rows)
+    assert "resnet50" not in rows and "--all lists each" in " ".join(result.output.split())
+    every = invoke("models", "--all")
+    assert every.exit_code == 0 and max(map(len, every.output.splitlines())) <= 100
+    assert {"resnet50", "vit_b_16", "alexnet"} <= set(_listed(every.output))
 
 
 def test_messages_name_flags_not_python() -> None:
@@ -700,7 +768,7 @@ def test_unknown_layer_lists_close_names_in_python_too() -> None:
 
 
 def test_help_lists_options_in_sections_with_no_bare_arguments() -> None:
-    result = CliRunner().invoke(main, ["--help"])
+    result = CliRunner().invoke(main, ["run", "--help"])
     assert result.exit_code == 0
     text = result.output
     sections = ["Inputs", "Model:", "Methods and targets:", "Output:", "Performance:", "Resume:"]

@@ -114,7 +114,7 @@ def test_an_all_zero_map_is_written_and_flagged(tmp_path: Path) -> None:
 
 
 def test_models_lists_segmenters_and_detectors_with_their_output_kind() -> None:
-    result = invoke("models")
+    result = invoke("models", "--all")
     assert result.exit_code == 0
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert " segmenter " in lines["fcn_resnet50"] and " detector " in lines["fasterrcnn_resnet50_fpn_v2"]

@@ -40,6 +40,9 @@ def test_parse_methods_keeps_order_drops_repeats_and_rejects_unknown_names() -> 
         parse_methods("guided_backprob")
     with pytest.raises(gbp.UnknownNameError, match="at least one"):
         parse_methods([])
+    for smoothgrad in ("smoothgrad", "Smooth-Grad", "smoothgrad_gbp"):  # an option of every method
+        with pytest.raises(gbp.UnknownNameError, match=r"SmoothGrad is an option .* smooth=25"):
+            parse_methods(["saliency", smoothgrad])
     assert method_title("gbp") == "Guided backprop" and method_title("input") == "input"
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import pickle
 import subprocess
 import sys
 
@@ -43,7 +44,7 @@ def test_a_grid_of_classes_by_methods_with_labels_and_colour_bars() -> None:
     fig = gbp.show(e, x, index=1, labels=LABELS)
     grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
-    assert len(grid) == 3 * 4 and len(bars) == 3  # 3 classes x (input + 3 methods); Grad-CAM has a colour bar
+    assert len(grid) == 3 * 4 and len(bars) == 1  # 3 classes x (input + 3 methods); Grad-CAM has a colour bar
     assert [ax.get_title() for ax in grid[:4]] == ["input", "Guided backprop", "Grad-CAM", "Guided Grad-CAM"]
     rows = [grid[r * 4].get_ylabel() for r in range(3)]
     for r, text in enumerate(rows):
@@ -54,6 +55,42 @@ def test_a_grid_of_classes_by_methods_with_labels_and_colour_bars() -> None:
     assert shown.shape == (20, 24, 3)
     assert np.array_equal(shown, gbp.map_to_image(x[1], norm="minmax"))
     assert _pixels(fig).std() > 0
+
+
+def _extents(fig: object) -> tuple[list[list[object]], list[object]]:
+    """The drawn boxes (display pixels) of the grid's axes, by row, and of the colour bars."""
+    fig.draw_without_rendering()  # type: ignore[attr-defined]  # constrained layout and aspect applied
+    grid = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]  # type: ignore[attr-defined]
+    bars = [ax.get_window_extent() for ax in fig.axes if ax.get_label() == "<colorbar>"]  # type: ignore[attr-defined]
+    columns = len(grid[0].get_gridspec().get_grid_positions(fig)[2])  # type: ignore[attr-defined]
+    boxes = [ax.get_window_extent() for ax in grid]
+    return [boxes[r:r + columns] for r in range(0, len(boxes), columns)], bars
+
+
+@pytest.mark.parametrize("height, width", [(20, 30), (30, 20), (24, 24)])
+def test_rows_follow_the_picture_and_grad_cam_bar_sits_under_its_column(height: int, width: int) -> None:
+    x = torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(1))
+    e = gbp.Explainer(_model()).explain(x, gbp.TopK(3), methods=METHODS, gradcam_layer="2")
+    rows, bars = _extents(gbp.show(e, x))
+    image_height = rows[0][0].height
+    for upper, lower in zip(rows, rows[1:]):  # no large gaps between rows: they are as tall as the picture
+        for a, b in zip(upper, lower):
+            assert a.y0 - b.y1 < 0.25 * image_height
+    for row in rows:  # every column's picture at the same height, Grad-CAM's included
+        assert max(box.y0 for box in row) - min(box.y0 for box in row) < 1.0
+    (bar,) = bars
+    gradcam = [row[2] for row in rows]
+    assert bar.y1 <= gradcam[-1].y0  # under the column, inside its width: not between two columns
+    assert gradcam[0].x0 - 1 <= bar.x0 and bar.x1 <= gradcam[0].x1 + 1
+
+
+def test_the_figure_shows_itself_in_a_notebook() -> None:
+    x, e = _explain(k=1)
+    fig = gbp.show(e, x)
+    png = fig._repr_png_()  # type: ignore[attr-defined]  # what IPython displays
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and Image.open(io.BytesIO(png)).size[0] > 100
+    again = pickle.loads(pickle.dumps(fig))  # a Figure pickles; this one too, by its module's name
+    assert type(again) is type(fig) and len(again.axes) == len(fig.axes)
 
 
 def test_the_picture_the_network_saw_and_a_preprocessing_are_accepted() -> None:
@@ -81,6 +118,8 @@ def test_abs_and_signed_maps_get_value_colour_bars_and_errors_say_what_to_do() -
     x, e = _explain(k=1)
     fig = gbp.show(e, x, methods=["guided_backprop"], norm="signed")
     assert [ax.get_label() for ax in fig.axes].count("<colorbar>") == 1
+    fig = gbp.show(e, x, methods=["guided_backprop"], norm="signed", colorbar=False)
+    assert [ax.get_label() for ax in fig.axes].count("<colorbar>") == 0 and len(fig.axes) == 2
     with pytest.raises(gbp.UnknownNameError, match="saliency"):
         gbp.show(e, x, methods=["saliency"])
     with pytest.raises(gbp.InputError, match="index 5"):

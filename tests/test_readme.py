@@ -84,3 +84,23 @@ def test_command_examples_run(workdir: Path, monkeypatch: pytest.MonkeyPatch) ->
         ran.append(args[0])
     assert {"layers", "units", "models", "report"} <= set(ran)
     assert (workdir / "out" / "index.html").is_file() and (workdir / "out_top5" / "index.html").is_file()
+
+
+@pytest.mark.slow
+def test_python_examples_in_a_jupyter_kernel(workdir: Path) -> None:
+    """The README's Python blocks, one cell each, in a real kernel: the figure shows, nothing warns."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    blocks = _blocks("python")
+    notebook = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(block) for block in blocks])
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(workdir)}}).execute()
+    figure_cells = [cell for cell in notebook.cells if "gbp.show(" in cell.source]
+    assert figure_cells, "the README has no gbp.show example"
+    for cell in figure_cells:
+        shown = [out for out in cell.outputs if out.output_type in ("execute_result", "display_data")]
+        assert any("image/png" in out.get("data", {}) for out in shown), f"no figure shown: {cell.outputs}"
+    for cell in notebook.cells:
+        printed = "".join(out.get("text", "") for out in cell.outputs if out.output_type == "stream")
+        assert "Warning" not in printed, f"{cell.source.splitlines()[0]!r} printed:\n{printed}"

@@ -7,6 +7,7 @@ Content-Security-Policy enforced on file://. A screenshot goes to test-artifacts
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 from collections.abc import Iterator
@@ -89,6 +90,21 @@ def page(browser: Any, report: Path) -> Iterator[tuple[Any, Watch]]:
     pg.goto(report.as_uri())
     pg.wait_for_selector("body[data-ready='1']", timeout=10_000)
     try:
+        yield pg, watch
+    finally:
+        context.close()
+
+
+@contextlib.contextmanager
+def opened(browser: Any, report: Path, *, width: int = 1280, timeout: int = 10_000) -> Iterator[tuple[Any, Watch]]:
+    """The report in a fresh browser context, loaded and ready, with a :class:`Watch` on it."""
+    context = browser.new_context(viewport={"width": width, "height": 900})
+    pg = context.new_page()
+    watch = Watch()
+    watch.attach(pg)
+    try:
+        pg.goto(report.as_uri())
+        pg.wait_for_selector("body[data-ready='1']", timeout=timeout)
         yield pg, watch
     finally:
         context.close()
@@ -251,13 +267,7 @@ def test_thousands_of_rows_render_one_page(browser: Any, tmp_path: Path) -> None
         for i in range(2000):
             fh.write(json.dumps(dict(ok[i % len(ok)], idx=i, input=f"/photos/img_{i:05d}.jpg")) + "\n")
     report = write_report(tmp_path, page_size=100)
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    pg = context.new_page()
-    watch = Watch()
-    watch.attach(pg)
-    try:
-        pg.goto(report.as_uri())
-        pg.wait_for_selector("body[data-ready='1']", timeout=20_000)
+    with opened(browser, report, timeout=20_000) as (pg, watch):
         assert pg.locator("#rows .row").count() == 100
         assert pg.locator("#pager-top .page-info").inner_text() == "page 1 of 20"
         pg.fill("#filter-name", "img_01999")
@@ -267,20 +277,12 @@ def test_thousands_of_rows_render_one_page(browser: Any, tmp_path: Path) -> None
         assert names(pg)[-1] == "img_01999.jpg"
         all_images_decoded(pg)
         watch.assert_clean()
-    finally:
-        context.close()
 
 
 def test_top_k_runs_show_a_class_by_method_grid_and_link_the_panel(browser: Any, tmp_path: Path) -> None:
     make_topk_run(tmp_path / "out", n_ok=3)
     report = write_report(tmp_path / "out")
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    pg = context.new_page()
-    watch = Watch()
-    watch.attach(pg)
-    try:
-        pg.goto(report.as_uri())
-        pg.wait_for_selector("body[data-ready='1']", timeout=10_000)
+    with opened(browser, report, width=1400) as (pg, watch):
         heads = pg.locator("#head-row span").all_text_contents()
         assert heads == ["Input and top-5 classes", "Input (as the network saw it)", "Explained class",
                          "Guided backprop", "Deconvnet", "Saliency", "Guided Grad-CAM"]
@@ -301,5 +303,42 @@ def test_top_k_runs_show_a_class_by_method_grid_and_link_the_panel(browser: Any,
         ARTIFACTS.mkdir(exist_ok=True)
         pg.screenshot(path=str(ARTIFACTS / "report-topk.png"), full_page=True)
         watch.assert_clean()
-    finally:
-        context.close()
+
+
+def test_a_right_to_left_override_in_a_name_reorders_nothing(browser: Any, tmp_path: Path) -> None:
+    """``holiday\\u202egnp.exe`` must not show as "holidayexe.png", nor reverse the error text after it."""
+    rlo = "\u202e"
+    rows = make_run(tmp_path / "out", n_ok=1)
+    ok, failed = rows[0], next(r for r in rows if r["status"] == "error")
+    ok["input"] = f"/photos/holiday{rlo}gnp.exe"
+    failed["input"] = f"/photos/bad{rlo}gnp.exe"
+    failed["error"] = "cannot read image: truncated file"
+    (tmp_path / "out" / "index.jsonl").write_text("\n".join(json.dumps(r) for r in (ok, failed)) + "\n")
+    report = write_report(tmp_path / "out")
+    with opened(browser, report) as (pg, watch):
+        assert rlo not in pg.evaluate("document.body.innerText")
+        assert names(pg)[0] == "holiday\\u202egnp.exe"  # the override, spelled out where it is
+        # every character of the failed line, and of the row's name, is drawn left of the next one
+        lefts = pg.evaluate(
+            """(sel) => [...document.querySelectorAll(sel)].map(box => {
+                 const xs = [];
+                 const walk = document.createTreeWalker(box, NodeFilter.SHOW_TEXT);
+                 for (let node = walk.nextNode(); node; node = walk.nextNode()) {
+                   for (let i = 0; i < node.length; i++) {
+                     if (!node.data[i].trim()) continue;
+                     const range = document.createRange();
+                     range.setStart(node, i); range.setEnd(node, i + 1);
+                     const rect = range.getBoundingClientRect();
+                     if (rect.width) xs.push([Math.round(rect.top), rect.left]);
+                   }
+                 }
+                 return xs;
+               })""",
+            "#failed-list li, #rows .row .meta .name",
+        )
+        assert len(lefts) == 3  # the failed list, and both rows of the gallery
+        for xs in lefts:
+            assert len(xs) > 10
+            for (top_a, a), (top_b, b) in zip(xs, xs[1:]):
+                assert top_b > top_a or b > a, "a character is drawn left of the one before it"
+        watch.assert_clean()

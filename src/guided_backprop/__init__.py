@@ -6,7 +6,6 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from .attribution import Explainer, Explanation, attribute, find_layer
 from .errors import (
     CheckpointError,
     GuidedBackpropError,
@@ -17,13 +16,15 @@ from .errors import (
     TargetError,
     UnknownNameError,
 )
-from .methods import METHODS, MethodSpec, get_method, parse_methods
-from .rules import Rule
-from .targets import Box, Channel, MaxNeuron, Neuron, Output, Region, Score, Similarity, TopK
+from .methods import METHODS, MethodSpec, Rule, get_method, parse_methods
 
-# Heavier parts (models pull in timm and torchvision weights metadata, render pulls in Pillow
-# fonts and colour maps) load on first use, so that `import guided_backprop` stays light.
+# Everything that needs torch (the engine, targets, models with timm and torchvision, pictures)
+# loads on first use, so that `import guided_backprop` and `guided-backprop --help` stay light.
 _LAZY = {
+    "Explainer": "attribution", "Explanation": "attribution", "attribute": "attribution",
+    "find_layer": "attribution",
+    "Channel": "targets", "MaxNeuron": "targets", "Neuron": "targets", "TopK": "targets",
+    "Score": "targets", "Region": "targets", "Box": "targets", "Similarity": "targets", "Output": "targets",
     "load_model": "models", "LoadedModel": "models", "available_models": "models", "DEFAULT_MODEL": "models",
     "Preprocessing": "preprocessing",
     "load_image": "images", "find_images": "images",
@@ -31,7 +32,7 @@ _LAZY = {
     "panel": "panels", "class_panel": "panels", "explanation_panel": "panels",
     "show": "plot",
     "receptive_field": "receptive", "ReceptiveField": "receptive", "layer_table": "receptive",
-    "unit_grids": "units", "save_unit_grids": "units",
+    "unit_grids": "units", "iter_unit_grids": "units", "save_unit_grids": "units",
     "write_report": "report",
     # sanity checks and faithfulness (issue 13): scipy and scikit-image load with them
     "evaluate": "evaluate", "run_checks": "evaluate", "model_randomization": "evaluate",
@@ -52,6 +53,10 @@ def __getattr__(name: str) -> object:
     return value
 
 
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))  # lazy names too, for tab completion
+
+
 try:
     __version__ = version("guided-backprop")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree without install
@@ -60,30 +65,17 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree wi
 __all__ = [
     *_LAZY,
     "METHODS",
-    "Channel",
     "CheckpointError",
-    "Explainer",
-    "Explanation",
     "GuidedBackpropError",
     "ImageError",
     "InputError",
-    "MaxNeuron",
     "MethodSpec",
     "ModelError",
-    "Neuron",
     "NoReLUError",
     "Rule",
     "TargetError",
-    "TopK",
-    "Score",
-    "Region",
-    "Box",
-    "Similarity",
-    "Output",
     "UnknownNameError",
     "__version__",
-    "attribute",
-    "find_layer",
     "get_method",
     "parse_methods",
 ]

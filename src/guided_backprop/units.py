@@ -19,7 +19,7 @@ import dataclasses
 import json
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -45,6 +45,8 @@ __all__ = [
     "ImageFiles",
     "UnitTop",
     "top_activations",
+    "MAX_TOP",
+    "iter_unit_grids",
     "unit_grids",
     "unit_grids_from_paths",
     "save_unit_grids",
@@ -142,6 +144,8 @@ class UnitTop(NamedTuple):
 
 # -- scanning: the running top k of every unit ---------------------------------------------------------
 _ROW = 1 << 24  # positions are kept as y * _ROW + x: row-major order whatever each image's width
+#: The most top activations per unit a grid shows (a 10 x 10 grid): every one is explained and drawn.
+MAX_TOP = 100
 
 
 def _layer_output(model: nn.Module, x: torch.Tensor, layer: str) -> torch.Tensor:
@@ -462,7 +466,7 @@ def _compose(layer: str, channel: int, rf: ReceptiveField, top: list[TopActivati
     return {key: Image.fromarray(p) for key, p in panels.items()}, picture
 
 
-def unit_grids(
+def iter_unit_grids(
     model: nn.Module,
     images: torch.Tensor | Sequence[torch.Tensor],
     layer: str,
@@ -482,7 +486,7 @@ def unit_grids(
     on_error: Literal["raise", "skip"] = "raise",
     sources: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
-) -> list[UnitGrid]:
+) -> Iterator[UnitGrid]:
     """What units of ``layer`` respond to, as in Springenberg et al. 2014 (arXiv:1412.6806), fig. 3.
 
     For each unit (``channels``, or the ``top_channels`` most active channels by ``rank_by``), the
@@ -504,8 +508,14 @@ def unit_grids(
         include_global: count inputs broadcast over space (squeeze-excitation gates) in the field.
         sources: a name per image (e.g. its file), copied into :attr:`TopActivation.source`.
 
-    Returns one :class:`UnitGrid` per unit, in channel-rank (or given) order.
+    Yields one :class:`UnitGrid` per unit, in channel-rank (or given) order, each made when asked for:
+    a caller that saves and drops each one holds one grid at a time, whatever ``top_channels``.
+    ``k`` is at most :data:`MAX_TOP` (the grid is drawn for every unit).
     """
+    if int(k) > MAX_TOP:
+        raise InputError(f"k={k} top activations per unit cannot be drawn: at most {MAX_TOP} (a "
+                         f"{math.isqrt(MAX_TOP)}x{math.isqrt(MAX_TOP)} grid per unit); top_activations() has no limit",
+                         field="k")
     names = parse_methods(methods)
     show = _display(display)
     bgr = bool(getattr(display, "bgr", False))  # a Caffe-style Preprocessing: the maps come in B, G, R
@@ -519,7 +529,6 @@ def unit_grids(
     device, dtype = _model_device_dtype(model)
     explainer = Explainer(model)
     fields: dict[tuple[int, ...], ReceptiveField] = {}
-    grids = []
     for unit in units:
         sizes = []
         rf0: ReceptiveField | None = None
@@ -543,9 +552,15 @@ def unit_grids(
                                   include_global=include_global)
         panels, grid_picture = _compose(layer, unit.channel, rf0, unit.top, names, sizes, int(k), unit.score,
                                    rank_by if unit.score is not None else None, int(min_cell), int(gap))
-        grids.append(UnitGrid(layer, unit.channel, rf0, names, unit.top, panels, grid_picture, unit.score,
-                              rank_by if unit.score is not None else None))
-    return grids
+        yield UnitGrid(layer, unit.channel, rf0, names, unit.top, panels, grid_picture, unit.score,
+                       rank_by if unit.score is not None else None)
+
+
+def unit_grids(model: nn.Module, images: torch.Tensor | Sequence[torch.Tensor], layer: str, *args: Any,
+               **options: Any) -> list[UnitGrid]:
+    """What units of ``layer`` respond to, as in Springenberg et al. 2014 (arXiv:1412.6806), fig. 3: the
+    grids of :func:`iter_unit_grids` (same arguments), all of them, as a list."""
+    return list(iter_unit_grids(model, images, layer, *args, **options))
 
 
 def unit_grids_from_paths(
@@ -575,21 +590,67 @@ def unit_grids_from_paths(
 
 # -- saving -----------------------------------------------------------------------------------------------
 def _write_json(data: Any, path: Path) -> None:
-    write_text(path, json.dumps(data, indent=2) + "\n")
+    write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
 
 
-def save_unit_grids(grids: Sequence[UnitGrid], out_dir: str | Path, *, prefix: str = "unit",
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float as ``None``: the file stays JSON (``NaN`` is not)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _listed_grids(path: Path, prefix: str) -> set[str]:
+    """The grid files a previous manifest lists (only plain names this function writes: ``<prefix>_*.png``)."""
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    except (OSError, ValueError):
+        return set()
+    units = doc.get("units") if isinstance(doc, dict) else None
+    names = {u.get("file") for u in units if isinstance(u, dict)} if isinstance(units, list) else set()
+    return {n for n in names if isinstance(n, str) and n == Path(n).name and n.startswith(f"{prefix}_")
+            and n.endswith(".png")}
+
+
+def save_unit_grids(grids: Iterable[UnitGrid], out_dir: str | Path, *, prefix: str = "unit",
                     manifest: str | None = "units.json") -> list[Path]:
-    """Write each grid's picture as ``<prefix>_<layer>_c<channel>.png`` in ``out_dir`` (atomically, via
-    :func:`guided_backprop.render.save_image`) and, unless ``manifest`` is None, a JSON summary
-    (``{"units": [UnitGrid.to_dict() + {"file": name}]}``). Returns the PNG paths, in order."""
+    """Write each grid's picture as ``<prefix>_<layer>_c<channel>.png`` in ``out_dir`` and, unless
+    ``manifest`` is None, a JSON summary (``{"units": [UnitGrid.to_dict() + {"file": name}]}``);
+    return the PNG paths, in order.
+
+    Every file is written atomically (a temporary file, then a rename): whole or not at all. Grids are
+    written as ``grids`` yields them (give :func:`iter_unit_grids` to hold one at a time), the manifest
+    last: it lists the grids of the run that wrote it. Grids a previous manifest listed that this one
+    does not (other channels, another layer) are removed after it is written. A failed write raises
+    :class:`~guided_backprop.batch.DiskFull` naming the file.
+    """
+    from .batch.config import write_failed
+
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    rerun = "rerun the same command"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise write_failed(err, out, rerun) from err
+    before = _listed_grids(out / manifest, prefix) if manifest else set()
     paths, records = [], []
     for g in grids:
         name = f"{prefix}_{safe_name(g.layer)}_c{g.channel}.png"
-        paths.append(render.save_image(g.picture, out / name))
+        try:
+            paths.append(render.save_image(g.picture, out / name))
+        except OSError as err:
+            raise write_failed(err, out / name, rerun) from err
         records.append({**g.to_dict(), "file": name})
     if manifest:
-        _write_json({"units": records}, out / manifest)
+        try:
+            _write_json({"units": records}, out / manifest)
+        except OSError as err:
+            raise write_failed(err, out / manifest, rerun) from err
+        for stale in before - {r["file"] for r in records}:
+            if (out / stale).is_file() and not (out / stale).is_symlink():
+                (out / stale).unlink()
     return paths

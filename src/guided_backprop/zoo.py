@@ -10,7 +10,9 @@ from __future__ import annotations
 import math
 import os
 import socket
+import warnings
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 from urllib.parse import urlparse
 
@@ -45,16 +47,22 @@ __all__ = [
     "TASK_MODELS",
     "build_vgg19_caffe",
     "cache_file",
+    "import_timm",
     "lite0_available",
     "relu_support",
     "torchvision_names",
     "vgg19_cached",
 ]
 
-#: Preprocessing of the default model: shorter side to 224 px with the aspect ratio kept and no crop
-#: (the network pools globally, so it takes any size: the whole picture, undistorted, as the seed
-#: did). Predictions on skimage's photos: chelsea 285 "Egyptian cat", coffee 967 "espresso".
-EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(resize=224, crop=None, interpolation="bicubic")
+#: Preprocessing of the default model. Pixels go to [-1, 1] (mean = std = 0.5 per channel): the
+#: TensorFlow EfficientNet-Lite convention the weights were trained with, and timm's pretrained config
+#: for ``tf_efficientnet_lite0`` (its first BatchNorm's running statistics agree; tests/test_models.py).
+#: Interpolation is timm's (bicubic). Unlike timm's 256 -> 224 centre crop, the shorter side goes to
+#: 224 px with the aspect ratio kept and no crop (the network pools globally, so it takes any size:
+#: the whole picture, undistorted, as the seed did).
+#: Predictions on skimage's photos: chelsea 285 "Egyptian cat", coffee 967 "espresso".
+EFFICIENTNET_LITE0_PREPROCESSING = Preprocessing(resize=224, crop=None, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+                                                 interpolation="bicubic")
 #: The seed's preprocessing: shorter side to 224 (aspect kept, no crop), 0-255 BGR minus the Caffe means.
 CAFFE_VGG_PREPROCESSING = Preprocessing(resize=224, crop=None, mean=CAFFE_MEAN, std=(1.0, 1.0, 1.0),
                                         scale=255.0, bgr=True, interpolation="bilinear")
@@ -86,9 +94,21 @@ def lite0_available() -> bool:
     return True
 
 
-def _timm_lite0(num_classes: int) -> nn.Module:
-    import timm
+def import_timm() -> ModuleType:
+    """``timm``, imported without the warning tqdm prints in a notebook kernel lacking ipywidgets.
 
+    timm imports huggingface_hub, which imports ``tqdm.auto``: in Jupyter that warns "IProgress not
+    found" (or, with ipywidgets, that notebook mode is experimental) on the first ``load_model()``,
+    about progress bars we never show.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"IProgress not found|Using `tqdm\.autonotebook\.tqdm`")
+        import timm
+    return timm
+
+
+def _timm_lite0(num_classes: int) -> nn.Module:
+    timm = import_timm()
     return timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=num_classes)
 
 
@@ -352,8 +372,7 @@ def _check_hub_reachable(arch: str) -> None:
     downloaded: unless they are in the local Hugging Face cache, the Hub must be reachable."""
     if _hub_reachable():
         return
-    import timm
-
+    timm = import_timm()
     cfg = timm.models.get_pretrained_cfg(arch)
     hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
     if hub_id:
@@ -371,7 +390,7 @@ def _check_hub_reachable(arch: str) -> None:
 
 def build_timm(arch: str, req: Request) -> Built:
     try:
-        import timm
+        timm = import_timm()
     except ImportError as err:  # pragma: no cover - timm is a dependency
         raise ModelError("timm models need timm: pip install timm") from err
     if not timm.is_model(arch):

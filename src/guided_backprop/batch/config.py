@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import os
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,3 +154,30 @@ class DiskFull(RunStopped):
 
 #: ``errno`` values of a write failure that will hit every input, not one.
 DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
+
+
+def write_failed(err: OSError, where: str | os.PathLike[str], rerun: str) -> DiskFull:
+    """The one-line error (exit code 4) of a command whose output could not be written: what the OS
+    said, the path, and what to do (``rerun``: the command to run once space is freed)."""
+    what = os.strerror(err.errno).lower() if err.errno else (err.strerror or type(err).__name__)
+    return DiskFull(f"cannot write {os.fspath(where)!r}: {what}; free some space or make the "
+                    f"folder writable, then {rerun}")
+
+
+def check_writable(folder: str | os.PathLike[str], rerun: str) -> None:
+    """Create ``folder`` if needed and write, then remove, a small temporary file in it, so that a command
+    learns that it cannot write (read-only, full, no permission) before it computes: :func:`write_failed`."""
+    path = Path(folder)
+    probe = path / f"..write-test.gbp.{os.getpid()}.{secrets.token_hex(4)}.tmp"  # an atomic.TEMP_NAME: swept
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            os.write(fd, b"guided-backprop write test\n")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    except OSError as err:
+        raise write_failed(err, path, rerun) from err

@@ -18,6 +18,7 @@ from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
 from ..targets import MaxNeuron, Neuron, Region, select_output
+from ..visible import visible
 from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
 from .decode import _Decoded, _one_line, worker_died
 from .dist import _Dist
@@ -68,7 +69,7 @@ class _Job:
         with self._lock:
             self.failed += 1
             self.errors.append(reason)
-        self.log(f"error: {reason}")
+        self.log(f"error: {visible(reason)}")
 
     def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
         """A write failure that will hit every input (disk full, over quota, read-only): stop the run.

@@ -13,6 +13,7 @@ from ..atomic import write_text
 from ..devices import resolve_device
 from ..errors import GuidedBackpropError
 from ..images import Skipped
+from ..visible import skipped_line
 from .config import STATE_DIR, BatchConfig, BatchResult, RunStopped, Terminated
 from .decode import worker_died
 from .dist import _Dist, torchrun_env
@@ -79,7 +80,7 @@ def run(
                 for note in plan.notes:
                     log(f"note: {note}")
                 for s in skipped:
-                    log(f"skipped: {str(s.path)!r}: {s.reason}")
+                    log(skipped_line(s.path, s.reason))
             result = _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
             result.skipped = skipped
             return result

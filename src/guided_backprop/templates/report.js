@@ -21,6 +21,10 @@
     if (text !== undefined && text !== null) node.textContent = String(text);
     return node;
   };
+  // Names from the files arrive with their control characters spelled out (\u202e); each is still isolated
+  // from the text around it (<bdi>, or FSI ... PDI inside a longer string), so a right-to-left name
+  // cannot reorder what follows it.
+  const iso = (t) => "\u2068" + String(t) + "\u2069";
   const percent = (p) => (typeof p === "number" ? (100 * p).toFixed(1) + "%" : "?");
   const classKey = (r) => (r.ok ? (r.label !== null && r.label !== undefined ? r.label : "#" + r.cls) : null);
 
@@ -131,7 +135,7 @@
       const item = el("li");
       const bar = el("span", "bar");
       bar.style.width = typeof p === "number" ? Math.max(0, Math.min(100, 100 * p)).toFixed(1) + "%" : "0";
-      const name = el("span", "label", label !== null && label !== undefined ? label : "#" + cls);
+      const name = el("bdi", "label", label !== null && label !== undefined ? label : "#" + cls);
       name.title = (label ?? "") + (cls !== null && cls !== undefined ? "  (class " + cls + ")" : "");
       item.append(bar, name, el("span", "p", percent(p)));
       list.appendChild(item);
@@ -141,9 +145,9 @@
 
   // Caption words for one picture: the input shows the prediction; a map shows what it explains.
   function whatItShows(r, c) {
-    if (c.rank && r.targets && r.targets[c.rank - 1] != null) return "explains " + r.targets[c.rank - 1];
-    if (c.rank && r.explains) return "explains " + r.explains;
-    const predicted = r.label !== null && r.label !== undefined ? r.label : "class " + r.cls;
+    if (c.rank && r.targets && r.targets[c.rank - 1] != null) return "explains " + iso(r.targets[c.rank - 1]);
+    if (c.rank && r.explains) return "explains " + iso(r.explains);
+    const predicted = r.label !== null && r.label !== undefined ? iso(r.label) : "class " + r.cls;
     return (c.rank ? "explains " : "predicted ") + predicted + " " + percent(r.prob);
   }
 
@@ -152,16 +156,18 @@
     row.dataset.idx = String(r.idx);
     const meta = el("div", "meta");
     const title = el("div");
-    title.append(el("span", "idx", "#" + r.idx), el("span", "name", r.name));
+    title.append(el("span", "idx", "#" + r.idx), el("bdi", "name", r.name));
     title.title = r.path || "";
     meta.appendChild(title);
     if (!r.ok) {
-      meta.appendChild(el("div", "error", r.error));
+      const error = el("div", "error", r.error);
+      error.dir = "auto";
+      meta.appendChild(error);
       row.appendChild(meta);
       return row;
     }
     meta.appendChild(top5List(r));
-    if (r.explains && ranks === 1) meta.appendChild(el("div", "explains", "explains: " + r.explains));
+    if (r.explains && ranks === 1) meta.appendChild(el("div", "explains", "explains: " + iso(r.explains)));
     if (r.panel) {
       const link = el("a", "panel-link", "panel: every map in one picture");
       link.href = r.panel;
@@ -181,12 +187,12 @@
     const cell = el("div", "cell");
     const button = el("button");
     button.type = "button";
-    const caption = c.label + " · " + r.name + " · " + whatItShows(r, c);
+    const caption = c.label + " · " + iso(r.name) + " · " + whatItShows(r, c);
     button.title = caption;
     const img = document.createElement("img");
     img.loading = "lazy";
     img.decoding = "async";
-    img.alt = c.label + " of " + r.name + (c.rank ? ", " + whatItShows(r, c) : "");
+    img.alt = c.label + " of " + iso(r.name) + (c.rank ? ", " + whatItShows(r, c) : "");
     img.src = pic[1];
     const index = gallery.length;
     gallery.push({ src: pic[0], caption: caption });
@@ -210,7 +216,7 @@
       const name = r.targets && r.targets[rank - 1] != null ? r.targets[rank - 1]
         : rank === 1 ? (r.explains || r.label || "class " + r.cls) : null;
       const prob = r.targetProbs ? r.targetProbs[rank - 1] : rank === 1 && !r.explains ? r.prob : null;
-      label.append(el("span", "rank", "#" + rank), el("span", "label", name === null ? "—" : name));
+      label.append(el("span", "rank", "#" + rank), el("bdi", "label", name === null ? "—" : name));
       if (typeof prob === "number") label.appendChild(el("span", "p", percent(prob)));
       row.appendChild(label);
       methods.forEach((m, j) => {
@@ -272,9 +278,9 @@
     const frag = document.createDocumentFragment();
     for (const r of failed) {
       const item = el("li");
-      const name = el("span", "name", r.name);
+      const name = el("bdi", "name", r.name);
       name.title = r.path || "";
-      item.append(name, document.createTextNode(": " + r.error));
+      item.append(name, document.createTextNode(": "), el("bdi", "reason", r.error));
       frag.appendChild(item);
     }
     $("failed-list").appendChild(frag);
