@@ -157,9 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs, one repeat (a smoke test)")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--size", type=int, default=224, help="input height and width")
     args = parser.parse_args(argv)
     warnings.filterwarnings("ignore")
-    size, repeats = (96, 1) if args.quick else (224, args.repeats)
+    size, repeats = (96, 1) if args.quick else (args.size, args.repeats)
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     lines = [f"torch {torch.__version__}, {torch.get_num_threads()} threads, load average {load:.1f} at the start", ""]
     lines += region_case(size, repeats) + detection_case(size, repeats)

@@ -4,6 +4,7 @@ bad input."""
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -378,3 +379,20 @@ def test_show_titles_output_targets_with_their_raw_score_never_a_probability(det
     label = _row_label(e, 0, 0, ["background", "cat", "dog"])
     assert label.startswith("detection 0 (") and f"score = {float(e.scores[0, 0]):.3g}" in label
     assert "p = " not in label and _row_label(e, 0, 1, None).endswith("nothing found")
+
+
+def test_deletion_follows_the_explained_raw_score_not_a_softmax(seg: PixelSegmenter, x: torch.Tensor) -> None:
+    from guided_backprop.evaluate import deletion_insertion
+
+    mask = torch.zeros(8, 8, dtype=torch.float64)
+    mask[1:5, 2:7] = 1
+    target = gbp.Region(1, mask=mask)
+    maps = {"guided_backprop": gbp.attribute(seg, x, target)}
+    got = deletion_insertion(seg, x, maps, mode="deletion", steps=4, target=target)
+    with torch.no_grad():
+        intact = (seg(x)["out"][:, 1] * mask).sum((1, 2))
+        deleted = (seg(torch.zeros_like(x))["out"][:, 1] * mask).sum((1, 2))
+    curve = got.curves["guided_backprop"]
+    np.testing.assert_allclose(curve[:, 0], intact.numpy())  # the raw region score, not a probability in [0, 1]
+    np.testing.assert_allclose(curve[:, -1], deleted.numpy())
+    assert (np.abs(curve) > 1).any()

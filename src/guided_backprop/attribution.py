@@ -391,8 +391,8 @@ def _evaluate(t: Any, output: Any, ctx: Context) -> _Column:
     bad = found & ~torch.isfinite(s.detach())
     if bad.any():
         i = int(bad.nonzero()[0])
-        raise TargetError(f"{t.title}: the score of sample {i} is {float(s[i])}; a score must be a finite number",
-                          field="target")
+        raise TargetError(f"{t.title}: the score of sample {i} is {float(s.detach()[i])}; a score must be a finite "
+                          f"number", field="target")
     if bool(found.any()) and not s.requires_grad:
         raise TargetError(f"{t.title}: the score does not depend on the input through autograd (is it computed "
                           f"from detached tensors, .item() or numpy?)", field="target")

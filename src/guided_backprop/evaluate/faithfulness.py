@@ -13,7 +13,7 @@ the steps of one image go through the model in batches.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -76,10 +76,24 @@ def _step_images(image: torch.Tensor, start: torch.Tensor, order: torch.Tensor, 
     return torch.where(changed, dst[None], src[None])
 
 
-def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int) -> np.ndarray:
+def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int,
+                   target: Any = None) -> np.ndarray:
+    """The followed value of each step image: the softmax probability of class ``cls``, or with an output
+    target (``gbp.Region``, ``gbp.Box``, ``gbp.Output``, a ``gbp.Score`` or any ``fn(output) -> (N,)``)
+    its raw score, as explained (0 where a Box finds no detection)."""
+    from ..targets import OUTPUT_TARGETS, Context, Score
+
     out = []
     for s in range(0, batch.shape[0], batch_size):
-        logits = logits_of(model(batch[s:s + batch_size]))
+        chunk = batch[s:s + batch_size]
+        output = model(chunk)
+        if target is not None:
+            t = target if isinstance(target, OUTPUT_TARGETS) else Score(target)
+            ctx = Context(n=chunk.shape[0], input_size=tuple(chunk.shape[2:]), layers={})
+            got = t.evaluate(output, ctx)
+            out.append(got.scores.detach().float().masked_fill(~got.found.to(got.scores.device), 0).cpu())
+            continue
+        logits = logits_of(output)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float, float64 kept
         out.append(logits.softmax(dim=1)[:, cls].cpu())
     return torch.cat(out).double().numpy()
@@ -95,6 +109,7 @@ def deletion_insertion(
     seed: int = 0,
     classes: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 32,
+    target: Any = None,
 ) -> CurveResult:
     """Deletion or insertion curves of every map in ``maps``, beside a random pixel order.
 
@@ -107,6 +122,9 @@ def deletion_insertion(
         seed: seed of the random pixel order (one per image).
         classes: the class whose probability is followed (default: the model's prediction on ``x``).
         batch_size: step images per forward pass.
+        target: an output target (``gbp.Region(cls, mask)`` with an ``(H, W)`` mask, ``gbp.Box(box=..., label=...)``,
+            ``gbp.Output(i)``, a ``gbp.Score`` or any ``fn(output) -> (N,)``): the curves then follow its raw
+            score, the one the maps explain, instead of a softmax probability.
     """
     if mode not in MODES:
         raise UnknownNameError("faithfulness mode", str(mode), MODES)
@@ -125,7 +143,9 @@ def deletion_insertion(
     curves = {m: np.zeros((n, len(counts))) for m in maps}
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
-        if classes is None:
+        if target is not None:
+            cls = [-1] * n  # no class: the target's score is followed
+        elif classes is None:
             cls = predicted_classes(model, x, batch_size=batch_size).tolist()
         else:
             cls = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
@@ -134,7 +154,7 @@ def deletion_insertion(
             orders = [pixel_order(v[i]) for v in maps.values()] + [random_orders[i]]
             # every order's steps of this image in one stack, cut into batches of batch_size
             batch = torch.cat([_step_images(x[i], starts[i], o, counts, mode=mode) for o in orders])
-            probs = _probabilities(model, batch, cls[i], batch_size).reshape(len(orders), len(counts))
+            probs = _probabilities(model, batch, cls[i], batch_size, target).reshape(len(orders), len(counts))
             for j, name in enumerate(maps):
                 curves[name][i] = probs[j]
             random_curve[i] = probs[-1]
