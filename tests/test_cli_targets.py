@@ -119,3 +119,21 @@ def test_models_lists_segmenters_and_detectors_with_their_output_kind() -> None:
     lines = {line.split()[0]: line for line in result.output.splitlines() if line.strip()}
     assert " segmenter " in lines["fcn_resnet50"] and " detector " in lines["fasterrcnn_resnet50_fpn_v2"]
     assert " partly " in lines["lraspp_mobilenet_v3_large"] and " classifier " in lines["resnet18"]
+
+
+def test_a_detection_map_has_its_box_drawn(tmp_path: Path) -> None:
+    from guided_backprop.render import BOX_COLOURS, outline_box
+
+    picture = np.zeros((10, 12, 3), np.uint8)
+    drawn = outline_box(picture, (2, 3, 8, 7), width=1)
+    assert (drawn[3, 2:9] == BOX_COLOURS[0]).all() and (drawn[3:8, 8] == BOX_COLOURS[0]).all()
+    assert not drawn[5, 5].any() and not picture.any()  # inside untouched, the caller's picture too
+    write_plain(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    result = invoke("run", tmp_path / "in", "-o", out, "--model", f"{MODELS}:detector", "--target", "detections:1",
+                    "--score-threshold", "0", "--methods", "saliency", "--norm", "abs", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    (line,) = _index(out)
+    x0, y0, x1, y1 = (int(round(v)) for v in line["explained"][0]["box"])
+    saved = np.asarray(Image.open(out / line["files"]["saliency"]).convert("RGB"))
+    assert (saved[y0, x0:x1] == BOX_COLOURS[0]).all()

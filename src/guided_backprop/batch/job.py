@@ -252,7 +252,12 @@ class _Job:
                 self.log(f"warning: {item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
                          f"zeros (an empty region, or every ReLU on its path gated off)")
         found = [t["found"] for t in job["explained"]]
-        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found)
+        boxes = [t.get("box") for t in job["explained"]]
+        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found, boxes)
+        if any(b is not None for b in boxes):  # the panel's input shows every explained box, in its map's colour
+            for r, b in enumerate(boxes):
+                if b is not None:
+                    picture = render.outline_box(picture, b, render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
         panel = self._save_panel(item.idx, stem, picture, ranked, job, top5, written) if self.cfg.panel else None
         if panel is not None:
             files["panel"] = panel
@@ -260,7 +265,8 @@ class _Job:
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
-                   written: list[Path], found: list[bool] | None = None) -> dict[str, list[np.ndarray]]:
+                   written: list[Path], found: list[bool] | None = None,
+                   boxes: list[Any] | None = None) -> dict[str, list[np.ndarray]]:
         """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
 
         Returns every method's maps in rank order (RGB), which the panel shows.
@@ -282,7 +288,10 @@ class _Job:
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB
                 ranked[method].append(m)
-                self._save(render.method_picture(method, m, image=picture, norm=cfg.norm), name, written)
+                shown = render.method_picture(method, m, image=picture, norm=cfg.norm)
+                if boxes is not None and r < len(boxes) and boxes[r] is not None:  # what a detection map explains
+                    shown = render.outline_box(shown, boxes[r], render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
+                self._save(shown, name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
                 if cfg.save_raw:
