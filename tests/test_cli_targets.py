@@ -137,3 +137,12 @@ def test_a_detection_map_has_its_box_drawn(tmp_path: Path) -> None:
     x0, y0, x1, y1 = (int(round(v)) for v in line["explained"][0]["box"])
     saved = np.asarray(Image.open(out / line["files"]["saliency"]).convert("RGB"))
     assert (saved[y0, x0:x1] == BOX_COLOURS[0]).all()
+
+
+def test_the_name_template_takes_what_the_map_explains(tmp_path: Path) -> None:
+    write_plain(tmp_path / "in", 1)
+    out = tmp_path / "out"
+    result = invoke("run", tmp_path / "in", "-o", out, "--model", f"{MODELS}:detector", "--target", "detections:2",
+                    "--score-threshold", "0", "--name", "map_{idx}_{target}.png", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.glob("map_*")) == ["map_0_detection_0.png", "map_0_detection_1.png"]

@@ -225,7 +225,8 @@ def main() -> None:
 @opt(OUTPUT, "--name", "name_template", default=None, metavar="TEMPLATE",
       show_default="map_{idx}_class_{class_index}.png, plus _{method} with several methods and _top{rank} with "
                    "several classes",
-      help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel}.")
+      help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel} {target} "
+           "(what the map explains, e.g. detection_0).")
 @opt(OUTPUT, "--input-name", default="im_{idx}.png", metavar="TEMPLATE",
       help="Name of the input picture as the network saw it; fields {idx} {stem}.")
 @opt(OUTPUT, "--panel", is_flag=True,

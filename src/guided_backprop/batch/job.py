@@ -253,7 +253,8 @@ class _Job:
                          f"zeros (an empty region, or every ReLU on its path gated off)")
         found = [t["found"] for t in job["explained"]]
         boxes = [t.get("box") for t in job["explained"]]
-        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found, boxes)
+        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found, boxes,
+                                 [t["target"] for t in job["explained"]])
         if any(b is not None for b in boxes):  # the panel's input shows every explained box, in its map's colour
             for r, b in enumerate(boxes):
                 if b is not None:
@@ -266,7 +267,7 @@ class _Job:
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
                    written: list[Path], found: list[bool] | None = None,
-                   boxes: list[Any] | None = None) -> dict[str, list[np.ndarray]]:
+                   boxes: list[Any] | None = None, titles: list[str] | None = None) -> dict[str, list[np.ndarray]]:
         """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
 
         Returns every method's maps in rank order (RGB), which the panel shows.
@@ -283,7 +284,8 @@ class _Job:
                 cls = classes[r] if r < len(classes) else classes[0]
                 name = _fill(plan.map_template, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
                              label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
-                             layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none")
+                             layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none",
+                             target=safe_name(titles[r]) if titles and r < len(titles) else "none")
                 m = stack[r]
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB

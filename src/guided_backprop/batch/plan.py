@@ -201,7 +201,7 @@ def _check_unique_outputs(paths: list[Path], map_template: str, input_template: 
             for rank in range(1, k + 1):
                 cls = _CLASS_PLACEHOLDER.format(rank=rank)
                 name = _fill(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
-                             label=cls, layer=layer, channel=channel)
+                             label=cls, layer=layer, channel=channel, target=cls)
                 planned.append((name, f"{method} map"))
                 if save_raw:
                     planned.append((str(Path(name).with_suffix(".npy")), f"raw {method} map"))
@@ -268,7 +268,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     if len(methods) > 1 and "method" not in used:
         raise GuidedBackpropError(f"name={map_template!r} needs {{method}}: several methods are computed",
                                   field="name")
-    if k > 1 and not used & {"rank", "class_index", "label"}:
+    if k > 1 and not used & {"rank", "class_index", "label", "target"}:
         raise GuidedBackpropError(f"name={map_template!r} needs {{rank}}: {k} classes are explained per image",
                                   field="name")
     if not in_used & {"idx", "stem"}:
