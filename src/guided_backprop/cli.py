@@ -371,13 +371,20 @@ def models_command(show_all: bool, verbose: bool) -> int:
             "<torchvision name>", "torchvision", False,
             f"any of torchvision's {len(vision)} ImageNet models by name ({examples}...): weights download on "
             f"first use, then cached; --all lists each with its GBP support", "depends"))
+    tasks = [i for i in infos if i.kind in ("segmenter", "detector")]
+    if not show_all and tasks:  # one line for torchvision's segmenters and detectors too
+        infos = [i for i in infos if i not in tasks]
+        infos.insert(len(models.MODEL_NAMES) + 1, models.ModelInfo(
+            "<segmenter|detector>", "torchvision", False,
+            "torchvision's segmenters and detectors (fcn_resnet50...); --all lists them", "depends", "depends"))
     width = min(max(shutil.get_terminal_size((100, 24)).columns, 72), 100)
-    # name, offline, GBP, output kind; the description wraps beside them
-    columns = (max(len(i.name) for i in infos), 7, 6, 10)
+    # name, offline, GBP (and with --all the output kind); the description wraps beside them
+    heads = ("NAME", "OFFLINE", "GBP", "OUTPUT")[:4 if show_all else 3]
+    columns = (max(len(i.name) for i in infos), 7, 6, 10) if show_all else (max(len(i.name) for i in infos), 7, 3)
     indent = sum(columns) + 2 * len(columns)
-    click.echo("  ".join(h.ljust(w) for h, w in zip(("NAME", "OFFLINE", "GBP", "OUTPUT"), columns)) + "  DESCRIPTION")
+    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, columns)) + "  DESCRIPTION")
     for info in infos:
-        cells = (info.name, "yes" if info.offline else "no", _RELU_MARK[info.relu], info.kind)
+        cells = (info.name, "yes" if info.offline else "no", _RELU_MARK[info.relu], info.kind)[:len(heads)]
         lead = "  ".join(c.ljust(w) for c, w in zip(cells, columns)) + "  "
         click.echo(textwrap.fill(cli_message(info.description), width, initial_indent=lead,
                                  subsequent_indent=" " * indent))
