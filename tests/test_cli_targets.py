@@ -146,3 +146,21 @@ def test_the_name_template_takes_what_the_map_explains(tmp_path: Path) -> None:
                     "--score-threshold", "0", "--name", "map_{idx}_{target}.png", "--workers", "0")
     assert result.exit_code == 0, result.output
     assert sorted(p.name for p in out.glob("map_*")) == ["map_0_detection_0.png", "map_0_detection_1.png"]
+
+
+def test_partial_guidance_and_random_timm_weights_are_said() -> None:
+    from types import SimpleNamespace
+
+    from torch import nn
+
+    from guided_backprop.batch.plan import _notes
+
+    mobile = SimpleNamespace(model=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Hardswish()),
+                             weights="random initialisation")
+    notes, guidance = _notes(mobile, "timm:mobilenetv3_small_100", ("guided_backprop", "saliency"))
+    assert guidance == "partly" and notes[0].startswith("guidance is partial: guided_backprop change only the ReLUs;")
+    assert "Hardswish keeps plain gradients" in notes[0]
+    assert notes[1] == "timm:mobilenetv3_small_100 runs on random weights (give --weights pretrained or --weights FILE)"
+    plain = SimpleNamespace(model=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), weights="checkpoint w.pt")
+    assert _notes(plain, "timm:resnet18", ("guided_backprop",)) == ([], "yes")
+    assert _notes(mobile, "mobilenet_v3_small", ("saliency",)) == ([], "partly")  # saliency is not guided
