@@ -18,6 +18,8 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) scripts/sample_images.py samples
 	$(VENV)/bin/guided-backprop samples -o out --methods guided_backprop,gradcam,guided_gradcam,saliency --panel --report
+	@echo "Explore them interactively (maps computed on demand in your browser; Ctrl-C stops it):"
+	@echo "    $(VENV)/bin/guided-backprop explore samples"
 
 browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq chromium >/dev/null)

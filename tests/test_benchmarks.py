@@ -50,3 +50,17 @@ def test_evaluate_benchmark_quick_agrees_with_quantus_when_installed(capsys: pyt
     assert "ours: MPRT" in out
     if have_quantus:  # same maps, steps and re-initialisation: the numbers agree to rounding
         assert "equals ours" in out and "within the tolerance" in out
+        assert "| EfficientMPRT | saliency |" in out and "| SmoothMPRT | gradcam |" in out
+        assert "ours/Quantus" in out and "ours/floor" in out and "(load " in out
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not Path("/usr/bin/chromium").exists(), reason="needs Debian's chromium at /usr/bin/chromium")
+def test_explore_benchmark_quick_times_every_kind_of_click(capsys: pytest.CaptureFixture[str]) -> None:
+    bench = _load("bench_explore")
+    assert bench.main(["--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
+    assert {"new class", "method", "new image", "all"} <= set(rows)
+    assert rows["all"].split("|")[2].strip() == "6" and "load average" in out

@@ -69,13 +69,16 @@ def test_evaluate_writes_the_contract_csv_and_pictures(tmp_path: Path) -> None:
     assert set(rows[0]) == {"image", "check", "method", "step", "metric", "value"}
     # randomisation: 3 images x 5 methods x 3 steps x 4 metrics
     assert sum(r["check"] == "randomization_cascading" for r in rows) == 3 * 5 * 3 * 4
-    assert {r["check"] for r in rows} == {"randomization_cascading", "class_sensitivity", "deletion", "insertion"}
+    assert {r["check"] for r in rows} == {"randomization_cascading", "efficient_mprt", "class_sensitivity",
+                                          "deletion", "insertion"}
 
     for name in doc["figures"].values():
         with Image.open(out / name) as im:
             im.load()
             assert im.width > 200 and im.height > 100
-    assert set(doc["figures"]) == {"randomization", "similarity", "faithfulness"}
+    assert set(doc["figures"]) == {"randomization", "similarity", "efficient_mprt", "faithfulness"}
+    for m in methods.split(","):  # the summary table: one reading per method
+        assert any(line.startswith(f"{m}: ") for line in result.output.splitlines()), result.output
 
 
 def test_evaluate_one_image_independent_named_blocks(tmp_path: Path) -> None:
@@ -127,10 +130,11 @@ def test_report_shows_an_evaluation_section_when_the_folder_has_one(tmp_path: Pa
     assert invoke("report", out).exit_code == 0
     assert 'id="evaluation"' not in (out / "index.html").read_text(encoding="utf-8")
     assert invoke("evaluate", tmp_path / "in", "-o", out, *TINY, "--methods", "saliency", "--checks",
-                  "class,deletion", "--steps", "4", "-q").exit_code == 0
+                  "class,emprt,deletion", "--steps", "4", "-q").exit_code == 0
     assert invoke("report", out).exit_code == 0
     page = (out / "index.html").read_text(encoding="utf-8")
     assert 'id="evaluation"' in page and "deletion AUC" in page and 'src="evaluation_faithfulness.png"' in page
+    assert "Efficient MPRT" in page and 'src="evaluation_efficient_mprt.png"' in page
     assert "http://" not in page.split('id="evaluation"')[1].split("</section>")[0]
 
 
@@ -164,9 +168,9 @@ def test_evaluate_reports_inputs_it_passes_over(tmp_path: Path) -> None:
 
 def test_evaluate_help_tells_its_own_exit_codes() -> None:
     text = " ".join(invoke("evaluate", "--help").output.split())
-    assert "143 terminated (SIGTERM)" in text and "a rerun starts over" in text
+    assert "143 terminated (SIGTERM)" in text and "a rerun starts over" in text and "4 the output folder" in text
     assert "complete outputs are kept" not in text  # evaluate does not resume
-    assert "randomization, class, deletion, insertion" in text  # --checks names its choices
+    assert "randomization, emprt (Efficient MPRT), smprt (Smooth MPRT), class, deletion, insertion" in text
     main_help = " ".join(invoke("--help").output.split())
     for code in ExitCode:
         assert f" {int(code)} " in main_help.split("Exit codes:")[1], code
@@ -186,18 +190,6 @@ def test_evaluate_sigterm_is_one_line_and_code_143(tmp_path: Path, monkeypatch: 
     result = CliRunner().invoke(main, ["evaluate", str(tmp_path / "in"), "-o", str(tmp_path / "out"), *TINY])
     assert result.exit_code == 143, result.output
     assert result.output.strip() == "terminated (SIGTERM): the evaluation did not finish; a rerun starts over"
-
-
-def test_evaluate_pictures_of_different_shapes_name_the_flag_that_fixes_it(tmp_path: Path) -> None:
-    (tmp_path / "in").mkdir()
-    Image.new("RGB", (48, 32), (200, 10, 10)).save(tmp_path / "in" / "wide.png")
-    Image.new("RGB", (32, 32), (10, 200, 10)).save(tmp_path / "in" / "square.png")
-    tiny = [TINY[0], TINY[1], "--resize", "32", "--crop", "none"]  # whole pictures, aspect kept
-    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class")
-    assert result.exit_code == 2 and "--crop 32" in result.output, result.output
-    result = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "out", *tiny, "--checks", "class",
-                    "--methods", "saliency", "--crop", "32", "-q")
-    assert result.exit_code == 0, result.output
 
 
 def test_evaluate_does_not_take_its_own_figures_as_inputs(tmp_path: Path) -> None:

@@ -27,6 +27,8 @@ SKIPPED = {
     "torchrun": "several processes: tests/test_cli.py::test_torchrun_two_processes_equal_one runs torchrun",
     "--model vgg19": "downloads torchvision's 548 MB VGG19 weights",
     "digits/": "the user's own model, weights and pictures (the factory itself runs in the python block)",
+    "explore": "serves until Ctrl-C: tests/test_explore.py::test_command_serves_on_localhost_and_stops_on_ctrl_c "
+               "runs the command",
 }
 
 

@@ -53,7 +53,8 @@ __all__ = ["cli_message", "main"]
 EVALUATE_EXIT_CODES = (
     "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
     "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
-    "3 the evaluation failed unexpectedly (--verbose shows why); 130 interrupted (Ctrl-C), 143 "
+    "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
+    "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
     "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
 )
 
@@ -419,8 +420,9 @@ def report_command(output: Path, verbose: bool) -> int:
       help="Folder for evaluation.json, evaluation.csv and the figures.")
 @opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop,saliency,gradcam",
       help=f"Comma-separated: {', '.join(METHODS)}.")
-@opt(TARGETS, "--checks", default="randomization,class,deletion,insertion", metavar="CHECKS",
-     help="Comma-separated checks to run: randomization, class, deletion, insertion.")
+@opt(TARGETS, "--checks", default="randomization,emprt,class,deletion,insertion", metavar="CHECKS",
+     help="Comma-separated checks to run: randomization, emprt (Efficient MPRT), smprt (Smooth MPRT), class, "
+          "deletion, insertion.")
 @opt(TARGETS, "--randomization", "order", type=click.Choice(["cascading", "independent"]), default="cascading",
       help="Re-initialise blocks cumulatively from the output, or one at a time.")
 @opt(TARGETS, "--granularity", type=click.Choice(["blocks", "modules"]), default="blocks",
@@ -428,7 +430,13 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--blocks", default=None, metavar="A,B,...",
       help="Randomise these modules (model.named_modules() names) instead of --granularity.")
 @opt(TARGETS, "--seed", type=int, default=0, help="Seed of re-initialisations and random draws.")
-@opt(TARGETS, "--steps", type=click.IntRange(min=1), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--steps", type=click.IntRange(min=1, max=1024), default=32, help="Deletion / insertion steps.")
+@opt(TARGETS, "--smooth-samples", type=click.IntRange(min=1, max=1000), default=50,
+     help="Smooth MPRT: SmoothGrad samples per map (noise 0.1 of each input's range, as Hedström et al.).")
+@opt(OUTPUT, "--figure-image", default=None, metavar="NAME", show_default="the first image",
+     help="The input (file name, stem or path) whose maps the randomisation figure shows.")
+@opt(OUTPUT, "--figure-steps", type=click.IntRange(min=1, max=200), default=10,
+     help="Randomisation steps shown in that figure (evenly spread, the last one included).")
 @model_options
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -436,7 +444,9 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
      help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
-                     granularity: str, blocks: str | None, seed: int, steps: int, model_options: ModelOptions,
+                     granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
+                     figure_image: str | None,
+                     figure_steps: int, model_options: ModelOptions,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
@@ -447,7 +457,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     from .batch.pipeline import _sigterm_as_interrupt
     from .evaluate import parse_checks
-    from .evaluate.run import EvaluateConfig, evaluate_folder
+    from .evaluate.run import EvaluateConfig, WriteError, evaluate_folder
+    from .evaluate.verdict import summary_table
 
     bar = None if quiet or not sys.stderr.isatty() else tqdm(desc="evaluate", unit="step")
 
@@ -461,7 +472,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         cfg = EvaluateConfig(
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
-            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer)
+            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
+            figure_steps=figure_steps, smooth_samples=smooth_samples)
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
@@ -470,6 +482,9 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
         return code
+    except WriteError as err:
+        echo_error(err, verbose=verbose, err=err)
+        return ExitCode.DISK_FULL
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
@@ -479,6 +494,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         if bar is not None:
             bar.close()
     if not quiet:
+        for line in summary_table(result.evaluation):
+            click.echo(line)
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
@@ -561,11 +578,17 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
 
             with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
                 warnings.simplefilter("always", UserWarning)
+                tops = None
+                if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
+                    from .unit_cache import cached_tops
+
+                    tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
+                                                list(unit_channels), k, batch_size=batch_size, progress=progress)
                 grids = units.iter_unit_grids(
                     loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
                     channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
                     display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
-                    sources=[str(p) for p in found.paths], progress=progress,
+                    sources=[str(p) for p in found.paths], progress=progress, tops=tops,
                 )
                 written = units.save_unit_grids(grids, output)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
@@ -651,3 +674,93 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
         return Explainer(loaded.model).explain(blank, 0, methods=["gradcam"]).gradcam_layer
     except (GuidedBackpropError, StopIteration):
         return None
+
+
+# ------------------------------------------------------------------------------------------- explore
+
+
+def _model_words(mo: ModelOptions) -> list[str]:
+    """The model options as given, back as command-line words (for the explorer's reproducing command)."""
+    words: list[str] = []
+    for key, flag in (("model", "--model"), ("weights", "--weights"), ("labels", "--labels"),
+                      ("num_classes", "--num-classes"), ("input_size", "--input-size"), ("channels", "--channels")):
+        value = getattr(mo, key)
+        if value is not None:
+            words += [flag, str(value)]
+    for key in ("resize", "crop"):
+        value = getattr(mo, key)
+        if value != "model":
+            words += [f"--{key}", "none" if value is None else str(value)]
+    for key in ("mean", "std"):
+        value = getattr(mo, key)
+        if value is not None:
+            words += [f"--{key}", ",".join(f"{v:g}" for v in value)]
+    if mo.trust_checkpoint:
+        words.append("--trust-checkpoint")
+    if mo.device != "auto":
+        words += ["--device", mo.device]
+    return words
+
+
+@main.command("explore", **COMMAND_SETTINGS)
+@click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
+@model_options
+@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
+     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",
+     help="Noisy copies when SmoothGrad is switched on in the page.")
+@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+     help="SmoothGrad noise std as a fraction of the input's value range.")
+@opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/units"),
+     help="Folder where the channels' top images over IMAGES are kept (OUT/.unit-cache): "
+          "'guided-backprop units IMAGES --channel C -o OUT' reuses them.")
+@opt(OUTPUT, "--host", default="127.0.0.1", show_default=True,
+     help="Address to listen on. Anything but 127.0.0.1 / localhost lets other machines reach the app "
+          "(they still need the token).")
+@opt(OUTPUT, "--port", type=click.IntRange(min=0, max=65535), default=0, show_default="a free port",
+     help="Port to listen on.")
+@opt(OUTPUT, "--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
+@opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
+def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradcam_layer: str | None, smooth: int,
+                    noise: float, output: Path, host: str, port: int, no_browser: bool, verbose: bool) -> int:
+    """A local web app that computes maps on demand: pick an image of IMAGES, a class, methods, a
+    layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
+    does) and opens it; Ctrl-C stops it. Only the given images are served.
+    """
+    from .explore import ExploreService, serve
+    from .images import search_images
+
+    try:
+        found = search_images(list(inputs))
+        if not found.paths:
+            raise click.UsageError("no image files found in IMAGES")
+        loaded = model_options.load()
+        names = _display_names(found.paths)
+        service = ExploreService(loaded, found.paths, names=names, gradcam_layer=gradcam_layer,
+                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options),
+                                 units_folder=output)
+    except GuidedBackpropError as err:
+        echo_error(err, verbose=verbose, err=err)
+        return ExitCode.USAGE
+    for skipped in found.skipped:
+        echo_skipped(skipped.path, skipped.reason)
+    if host not in ("127.0.0.1", "localhost"):
+        click.echo(f"warning: --host {host}: the explorer is reachable from other machines on this network "
+                   "(the token still guards it; use it only on a network you trust)", err=True)
+    try:
+        serve(service, host=host, port=port, open_browser=not no_browser, echo=lambda s: click.echo(s, err=True))
+    except OSError as err:
+        echo_error(f"cannot listen on {host}:{port}: {err.strerror or err}; choose another --port or --host")
+        return ExitCode.USAGE
+    except KeyboardInterrupt:
+        pass
+    click.echo("explorer stopped", err=True)
+    return ExitCode.OK
+
+
+def _display_names(paths: Sequence[Path]) -> list[str]:
+    """Each file's path relative to the inputs' common folder (what the strip shows)."""
+    if len(paths) == 1:
+        return [paths[0].name]
+    root = os.path.commonpath([str(p.parent) for p in paths])
+    return [os.path.relpath(p, root) for p in paths]

@@ -224,12 +224,14 @@ def _evaluation_section(folder: Path, doc: dict[str, Any], odd: list[str]) -> di
         ok = isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean)
         return f"{mean:.3f}" if ok else "–"
 
-    names = ("randomization", "class_sensitivity", "deletion", "insertion")
+    names = ("randomization", "efficient_mprt", "smooth_mprt", "class_sensitivity", "deletion", "insertion")
     blocks = {key: obj(doc.get(key), key) for key in names}
     per_method = {key: obj(blocks[key].get("methods"), f"{key}.methods") for key in names}
     checks: list[tuple[str, str, str]] = [
         ("randomization", "Spearman |map| after the last randomisation step", "spearman_abs"),
-        ("class_sensitivity", "Spearman |map|, predicted vs random class", "spearman_abs")]
+        ("class_sensitivity", "Spearman |map|, predicted vs random class", "spearman_abs"),
+        ("efficient_mprt", "Efficient MPRT: rise in map entropy, trained to random (high is good)", "complexity_rise"),
+        ("smooth_mprt", "Smooth MPRT: Spearman |map| after the last step", "spearman_abs")]
     for mode in ("deletion", "insertion"):
         random_auc = obj(blocks[mode].get("random"), f"{mode}.random").get("auc")
         checks.append((mode, f"{mode} AUC (random order: {num(random_auc, f'{mode}.random.auc')})", "auc"))

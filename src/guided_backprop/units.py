@@ -486,6 +486,7 @@ def iter_unit_grids(
     on_error: Literal["raise", "skip"] = "raise",
     sources: Sequence[str] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    tops: Sequence[UnitTop] | None = None,
 ) -> Iterator[UnitGrid]:
     """What units of ``layer`` respond to, as in Springenberg et al. 2014 (arXiv:1412.6806), fig. 3.
 
@@ -507,6 +508,8 @@ def iter_unit_grids(
         min_cell: grid cells smaller than this many pixels are enlarged by an integer factor.
         include_global: count inputs broadcast over space (squeeze-excitation gates) in the field.
         sources: a name per image (e.g. its file), copied into :attr:`TopActivation.source`.
+        tops: the units' top activations when already known (e.g. :func:`guided_backprop.unit_cache.cached_tops`):
+            the pass over ``images`` is skipped.
 
     Yields one :class:`UnitGrid` per unit, in channel-rank (or given) order, each made when asked for:
     a caller that saves and drops each one holds one grid at a time, whatever ``top_channels``.
@@ -524,8 +527,9 @@ def iter_unit_grids(
         raise InputError(f"got {len(sources)} sources for {len(images)} images; give one name per image")
     if isinstance(channels, int):
         channels = [channels]
-    units = top_activations(model, images, layer, channels, top_channels, k, rank_by=rank_by,
-                            batch_size=batch_size, on_error=on_error, progress=progress)
+    units = list(tops) if tops is not None else top_activations(
+        model, images, layer, channels, top_channels, k, rank_by=rank_by, batch_size=batch_size, on_error=on_error,
+        progress=progress)
     device, dtype = _model_device_dtype(model)
     explainer = Explainer(model)
     fields: dict[tuple[int, ...], ReceptiveField] = {}

@@ -24,16 +24,26 @@ from .randomization import model_logits
 from .results import ClassSensitivityResult
 from .similarity import METRICS, Reference, parse_metrics
 
-__all__ = ["class_sensitivity", "random_other_classes"]
+__all__ = ["class_sensitivity", "image_rng", "random_other_classes"]
 
 
-def random_other_classes(predicted: Sequence[int], num_classes: int, *, seed: int = 0) -> list[int]:
-    """One class per sample drawn uniformly from the classes other than its ``predicted`` one (seeded)."""
+def random_other_classes(predicted: Sequence[int], num_classes: int, *, seed: int = 0,
+                         image_ids: Sequence[int] | None = None) -> list[int]:
+    """One class per sample drawn uniformly from the classes other than its ``predicted`` one.
+
+    Each sample's draw is seeded by ``seed`` and its id (``image_ids``, default ``0..N-1``, e.g. its
+    index among a folder's images), so it does not depend on the batch the sample came in.
+    """
     if num_classes < 2:
         raise TargetError(f"class sensitivity needs a model with 2 classes or more, this one has {num_classes}")
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, num_classes - 1, size=len(predicted))
+    ids = range(len(predicted)) if image_ids is None else image_ids
+    draws = [int(image_rng(seed, i).integers(0, num_classes - 1)) for i in ids]
     return [int(d + (d >= p)) for d, p in zip(draws, predicted)]  # skip the predicted class
+
+
+def image_rng(seed: int, image_id: int) -> np.random.Generator:
+    """The random generator of one image's draws: seeded by ``seed`` and the image's id."""
+    return np.random.default_rng([int(seed) % 2**63, int(image_id) % 2**63])
 
 
 def class_sensitivity(
@@ -47,6 +57,7 @@ def class_sensitivity(
     logits: torch.Tensor | None = None,
     batch_size: int = 16,
     gradcam_layer: str | None = None,
+    image_ids: Sequence[int] | None = None,
 ) -> ClassSensitivityResult:
     """Similarity of each image's map for its predicted class with its maps for two other classes.
 
@@ -59,6 +70,7 @@ def class_sensitivity(
         random_classes: the other class of each sample, instead of random ones (e.g. to match
             another tool's draw).
         logits: the model's ``(N, classes)`` logits for ``x``, when already known (saves a forward).
+        image_ids: each image's id for its random draw (:func:`random_other_classes`).
     """
     names = parse_methods(methods)
     wanted = parse_metrics(metrics)
@@ -73,7 +85,7 @@ def class_sensitivity(
     predicted = [int(c) for c in top2[:, 0]]
     second = [int(c) for c in top2[:, 1]]
     if random_classes is None:
-        others = random_other_classes(predicted, logits.shape[1], seed=seed)
+        others = random_other_classes(predicted, logits.shape[1], seed=seed, image_ids=image_ids)
     else:
         others = [int(c) for c in random_classes]
         if len(others) != x.shape[0]:

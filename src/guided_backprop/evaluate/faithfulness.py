@@ -6,8 +6,9 @@ preprocessed tensor space: the mean colour for ImageNet normalisation); *inserti
 same order, into a blurred copy of the image (Gaussian, kernel 11, sigma 5, as RISE). The curve is the
 softmax probability of the class the model predicts on the intact image; its area (trapezoid rule
 over the fraction of pixels, 0 to 1) is the score: low is good for deletion, high for insertion. A
-random pixel order (seeded) is always measured beside it, as the baseline a map has to beat. All
-the steps of one image go through the model in batches.
+random pixel order (seeded) is always measured beside it, as the baseline a map has to beat. The
+steps of one image are made and go through the model ``batch_size`` at a time, so memory does not grow
+with the number of steps.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from torch import nn
 
 from ..errors import InputError, UnknownNameError
 from ..hooks import logits_of, model_state
+from .class_sensitivity import image_rng
 from .randomization import predicted_classes
 from .results import CurveResult
 
@@ -78,9 +80,9 @@ def _step_images(image: torch.Tensor, start: torch.Tensor, order: torch.Tensor, 
 
 def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int,
                    target: Any = None) -> np.ndarray:
-    """The followed value of each step image: the softmax probability of class ``cls``, or with an output
-    target (``gbp.Region``, ``gbp.Box``, ``gbp.Output``, a ``gbp.Score`` or any ``fn(output) -> (N,)``)
-    its raw score, as explained (0 where a Box finds no detection)."""
+    """The score deletion and insertion follow, per image of ``batch``: the softmax probability of class ``cls``,
+    or with an output target (``gbp.Region``, ``gbp.Box``, ``gbp.Output``, a ``gbp.Score`` or any
+    ``fn(output) -> (N,)``) its raw score, as explained (0 where a Box finds no detection)."""
     from ..targets import OUTPUT_TARGETS, Context, Score
 
     out = []
@@ -109,6 +111,7 @@ def deletion_insertion(
     seed: int = 0,
     classes: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 32,
+    image_ids: Sequence[int] | None = None,
     target: Any = None,
 ) -> CurveResult:
     """Deletion or insertion curves of every map in ``maps``, beside a random pixel order.
@@ -119,9 +122,11 @@ def deletion_insertion(
         maps: ``{method: (N, C', H, W)}`` maps of ``x`` (``C'`` may be 1, as Grad-CAM's).
         mode: ``"deletion"`` or ``"insertion"``.
         steps: equal steps from 0 to every pixel (``steps + 1`` points per curve).
-        seed: seed of the random pixel order (one per image).
+        seed: seed of the random pixel orders: each image's is drawn from ``seed`` and its id.
         classes: the class whose probability is followed (default: the model's prediction on ``x``).
         batch_size: step images per forward pass.
+        image_ids: each image's id for its random order (default ``0..N-1``), so that an image's curve
+            does not depend on the batch it came in.
         target: an output target (``gbp.Region(cls, mask)`` with an ``(H, W)`` mask, ``gbp.Box(box=..., label=...)``,
             ``gbp.Output(i)``, a ``gbp.Score`` or any ``fn(output) -> (N,)``): the curves then follow its raw
             score, the one the maps explain, instead of a softmax probability.
@@ -138,8 +143,8 @@ def deletion_insertion(
             raise InputError(f"map {name!r} has shape {tuple(m.shape)}; expected ({n}, C, {h}, {w}) like x")
     counts = _step_counts(h * w, int(steps))
     fractions = counts / float(h * w)
-    gen = torch.Generator().manual_seed(int(seed))
-    random_orders = [torch.randperm(h * w, generator=gen) for _ in range(n)]
+    ids = range(n) if image_ids is None else image_ids
+    random_orders = [torch.from_numpy(image_rng(seed, i).permutation(h * w)) for i in ids]
     curves = {m: np.zeros((n, len(counts))) for m in maps}
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
@@ -152,9 +157,12 @@ def deletion_insertion(
         starts = torch.zeros_like(x) if mode == "deletion" else blurred(x)
         for i in range(n):
             orders = [pixel_order(v[i]) for v in maps.values()] + [random_orders[i]]
-            # every order's steps of this image in one stack, cut into batches of batch_size
-            batch = torch.cat([_step_images(x[i], starts[i], o, counts, mode=mode) for o in orders])
-            probs = _probabilities(model, batch, cls[i], batch_size, target).reshape(len(orders), len(counts))
+            # the step images are made batch by batch: memory holds one batch whatever the number of steps
+            probs = np.stack([
+                np.concatenate([_probabilities(model, _step_images(x[i], starts[i], o, counts[s:s + batch_size],
+                                                                   mode=mode), cls[i], batch_size, target)
+                                for s in range(0, len(counts), batch_size)])
+                for o in orders])
             for j, name in enumerate(maps):
                 curves[name][i] = probs[j]
             random_curve[i] = probs[-1]

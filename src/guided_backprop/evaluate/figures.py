@@ -4,8 +4,10 @@
   the trained model's map, then the map after each randomisation step (at most ``max_columns``
   steps, evenly spread, the last one always shown); each map is shown as ``|map|`` summed over
   channels, clipped at its 99th percentile, grayscale.
-* :func:`similarity_figure` -- one panel per metric, one line per method (the mean over images),
-  the band the mean +- one standard deviation over images.
+* :func:`similarity_figure` -- one panel per metric, one line per method (the mean over the images
+  where the value is defined), the band the mean +- one standard deviation; hollow markers and
+  ``n=`` where fewer images count, and a panel counting the maps that became constant;
+* :func:`complexity_figure` -- Efficient MPRT: map entropy, trained vs fully randomised model.
 * :func:`faithfulness_figure` -- deletion and insertion curves, one line per method and the random
   order dashed, the area under each curve in the legend.
 """
@@ -18,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from .results import CurveResult, RandomizationResult, summarize
+from .results import ComplexityResult, CurveResult, RandomizationResult, summarize
 
-__all__ = ["faithfulness_figure", "randomization_figure", "similarity_figure"]
+__all__ = ["complexity_figure", "faithfulness_figure", "randomization_figure", "similarity_figure",
+           "worse_than_random"]
 
 _TITLES = {"guided_backprop": "Guided backprop", "deconvnet": "Deconvnet", "saliency": "Saliency (gradient)",
            "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "random": "random order"}
@@ -87,6 +90,9 @@ def randomization_figure(result: RandomizationResult, image: np.ndarray | None =
                 ax.imshow(image)
             else:
                 ax.imshow(_magnitude(result.maps[m][j]), cmap="gray", vmin=0, vmax=1)
+                if _is_constant(result.maps[m][j]):  # black would read "no evidence": say what it is
+                    ax.text(0.5, 0.5, "constant\nmap", transform=ax.transAxes, ha="center", va="center",
+                            fontsize=7, color="#d62728", fontweight="bold")
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:
@@ -102,6 +108,11 @@ def randomization_figure(result: RandomizationResult, image: np.ndarray | None =
     return _png(fig)
 
 
+def _is_constant(m: Any) -> bool:
+    flat = m.reshape(-1)
+    return bool(flat.numel() == 0 or (flat == flat[0]).all()) if hasattr(flat, "numel") else bool(np.ptp(flat) == 0)
+
+
 def _tick_positions(n: int, most: int = 14) -> list[int]:
     if n <= most:
         return list(range(n))
@@ -109,37 +120,100 @@ def _tick_positions(n: int, most: int = 14) -> list[int]:
 
 
 def similarity_figure(result: RandomizationResult, metrics: Sequence[str] | None = None) -> bytes:
-    """Similarity to the trained model's maps along the steps: PNG bytes."""
+    """Similarity to the trained model's maps along the steps: PNG bytes.
+
+    A mean over fewer images than all (a constant map has no Spearman or HOG value) is drawn with a
+    hollow marker and its count ``n`` written beside it where it changes; a last panel counts, per
+    step, the maps that became constant -- a finding in itself, never averaged away.
+    """
     plt = _pyplot()
     shown = [k for k in (metrics or result.metrics) if k in result.metrics]
-    cols = min(2, len(shown))
-    rows = (len(shown) + cols - 1) // cols
+    panels = len(shown) + (1 if result.constant else 0)
+    cols = min(2, panels)
+    rows = (panels + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 3.8 * rows), squeeze=False)
     steps = np.arange(len(result.steps))
     ticks = _tick_positions(len(result.steps))
+    total = result.values[result.methods[0]][shown[0]].shape[0]
+
+    def axis(ax: Any, title: str) -> None:
+        ax.set_title(title, fontsize=10)
+        ax.set_xticks(ticks)
+        ax.set_xticklabels([_short(result.steps[t], 14) for t in ticks], rotation=60, ha="right", fontsize=7)
+        ax.grid(alpha=0.3)
+
     for idx, metric in enumerate(shown):
         ax = axes[idx // cols][idx % cols]
         for m in result.methods:
             stats = [summarize(result.values[m][metric][:, j]) for j in steps]
             mean = np.array([s.mean for s in stats])
             std = np.array([s.std for s in stats])
+            counts = np.array([s.n for s in stats])
             (line,) = ax.plot(steps, mean, marker="o", markersize=3, label=_title(m))
             ax.fill_between(steps, mean - std, mean + std, color=line.get_color(), alpha=0.18, linewidth=0)
+            fewer = counts < total
+            if fewer.any():  # hollow: a mean over fewer images than all
+                ax.plot(steps[fewer], mean[fewer], linestyle="none", marker="o", markersize=6,
+                        markerfacecolor="white", markeredgecolor=line.get_color())
+                for j in np.flatnonzero(fewer):
+                    if (j == 0 or counts[j] != counts[j - 1]) and np.isfinite(mean[j]):
+                        ax.annotate(f"n={counts[j]}", (steps[j], mean[j]), textcoords="offset points",
+                                    xytext=(2, 5), fontsize=6, color=line.get_color())
         ax.axhline(0, color="0.6", linewidth=0.8)
         ax.set_ylim(-0.5 if metric != "ssim" else -0.1, 1.05)
-        ax.set_title(_METRIC_TITLES.get(metric, metric), fontsize=10)
-        ax.set_xticks(ticks)
-        ax.set_xticklabels([_short(result.steps[t], 14) for t in ticks], rotation=60, ha="right", fontsize=7)
-        ax.grid(alpha=0.3)
+        axis(ax, _METRIC_TITLES.get(metric, metric))
         if idx == 0:
             ax.legend(fontsize=8, loc="lower left")
-    for idx in range(len(shown), rows * cols):
+    if result.constant:
+        ax = axes[len(shown) // cols][len(shown) % cols]
+        for m in result.methods:
+            ax.plot(steps, result.constant[m].sum(axis=0), marker="s", markersize=3, label=_title(m))
+        ax.set_ylim(-0.2, total + 0.2)
+        ax.set_ylabel(f"images (of {total})")
+        axis(ax, "Maps that became constant (no ranking: left out of the means)")
+    for idx in range(panels, rows * cols):
         axes[idx // cols][idx % cols].axis("off")
-    n = result.values[result.methods[0]][shown[0]].shape[0]
-    fig.suptitle(f"Similarity to the trained model's map, {result.order} randomisation "
-                 f"(mean over {n} image{'s' if n != 1 else ''}, band: ±1 std)", fontsize=11)
+    smooth = f", SmoothGrad {result.smooth['samples']} samples" if result.smooth else ""
+    fig.suptitle(f"Similarity to the trained model's map, {result.order} randomisation{smooth} (mean over the "
+                 f"{total} image{'s' if total != 1 else ''} where defined; hollow: fewer, n shown; band: ±1 std)",
+                 fontsize=10)
     fig.tight_layout()
     return _png(fig)
+
+
+def complexity_figure(result: ComplexityResult) -> bytes:
+    """Efficient MPRT: each method's map complexity (entropy) for the trained and the randomised model."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(1.6 * len(result.methods) + 3, 3.6))
+    pos = np.arange(len(result.methods))
+    rise = result.rise
+    for k, (what, values) in enumerate((("trained", result.trained), ("fully randomised", result.randomized))):
+        means = [summarize(values[m]).mean for m in result.methods]
+        stds = [summarize(values[m]).std for m in result.methods]
+        ax.bar(pos + (k - 0.5) * 0.38, means, 0.38, yerr=stds, label=what, capsize=3)
+    for i, m in enumerate(result.methods):
+        r = summarize(rise[m])
+        text = f"rise {r.mean:+.0%}" if np.isfinite(r.mean) else "rise undefined"
+        ax.annotate(text, (pos[i], np.log(result.bins)), ha="center", va="bottom", fontsize=8)
+    ax.axhline(np.log(result.bins), color="0.6", linewidth=0.8, linestyle=":")
+    ax.set_xticks(pos)
+    ax.set_xticklabels([_title(m) for m in result.methods], fontsize=8)
+    ax.set_ylabel(f"entropy of |map| histogram ({result.bins} bins)")
+    ax.set_ylim(0, np.log(result.bins) * 1.15)
+    ax.legend(fontsize=8, loc="lower right")
+    n = len(result.classes)
+    ax.set_title(f"Efficient MPRT (Hedström et al. 2023): complexity before and after randomising the whole "
+                 f"network ({len(result.steps)} {result.granularity} steps)\n"
+                 f"(mean over {n} image{'s' if n != 1 else ''}; a rise is what a "
+                 f"model-dependent map shows; dotted: the maximum)", fontsize=9)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def worse_than_random(result: CurveResult, method: str) -> bool:
+    """Whether ``method``'s mean area is on the wrong side of the random order's (deletion: above)."""
+    mine, chance = float(np.mean(result.auc[method])), float(np.mean(result.random_auc))
+    return mine > chance if result.mode == "deletion" else mine < chance
 
 
 def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:
@@ -149,7 +223,9 @@ def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:
     for ax, res in zip(axes[0], curves):
         aucs = res.auc
         for m, c in res.curves.items():
-            ax.plot(res.fractions, c.mean(axis=0), label=f"{_title(m)} (AUC {np.mean(aucs[m]):.3f})")
+            worse = ", WORSE than random" if worse_than_random(res, m) else ""
+            ax.plot(res.fractions, c.mean(axis=0), label=f"{_title(m)} (AUC {np.mean(aucs[m]):.3f}{worse})",
+                    linestyle=":" if worse else "-")
         ax.plot(res.fractions, res.random.mean(axis=0), "k--",
                 label=f"random order (AUC {np.mean(res.random_auc):.3f})")
         verb = "removed" if res.mode == "deletion" else "inserted"

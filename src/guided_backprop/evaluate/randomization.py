@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextlib
 import copy
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -42,8 +43,8 @@ from ..methods import parse_methods
 from .results import RandomizationResult
 from .similarity import METRICS, Reference, parse_metrics
 
-__all__ = ["GRANULARITIES", "ORDERS", "model_randomization", "randomization_steps", "randomized_models",
-           "reinitialize"]
+__all__ = ["GRANULARITIES", "ORDERS", "Smoothing", "is_constant", "model_randomization", "randomization_steps",
+           "randomized_models", "reinitialize"]
 
 #: Step granularities :func:`randomization_steps` accepts by name.
 GRANULARITIES: tuple[str, ...] = ("blocks", "modules")
@@ -197,13 +198,33 @@ def randomized_models(
         yield name, work
 
 
+@dataclass(frozen=True)
+class Smoothing:
+    """SmoothGrad for Smooth MPRT: ``samples`` noisy copies, noise std ``noise`` x each input's range.
+
+    Each image's noise is seeded by ``seed`` and its id (:func:`~guided_backprop.smoothgrad_seed`), so
+    every randomisation step sees the same noise and an image's map does not depend on its batch.
+    """
+
+    samples: int
+    noise: float
+    seed: int = 0
+    ids: tuple[int, ...] | None = None
+
+
 def _explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, methods: tuple[str, ...],
-                 batch_size: int, gradcam_layer: str | None) -> dict[str, torch.Tensor]:
+                 batch_size: int, gradcam_layer: str | None, smoothing: Smoothing | None = None
+                 ) -> dict[str, torch.Tensor]:
     """Maps ``(N, C, H, W)`` of every method for one class per sample; one forward per batch."""
     parts: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
     for s in range(0, x.shape[0], batch_size):
+        smooth: dict[str, Any] = {}
+        if smoothing is not None:
+            ids = smoothing.ids or tuple(range(x.shape[0]))
+            smooth = {"smooth": smoothing.samples, "noise": smoothing.noise, "seed": smoothing.seed,
+                      "sample_ids": ids[s:s + batch_size]}
         e = explainer.explain(x[s:s + batch_size], classes[s:s + batch_size], methods=methods,
-                              gradcam_layer=gradcam_layer)
+                              gradcam_layer=gradcam_layer, **smooth)
         for m in methods:
             parts[m].append(e.maps[m][:, 0])
     return {m: torch.cat(v).cpu() for m, v in parts.items()}
@@ -241,6 +262,8 @@ def model_randomization(
     batch_size: int = 16,
     gradcam_layer: str | None = None,
     maps_image: int | None = 0,
+    smoothing: Smoothing | None = None,
+    trained_maps: dict[str, torch.Tensor] | None = None,
     progress: Progress | None = None,
 ) -> RandomizationResult:
     """The model-parameter randomisation test (Adebayo et al. 2018, arXiv:1810.03292).
@@ -258,6 +281,9 @@ def model_randomization(
         classes: the class explained for each sample (default: the trained model's prediction,
             kept for every step).
         maps_image: keep the maps of this image at every step (for figure 2); ``None``: keep none.
+        smoothing: SmoothGrad every map (Smooth MPRT, Hedström et al. 2023, arXiv:2401.06465).
+        trained_maps: the trained model's maps ``{method: (N, C, H, W)}`` of ``classes``, when already
+            computed (saves one explanation).
         progress: called with ``(steps done, steps)`` after each step.
 
     Returns:
@@ -281,16 +307,18 @@ def model_randomization(
     cam_layer = gradcam_layer
 
     def maps_of(net: nn.Module) -> dict[str, torch.Tensor]:
-        return _explain_all(Explainer(net), x, target, names, batch_size, cam_layer)
+        return _explain_all(Explainer(net), x, target, names, batch_size, cam_layer, smoothing)
 
-    original = maps_of(model)
+    original = {m: v.cpu() for m, v in trained_maps.items()} if trained_maps is not None else maps_of(model)
     refs = {m: [Reference(original[m][i], wanted) for i in range(x.shape[0])] for m in names}
     values = {m: {k: np.full((x.shape[0], len(steps) + 1), np.nan) for k in wanted} for m in names}
+    constant = {m: np.zeros((x.shape[0], len(steps) + 1), dtype=bool) for m in names}
     kept: dict[str, list[torch.Tensor]] = {m: [] for m in names}
 
     def record(j: int, maps: dict[str, torch.Tensor]) -> None:
         for m in names:
             for i, ref in enumerate(refs[m]):
+                constant[m][i, j] = is_constant(maps[m][i])
                 for k, v in ref.compare(maps[m][i]).items():
                     values[m][k][i, j] = v
             if maps_image is not None:
@@ -316,4 +344,12 @@ def model_randomization(
         maps={m: torch.stack(v) for m, v in kept.items()} if maps_image is not None else {},
         maps_image=maps_image or 0,
         seed=seed,
+        smooth={"samples": smoothing.samples, "noise": smoothing.noise} if smoothing is not None else {},
+        constant=constant,
     )
+
+
+def is_constant(m: torch.Tensor) -> bool:
+    """True when every value of the map is the same (e.g. all zero): it ranks nothing."""
+    flat = m.reshape(-1)
+    return bool(flat.numel() == 0 or (flat == flat[0]).all())

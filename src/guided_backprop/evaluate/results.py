@@ -9,6 +9,7 @@ Undefined correlations are ``nan`` (see :mod:`.similarity`): summaries skip them
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -17,7 +18,8 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-__all__ = ["ClassSensitivityResult", "CurveResult", "Evaluation", "RandomizationResult", "Summary", "summarize"]
+__all__ = ["ClassSensitivityResult", "ComplexityResult", "CurveResult", "Evaluation", "RandomizationResult", "Summary",
+           "merge", "summarize"]
 
 Order = Literal["cascading", "independent"]
 
@@ -76,6 +78,10 @@ class RandomizationResult:
     maps: dict[str, torch.Tensor] = field(default_factory=dict)
     maps_image: int = 0
     seed: int = 0
+    smooth: dict[str, Any] = field(default_factory=dict)  # Smooth MPRT: {"samples": int, "noise": float}
+    #: ``constant[method]``: ``(images, steps)``, True where the map became constant (all values equal,
+    #: e.g. all zero): its Spearman and HOG values are undefined, and that is a finding in itself.
+    constant: dict[str, np.ndarray] = field(default_factory=dict)
 
     def summary(self, method: str, metric: str) -> list[Summary]:
         """Mean and spread over images of one method and metric, one per step."""
@@ -88,6 +94,8 @@ class RandomizationResult:
             "granularity": self.granularity,
             "steps": list(self.steps),
             "methods": {m: {k: _per_step(v) for k, v in per.items()} for m, per in self.values.items()},
+            "constant_maps": {m: [int(v) for v in c.sum(axis=0)] for m, c in self.constant.items()},
+            **({"smoothgrad": dict(self.smooth)} if self.smooth else {}),
         }
 
 
@@ -164,6 +172,55 @@ def _auc(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
 
 
 @dataclass
+class ComplexityResult:
+    """Efficient MPRT (Hedström et al. 2023, "Sanity Checks Revisited", arXiv:2401.06465).
+
+    The complexity of a map is the discrete entropy (natural log) of the histogram of ``|map|`` summed
+    over channels, in ``bins`` equal bins over its own range (``np.histogram``; Quantus's
+    ``discrete_entropy``): 0 for a constant map, ``log(bins)`` at most. ``trained[method]`` and
+    ``randomized[method]`` are ``(images,)``: the complexity of each image's map from the trained
+    model and from the model with every step of ``steps`` re-initialised (cascading to the end).
+    The score, :attr:`rise`, is the relative rise ``(randomized - trained) / trained`` (Quantus's
+    ``EfficientMPRT``): a method whose maps depend on the weights turns noisy, so high is good;
+    ``nan`` where the trained map is constant.
+    """
+
+    methods: tuple[str, ...]
+    trained: dict[str, np.ndarray]
+    randomized: dict[str, np.ndarray]
+    steps: list[str]
+    classes: list[int]
+    granularity: str = "blocks"
+    bins: int = 100
+    seed: int = 0
+
+    @property
+    def rise(self) -> dict[str, np.ndarray]:
+        """Per method, the ``(images,)`` relative rises in complexity (``nan`` where undefined)."""
+        out = {}
+        for m in self.methods:
+            a, b = np.asarray(self.trained[m], np.float64), np.asarray(self.randomized[m], np.float64)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                out[m] = np.where(a > 0, (b - a) / np.where(a > 0, a, 1.0), np.nan)
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        rise = self.rise
+        return {
+            "methods": {m: {"complexity_rise": summarize(rise[m]).to_json(),
+                            "complexity_trained": summarize(self.trained[m]).to_json(),
+                            "complexity_randomized": summarize(self.randomized[m]).to_json()}
+                        for m in self.methods},
+            "bins": self.bins, "granularity": self.granularity, "randomized_blocks": len(self.steps),
+        }
+
+
+#: The checks' results, as :class:`Evaluation` attributes and ``evaluation.json`` keys.
+RESULT_KEYS: tuple[str, ...] = ("randomization", "efficient_mprt", "smooth_mprt", "class_sensitivity", "deletion",
+                                "insertion")
+
+
+@dataclass
 class Evaluation:
     """Every check run on one model and set of images (what ``guided-backprop evaluate`` writes)."""
 
@@ -174,6 +231,8 @@ class Evaluation:
     class_sensitivity: ClassSensitivityResult | None = None
     deletion: CurveResult | None = None
     insertion: CurveResult | None = None
+    efficient_mprt: ComplexityResult | None = None
+    smooth_mprt: RandomizationResult | None = None
     failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
     settings: dict[str, Any] = field(default_factory=dict)
@@ -182,7 +241,7 @@ class Evaluation:
         """The ``evaluation.json`` contract: checks not run are absent."""
         out: dict[str, Any] = {"model": self.model, "images": len(self.images), "seed": self.seed,
                                "inputs": list(self.images)}
-        for key in ("randomization", "class_sensitivity", "deletion", "insertion"):
+        for key in RESULT_KEYS:
             result = getattr(self, key)
             if result is not None:
                 out[key] = result.to_json()
@@ -193,3 +252,57 @@ class Evaluation:
         if self.settings:
             out["settings"] = dict(self.settings)
         return out
+
+
+def _joined(values: list[Any], perm: np.ndarray) -> Any:
+    """One value from the same value of every part: arrays (images first) and lists joined, then put in
+    ``perm`` order; dictionaries joined key by key; anything else taken from the first part."""
+    first = values[0]
+    if isinstance(first, dict):
+        return {k: _joined([v[k] for v in values], perm) for k in first}
+    if isinstance(first, np.ndarray):
+        return np.concatenate(values, axis=0)[perm]
+    if isinstance(first, list) and all(isinstance(v, list) for v in values) and \
+            sum(len(v) for v in values) == len(perm):
+        joined = [item for v in values for item in v]
+        return [joined[i] for i in perm]
+    return first
+
+
+_PER_IMAGE = {RandomizationResult: ("values", "constant", "classes"),
+              ClassSensitivityResult: ("values", "predicted", "random_classes", "second_classes"),
+              CurveResult: ("curves", "random", "classes"),
+              ComplexityResult: ("trained", "randomized", "classes")}
+
+
+def merge(parts: list[tuple[list[int], Evaluation]]) -> Evaluation:
+    """One :class:`Evaluation` from evaluations of disjoint groups of images (e.g. batches of one size).
+
+    Each part comes with the positions of its images (any sortable numbers, e.g. their index among
+    the inputs); the result lists every image in position order, and keeps the figure maps of the
+    part that has them. The parts must have run the same checks on the same model.
+    """
+    if not parts:
+        raise ValueError("merge needs at least one evaluation")
+    positions = np.concatenate([np.asarray(pos, dtype=np.int64) for pos, _ev in parts])
+    perm = np.argsort(positions, kind="stable")
+    evs = [ev for _pos, ev in parts]
+    out = Evaluation(model=evs[0].model, images=[evs[0].images[0]], seed=evs[0].seed)
+    out.images = _joined([list(ev.images) for ev in evs], perm)
+    for key in RESULT_KEYS:
+        results = [getattr(ev, key) for ev in evs]
+        if results[0] is None:
+            continue
+        fields = {f: _joined([getattr(r, f) for r in results], perm) for f in _PER_IMAGE[type(results[0])]}
+        merged = dataclasses.replace(results[0], **fields)
+        if isinstance(merged, RandomizationResult):
+            offsets = np.cumsum([0] + [len(ev.images) for ev in evs])
+            holder = [i for i, r in enumerate(results) if r.maps]
+            merged.maps = results[holder[0]].maps if holder else {}
+            if holder:  # the image's new place among all images
+                merged.maps_image = int(np.flatnonzero(perm == offsets[holder[0]] + results[holder[0]].maps_image)[0])
+        setattr(out, key, merged)
+    for ev in evs:
+        out.failed.update(ev.failed)
+        out.passed_over.update(ev.passed_over)
+    return out

@@ -16,7 +16,11 @@ import io
 import json
 import math
 import os
-from collections.abc import Callable, Sequence
+import re
+import secrets
+import shutil
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -24,21 +28,24 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 import torch
 
-from ..atomic import write_bytes, write_text
-from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError
+from ..atomic import write_bytes
+from ..attribution import Explainer
+from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError
 from ..methods import parse_methods
-from .checks import CHECKS, parse_checks, run_checks
-from .results import Evaluation
+from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks
+from .results import Evaluation, merge
 from .similarity import METRICS
 
 if TYPE_CHECKING:
     from ..models import LoadedModel
 
-__all__ = ["FIGURES", "EvaluateConfig", "EvaluateRun", "evaluate_folder", "write_outputs"]
+__all__ = ["FIGURES", "EvaluateConfig", "EvaluateRun", "WriteError", "evaluate_folder", "prepare_output",
+           "write_outputs"]
 
 JSON_NAME, CSV_NAME = "evaluation.json", "evaluation.csv"
 #: The pictures, by what they show.
 FIGURES = {"randomization": "evaluation_randomization.png", "similarity": "evaluation_similarity.png",
+           "efficient_mprt": "evaluation_efficient_mprt.png", "smooth_mprt": "evaluation_smooth_mprt.png",
            "faithfulness": "evaluation_faithfulness.png"}
 
 
@@ -52,7 +59,7 @@ class EvaluateConfig:
     trust_checkpoint: bool = False
     input_size: int | None = None
     methods: Sequence[str] = ("guided_backprop", "saliency", "gradcam")
-    checks: Sequence[str] = CHECKS
+    checks: Sequence[str] = DEFAULT_CHECKS
     order: Literal["cascading", "independent"] = "cascading"
     granularity: str | Sequence[str] = "blocks"
     metrics: Sequence[str] = METRICS
@@ -60,7 +67,10 @@ class EvaluateConfig:
     steps: int = 32
     device: str = "cpu"
     batch_size: int = 16
-    figure_image: int = 0
+    figure_image: int | str | None = None  # an index or a name among the inputs; None: the first readable
+    figure_steps: int = 10  # randomisation steps shown in the figure-2 layout
+    smooth_samples: int = SMOOTH_SAMPLES  # Smooth MPRT's SmoothGrad samples
+    smooth_noise: float = SMOOTH_NOISE  # ... and noise, a fraction of each input's value range
     gradcam_layer: str | None = None  # None: the model's own choice, else the last spatial layer
 
 
@@ -80,33 +90,119 @@ class EvaluateRun:
         return ExitCode.SOME_FAILED if self.skipped else ExitCode.OK
 
 
-def _load_inputs(inputs: Sequence[str | os.PathLike[str]], preprocess: Callable[[Any], torch.Tensor],
-                 output: str | os.PathLike[str]
-                 ) -> tuple[list[str], list[torch.Tensor], dict[str, str], dict[str, str]]:
-    """The images of ``inputs``, minus what lies in ``output`` (our own figures, on a rerun)."""
-    from ..images import load_image, search_images
+class WriteError(GuidedBackpropError):
+    """The output folder cannot be written (full disk, read-only folder, ...): ``path`` is where."""
 
-    names, tensors, skipped = [], [], {}
-    found = search_images([Path(p) for p in inputs], exclude=output)
-    passed_over = {str(s.path): s.reason for s in found.skipped}
-    for path in found.paths:
+    def __init__(self, path: str | os.PathLike[str], err: OSError) -> None:
+        self.path = str(path)
+        super().__init__(f"cannot write {self.path!r}: {err.strerror or err}", field="output")
+
+
+#: The staging folders of :func:`write_outputs` (swept by the next run if a kill left one).
+_STAGING = re.compile(r"^\.evaluate-\d+-[0-9a-f]{8}\.tmp$")
+
+
+def prepare_output(output: str | os.PathLike[str]) -> Path:
+    """Create ``output``, prove that a file can be written in it, and sweep this command's leftovers
+    (staging folders of a killed run): before anything is computed. Raises :class:`WriteError`."""
+    folder = Path(output)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"the output {str(folder)!r} is not a folder; give a folder (-o)", field="output")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".evaluate-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+        probe.mkdir()
+        (probe / "probe").write_bytes(b"0" * 4096)
+        shutil.rmtree(probe)
+    except OSError as err:
+        raise WriteError(err.filename or folder, err) from err
+    for entry in folder.iterdir():
+        if _STAGING.match(entry.name) and entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+    return folder
+
+
+def _figure_path(found: Sequence[Path], wanted: int | str | None) -> Path | None:
+    """The input of the figure-2 layout: ``wanted`` as an index, a path, a file name or a stem."""
+    if wanted is None:
+        return None
+    if isinstance(wanted, int):
+        return found[min(max(wanted, 0), len(found) - 1)] if found else None
+    for match in (lambda p: str(p) == wanted or os.path.realpath(p) == os.path.realpath(wanted),
+                  lambda p: p.name == wanted, lambda p: p.stem == wanted):
+        hits = [p for p in found if match(p)]
+        if hits:
+            return hits[0]
+    raise UnknownNameError("figure image", str(wanted), [p.name for p in found][:50],
+                           hint="give one of the inputs' file names", field="figure_image")
+
+
+@dataclass
+class _Batch:
+    """Images of one input size, evaluated together: their indices among the inputs, names and tensors."""
+
+    ids: list[int]
+    names: list[str]
+    x: torch.Tensor
+
+
+def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], batch_size: int,
+             skipped: dict[str, str], on_skip: Callable[[str, str], None] | None = None) -> Iterator[_Batch]:
+    """The readable images of ``paths`` in batches of one input size, at most ``batch_size`` each.
+
+    Pictures are read one at a time and wait in one pending group per size; a group is evaluated
+    when it is full, or (the largest group) when the pending images reach ``batch_size`` in all, so
+    that memory holds at most about two batches whatever the number of images and sizes. A folder
+    of one size gives the batches of a plain cut. Unreadable images go to ``skipped`` (and ``on_skip``, at once).
+    """
+    from ..images import load_image
+
+    pending: dict[tuple[int, ...], list[tuple[int, str, torch.Tensor]]] = {}
+
+    def flush(shape: tuple[int, ...]) -> _Batch:
+        group = pending.pop(shape)
+        return _Batch([g[0] for g in group], [g[1] for g in group], torch.stack([g[2] for g in group]))
+
+    for index, path in enumerate(paths):
         try:
-            tensors.append(preprocess(load_image(path)))
+            tensor = preprocess(load_image(path))
         except (ImageError, InputError) as err:
             skipped[str(path)] = str(err)
+            if on_skip is not None:
+                on_skip(str(path), str(err))
             continue
-        names.append(str(path))
-    if not tensors:
-        raise ImageError("no readable image among the inputs" + (
-            f" ({len(skipped)} could not be read)" if skipped else "") + (
-            f" ({len(passed_over)} passed over, e.g. {next(iter(passed_over))!r}: "
-            f"{next(iter(passed_over.values()))})" if passed_over else ""))
-    shapes = {tuple(t.shape) for t in tensors}
-    if len(shapes) > 1:
-        side = min(min(shape[-2:]) for shape in shapes)  # whole pictures keep their aspect: crop them square
-        raise InputError(f"the images give inputs of different sizes {sorted(shapes)}; evaluate needs one size: "
-                         f"centre-crop them (crop={side}) or use a model with a fixed input size")
-    return names, tensors, skipped, passed_over
+        shape = tuple(tensor.shape)
+        pending.setdefault(shape, []).append((index, str(path), tensor))
+        if len(pending[shape]) >= batch_size:
+            yield flush(shape)
+        elif sum(len(g) for g in pending.values()) >= batch_size:
+            yield flush(max(pending, key=lambda k: len(pending[k])))
+    while pending:
+        yield flush(min(pending, key=lambda k: pending[k][0][0]))
+
+
+def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...], batch_size: int,
+                gradcam_layer: str | None) -> tuple[dict[int, str], dict[str, torch.Tensor] | None]:
+    """Images of ``batch`` (by position) whose scores or trained-model maps are not finite, and why; and the
+    trained model's maps of the others (the checks reuse them)."""
+    from .randomization import _explain_all, model_logits
+
+    logits = model_logits(model, batch.x, batch_size=batch_size)
+    bad = {i: f"{batch.names[i]!r}: the model's scores are not finite (NaN or inf): check the weights"
+           for i in range(len(batch.ids)) if not bool(torch.isfinite(logits[i]).all())}
+    good = [i for i in range(len(batch.ids)) if i not in bad]
+    maps: dict[str, torch.Tensor] | None = None
+    if good:
+        x = batch.x[good]
+        maps = _explain_all(Explainer(model), x, logits[good].argmax(dim=1), methods, batch_size, gradcam_layer)
+        for m in methods:
+            for k, i in enumerate(good):
+                if i not in bad and not bool(torch.isfinite(maps[m][k]).all()):
+                    bad[i] = f"{batch.names[i]!r}: its {m} map is not finite (NaN or inf): check the weights"
+        if maps is not None:  # the maps of the images kept, in order
+            kept = [k for k, i in enumerate(good) if i not in bad]
+            maps = {m: v[kept] for m, v in maps.items()}
+    return bad, maps
 
 
 def evaluate_folder(
@@ -122,52 +218,145 @@ def evaluate_folder(
     """Evaluate every image of ``inputs`` (files, folders, globs) and write the outputs to ``output``.
 
     ``loaded`` is the model to evaluate, with its preprocessing (:func:`guided_backprop.load_model`);
-    without it the model is loaded from ``config``'s model fields. Unreadable images are skipped
-    (``on_skip(path, reason)`` is told) and listed under ``"failed"`` in ``evaluation.json``; inputs
-    that are never opened (a FIFO, a symbolic-link loop, an unreadable folder...) are told to
-    ``on_pass_over(path, reason)`` and listed under ``"passed_over"``. Raises
+    without it the model is loaded from ``config``'s model fields. Images may have different sizes:
+    they are evaluated in batches of one size (at most ``config.batch_size`` images, so memory does
+    not grow with their number), and every image gets the numbers it would get alone. Unreadable
+    images, and images whose scores or maps are not finite, are skipped (``on_skip(path, reason)``
+    is told) and listed under ``"failed"`` in ``evaluation.json``; inputs that are never opened (a
+    FIFO, a symbolic-link loop, the output folder's own files...) are told to
+    ``on_pass_over(path, reason)`` and listed under ``"passed_over"``. The output folder is checked
+    for writing before anything is computed (:class:`WriteError`). Raises
     :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
+    from ..images import search_images
     from ..models import DEFAULT_MODEL, load_model
-
     cfg = config or EvaluateConfig()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     methods = parse_methods(list(cfg.methods))
     checks = parse_checks(list(cfg.checks))
+    if isinstance(cfg.batch_size, bool) or int(cfg.batch_size) < 1:
+        raise InputError(f"batch size must be a whole number >= 1, got {cfg.batch_size!r}", field="batch_size")
+    if isinstance(cfg.steps, bool) or not 1 <= int(cfg.steps) <= MAX_STEPS:
+        raise InputError(f"deletion / insertion steps must be 1 to {MAX_STEPS} (each step is one forward pass per "
+                         f"image and order), got {cfg.steps!r}", field="steps")
     if loaded is None:
         loaded = load_model(cfg.model or DEFAULT_MODEL, weights=cfg.weights, num_classes=cfg.num_classes,
                             trust_checkpoint=cfg.trust_checkpoint, device=cfg.device)
     pre = loaded.preprocessing
     if cfg.input_size is not None:
         pre = pre.adjust(input_size=int(cfg.input_size))
-    names, tensors, skipped, passed_over = _load_inputs(list(inputs), pre, output)
+    found = search_images([Path(p) for p in inputs], exclude=output)
+    passed_over = {str(s.path): s.reason for s in found.skipped}
+    own = _inside_output([Path(p) for p in inputs], output, found.paths)
+    for path in own:
+        passed_over[path] = "in the output folder: evaluate's own output is no input"
     for path, reason in passed_over.items():
         if on_pass_over is not None:
             on_pass_over(path, reason)
-    for path, reason in skipped.items():
-        if on_skip is not None:
-            on_skip(path, reason)
-    x = torch.stack(tensors).to(loaded.device)
-    figure_image = min(max(int(cfg.figure_image), 0), len(names) - 1)
-    evaluation = run_checks(
-        loaded.model, x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
-        metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
-        gradcam_layer=cfg.gradcam_layer or loaded.gradcam_layer, model_name=loaded.name, image_names=names,
-        maps_image=figure_image,
-        progress=progress,
-    )
+    figure_path = _figure_path(found.paths, cfg.figure_image)
+    folder = prepare_output(output)
+
+    skipped: dict[str, str] = {}
+    if figure_path is not None:  # read it first: a figure image that cannot be read is a usage error
+        from ..images import load_image
+        try:
+            pre(load_image(figure_path))
+        except (ImageError, InputError) as err:
+            raise InputError(f"the figure image {str(figure_path)!r} cannot be read: {err}",
+                             field="figure_image") from err
+    parts: list[tuple[list[int], Evaluation]] = []
+    picture: np.ndarray | None = None
+    figure_id: int | None = found.paths.index(figure_path) if figure_path is not None else None
+    cam_layer = cfg.gradcam_layer or loaded.gradcam_layer
+    with np.errstate(all="ignore"):
+        for batch in _batches(found.paths, pre, int(cfg.batch_size), skipped, on_skip):
+            batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
+                                                                          batch.x.to(loaded.device))
+            bad, trained_maps = _non_finite(loaded.model, batch, methods, int(cfg.batch_size), cam_layer)
+            for i, reason in bad.items():
+                skipped[batch.names[i]] = reason
+                if on_skip is not None:
+                    on_skip(batch.names[i], reason)
+            keep = [i for i in range(len(batch.ids)) if i not in bad]
+            if not keep:
+                continue
+            batch = _Batch([batch.ids[i] for i in keep], [batch.names[i] for i in keep], batch.x[keep])
+            if figure_id is None:
+                figure_id = min(batch.ids)  # the first readable image: every earlier one failed
+            local = batch.ids.index(figure_id) if figure_id in batch.ids else None
+            part = run_checks(
+                loaded.model, batch.x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
+                metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
+                gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
+                image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,
+                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps, progress=progress)
+            if local is not None:
+                picture = pre.invert(batch.x[local])
+            parts.append((batch.ids, part))
+    if not parts:
+        raise ImageError(_nothing_evaluated(skipped, passed_over, own))
+    evaluation = merge(parts)
     evaluation.failed = dict(skipped)
     evaluation.passed_over = dict(passed_over)
+    figure_name = str(found.paths[figure_id]) if figure_id is not None else evaluation.images[0]
     evaluation.settings = {
         "methods": list(methods), "checks": list(checks), "weights": loaded.weights,
-        "preprocessing": pre.describe(), "deletion_steps": cfg.steps, "figure_image": names[figure_image],
+        "preprocessing": pre.describe(), "deletion_steps": cfg.steps, "figure_image": figure_name,
+        "figure_steps": cfg.figure_steps, "batch_size": cfg.batch_size,
         "class_labels": {str(c): loaded.label(c) for c in sorted(set(_classes(evaluation)))},
     }
-    picture = pre.invert(x[figure_image])
-    files = write_outputs(evaluation, output, image=picture)
-    return EvaluateRun(evaluation=evaluation, output=Path(output), files=files, skipped=skipped,
+    files = write_outputs(evaluation, folder, image=picture, figure_steps=cfg.figure_steps)
+    return EvaluateRun(evaluation=evaluation, output=folder, files=files, skipped=skipped,
                        passed_over=passed_over)
+
+
+def image_id(path: str | os.PathLike[str]) -> int:
+    """An image's id for its random draws: the CRC-32 of its file name, so that an image gets the same
+    numbers whatever folder, batch or company it is evaluated in."""
+    return zlib.crc32(os.fsencode(Path(path).name))
+
+
+#: The most deletion / insertion steps (each is one forward pass per image and pixel order).
+MAX_STEPS = 1024
+
+
+def _inside_output(inputs: Sequence[Path], output: str | os.PathLike[str], kept: Sequence[Path]) -> list[str]:
+    """The images among ``inputs`` that were left out for lying in the output folder (to be said so)."""
+    from ..images import ImageNotFoundError, search_images
+
+    home = os.path.realpath(output)
+    if not any(home == os.path.realpath(p) or home.startswith(os.path.realpath(p).rstrip(os.sep) + os.sep)
+               or os.path.realpath(p).startswith(home.rstrip(os.sep) + os.sep) for p in inputs):
+        return []  # the output folder is neither an input nor inside or around one
+    try:
+        every = search_images(list(inputs)).paths
+    except (ImageNotFoundError, OSError):
+        return []
+    kept_set = {str(p) for p in kept}
+    return [str(p) for p in every if str(p) not in kept_set]
+
+
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}" + ("" if n == 1 else "s")
+
+
+def _nothing_evaluated(skipped: dict[str, str], passed_over: dict[str, str], own: Sequence[str]) -> str:
+    """Why no image was evaluated, naming the inputs (at most three of each kind)."""
+    reasons = []
+    if own and len(own) == len(passed_over) and not skipped:
+        return (f"nothing to evaluate: the {_count(len(own), 'image')} found lie in the output folder, which "
+                f"evaluate never reads (its own figures); give another output folder (-o)")
+    if skipped:
+        shown = "; ".join(f"{p!r}: {r}" for p, r in list(skipped.items())[:3])
+        more = f" (and {len(skipped) - 3} more)" if len(skipped) > 3 else ""
+        reasons.append(f"{_count(len(skipped), 'image')} could not be evaluated: {shown}{more}")
+    if own:
+        reasons.append(f"{_count(len(own), 'image')} passed over for lying in the output folder")
+    others = [p for p in passed_over if p not in own]
+    if others:
+        reasons.append(f"{len(others)} passed over, e.g. {others[0]!r}: {passed_over[others[0]]}")
+    return "no readable image among the inputs" + (": " + "; ".join(reasons) if reasons else "")
 
 
 def _classes(evaluation: Evaluation) -> list[int]:
@@ -201,13 +390,22 @@ def csv_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
         rows.append({"image": evaluation.images[image], "check": check, "method": method, "step": step,
                      "metric": metric, "value": "" if not math.isfinite(value) else repr(float(value))})
 
-    rnd = evaluation.randomization
-    if rnd is not None:
+    for check, rnd in (("randomization", evaluation.randomization), ("smooth_mprt", evaluation.smooth_mprt)):
+        if rnd is None:
+            continue
         for m, per in rnd.values.items():
             for metric, a in per.items():
                 for i in range(a.shape[0]):
                     for j, step in enumerate(rnd.steps):
-                        add(i, f"randomization_{rnd.order}", m, step, metric, a[i, j])
+                        add(i, f"{check}_{rnd.order}", m, step, metric, a[i, j])
+    em = evaluation.efficient_mprt
+    if em is not None:
+        rise = em.rise
+        for m in em.methods:
+            for i in range(len(em.classes)):
+                add(i, "efficient_mprt", m, "trained", "entropy", em.trained[m][i])
+                add(i, "efficient_mprt", m, "randomized", "entropy", em.randomized[m][i])
+                add(i, "efficient_mprt", m, "all", "complexity_rise", rise[m][i])
     cs = evaluation.class_sensitivity
     if cs is not None:
         for kind, per_method in cs.values.items():
@@ -228,27 +426,37 @@ def csv_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     return rows
 
 
-def write_outputs(evaluation: Evaluation, output: str | os.PathLike[str], *, image: np.ndarray | None = None
-                  ) -> list[Path]:
-    """Write ``evaluation.json``, ``evaluation.csv`` and the figures to ``output``; return the paths."""
-    from .figures import faithfulness_figure, randomization_figure, similarity_figure
+def write_outputs(evaluation: Evaluation, output: str | os.PathLike[str], *, image: np.ndarray | None = None,
+                  figure_steps: int = 10) -> list[Path]:
+    """Write ``evaluation.json``, ``evaluation.csv`` and the figures to ``output``; return the paths.
 
-    folder = Path(output)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise GuidedBackpropError(f"cannot create the output folder {str(folder)!r}: {err}") from err
-    files = []
+    The new set is written into a hidden staging folder first (a kill leaves the previous set as it
+    was, and a staging folder the next run sweeps); then the previous ``evaluation.json`` is removed,
+    the figures of checks not run this time too (they would look current), the new figures and CSV
+    are moved in, and the new ``evaluation.json`` last: it is the commit point, listing the figures
+    that belong to it. Raises :class:`WriteError` naming the path that could not be written.
+    """
+    from .figures import (
+        complexity_figure,
+        faithfulness_figure,
+        randomization_figure,
+        similarity_figure,
+    )
+
+    folder = prepare_output(output)
     pictures: dict[str, bytes] = {}
     if evaluation.randomization is not None:
-        pictures["randomization"] = randomization_figure(evaluation.randomization, image)
+        if evaluation.randomization.maps:
+            pictures["randomization"] = randomization_figure(evaluation.randomization, image,
+                                                             max_columns=figure_steps)
         pictures["similarity"] = similarity_figure(evaluation.randomization)
+    if evaluation.smooth_mprt is not None:
+        pictures["smooth_mprt"] = similarity_figure(evaluation.smooth_mprt)
+    if evaluation.efficient_mprt is not None:
+        pictures["efficient_mprt"] = complexity_figure(evaluation.efficient_mprt)
     curves = [c for c in (evaluation.deletion, evaluation.insertion) if c is not None]
     if curves:
         pictures["faithfulness"] = faithfulness_figure(curves)
-    for key, payload in pictures.items():
-        write_bytes(folder / FIGURES[key], payload)
-        files.append(folder / FIGURES[key])
     doc = evaluation.to_json()
     doc["figures"] = {k: FIGURES[k] for k in pictures}
     buf = io.StringIO()
@@ -256,9 +464,29 @@ def write_outputs(evaluation: Evaluation, output: str | os.PathLike[str], *, ima
                             lineterminator="\n")
     writer.writeheader()
     writer.writerows(csv_rows(evaluation))
+    staged = {FIGURES[k]: payload for k, payload in pictures.items()}
     # A file name that is not UTF-8 is written as its own bytes (surrogateescape), as predictions.csv;
     # evaluation.json keeps it as \udcXX escapes (json.dumps' ASCII output).
-    write_bytes(folder / CSV_NAME, buf.getvalue().encode("utf-8", "surrogateescape"))
-    write_text(folder / JSON_NAME, json.dumps(_json_value(doc), indent=1, allow_nan=False) + "\n")
-    files += [folder / CSV_NAME, folder / JSON_NAME]
-    return files
+    staged[CSV_NAME] = buf.getvalue().encode("utf-8", "surrogateescape")
+    staged[JSON_NAME] = (json.dumps(_json_value(doc), indent=1, allow_nan=False) + "\n").encode("utf-8")
+    stage = folder / f".evaluate-{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    current = folder / JSON_NAME
+    try:
+        try:
+            stage.mkdir()
+            for name, payload in staged.items():
+                write_bytes(stage / name, payload)
+        except OSError as err:
+            raise WriteError(err.filename or stage, err) from err
+        try:  # the switch: renames within one folder, no data written
+            current.unlink(missing_ok=True)
+            for name in FIGURES.values():
+                if name not in staged:
+                    (folder / name).unlink(missing_ok=True)
+            for name in [*staged.keys() - {JSON_NAME}, JSON_NAME]:
+                os.replace(stage / name, folder / name)
+        except OSError as err:
+            raise WriteError(err.filename or folder, err) from err
+    finally:
+        shutil.rmtree(stage, ignore_errors=True)
+    return [folder / name for name in staged]
