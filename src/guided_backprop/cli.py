@@ -198,9 +198,8 @@ def main() -> None:
 @opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop",
       help=f"Comma-separated: {', '.join(METHODS)} (aliases: gbp, deconv, gradient, ggcam).")
 @opt(TARGETS, "--target", type=TargetType(), default="top1",
-      help="What each map explains: top1 (the predicted class), topK (K best classes), a class index or a "
-           "class name (e.g. 'Egyptian cat'); a segmenter's class (person: its predicted pixels); a detector's "
-           "detections:K (the K most confident) or box:x0,y0,x1,y1[:label]; similar:REF.png; output:K.")
+      help="What each map explains: top1, topK, a class index or name ('Egyptian cat'; a segmenter's: its "
+           "pixels); detections:K or box:x0,y0,x1,y1[:label] (detectors); similar:REF.png; output:K.")
 @opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
       help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
 @opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
