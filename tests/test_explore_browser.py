@@ -204,7 +204,7 @@ def test_layer_channel_and_unit(page: tuple[Any, Watch], service: ExploreService
     p, _ = page
     layer = "features.relu2"
     option = p.locator(f"#layer option[value='{layer}']").text_content() or ""
-    assert "1x6x16x16" in option and "8x8 px, stride 2x2" in option  # as 'guided-backprop layers' prints it
+    assert "1x6x16x16" in option and "8x8 px, stride 2" in option  # as 'guided-backprop layers' prints it
     p.select_option("#layer", layer)
     p.wait_for_selector("#channels button")
     x = service.loaded.preprocessing(Image.open(inputs[0]).convert("RGB"))[None]

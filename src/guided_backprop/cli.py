@@ -701,7 +701,7 @@ def _model_words(mo: ModelOptions) -> list[str]:
     return words
 
 
-@main.command("explore", **COMMAND_SETTINGS)
+@main.command("explore", short_help="A local web app: maps of IMAGES computed on demand.", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @model_options
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
