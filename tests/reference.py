@@ -76,3 +76,14 @@ def reference_map(model: torch.nn.Module, x: torch.Tensor, classes: torch.Tensor
     score = out.gather(1, classes.view(-1, 1)).sum()
     (g,) = torch.autograd.grad(score, xx)
     return g
+
+
+def reference_score_map(model: torch.nn.Module, x: torch.Tensor, score, rule: str) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """Map of ``rule`` for ``score(output) -> (N,)``, any output (model in eval mode): the gradient of the
+    scores' sum, each sample's score depending on its own input only."""
+    model.eval()
+    xx = x.detach().clone().requires_grad_(True)
+    with patched_relus(rule):
+        out = model(xx)
+    (g,) = torch.autograd.grad(score(out).sum(), xx)
+    return g

@@ -24,6 +24,7 @@ _LAZY = {
     "Explainer": "attribution", "Explanation": "attribution", "attribute": "attribution",
     "find_layer": "attribution",
     "Channel": "targets", "MaxNeuron": "targets", "Neuron": "targets", "TopK": "targets",
+    "Score": "targets", "Region": "targets", "Box": "targets", "Similarity": "targets", "Output": "targets",
     "load_model": "models", "LoadedModel": "models", "available_models": "models", "DEFAULT_MODEL": "models",
     "Preprocessing": "preprocessing",
     "load_image": "images", "find_images": "images",

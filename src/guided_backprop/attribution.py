@@ -20,7 +20,7 @@ into the explained scores, :func:`_backward_plan` lists the backward passes the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,7 +32,24 @@ from .errors import GuidedBackpropError, InputError, ModelError, NoReLUError, Ta
 from .hooks import StopForward, exact_cuda_math, find_layer, forward_hooks, layer_output, logits_of, model_state
 from .methods import METHODS, REGISTRY, get_method, parse_methods
 from .rules import ReLURouting, Rule, RuleState
-from .targets import Channel, LayerTarget, MaxNeuron, Neuron, Target, TopK, layer_scores, resolve_classes
+from .targets import (
+    LAYER_TARGETS,
+    OUTPUT_TARGETS,
+    Box,
+    Channel,
+    Context,
+    LayerTarget,
+    MaxNeuron,
+    Neuron,
+    Region,
+    Score,
+    Similarity,
+    Target,
+    TopK,
+    layer_scores,
+    resolve_classes,
+    select_output,
+)
 
 __all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed"]
 
@@ -51,8 +68,13 @@ class Explanation:
     """The result of :meth:`Explainer.explain`.
 
     ``maps[method]`` has shape ``(N, K, *x.shape[1:])`` (``gradcam``: ``(N, K, 1, H, W)``), detached,
-    on the input's device and dtype. ``targets`` are the class indices ``(N, K)`` (``None`` for layer
-    targets), ``scores`` the explained values ``(N, K)`` (logits, or layer activations).
+    on the input's device and dtype. ``targets`` are the class indices ``(N, K)`` (``None`` unless every
+    target is a class), ``scores`` the explained values ``(N, K)`` (logits, layer activations, or the raw
+    scores of output targets: never probabilities; :attr:`value_kind` says which :attr:`values` are).
+    ``titles`` name the K targets; ``details[i][k]`` are JSON-ready facts about what was explained
+    (a box and its label and score, a region's class and pixel count, a similarity); ``found[i, k]`` is
+    False where sample ``i`` had nothing to explain for target ``k`` (no matching detection): its maps
+    are NaN, never a zero map.
     """
 
     maps: dict[str, torch.Tensor]
@@ -63,6 +85,9 @@ class Explanation:
     gradcam_layer: str | None = None
     relu_calls: int = 0  # ReLU applications routed through the rules in the forward pass
     extra: dict[str, Any] = field(default_factory=dict)
+    titles: list[str] = field(default_factory=list)
+    details: list[list[dict[str, Any]]] = field(default_factory=list)
+    found: torch.Tensor | None = None  # (N, K) bool; None: every target found
 
     def __getitem__(self, method: str) -> torch.Tensor:
         key = get_method(method).name
@@ -80,6 +105,22 @@ class Explanation:
             return None
         logits = self.logits.to(torch.promote_types(self.logits.dtype, torch.float32))  # half -> float
         return logits.softmax(dim=1).gather(1, self.targets)
+
+    @property
+    def value_kind(self) -> str:
+        """``"probability"`` where the targets are classes of class logits, else ``"score"`` (raw)."""
+        return "probability" if self.logits is not None and self.targets is not None else "score"
+
+    @property
+    def values(self) -> torch.Tensor:
+        """``(N, K)``: the probabilities of class targets, otherwise the raw explained scores."""
+        probs = self.probabilities
+        return self.scores if probs is None else probs
+
+    def zero_maps(self, method: str) -> torch.Tensor:
+        """``(N, K)`` bool: where ``method``'s map is all zeros (an empty region, every ReLU gated off)."""
+        m = self[method]
+        return (m.reshape(m.shape[0], m.shape[1], -1) == 0).all(dim=2)
 
     def plot(self, image: Any, **options: Any) -> Any:
         """A matplotlib figure of one sample's maps (a class x method grid): :func:`guided_backprop.plot.show`."""
@@ -110,6 +151,10 @@ class Explanation:
             gradcam_layer=first.gradcam_layer,
             relu_calls=first.relu_calls,
             extra=dict(first.extra),
+            titles=list(first.titles),
+            details=[row for p in parts for row in p.details],
+            found=None if all(p.found is None for p in parts) else torch.cat(
+                [p.found if p.found is not None else torch.ones(p.scores.shape, dtype=torch.bool) for p in parts]),
         )
 
 
@@ -124,17 +169,21 @@ class _Capture:
     """
 
     def __init__(self, model: nn.Module, layer_target: LayerTarget | None, cam_layer: str | None,
-                 want_cam: bool) -> None:
+                 want_cam: bool, n: int, keep: Sequence[str] = ()) -> None:
         self.model = model
         self.layer_target = layer_target
         self.cam_layer = cam_layer
         self.want_cam = want_cam
+        self.n = n  # the input's batch size: Grad-CAM candidates must have it
+        self.keep = list(dict.fromkeys(keep))  # layers whose outputs output targets read
+        self.kept: dict[str, Any] = {}
         self.target: Any = None
         self.cam: Any = None
         self.candidates: list[tuple[str, torch.Tensor]] = []
 
     def hooks(self) -> list[tuple[nn.Module, Any]]:
-        hooks: list[tuple[nn.Module, Any]] = []
+        hooks: list[tuple[nn.Module, Any]] = [(find_layer(self.model, name, field="layer"), self._keeper(name))
+                                              for name in self.keep]
         if self.layer_target is not None:
             hooks.append((find_layer(self.model, self.layer_target.layer), self._stop))
         if self.want_cam and self.cam_layer is not None:
@@ -155,22 +204,33 @@ class _Capture:
         self.cam = out
         return None
 
+    def _keeper(self, name: str) -> Any:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            self.kept[name] = out
+        return hook
+
     def _candidate(self, name: str) -> Any:
         def hook(module: nn.Module, _i: Any, out: Any) -> None:
-            # Adaptive pools only resample the last feature map (VGG's avgpool): skip them.
-            if _is_spatial(out) and not isinstance(module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+            # Adaptive pools only resample the last feature map (VGG's avgpool): skip them. A batch
+            # dimension other than the input's (a detector's 150 box proposals) is not a map of the input.
+            if _is_spatial(out) and out.shape[0] == self.n and out.requires_grad and not isinstance(
+                    module, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
                 self.candidates.append((name, out))
         return hook
 
-    def gradcam_activation(self) -> tuple[str | None, torch.Tensor | None]:
-        """The Grad-CAM layer's name and output, checked (after the forward)."""
+    def gradcam_activation(self, scores: torch.Tensor | None = None) -> tuple[str | None, torch.Tensor | None]:
+        """The Grad-CAM layer's name and output, checked (after the forward). By default the last spatial
+        layer with the input's batch dimension that ``scores`` depend on (a detector's RPN head, whose
+        outputs torchvision detaches, is skipped)."""
         if not self.want_cam:
             return None, None
         if self.cam_layer is None:
-            if not self.candidates:
-                raise TargetError("Grad-CAM found no layer with a spatial (N, C, h, w) output; "
-                                  "name one with gradcam_layer", field="gradcam_layer")
-            return self.candidates[-1]
+            last = _last_reachable(scores, [t for _n, t in self.candidates]) if scores is not None else (
+                len(self.candidates) - 1)
+            if last < 0:
+                raise TargetError(f"Grad-CAM found no layer with a spatial ({self.n}, C, h, w) output that the "
+                                  f"explained score depends on; name one with gradcam_layer", field="gradcam_layer")
+            return self.candidates[last]
         if self.cam is None:
             raise TargetError(f"Grad-CAM layer {self.cam_layer!r} was not called during the forward pass",
                               field="gradcam_layer")
@@ -179,6 +239,12 @@ class _Capture:
             raise TargetError(
                 f"Grad-CAM layer {self.cam_layer!r} outputs {shape}, not a spatial (N, C, h, w) feature map; "
                 f"choose a convolutional layer{_spatial_hint(self.model, self.cam_layer)}", field="gradcam_layer")
+        if self.cam.shape[0] != self.n:
+            raise TargetError(
+                f"Grad-CAM layer {self.cam_layer!r} outputs {tuple(self.cam.shape)}: its batch dimension is "
+                f"{self.cam.shape[0]}, not the input's {self.n} (e.g. one row per box proposal), so its map is not "
+                f"one per input; choose a layer before it{_spatial_hint(self.model, self.cam_layer)}",
+                field="gradcam_layer")
         return self.cam_layer, self.cam
 
     def layer_activation(self) -> torch.Tensor:
@@ -190,6 +256,31 @@ class _Capture:
         if not isinstance(self.target, torch.Tensor):
             raise TargetError(f"layer {name!r} returns {type(self.target).__name__}, not a tensor", field="layer")
         return self.target
+
+
+def _last_reachable(scores: torch.Tensor, tensors: Sequence[torch.Tensor]) -> int:
+    """The index of the last of ``tensors`` that ``scores`` depend on through autograd (-1: none).
+
+    A walk of the backward graph from ``scores``; it stops as soon as the last tensor is found (a
+    classifier's last feature map is a few nodes from its logits)."""
+    nodes = {t.grad_fn: i for i, t in enumerate(tensors) if t.grad_fn is not None}
+    if not nodes or scores.grad_fn is None:
+        return -1
+    best, last = -1, len(tensors) - 1
+    seen = {scores.grad_fn}
+    todo = [scores.grad_fn]
+    while todo:
+        node = todo.pop()
+        i = nodes.get(node)
+        if i is not None and i > best:
+            best = i
+            if best == last:
+                break
+        for nxt, _ in node.next_functions:
+            if nxt is not None and nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return best
 
 
 def _is_spatial(out: Any) -> bool:
@@ -216,6 +307,131 @@ def _score(
         return act[rows, positions[:, 0], positions[:, 1]][:, None], None, None, positions
     scores, positions = layer_scores(layer_target, out)
     return scores, None, None, positions
+
+
+@dataclass(frozen=True)
+class _How:
+    """How one call reads the output: ``output=`` selection and the model's class names."""
+
+    output: Any
+    labels: Sequence[str] | None
+
+
+@dataclass
+class _Column:
+    """The scores ``(N, k)`` of one item of a target list, with what they explain."""
+
+    scores: torch.Tensor
+    found: torch.Tensor
+    titles: list[str]
+    details: list[list[dict[str, Any]]]
+    classes: torch.Tensor | None = None
+    positions: torch.Tensor | None = None
+    frozen: Any = None
+
+
+def _target_list(target: Target) -> list[Any] | None:
+    """The targets of a call as a list, or ``None`` for a class or layer target alone (the fast path).
+
+    An output target or a callable, alone or in a list, and any list holding one of them or a layer
+    target, is a list of targets (its ints are classes for every sample); a list of ints alone stays
+    one class per sample, as before."""
+    def single(t: Any) -> bool:
+        return isinstance(t, OUTPUT_TARGETS) or (callable(t) and not isinstance(t, (torch.Tensor, type)))
+
+    if single(target):
+        return [target]
+    if isinstance(target, (list, tuple)) and any(single(t) or isinstance(t, LAYER_TARGETS) for t in target):
+        return list(target)
+    return None
+
+
+def _logits(out: Any, n: int) -> torch.Tensor:
+    """The class logits of a (selected) output, whose first dimension must be the batch."""
+    if isinstance(out, dict) and not hasattr(out, "logits"):
+        raise ModelError(f"the model returned a dict with keys {list(out)}, not a logits tensor; choose the logits "
+                         f"with output=KEY, or explain the output with gbp.Region / gbp.Box / gbp.Score(fn)",
+                         field="output_key")
+    logits = logits_of(out)
+    if logits.ndim == 0 or logits.shape[0] != n:
+        raise ModelError(f"the model returned shape {tuple(logits.shape)} for an input batch of {n}: the first "
+                         f"dimension must be the batch ({n}), so that samples never mix", field="output_key")
+    return logits
+
+
+def _evaluate(t: Any, output: Any, ctx: Context) -> _Column:
+    """One item of a target list scored on the output (or a recorded layer), checked."""
+    n = ctx.n
+    if isinstance(t, (int, TopK)) and not isinstance(t, bool) or isinstance(t, _Classes):
+        logits = _logits(output, n)
+        idx = t.index if isinstance(t, _Classes) else resolve_classes(t, logits)
+        titles = ["class"] * idx.shape[1] if isinstance(t, TopK) else [f"class {int(idx[0, j])}" for j in
+                                                                       range(idx.shape[1])]
+        details: list[list[dict[str, Any]]] = [[{"class": int(c)} for c in row] for row in idx.tolist()]
+        ones = torch.ones(idx.shape, dtype=torch.bool)
+        return _Column(logits.gather(1, idx), ones, titles, details, classes=idx, frozen=_Classes(idx))
+    if isinstance(t, LAYER_TARGETS):
+        act = ctx.layers.get(t.layer)
+        if not isinstance(act, torch.Tensor):
+            raise TargetError(f"layer {t.layer!r} {'was not called' if act is None else 'returns no tensor'} "
+                              f"during the forward pass", field="layer")
+        scores, pos = layer_scores(t, act)
+        facts: list[list[dict[str, Any]]] = [[{"layer": t.layer, "channel": t.channel}] for _ in range(n)]
+        return _Column(scores, torch.ones(n, 1, dtype=torch.bool), [f"{t.layer} channel {t.channel}"], facts,
+                       positions=pos, frozen=t)
+    if not isinstance(t, OUTPUT_TARGETS):
+        if not callable(t):
+            raise TargetError(f"cannot read target {t!r} in a list of targets: give ints (classes), TopK, layer "
+                              f"targets, gbp.Score / Region / Box / Similarity / Output, or callables", field="target")
+        t = Score(t)
+    got = t.evaluate(output, ctx)
+    s, found = got.scores, got.found.to(got.scores.device)
+    if s.shape != (n,):
+        raise TargetError(f"{t.title}: got scores of shape {tuple(s.shape)} for a batch of {n}", field="target")
+    bad = found & ~torch.isfinite(s.detach())
+    if bad.any():
+        i = int(bad.nonzero()[0])
+        raise TargetError(f"{t.title}: the score of sample {i} is {float(s.detach()[i])}; a score must be a finite "
+                          f"number", field="target")
+    if bool(found.any()) and not s.requires_grad:
+        raise TargetError(f"{t.title}: the score does not depend on the input through autograd (is it computed "
+                          f"from detached tensors, .item() or numpy?)", field="target")
+    return _Column(s.unsqueeze(1), found.cpu().unsqueeze(1), [t.title], [[d] for d in got.details],
+                   frozen=got.frozen if got.frozen is not None else t)
+
+
+@dataclass(frozen=True)
+class _Classes:
+    """Class indices ``(N, k)`` fixed on the clean input (SmoothGrad's noisy copies of a target list)."""
+
+    index: torch.Tensor
+
+
+def _frozen_rows(t: Any, rows: torch.Tensor, n: int) -> Any:
+    """A target of a batch of ``n`` for its samples ``rows`` (SmoothGrad's noisy copies): what is given
+    per sample (a mask, a box, a reference, a class) is indexed, the rest is shared."""
+    def per_sample(v: Any, ndim: int) -> bool:
+        return isinstance(v, torch.Tensor) and v.ndim == ndim and v.shape[0] == n
+
+    if isinstance(t, _Classes):
+        return _Classes(t.index[rows.to(t.index.device)])
+    if isinstance(t, Region) and per_sample(t.mask, 3):
+        return Region(t.cls, t.mask[rows.to(t.mask.device)])
+    if isinstance(t, Box) and per_sample(t.box, 2):
+        labels = [t.label[i] for i in rows.tolist()] if isinstance(t.label, list) else t.label
+        return Box(t.box[rows], labels, t.iou, t.rank, t.min_score)
+    if isinstance(t, Similarity) and per_sample(t.reference, 2) and n > 1:
+        return Similarity(t.reference[rows.to(t.reference.device)], t.layer)
+    return t
+
+
+def _check_relus(state: RuleState, plan: list[_Pass], strict: bool) -> None:
+    ruled = [p.rule for p in plan if p.rule not in (None, Rule.SALIENCY)]
+    if state.calls == 0 and ruled and strict:
+        raise NoReLUError(
+            f"the model applied no ReLU or ReLU6 in its forward pass, so {ruled[0].value} "  # type: ignore[union-attr]
+            f"would equal the plain gradient; use the saliency method, or a model with ReLU activations",
+            field="methods")
 
 
 @dataclass(frozen=True)
@@ -276,6 +492,7 @@ class Explainer:
         self.model = model
         self.eval_mode = eval_mode
         self._lock = threading.RLock()
+        self._how = _How(None, None)  # the call's output= and labels (set by explain, under the lock)
 
     # -- public -----------------------------------------------------------------------------
     def explain(
@@ -292,13 +509,21 @@ class Explainer:
         seed: int | None = None,
         sample_ids: Sequence[int] | None = None,
         strict: bool = True,
+        output: str | int | Callable[[Any], Any] | None = None,
+        labels: Sequence[str] | None = None,
     ) -> Explanation:
         """Maps of every method in ``methods`` for every target, from one forward pass.
 
         Args:
             x: input batch ``(N, C, H, W)`` (or whatever the model takes), float.
             target: ``None`` (top-1 class), an int, N ints, an ``(N, K)`` tensor, ``TopK(k)``,
-                or a layer target (``Channel``, ``Neuron``, ``MaxNeuron``).
+                a layer target (``Channel``, ``Neuron``, ``MaxNeuron``), an output target
+                (``Score``, ``Region``, ``Box``, ``Similarity``, ``Output``; a plain callable
+                ``fn(output) -> (N,)`` is a ``Score``), or a list of targets (ints are classes),
+                all explained from the same forward pass.
+            output: which part of a dict / tuple / object output the targets read: a key, an
+                index or a callable (``"logits"``, ``0``, ``lambda o: o.logits``).
+            labels: the model's class names, for class names in ``Region`` / ``Box``.
             methods: names from :data:`~guided_backprop.methods.METHODS` (aliases accepted).
             gradcam_layer: layer for Grad-CAM; default: the last module with a spatial
                 ``(N, C, h, w)`` output (h or w > 1), found during the forward pass.
@@ -316,6 +541,10 @@ class Explainer:
         names = parse_methods(methods)
         x = self._check_input(x)
         with self._lock, exact_cuda_math(x.device):
+            items = _target_list(target)
+            if items is not None:
+                target = self._with_references(items, x, output)
+            self._how = _How(output, labels)
             if not smooth or smooth <= 0:
                 return self._explain(x, target, names, gradcam_layer, strict=strict)
             options = (names, gradcam_layer, int(smooth), float(noise), int(smooth_batch), strict)
@@ -361,9 +590,34 @@ class Explainer:
             output = None
         except GuidedBackpropError:
             raise
-        except RuntimeError as err:
+        except (RuntimeError, AssertionError) as err:
+            if "training mode" in str(err):  # torchvision's detectors want targets when training
+                raise ModelError(f"the model is in training mode and needs training targets ({err}); explain it "
+                                 f"in eval mode (eval_mode=True, the default)", field="model") from err
+            if isinstance(err, AssertionError):
+                raise
             raise InputError(f"the model's forward pass failed on an input of shape {tuple(x.shape)}: {err}") from err
         return leaf, output, state
+
+    def _with_references(self, items: list[Any], x: torch.Tensor, output: Any) -> list[Any]:
+        """The targets with each Similarity's reference input run through the model (its embedding)."""
+        done = []
+        for t in items:
+            ref = t.reference if isinstance(t, Similarity) else None
+            shaped = isinstance(ref, torch.Tensor) and ref.is_floating_point() and (
+                tuple(ref.shape) == tuple(x.shape[1:]) or tuple(ref.shape) == (1, *x.shape[1:]))
+            if isinstance(ref, torch.Tensor) and (t.is_input or (t.is_input is None and shaped)):
+                capture = _Capture(self.model, None, None, False, 1, keep=[t.layer] if t.layer else [])
+                with model_state(self.model, eval_mode=self.eval_mode), forward_hooks(capture.hooks()), \
+                        torch.no_grad():
+                    out = self.model((ref if ref.ndim == x.ndim else ref[None]).to(x.device, x.dtype))
+                emb = capture.kept.get(t.layer) if t.layer else select_output(out, output)
+                if not isinstance(emb, torch.Tensor):
+                    raise TargetError(f"Similarity: the reference's {t.layer or 'output'} is {type(emb).__name__}, "
+                                      f"not a tensor; choose one with output= or layer=", field="target")
+                t = Similarity(emb.detach(), t.layer)
+            done.append(t)
+        return done
 
     def _explain(
         self,
@@ -375,21 +629,22 @@ class Explainer:
         *,
         strict: bool = True,
     ) -> Explanation:
+        items = _target_list(target)
+        if items is not None:
+            return self._explain_many(x, items, methods, cam_layer, strict=strict)[0]
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
         plan = _backward_plan(methods)
         want_cam = any(p.with_cam for p in plan)
-        capture = _Capture(self.model, layer_target, cam_layer, want_cam)
+        capture = _Capture(self.model, layer_target, cam_layer, want_cam, x.shape[0])
         leaf, output, state = self._forward(x, capture)
-        cam_name, cam_act = capture.gradcam_activation()
-        out = capture.layer_activation() if layer_target is not None else logits_of(output)
+        if layer_target is not None:
+            out = capture.layer_activation()
+        else:
+            out = _logits(select_output(output, self._how.output), x.shape[0])
         scores, classes, logits, positions = _score(out, target, layer_target, positions)
+        cam_name, cam_act = capture.gradcam_activation(scores)
 
-        ruled = [p.rule for p in plan if p.rule not in (None, Rule.SALIENCY)]
-        if state.calls == 0 and ruled and strict:
-            raise NoReLUError(
-                f"the model applied no ReLU or ReLU6 in its forward pass, so {ruled[0].value} "  # type: ignore[union-attr]
-                f"would equal the plain gradient; use the saliency method, or a model with ReLU activations",
-                field="methods")
+        _check_relus(state, plan, strict)
         if not scores.requires_grad:
             raise ModelError("the explained score does not depend on the input through autograd "
                              "(is the model wrapped in torch.no_grad or built from detached tensors?)")
@@ -404,6 +659,47 @@ class Explainer:
             gradcam_layer=cam_name,
             relu_calls=state.calls,
         )
+
+    def _explain_many(self, x: torch.Tensor, items: list[Any], methods: tuple[str, ...], cam_layer: str | None,
+                      *, strict: bool = True) -> tuple[Explanation, list[Any]]:
+        """Any targets, from one forward pass: (the explanation, the targets frozen for SmoothGrad)."""
+        n = x.shape[0]
+        plan = _backward_plan(methods)
+        keep = [t.layer for t in items if isinstance(t, LAYER_TARGETS)] + [
+            t.layer for t in items if isinstance(t, Similarity) and t.layer]
+        capture = _Capture(self.model, None, cam_layer, any(p.with_cam for p in plan), n, keep=keep)
+        leaf, output, state = self._forward(x, capture)
+        selected = select_output(output, self._how.output)
+        ctx = Context(n=n, input_size=tuple(x.shape[2:]), layers=capture.kept, labels=self._how.labels)
+        columns = [_evaluate(t, selected, ctx) for t in items]
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        scores = torch.cat([c.scores.to(dtype) for c in columns], dim=1)
+        found = torch.cat([c.found for c in columns], dim=1).to(scores.device)
+        idx = [c.classes for c in columns if c.classes is not None]
+        classes = torch.cat(idx, 1) if len(idx) == len(columns) else None
+        logits = _logits(selected, n).detach() if classes is not None else None
+        # Nothing found anywhere (no detection): every map is NaN, any candidate layer will do.
+        cam_name, cam_act = capture.gradcam_activation(scores if bool(found.any()) else None)
+        _check_relus(state, plan, strict)
+        if not scores.requires_grad:  # nothing found anywhere (no detection): no backward, no maps
+            scores = scores + 0 * leaf.sum()  # keeps the shapes flowing; every map is NaN below
+        per_rule, cams = self._backward(scores.masked_fill(~found, 0), leaf, cam_act, plan, state, x.shape[2:])
+        maps = _assemble(methods, per_rule, cams, x.dtype)
+        for v in maps.values():
+            v[~found.to(v.device)] = float("nan")  # no detection: no map, never a zero map
+        explanation = Explanation(
+            maps=maps,
+            scores=scores.detach(),
+            targets=classes,
+            logits=logits,
+            positions=next((c.positions for c in columns if c.positions is not None), None),
+            gradcam_layer=cam_name,
+            relu_calls=state.calls,
+            titles=[t for c in columns for t in c.titles],
+            details=[[d for c in columns for d in c.details[i]] for i in range(n)],
+            found=None if bool(found.all()) else found.cpu(),
+        )
+        return explanation, [c.frozen for c in columns]
 
     @staticmethod
     def _backward(
@@ -447,7 +743,11 @@ class Explainer:
         generator: torch.Generator | None,
     ) -> Explanation:
         # Fix the targets on the clean input, so that every noisy copy explains the same score.
-        clean = self._explain(x, target, methods, cam_layer, strict=strict)
+        items = _target_list(target)
+        if items is not None:
+            clean, frozen = self._explain_many(x, items, methods, cam_layer, strict=strict)
+        else:
+            clean = self._explain(x, target, methods, cam_layer, strict=strict)
         n = x.shape[0]
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
         span = (x.reshape(n, -1).amax(1) - x.reshape(n, -1).amin(1)).reshape(n, *([1] * (x.ndim - 1)))
@@ -464,6 +764,14 @@ class Explainer:
                 noisy = xs.unsqueeze(0).expand(reps, *xs.shape).reshape(reps * (e - s), *xs.shape[1:])
                 eps = torch.randn(noisy.shape, generator=generator, dtype=x.dtype, device=noise_device)
                 noisy = noisy + eps.to(x.device) * sigma[s:e].repeat(reps, *([1] * (x.ndim - 1)))
+                if items is not None:
+                    rows = torch.arange(s, e).repeat(reps)
+                    many = [_frozen_rows(f, rows, n) for f in frozen]
+                    part = self._explain_many(noisy, many, methods, clean.gradcam_layer or cam_layer,
+                                              strict=strict)[0]
+                    for m, v in part.maps.items():
+                        sums[m][s:e] += v.reshape(reps, e - s, *v.shape[1:]).sum(0)
+                    continue
                 if layer_target is not None:
                     pos = clean.positions[s:e].repeat(reps, 1) if clean.positions is not None else None
                     tgt: Target = layer_target
@@ -483,6 +791,9 @@ class Explainer:
 
 def _sample_target(target: Target, i: int, n: int) -> Target:
     """Sample ``i``'s share of a batch's target (a per-sample list or tensor is indexed)."""
+    items = _target_list(target)
+    if items is not None:
+        return [_frozen_rows(t, torch.tensor([i]), n) for t in items]
     if target is None or isinstance(target, (int, TopK, Channel, Neuron, MaxNeuron)):
         return target
     t = torch.as_tensor(target)
@@ -515,8 +826,10 @@ def attribute(
 
     ``method`` is ``"guided_backprop"`` (Springenberg et al. 2014, arXiv:1412.6806),
     ``"deconvnet"``, ``"saliency"``, ``"gradcam"`` or ``"guided_gradcam"``. ``target=None``
-    explains each sample's top-1 class; an int or N ints give class indices. With ``TopK(k)``
-    or an ``(N, K)`` target the result is ``(N, K, *x.shape[1:])``. ``options`` go to
+    explains each sample's top-1 class; an int or N ints give class indices; ``gbp.Region``,
+    ``gbp.Box``, ``gbp.Similarity``, ``gbp.Output`` or any ``fn(output) -> (N,)`` explain other
+    outputs (``output=`` picks the part of a dict or tuple output they read). With ``TopK(k)``,
+    an ``(N, K)`` target or a list of targets the result is ``(N, K, *x.shape[1:])``. ``options`` go to
     :meth:`Explainer.explain` (``smooth``, ``noise``, ``gradcam_layer``...) or, for
     ``eval_mode``, to :class:`Explainer`.
     """
@@ -527,7 +840,8 @@ def attribute(
     name = get_method(method).name
     result = Explainer(model, eval_mode=eval_mode).explain(x, target, methods=(name,), **options)
     maps = result.maps[name]
-    if maps.shape[1] == 1 and not isinstance(target, TopK) and not (
+    many = isinstance(target, (list, tuple)) and _target_list(target) is not None
+    if maps.shape[1] == 1 and not many and not isinstance(target, TopK) and not (
         isinstance(target, torch.Tensor) and target.ndim == 2
     ):
         return maps[:, 0]

@@ -228,8 +228,14 @@ def main() -> None:
 @opt(TARGETS, "--methods", type=MethodsType(), default="guided_backprop",
       help=f"Comma-separated: {', '.join(METHODS)} (aliases: gbp, deconv, gradient, ggcam).")
 @opt(TARGETS, "--target", type=TargetType(), default="top1",
-      help="What each map explains: top1 (the predicted class), topK (K best classes), a class index or a "
-           "class name (e.g. 'Egyptian cat').")
+      help="What each map explains: top1, topK, a class index or name ('Egyptian cat'; a segmenter's: its "
+           "pixels); detections:K or box:x0,y0,x1,y1[:label] (detectors); similar:REF.png; output:K.")
+@opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
+      help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
+@opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
+      help="detections:K counts the detections scoring at least F.")
+@opt(TARGETS, "--output-key", default=None, metavar="KEY",
+      help="The entry of a dict or tuple output the targets read (e.g. logits; an index for a tuple).")
 @opt(TARGETS, "--layer", default=None, metavar="NAME",
       help="Explain a unit of this layer instead (with --channel; 'guided-backprop layers' lists them).")
 @opt(TARGETS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
@@ -249,7 +255,8 @@ def main() -> None:
 @opt(OUTPUT, "--name", "name_template", default=None, metavar="TEMPLATE",
       show_default="map_{idx}_class_{class_index}.png, plus _{method} with several methods and _top{rank} with "
                    "several classes",
-      help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel}.")
+      help="Map file names; fields {idx} {stem} {label} {class_index} {method} {rank} {layer} {channel} {target} "
+           "(what the map explains, e.g. detection_0).")
 @opt(OUTPUT, "--input-name", default="im_{idx}.png", metavar="TEMPLATE",
       help="Name of the input picture as the network saw it; fields {idx} {stem}.")
 @opt(OUTPUT, "--panel", is_flag=True,
@@ -269,8 +276,9 @@ def main() -> None:
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
 def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
-                target: Any, layer: str | None, channel: int | None, neuron: Any, gradcam_layer: str | None,
-                smooth: int, noise: float, seed: int, norm: str, seed_look: bool, name_template: str | None,
+                target: Any, mask: str | None, score_threshold: float, output_key: str | None, layer: str | None,
+                channel: int | None, neuron: Any, gradcam_layer: str | None, smooth: int, noise: float, seed: int,
+                norm: str, seed_look: bool, name_template: str | None,
                 input_name: str, panel: bool, save_raw: bool, batch_size: int, workers: int, max_pixels: int,
                 overwrite: bool, with_report: bool, quiet: bool, verbose: bool) -> int:
     """Compute maps for every image in INPUTS (files, folders walked recursively in sorted order, or
@@ -297,7 +305,9 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         model=mo.model, weights=mo.weights, labels=None if mo.labels is None else str(mo.labels),
         num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
         resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
-        target=target, layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
+        target=target, mask=mask, score_threshold=score_threshold,
+        output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key,
+        layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
         max_pixels=max_pixels,
@@ -388,7 +398,8 @@ def models_command(show_all: bool, verbose: bool) -> int:
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
-    vision = [i for i in infos if i.source == "torchvision" and i.name not in models.MODEL_NAMES]
+    vision = [i for i in infos if i.source == "torchvision" and i.name not in models.MODEL_NAMES
+              and i.kind == "classifier"]  # segmenters and detectors are listed one by one
     if not show_all and len(vision) > 1:  # one line for the torchvision models that need a download
         hidden = [i for i in vision if not i.offline]
         infos = [i for i in infos if i not in hidden]
@@ -398,12 +409,20 @@ def models_command(show_all: bool, verbose: bool) -> int:
             "<torchvision name>", "torchvision", False,
             f"any of torchvision's {len(vision)} ImageNet models by name ({examples}...): weights download on "
             f"first use, then cached; --all lists each with its GBP support", "depends"))
+    tasks = [i for i in infos if i.kind in ("segmenter", "detector")]
+    if not show_all and tasks:  # one line for torchvision's segmenters and detectors too
+        infos = [i for i in infos if i not in tasks]
+        infos.insert(len(models.MODEL_NAMES) + 1, models.ModelInfo(
+            "<segmenter|detector>", "torchvision", False,
+            "torchvision's segmenters and detectors (fcn_resnet50...); --all lists them", "depends", "depends"))
     width = min(max(shutil.get_terminal_size((100, 24)).columns, 72), 100)
-    columns = (max(len(i.name) for i in infos), 7, 3)  # name, offline, GBP; the description wraps beside them
+    # name, offline, GBP (and with --all the output kind); the description wraps beside them
+    heads = ("NAME", "OFFLINE", "GBP", "OUTPUT")[:4 if show_all else 3]
+    columns = (max(len(i.name) for i in infos), 7, 6, 10) if show_all else (max(len(i.name) for i in infos), 7, 3)
     indent = sum(columns) + 2 * len(columns)
-    click.echo("  ".join(h.ljust(w) for h, w in zip(("NAME", "OFFLINE", "GBP"), columns)) + "  DESCRIPTION")
+    click.echo("  ".join(h.ljust(w) for h, w in zip(heads, columns)) + "  DESCRIPTION")
     for info in infos:
-        cells = (info.name, "yes" if info.offline else "no", _RELU_MARK[info.relu])
+        cells = (info.name, "yes" if info.offline else "no", _RELU_MARK[info.relu], info.kind)[:len(heads)]
         lead = "  ".join(c.ljust(w) for c, w in zip(cells, columns)) + "  "
         click.echo(textwrap.fill(cli_message(info.description), width, initial_indent=lead,
                                  subsequent_indent=" " * indent))

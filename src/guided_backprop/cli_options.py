@@ -51,6 +51,7 @@ FLAGS: dict[str, str] = {
     "gradcam_layer": "--gradcam-layer", "smooth": "--smooth", "noise": "--noise", "seed": "--seed",
     "norm": "--norm", "name": "--name", "input_name": "--input-name", "batch_size": "--batch-size",
     "workers": "--workers", "output": "--output", "overwrite": "--overwrite",
+    "output_key": "--output-key", "mask": "--mask", "score_threshold": "--score-threshold",
     "figure_image": "--figure-image", "steps": "--steps",
 }
 _PY_ARG = re.compile(r"\b(" + "|".join(sorted(FLAGS, key=len, reverse=True)) +

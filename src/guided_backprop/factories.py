@@ -224,10 +224,12 @@ def build_factory(spec: str, req: Request) -> Built:
     return Built(model, prep or Preprocessing(), n, labels, desc, "factory")
 
 
-def output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, name: str) -> int | None:
+def output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, name: str,
+                   kind: list[str] | None = None) -> int | None:
     """One forward pass of a blank input shaped as ``pre`` makes it: the model's class count (the last
     dimension of an ``(N, K)`` output), and a clear error now if the model cannot take such inputs,
-    rather than the same error once per image."""
+    rather than the same error once per image. ``kind``, if given, receives what the output is
+    (:func:`~guided_backprop.targets.output_kind`)."""
     size = pre.nominal_size
     if size is None:
         return None
@@ -252,6 +254,12 @@ def output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, n
             f"{type(err).__name__}: {one_line}; give the preprocessing it expects, e.g. channels={other} or "
             f"input_size=N", field="preprocessing",
         ) from err
+    if kind is not None:
+        from .targets import output_kind
+
+        kind.append(output_kind(out))
+    if isinstance(out, dict) and isinstance(out.get("out"), torch.Tensor):
+        return int(out["out"].shape[1])  # a segmenter's classes
     try:
         logits = logits_of(out)
     except GuidedBackpropError:  # not a classifier's output: nothing to count

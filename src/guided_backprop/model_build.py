@@ -54,6 +54,7 @@ class Built:
     weights: str
     source: str
     gradcam_layer: str | None = None
+    kind: str = "classifier"  # what its output is: targets.OUTPUT_KINDS
 
 
 @dataclass(frozen=True)

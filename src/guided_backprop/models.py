@@ -45,10 +45,12 @@ from .labels import generic_labels, read_labels
 from .model_build import DEFAULT_MODEL, Built, Request
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .zoo import (
+    TASK_MODELS,
     VGG19_NPY_URL,
     build_efficientnet_lite0,
     build_timm,
     build_torchvision,
+    build_torchvision_task,
     build_vgg19_caffe,
     cache_file,
     import_timm,
@@ -87,6 +89,8 @@ class ModelInfo:
     description: str
     #: "yes": guided backprop and deconvnet apply; "partly": some activations are not ReLUs; "no"; "depends"
     relu: str = "yes"
+    #: what its output is: "classifier", "segmenter", "detector", "other" or "depends"
+    kind: str = "classifier"
 
 
 @dataclass
@@ -105,6 +109,8 @@ class LoadedModel:
     weights: str
     source: str = ""
     gradcam_layer: str | None = None
+    #: what the output is (:data:`~guided_backprop.targets.OUTPUT_KINDS`): the targets it takes follow
+    kind: str = "classifier"
 
     @property
     def num_classes(self) -> int | None:
@@ -223,6 +229,8 @@ def _builder(name: str) -> tuple[str, Callable[[Request], Built]]:
     for reg_name, entry in _REGISTRY.items():
         if _norm(reg_name) == key:
             return reg_name, entry.build
+    if key in TASK_MODELS:
+        return key, lambda req: build_torchvision_task(key, req)
     tv_names = torchvision_names()
     if key in tv_names:
         return key, lambda req: build_torchvision(key, req)
@@ -301,8 +309,9 @@ def load_model(
     check_finite(built.model, source=source, checkpoint=from_file)
     model = built.model.to(dev).eval()
     n_classes = built.num_classes
+    kind = [built.kind]
     if built.source == "factory":
-        n_classes = output_classes(model, pre, dev, canonical) or n_classes
+        n_classes = output_classes(model, pre, dev, canonical, kind) or n_classes
     names = built.labels
     if labels is not None:
         names = read_labels(labels)
@@ -324,6 +333,7 @@ def load_model(
         weights=built.weights,
         source=built.source,
         gradcam_layer=built.gradcam_layer,
+        kind=kind[-1],
     )
 
 
@@ -353,6 +363,13 @@ def available_models() -> list[ModelInfo]:
                          else "cached")
         infos.append(ModelInfo(arch, "torchvision", cache_file(weights.url).is_file(), ", ".join(parts),
                                relu_support(arch)))
+    for arch, kind in TASK_MODELS.items():
+        weights = tvm.get_model_weights(arch).DEFAULT
+        cached = cache_file(weights.url).is_file()
+        size = weights.meta.get("_file_size")
+        note = "cached" if cached else f"{size:.0f} MB download on first use" if size else "download on first use"
+        infos.append(ModelInfo(arch, "torchvision", cached, f"torchvision {weights} ({kind}), {note}; "
+                               f"--weights random runs offline", relu_support(arch), kind))
     try:
         timm = import_timm()
 
@@ -361,9 +378,10 @@ def available_models() -> list[ModelInfo]:
         count = "timm models (pip install timm)"
     infos.append(ModelInfo(
         "timm:<name>", "timm", True,
-        f"{count}: random weights unless weights=PATH (offline) or weights='pretrained' (download)", "depends"))
+        f"{count}: random weights unless weights=PATH (offline) or weights='pretrained' (download)", "depends",
+        "depends"))
     infos.append(ModelInfo(
         "<module>:<function>", "factory", True,
         "your own model: a function in an importable module or a .py file that returns an nn.Module; add "
-        "weights=PATH, labels=FILE and preprocessing options", "depends"))
+        "weights=PATH, labels=FILE and preprocessing options", "depends", "depends"))
     return infos

@@ -180,7 +180,15 @@ def _class_name(labels: Any, cls: int) -> str:
 
 
 def _row_label(explanation: Explanation, index: int, r: int, labels: Any) -> str:
-    """A row's label: class name and probability, or (layer targets) the unit's position."""
+    """A row's label: class name and probability, a target's title and raw score (never a probability), or
+    (layer targets) the unit's position."""
+    if explanation.titles and explanation.targets is None and r < len(explanation.titles):
+        facts = explanation.details[index][r] if explanation.details else {}
+        found = explanation.found is None or bool(explanation.found[index, r])
+        cls = facts.get("label", facts.get("class"))
+        name = explanation.titles[r] + (f" ({_class_name(labels, int(cls))})" if labels is not None and cls is not None
+                                         else "")
+        return name + (f"\nscore = {float(explanation.scores[index, r]):.3g}" if found else "\nnothing found")
     if explanation.targets is None:
         text = "unit"
         if explanation.positions is not None:

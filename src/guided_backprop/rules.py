@@ -29,7 +29,7 @@ from torch.overrides import TorchFunctionMode
 
 from .methods import Rule
 
-__all__ = ["Rule", "RuleState", "ReLURouting"]
+__all__ = ["Rule", "RuleState", "ReLURouting", "unrouted_activations"]
 
 
 class RuleState:
@@ -137,3 +137,16 @@ class ReLURouting(TorchFunctionMode):
                 self.state.calls += 1
                 return _RoutedReLU.apply(x, self.state, upper, inplace)
         return func(*args, **kwargs)
+
+
+#: Activation modules the rules do not change: their backward stays the plain gradient.
+_OTHER_ACTIVATIONS = ("Hardswish", "Hardsigmoid", "GELU", "SiLU", "Mish", "ELU", "SELU", "CELU", "LeakyReLU",
+                      "PReLU", "RReLU", "Softplus", "Sigmoid", "Tanh")
+
+
+def unrouted_activations(model: torch.nn.Module) -> list[str]:
+    """The kinds of activation module in ``model`` that guided backprop and deconvnet leave plain (e.g.
+    MobileNetV3's Hardswish and Hardsigmoid), by class name; empty when only ReLUs are used. With a
+    ReLU too, guidance is partial: only the ReLUs are guided."""
+    found = {type(m).__name__ for m in model.modules()}
+    return [name for name in _OTHER_ACTIVATIONS if name in found]

@@ -43,6 +43,8 @@ __all__ = [
     "build_efficientnet_lite0",
     "build_timm",
     "build_torchvision",
+    "build_torchvision_task",
+    "TASK_MODELS",
     "build_vgg19_caffe",
     "cache_file",
     "import_timm",
@@ -286,6 +288,54 @@ def build_torchvision(arch: str, req: Request) -> Built:
                   "torchvision")
 
 
+# -- torchvision's segmenters and detectors ------------------------------------------------------
+#: The segmenters and detectors --model takes by name, and what their output is.
+TASK_MODELS: dict[str, str] = {
+    **dict.fromkeys(("fcn_resnet50", "deeplabv3_resnet50", "deeplabv3_mobilenet_v3_large",
+                     "lraspp_mobilenet_v3_large"), "segmenter"),
+    **dict.fromkeys(("fasterrcnn_resnet50_fpn_v2", "fasterrcnn_mobilenet_v3_large_320_fpn",
+                     "retinanet_resnet50_fpn_v2", "fcos_resnet50_fpn", "ssd300_vgg16",
+                     "ssdlite320_mobilenet_v3_large"), "detector"),
+}
+
+
+def _task_preprocessing(kind: str, weights: Any) -> Preprocessing:
+    """A segmenter's weights resize the shorter side and normalise; a detector normalises and resizes
+    inside the model, so it takes the picture in [0, 1] as it is."""
+    if kind == "detector":
+        return Preprocessing(resize=None, crop=None, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
+    preset = weights.transforms()
+    resize = [int(v) for v in getattr(preset, "resize_size", None) or [520]]
+    return Preprocessing(resize=resize[0], crop=None, mean=tuple(preset.mean), std=tuple(preset.std),
+                         interpolation="bilinear")
+
+
+def build_torchvision_task(arch: str, req: Request) -> Built:
+    """torchvision's segmenter or detector ``arch`` (:data:`TASK_MODELS`) with its weights' categories and
+    preprocessing: the default weights (a download), ``weights='random'`` (no backbone weights either:
+    nothing is downloaded) or a checkpoint."""
+    from torchvision import models as tvm
+
+    kind = TASK_MODELS[arch]
+    default = tvm.get_model_weights(arch).DEFAULT
+    categories = list(default.meta["categories"])
+    pre = _task_preprocessing(kind, default)
+    wkind, value = weights_kind(req.weights)
+    if wkind in ("default", "pretrained", "name"):
+        weights = default if wkind != "name" else _resolve_tv_weights(arch, value)
+        model = _download_tv(arch, weights)
+        return Built(model, pre, len(categories), categories, f"torchvision {weights} ({cache_file(weights.url)})",
+                     "torchvision", kind=kind)
+    n = req.num_classes or len(categories)
+    model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
+    if wkind == "random":
+        return Built(model, pre, n, labels_for(n, categories), "random initialisation (no download)", "torchvision",
+                     kind=kind)
+    load_into(model, read_checkpoint(value, req.trust), source=f"checkpoint '{value}'",
+              hint=f"is it a checkpoint of torchvision's {arch}? pass num_classes=N if it was trained for N classes")
+    return Built(model, pre, n, labels_for(n, categories), f"checkpoint {value}", "torchvision", kind=kind)
+
+
 # -- timm -----------------------------------------------------------------------------------
 def _timm_preprocessing(model: nn.Module) -> Preprocessing:
     from timm.data import resolve_model_data_config
@@ -397,4 +447,4 @@ def relu_support(arch: str) -> str:
     when it applies no ReLU (GELU, SiLU: only saliency and Grad-CAM work)."""
     if arch.startswith(_NO_RELU_FAMILIES):
         return "no"
-    return "partly" if arch.startswith(_PARTLY_RELU_FAMILIES) else "yes"
+    return "partly" if any(family in arch for family in _PARTLY_RELU_FAMILIES) else "yes"

@@ -54,7 +54,10 @@ class BatchConfig:
     std: Sequence[float] | None = None
     channels: int | None = None
     methods: Sequence[str] = ("guided_backprop",)
-    target: Any = None  # None, TopK, int or str
+    target: Any = None  # None, TopK, int or str (also targets.parse_target's text: detections:5, box:..., output:K)
+    mask: str | None = None  # a segmenter's region: a picture whose non-zero pixels are the region
+    score_threshold: float = 0.5  # detections:K counts the detections scoring at least this
+    output_key: str | int | None = None  # the entry of a dict / tuple output the targets read
     layer: str | None = None
     channel: int | None = None
     neuron: str | tuple[int, int] | None = None

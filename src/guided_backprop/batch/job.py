@@ -17,7 +17,7 @@ from .. import panels, render
 from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
-from ..targets import MaxNeuron, Neuron
+from ..targets import MaxNeuron, Neuron, Region, select_output
 from ..visible import visible
 from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
 from .decode import _Decoded, _one_line, worker_died
@@ -91,12 +91,15 @@ class _Job:
         return True
 
     # -- compute -------------------------------------------------------------------------------
-    def _predict(self, x: torch.Tensor) -> torch.Tensor:
+    def _predict(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The class logits of a classifier; ``None`` for another kind of model (no top-5 to list)."""
         with torch.no_grad(), model_state(self.plan.loaded.model):
-            out = self.plan.loaded.model(x)
+            out = select_output(self.plan.loaded.model(x), self.cfg.output_key)
         if not isinstance(out, torch.Tensor):
             out = getattr(out, "logits", None)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
+            if getattr(self.plan.loaded, "kind", "classifier") != "classifier" or isinstance(self.plan.target, list):
+                return None
             raise ModelError("the model does not return (N, classes) logits, so its predictions cannot be listed")
         return out
 
@@ -106,7 +109,9 @@ class _Job:
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
         smooth: dict[str, Any] = {"smooth": cfg.smooth, "noise": cfg.noise, "seed": cfg.seed,
                                   "sample_ids": [it.idx for it in items]} if cfg.smooth > 0 else {}
-        e = self.explainer.explain(x, plan.target, methods=plan.methods, gradcam_layer=plan.gradcam_layer, **smooth)
+        e = self.explainer.explain(x, _fit_masks(plan.target, x), methods=plan.methods,
+                                   gradcam_layer=plan.gradcam_layer, output=cfg.output_key,
+                                   labels=self.labels or None, **smooth)
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
 
@@ -134,9 +139,10 @@ class _Job:
         self.computed_once = True
         if self.gradcam_layer is None:
             self.gradcam_layer = getattr(e, "gradcam_layer", None)
-        probs = logits.detach().float().softmax(dim=1).cpu()
-        top_p, top_i = probs.topk(min(_TOP5, probs.shape[1]), dim=1)
+        probs = None if logits is None else logits.detach().float().softmax(dim=1).cpu()
+        top_p, top_i = probs.topk(min(_TOP5, probs.shape[1]), dim=1) if probs is not None else (None, None)
         maps = {m: v.detach().float().cpu().numpy() for m, v in e.maps.items()}  # (N, K, C, H, W)
+        explained = self._explained(e)
         targets = None if e.targets is None else e.targets.cpu()
         scores = e.scores.detach().float().cpu()
         positions = None if e.positions is None else e.positions.cpu()
@@ -150,8 +156,11 @@ class _Job:
                 continue
             job = {
                 "maps": {m: v[i] for m, v in maps.items()},
-                "top5": [(int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
-                "targets": None if targets is None else [(int(c), float(probs[i, c])) for c in targets[i].tolist()],
+                "top5": [] if top_i is None or top_p is None else [
+                    (int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
+                "targets": None if targets is None or probs is None else [
+                    (int(c), float(probs[i, c])) for c in targets[i].tolist()],
+                "explained": explained[i],
                 "scores": scores[i].tolist(),
                 "position": None if positions is None else [int(v) for v in positions[i].tolist()],
             }
@@ -166,6 +175,34 @@ class _Job:
             if not np.isfinite(m).all():
                 return f"{method} map"
         return None
+
+    def _explained(self, e: Any) -> list[list[dict[str, Any]]]:
+        """Per input, per explained target: what it is, its value (a probability for class logits, else the
+        raw score), whether it was found (a detection) and which methods' maps are all zeros."""
+        values = e.values.detach().float().cpu()
+        zero = {m: e.zero_maps(m).cpu() for m in e.maps}
+        rows = []
+        for i in range(len(e)):
+            row = []
+            for k in range(values.shape[1]):
+                facts = dict(e.details[i][k]) if e.details else {}
+                cls = facts.pop("class", None)
+                cls = facts.get("label") if cls is None else cls
+                if self.plan.layer_target is not None:
+                    title = f"{self.plan.layer_target.layer} channel {self.plan.layer_target.channel}"
+                elif e.titles:
+                    title = e.titles[k]
+                else:
+                    title = "class"
+                    cls = int(e.targets[i, k]) if e.targets is not None else None
+                found = e.found is None or bool(e.found[i, k])
+                row.append({"target": title, "class_index": cls,
+                            "class_name": self.plan.loaded.label(cls) if cls is not None and self.labels else None,
+                            "value": round(float(values[i, k]), 6) if found else None, "value_kind": e.value_kind,
+                            "found": found, "zero_maps": [m for m in e.maps if found and bool(zero[m][i, k])],
+                            **{key: v for key, v in facts.items() if key not in ("layer", "channel")}})
+            rows.append(row)
+        return rows
 
     def _model_fault(self, item: _Decoded, err: Exception) -> ModelError | None:
         """The model's fault, not the image's, when a forward fails: a first layer that takes another
@@ -228,14 +265,31 @@ class _Job:
         files: dict[str, str] = {"input": input_name}
         raw: dict[str, str] = {}
         classes = [c for c, _p in job["targets"]] if job["targets"] is not None else [pred]
-        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written)
-        if self.cfg.panel:
-            files["panel"] = self._save_panel(item.idx, stem, picture, ranked, job, top5, written)
+        if isinstance(plan.target, list):  # output targets: the class each one explains (a box's label...)
+            classes = [t["class_index"] for t in job["explained"]]
+        for t in job["explained"]:
+            if not t["found"]:
+                self.log(f"no map: {item.path!r}: {t['target']}: {t.get('reason', 'nothing to explain')}")
+            elif t["zero_maps"]:
+                self.log(f"warning: {item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
+                         f"zeros (an empty region, or every ReLU on its path gated off)")
+        found = [t["found"] for t in job["explained"]]
+        boxes = [t.get("box") for t in job["explained"]]
+        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found, boxes,
+                                 [t["target"] for t in job["explained"]])
+        if any(b is not None for b in boxes):  # the panel's input shows every explained box, in its map's colour
+            for r, b in enumerate(boxes):
+                if b is not None:
+                    picture = render.outline_box(picture, b, render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
+        panel = self._save_panel(item.idx, stem, picture, ranked, job, top5, written) if self.cfg.panel else None
+        if panel is not None:
+            files["panel"] = panel
         return self._index_record(item, job, top5, files, raw)
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
-                   written: list[Path]) -> dict[str, list[np.ndarray]]:
+                   written: list[Path], found: list[bool] | None = None,
+                   boxes: list[Any] | None = None, titles: list[str] | None = None) -> dict[str, list[np.ndarray]]:
         """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
 
         Returns every method's maps in rank order (RGB), which the panel shows.
@@ -247,15 +301,21 @@ class _Job:
         for method in plan.methods:
             stack = maps[method]  # (K, C, H, W)
             for r in range(stack.shape[0]):
+                if found is not None and r < len(found) and not found[r]:
+                    continue  # nothing to explain (no matching detection): no map, never a zero map
                 cls = classes[r] if r < len(classes) else classes[0]
                 name = _fill(plan.map_template, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
                              label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
-                             layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none")
+                             layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none",
+                             target=safe_name(titles[r]) if titles and r < len(titles) else "none")
                 m = stack[r]
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB
                 ranked[method].append(m)
-                self._save(render.method_picture(method, m, image=picture, norm=cfg.norm), name, written)
+                shown = render.method_picture(method, m, image=picture, norm=cfg.norm)
+                if boxes is not None and r < len(boxes) and boxes[r] is not None:  # what a detection map explains
+                    shown = render.outline_box(shown, boxes[r], render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
+                self._save(shown, name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
                 if cfg.save_raw:
@@ -266,13 +326,20 @@ class _Job:
         return ranked
 
     def _save_panel(self, idx: int, stem: str, picture: np.ndarray, ranked: dict[str, list[np.ndarray]],
-                    job: dict[str, Any], top5: list[ClassScore], written: list[Path]) -> str:
+                    job: dict[str, Any], top5: list[ClassScore], written: list[Path]) -> str | None:
         """A class x method grid (one row per explained class, the input first), titled with what is
         explained, SmoothGrad and a neuron's position; returns its file name."""
         plan, cfg = self.plan, self.cfg
         classes: list[str | None]
         probabilities: list[float | None]
-        if plan.layer_target is not None:
+        if isinstance(plan.target, list):  # output targets: titled with their raw score, never a probability
+            shown = [t for t in job["explained"] if t["found"]]
+            classes = [f"{t['target']}" + (f" ({t['class_name']})" if t["class_name"] else "") +
+                       (f", score {t['value']:.3g}" if t["value"] is not None else "") for t in shown]
+            probabilities = [None] * len(shown)
+            if not shown:
+                return None  # nothing found to explain in this image: no panel
+        elif plan.layer_target is not None:
             classes, probabilities = [f"{plan.layer_target.layer} channel {plan.layer_target.channel}"], [None]
         elif job["targets"] is not None:
             classes = [plan.loaded.label(c) for c, _p in job["targets"]]
@@ -306,4 +373,15 @@ class _Job:
                                              score=job["scores"][0])
         return IndexRecord(idx=item.idx, input=item.path, status="ok", error=None, class_index=best.class_index,
                            class_name=best.class_name, probability=best.probability, top5=top5, targets=targets,
-                           layer_target=layer_target, files=files, raw=raw if self.cfg.save_raw else None)
+                           layer_target=layer_target, files=files, raw=raw if self.cfg.save_raw else None,
+                           explained=job["explained"])
+
+
+def _fit_masks(target: Any, x: torch.Tensor) -> Any:
+    """A --mask picture resized (nearest) to this batch's input size: inputs of several sizes share it."""
+    if not isinstance(target, list):
+        return target
+    size = tuple(x.shape[-2:])
+    return [Region(t.cls, torch.nn.functional.interpolate(t.mask[None, None], size=size, mode="nearest")[0, 0])
+            if isinstance(t, Region) and isinstance(t.mask, torch.Tensor) and tuple(t.mask.shape) != size else t
+            for t in target]

@@ -12,7 +12,7 @@ from ..errors import GuidedBackpropError, UnknownNameError
 DEFAULT_INPUT_NAME = "im_{idx}.png"
 PANEL_NAME = "panel_{idx}.png"  # with panel=True
 #: Fields a map name template may use.
-MAP_NAME_FIELDS = ("idx", "stem", "label", "class_index", "method", "rank", "layer", "channel")
+MAP_NAME_FIELDS = ("idx", "stem", "label", "class_index", "method", "rank", "layer", "channel", "target")
 INPUT_NAME_FIELDS = ("idx", "stem")
 
 

@@ -53,6 +53,8 @@ def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist,
         started=started,
         finished=finished,
         **counts,
+        output_kind=getattr(plan.loaded, "kind", "classifier"),
+        guidance=plan.guidance,
     )
     return json_text(record.to_json(), indent=1) + "\n"
 
@@ -62,6 +64,9 @@ def csv_columns(file_keys: Sequence[str], *, save_raw: bool) -> tuple[list[str],
     header = ["idx", "input", "status", "error", "class_index", "class_name", "probability"]
     for r in range(1, _TOP5 + 1):
         header += [f"top{r}_class_index", f"top{r}_class_name", f"top{r}_probability"]
+    # What the first map explains, apart from the prediction above (--target person, detections:K...)
+    header += ["explained_target", "explained_class_index", "explained_class_name", "explained_value",
+               "explained_value_kind", "explained_zero_maps"]
     header += [f"file_{k}" for k in file_keys]
     raw_keys = [k for k in file_keys if k not in ("input", "panel")] if save_raw else []
     return header + [f"raw_{k}" for k in raw_keys], raw_keys
@@ -78,6 +83,9 @@ def _csv_text(rows: list[IndexRecord], file_keys: list[str], save_raw: bool) -> 
                 _blank(row.probability)]
         for r in range(_TOP5):
             line += [_blank(v) for v in row.top5[r].to_json()] if r < len(row.top5) else ["", "", ""]
+        first = (row.explained or [{}])[0]
+        line += [_blank(first.get(k)) for k in ("target", "class_index", "class_name", "value", "value_kind")]
+        line += [",".join(first.get("zero_maps") or [])]
         line += [row.files.get(k, "") for k in file_keys]
         line += [(row.raw or {}).get(k, "") for k in raw_keys]
         w.writerow(line)

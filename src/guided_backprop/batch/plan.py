@@ -5,8 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,18 @@ from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
 from ..preprocessing import KEEP
-from ..targets import Channel, MaxNeuron, Neuron, Target, TopK, parse_class_target, parse_neuron
+from ..targets import (
+    Box,
+    Channel,
+    MaxNeuron,
+    Neuron,
+    Region,
+    Target,
+    TopK,
+    parse_class_target,
+    parse_neuron,
+    parse_target,
+)
 from .config import STATE_DIR, BatchConfig
 from .identity import Digests, model_source_file
 from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
@@ -48,6 +60,8 @@ class _Plan:
     class_folders: list[Path]  # folders below which the subfolders depend on the class (swept recursively)
     numbers: list[int]  # each input's number ({idx}), stable across reruns (numbering.py)
     number_table: dict[str, int]  # every number the folder has given, saved by rank 0
+    notes: list[str] = field(default_factory=list)  # said on the run's first lines (partial guidance, random weights)
+    guidance: str = "yes"  # "yes": every activation is a ReLU; "partly"; "no"
 
 
 def _preprocessing_changes(cfg: BatchConfig) -> dict[str, Any]:
@@ -90,6 +104,10 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
             y, x = neuron
             lt, desc = Neuron(cfg.layer, channel, y, x), f"layer {cfg.layer} channel {channel} unit (y={y}, x={x})"
         return lt, 1, lt, desc
+    kind = getattr(loaded, "kind", "classifier")
+    written = isinstance(cfg.target, str) and re.match(r"\s*(output|similar|detections|box):", cfg.target, re.I)
+    if kind != "classifier" or written or cfg.mask is not None:
+        return _parse_output_target(cfg, loaded, kind)
     spec = parse_class_target(cfg.target)
     if spec is None:
         return None, 1, None, "top1 (each image's predicted class)"
@@ -101,6 +119,39 @@ def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]
         return spec, k, None, f"top{k} (each image's {k} best classes)"
     index = int(loaded.class_index(spec))
     return index, 1, None, f"class {index} ({loaded.label(index)})"
+
+
+def _parse_output_target(cfg: BatchConfig, loaded: Any, kind: str) -> tuple[Target, int, Any, str]:
+    """A target on a segmenter's, detector's or any output (:func:`~..targets.parse_target`): a list of
+    engine targets, their class names resolved against the model's."""
+    mask = _read_mask(cfg.mask) if cfg.mask is not None else None
+    spec = parse_target(cfg.target, kind=kind, mask=mask, score_threshold=float(cfg.score_threshold),
+                        read_input=lambda path: loaded.prepare(images.load_image(path))[0])
+    items = spec if isinstance(spec, list) else [spec]
+    resolved = []
+    for t in items:
+        if isinstance(t, Region) and isinstance(t.cls, str):
+            t = Region(loaded.class_index(t.cls), t.mask)
+        if isinstance(t, Box) and isinstance(t.label, str):
+            t = Box(t.box, loaded.class_index(t.label), t.iou, t.rank, t.min_score)
+        resolved.append(t)
+    titles = [getattr(t, "title", str(t)) for t in resolved]
+    return resolved, len(resolved), None, ", ".join(titles)
+
+
+def _read_mask(path: str) -> torch.Tensor:
+    """A region as a picture: its non-zero pixels, ``(H, W)`` float (resized to each input's size later)."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im.convert("L"))
+    except (OSError, ValueError) as err:
+        raise InputError(f"cannot read the mask {path!r}: {err}", field="mask") from err
+    if not arr.any():
+        raise InputError(f"the mask {path!r} has no non-zero pixel: the region would be empty", field="mask")
+    return torch.from_numpy(arr > 0).float()
 
 
 def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.Skipped]]:
@@ -154,7 +205,7 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
             for rank in range(1, k + 1):
                 cls = _CLASS_PLACEHOLDER.format(rank=rank)
                 name = _fill(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
-                             label=cls, layer=layer, channel=channel)
+                             label=cls, layer=layer, channel=channel, target=cls)
                 planned.append((name, f"{method} map"))
                 if save_raw:
                     planned.append((str(Path(name).with_suffix(".npy")), f"raw {method} map"))
@@ -210,6 +261,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     if gradcam_layer is not None:
         find_layer(loaded.model, gradcam_layer, field="gradcam_layer")
     target, k, layer_target, target_text = _parse_target(cfg, loaded)
+    notes, guidance = _notes(loaded, model_name, methods)
 
     map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)
     used = _template_fields(map_template, MAP_NAME_FIELDS, "name")
@@ -220,7 +272,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     if len(methods) > 1 and "method" not in used:
         raise GuidedBackpropError(f"name={map_template!r} needs {{method}}: several methods are computed",
                                   field="name")
-    if k > 1 and not used & {"rank", "class_index", "label"}:
+    if k > 1 and not used & {"rank", "class_index", "label", "target"}:
         raise GuidedBackpropError(f"name={map_template!r} needs {{rank}}: {k} classes are explained per image",
                                   field="name")
     if not in_used & {"idx", "stem"}:
@@ -258,6 +310,27 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
         "model_source_sha256": _digest(digests, model_source_file(model_name)),
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+    settings["output_key"] = cfg.output_key
     return _Plan(loaded, device, pre, methods, target, k, layer_target, target_text, map_template,
                  cfg.input_name, settings, fingerprint, file_keys, gradcam_layer, digests,
-                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)], numbers, number_table)
+                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)],
+                 numbers, number_table, notes, guidance)
+
+
+def _notes(loaded: Any, model_name: str, methods: Sequence[str]) -> tuple[list[str], str]:
+    """What the run says first: guidance that is partial (activations the rules leave plain) and random
+    weights that were not asked for by name (timm models without --weights)."""
+    from ..rules import unrouted_activations
+
+    notes = []
+    others = unrouted_activations(loaded.model)
+    relus = any(type(m).__name__ in ("ReLU", "ReLU6") for m in loaded.model.modules())
+    guidance = "yes" if not others else "partly" if relus else "no"
+    guided = [m for m in methods if m in ("guided_backprop", "deconvnet", "guided_gradcam")]
+    if others and guided:
+        notes.append(f"guidance is {'partial' if relus else 'absent'}: {', '.join(guided)} change only the ReLUs; "
+                     f"{', '.join(others)} {'keeps' if len(others) == 1 else 'keep'} plain gradients")
+    weights = str(getattr(loaded, "weights", ""))
+    if model_name.startswith("timm:") and weights.startswith("random"):
+        notes.append(f"{model_name} runs on random weights (give --weights pretrained or --weights FILE)")
+    return notes, guidance

@@ -257,17 +257,23 @@ class IndexRecord:
     files: dict[str, str]
     #: Only with ``save_raw`` (``None``: the key is not written).
     raw: dict[str, str] | None = None
+    #: What each map explains, apart from the prediction (one object per explained target): ``target`` (its
+    #: title), ``value`` and ``value_kind`` ("probability" for class logits, else "score": raw, never
+    #: softmaxed), ``found`` (False: no matching detection, no map), ``zero_maps`` (methods whose map is
+    #: all zeros), and what was explained (``class``, ``box``/``label``/``detection_score``, ``pixels``,
+    #: ``similarity``...). ``None``: not written (runs of earlier versions).
+    explained: list[dict[str, Any]] | None = None
 
     KEYS: ClassVar[tuple[str, ...]] = (
         "idx", "input", "status", "error", "class_index", "class_name", "probability", "top5", "targets",
-        "layer_target", "files", "raw")
+        "layer_target", "files", "raw", "explained")
 
     @classmethod
     def failed(cls, idx: int, path: str, reason: str, *, save_raw: bool) -> IndexRecord:
         """The line of an input that was not explained."""
         return cls(idx=idx, input=path, status="error", error=reason, class_index=None, class_name=None,
                    probability=None, top5=[], targets=None, layer_target=None, files={},
-                   raw={} if save_raw else None)
+                   raw={} if save_raw else None, explained=[])
 
     @property
     def maps(self) -> int:
@@ -285,6 +291,8 @@ class IndexRecord:
         }
         if self.raw is not None:
             out["raw"] = dict(self.raw)
+        if self.explained is not None:
+            out["explained"] = [dict(e) for e in self.explained]
         return out
 
     @classmethod
@@ -292,7 +300,7 @@ class IndexRecord:
         """Read one line's object. ``lenient``: see the module's docstring; ``idx`` is then the
         index of a line without a valid one (its place in the file), and a status other than ``"ok"``
         is ``"error"``; a ``layer_target`` that is not one is ``None``."""
-        r = _Reader(data, "index line", lenient=lenient, known=cls.KEYS, optional=("raw",))
+        r = _Reader(data, "index line", lenient=lenient, known=cls.KEYS, optional=("raw", "explained"))
         status = r.raw("status")
         if status not in ("ok", "error"):
             r.bad("status", status, '"ok" or "error"')
@@ -322,6 +330,8 @@ class IndexRecord:
             layer_target=layer_target,
             files=r.names("files"),
             raw=None if r.raw("raw") is None else r.names("raw"),
+            explained=[dict(e) for e in r.raw("explained") if isinstance(e, Mapping)]
+            if isinstance(r.raw("explained"), list) else None,
         )
 
 
@@ -355,18 +365,24 @@ class RunRecord:
     ok: int | None = None
     failed: int | None = None
     maps: int | None = None
+    #: What the model's output is (classifier, segmenter, detector, other) and whether guided backprop and
+    #: deconvnet route all of its activations ("yes"; "partly": some, e.g. Hardswish, keep plain gradients).
+    output_kind: str | None = None
+    guidance: str | None = None
 
     KEYS: ClassVar[tuple[str, ...]] = (
         "tool", "version", "model", "weights", "labels", "preprocessing", "input_size", "methods",
         "normalization", "target", "gradcam_layer", "smooth", "noise", "name", "input_name", "save_raw",
-        "device", "processes", "inputs", "started", "finished", "images", "ok", "failed", "maps")
+        "device", "processes", "inputs", "started", "finished", "images", "ok", "failed", "maps", "output_kind",
+        "guidance")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("output_kind", "guidance")
     COUNTS: ClassVar[tuple[str, ...]] = ("images", "ok", "failed", "maps")
 
     def to_json(self) -> Json:
         out: Json = {}
         for key in self.KEYS:
             value = getattr(self, key)
-            if key in self.COUNTS and value is None:
+            if key in self.COUNTS + self.OPTIONAL and value is None:
                 continue
             out[key] = list(value) if isinstance(value, (tuple, list)) else value
         return out
@@ -374,7 +390,7 @@ class RunRecord:
     @classmethod
     def from_json(cls, data: Any) -> RunRecord:
         """Strict (``normalisation``/``norm``, older spellings, give ``normalization``)."""
-        r = _Reader(data, "run.json", lenient=False, known=cls.KEYS, optional=cls.COUNTS,
+        r = _Reader(data, "run.json", lenient=False, known=cls.KEYS, optional=cls.COUNTS + cls.OPTIONAL,
                     legacy=("normalisation", "norm"))
         size = r.raw("input_size")
         return cls(
@@ -389,4 +405,5 @@ class RunRecord:
             save_raw=r.flag("save_raw"), device=r.text("device"), processes=r.integer("processes"),
             inputs=r.texts("inputs"), started=r.text("started"), finished=r.text("finished", null=True),
             **{k: r.integer(k, null=True) for k in cls.COUNTS},
+            **{k: r.text(k, null=True) for k in cls.OPTIONAL},
         )

@@ -80,6 +80,8 @@ def run(
             dist.agree(error)
             assert plan is not None and paths is not None
             if dist.rank == 0:
+                for note in plan.notes:
+                    log(f"note: {note}")
                 for s in skipped:
                     log(skipped_line(s.path, s.reason))
             result = _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)

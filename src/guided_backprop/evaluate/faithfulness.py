@@ -14,7 +14,7 @@ with the number of steps.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -78,11 +78,24 @@ def _step_images(image: torch.Tensor, start: torch.Tensor, order: torch.Tensor, 
     return torch.where(changed, dst[None], src[None])
 
 
-def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int) -> np.ndarray:
-    """The score deletion and insertion follow: the softmax probability of class ``cls``, per image of ``batch``."""
+def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: int,
+                   target: Any = None) -> np.ndarray:
+    """The score deletion and insertion follow, per image of ``batch``: the softmax probability of class ``cls``,
+    or with an output target (``gbp.Region``, ``gbp.Box``, ``gbp.Output``, a ``gbp.Score`` or any
+    ``fn(output) -> (N,)``) its raw score, as explained (0 where a Box finds no detection)."""
+    from ..targets import OUTPUT_TARGETS, Context, Score
+
     out = []
     for s in range(0, batch.shape[0], batch_size):
-        logits = logits_of(model(batch[s:s + batch_size]))
+        chunk = batch[s:s + batch_size]
+        output = model(chunk)
+        if target is not None:
+            t = target if isinstance(target, OUTPUT_TARGETS) else Score(target)
+            ctx = Context(n=chunk.shape[0], input_size=tuple(chunk.shape[2:]), layers={})
+            got = t.evaluate(output, ctx)
+            out.append(got.scores.detach().float().masked_fill(~got.found.to(got.scores.device), 0).cpu())
+            continue
+        logits = logits_of(output)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float, float64 kept
         out.append(logits.softmax(dim=1)[:, cls].cpu())
     return torch.cat(out).double().numpy()
@@ -99,6 +112,7 @@ def deletion_insertion(
     classes: Sequence[int] | torch.Tensor | None = None,
     batch_size: int = 32,
     image_ids: Sequence[int] | None = None,
+    target: Any = None,
 ) -> CurveResult:
     """Deletion or insertion curves of every map in ``maps``, beside a random pixel order.
 
@@ -113,6 +127,9 @@ def deletion_insertion(
         batch_size: step images per forward pass.
         image_ids: each image's id for its random order (default ``0..N-1``), so that an image's curve
             does not depend on the batch it came in.
+        target: an output target (``gbp.Region(cls, mask)`` with an ``(H, W)`` mask, ``gbp.Box(box=..., label=...)``,
+            ``gbp.Output(i)``, a ``gbp.Score`` or any ``fn(output) -> (N,)``): the curves then follow its raw
+            score, the one the maps explain, instead of a softmax probability.
     """
     if mode not in MODES:
         raise UnknownNameError("faithfulness mode", str(mode), MODES)
@@ -131,7 +148,9 @@ def deletion_insertion(
     curves = {m: np.zeros((n, len(counts))) for m in maps}
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
-        if classes is None:
+        if target is not None:
+            cls = [-1] * n  # no class: the target's score is followed
+        elif classes is None:
             cls = predicted_classes(model, x, batch_size=batch_size).tolist()
         else:
             cls = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
@@ -141,7 +160,7 @@ def deletion_insertion(
             # the step images are made batch by batch: memory holds one batch whatever the number of steps
             probs = np.stack([
                 np.concatenate([_probabilities(model, _step_images(x[i], starts[i], o, counts[s:s + batch_size],
-                                                                   mode=mode), cls[i], batch_size)
+                                                                   mode=mode), cls[i], batch_size, target)
                                 for s in range(0, len(counts), batch_size)])
                 for o in orders])
             for j, name in enumerate(maps):
