@@ -146,9 +146,16 @@ class _Job:
         targets = None if e.targets is None else e.targets.cpu()
         scores = e.scores.detach().float().cpu()
         positions = None if e.positions is None else e.positions.cpu()
-        finite_logits = torch.isfinite(logits.detach()).all(dim=1).cpu().tolist()
+        # class logits where the output has them; otherwise the explained scores (a box's, a region's)
+        # A target not found (an image without a matching detection) has NaN maps and score by design.
+        found = torch.ones(scores.shape, dtype=torch.bool) if e.found is None else e.found.cpu()
+        if logits is not None:
+            finite_logits = torch.isfinite(logits.detach()).all(dim=1).cpu().tolist()
+        else:
+            finite_logits = (torch.isfinite(e.values.detach().float().cpu()) | ~found).all(dim=1).tolist()
         for i, it in enumerate(items):
-            broken = self._not_finite(bool(finite_logits[i]), {m: v[i] for m, v in maps.items()}, scores[i])
+            broken = self._not_finite(bool(finite_logits[i]), {m: v[i][found[i].numpy()] for m, v in maps.items()},
+                                      scores[i][found[i]])
             if broken is not None:
                 self.fail(it.idx, it.path, f"the model's {broken} for {it.path!r} holds NaN or infinity (its "
                                            f"values overflow, or the model divides by zero); no map is written",
