@@ -182,6 +182,8 @@ def test_image_class_method_and_name(page: tuple[Any, Watch], service: ExploreSe
     p.click("#class-form button")
     wait_key(p, "#panel", panel_key(1, 2, ["deconvnet", "gradcam"]))
     assert_same(shown(p, "#panel"), expected_panel(service, inputs[1], 2, ["deconvnet", "gradcam"]))
+    # the command line is fetched after the panel: wait for it to follow the last choice
+    p.wait_for_function("() => (document.getElementById('command').textContent || '').includes('--target 2 ')")
     command = p.locator("#command").text_content() or ""
     assert "--methods deconvnet,gradcam --target 2 --panel" in command and "b.png" in command
     with p.expect_download() as png_download:  # the panel as PNG: the picture shown
