@@ -182,6 +182,8 @@ def test_image_class_method_and_name(page: tuple[Any, Watch], service: ExploreSe
     p.click("#class-form button")
     wait_key(p, "#panel", panel_key(1, 2, ["deconvnet", "gradcam"]))
     assert_same(shown(p, "#panel"), expected_panel(service, inputs[1], 2, ["deconvnet", "gradcam"]))
+    # the command line is fetched after the panel: wait for it to follow the last choice
+    p.wait_for_function("() => (document.getElementById('command').textContent || '').includes('--target 2 ')")
     command = p.locator("#command").text_content() or ""
     assert "--methods deconvnet,gradcam --target 2 --panel" in command and "b.png" in command
     with p.expect_download() as png_download:  # the panel as PNG: the picture shown
@@ -270,8 +272,8 @@ def test_bad_input_and_hostile_name(page: tuple[Any, Watch], service: ExploreSer
     watch.expected = [watch.expected[0] + "://" + base_of(p) + "/api/images/3/",
                       "400 http://" + base_of(p) + "/api/channels?image=2&layer=features.relu9&"]
     p.click("#strip button[data-index='3']")  # the corrupt file
-    p.wait_for_selector("#error:not([hidden])")
-    assert "corrupt.png" in (p.locator("#error").text_content() or "")
+    p.wait_for_function("() => (document.getElementById('error').textContent || '').includes('corrupt.png')")
+    assert p.locator("#error").is_visible()
     p.click("#strip button[data-index='2']")  # the app goes on
     wait_key(p, "#panel", panel_key(2, top_class(service, service.paths[2]), ["guided_backprop"]))
     assert p.locator("#error").is_hidden()
