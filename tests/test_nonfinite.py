@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from guided_backprop import checkpoints
-from guided_backprop.batch.records import json_text
+from guided_backprop.records import json_text
 from guided_backprop.errors import CheckpointError, ExitCode, ModelError
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny

@@ -1,5 +1,5 @@
 """The output folder is an API: a real run's files checked key by key against the records of
-:mod:`guided_backprop.batch.records` and against ``docs/output-folder.md`` (parsed), so that the
+:mod:`guided_backprop.records` and against ``docs/output-folder.md`` (parsed), so that the
 document, the writer and the readers cannot drift apart."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from guided_backprop import batch, report
-from guided_backprop.batch.records import (
+from guided_backprop.records import (
     ClassScore,
     IndexRecord,
     LayerTargetRecord,

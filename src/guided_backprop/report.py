@@ -1,7 +1,7 @@
 """The HTML gallery of a run: ``index.html`` beside the maps of an output folder.
 
 :func:`write_report` reads the folder's ``run.json`` (settings) and ``index.jsonl`` (one JSON object per
-input) as the records of :mod:`.batch.records` (the output folder contract, ``docs/output-folder.md``)
+input) as the records of :mod:`.records` (the output folder contract, ``docs/output-folder.md``)
 and writes one self-contained page:
 
 * one row per input: the input the network saw, the top-5 classes with probabilities and every map of
@@ -42,7 +42,7 @@ from PIL import Image
 from . import __version__
 from .atomic import write_bytes
 from .batch.config import DiskFull, check_writable, write_failed
-from .batch.records import ClassScore, IndexRecord, RecordError, RunRecord
+from .records import ClassScore, IndexRecord, RecordError, RunRecord
 from .errors import GuidedBackpropError
 from .images import not_a_file_reason, to_rgb
 from .methods import REGISTRY, method_title

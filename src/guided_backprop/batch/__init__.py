@@ -18,13 +18,13 @@ lets a rerun of the same command skip the inputs that are complete. The final ``
 ``predictions.csv`` and ``run.json`` are written (atomically) by rank 0 once every rank is done.
 
 Output folder contract (read by :mod:`.report`): ``docs/output-folder.md`` describes every file and
-key (``run.json``, ``index.jsonl``, ``predictions.csv``); :mod:`.records` defines the records written
-(:class:`~.records.IndexRecord`, :class:`~.records.RunRecord`) and reads them back.
+key (``run.json``, ``index.jsonl``, ``predictions.csv``); :mod:`guided_backprop.records` defines the records
+written (:class:`~..records.IndexRecord`, :class:`~..records.RunRecord`) and reads them back.
 
 Modules: :mod:`.config` (settings and result), :mod:`.names` (file name templates), :mod:`.plan`
 (everything resolved before any image), :mod:`.decode`, :mod:`.job` (compute and write),
 :mod:`.writer` (the writer pool), :mod:`.pipeline`, :mod:`.journal` (resume, lock), :mod:`.dist`
-(torchrun), :mod:`.outputs` (index, CSV, run.json), :mod:`.records` (their typed records), :mod:`.runner` (:func:`run`).
+(torchrun), :mod:`.outputs` (index, CSV, run.json), :mod:`.runner` (:func:`run`).
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from .dist import _Dist
 from .journal import JournalEntry, _Journal
 from .names import PANEL_NAME, _fill
 from .plan import _Plan
-from .records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
+from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from .writer import _npy_bytes, _Writer
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ..atomic import is_temp_name, write_bytes, write_text
 from ..errors import GuidedBackpropError
 from .config import STATE_DIR, BatchConfig
-from .records import IndexRecord, RecordError, json_text
+from ..records import IndexRecord, RecordError, json_text
 
 if TYPE_CHECKING:
     from .plan import _Plan
@@ -49,7 +49,7 @@ def _sweep_temp_files(*folders: Path, recursive: Sequence[Path] = ()) -> int:
 
 @dataclass(frozen=True)
 class JournalEntry:
-    """One journal line: an input's :class:`~.records.IndexRecord` and what resume compares, written as
+    """One journal line: an input's :class:`~..records.IndexRecord` and what resume compares, written as
     the record's keys followed by the private ``_fp`` (the job's fingerprint), ``_id`` (the input's
     size and modification time, :func:`.identity.file_identity`), ``_t`` (when) and ``_rank``."""
 
@@ -67,7 +67,7 @@ class JournalEntry:
 
     @classmethod
     def from_json(cls, data: Any) -> JournalEntry:
-        """Raises :class:`~.records.RecordError` for a line that is not an entry of this version."""
+        """Raises :class:`~..records.RecordError` for a line that is not an entry of this version."""
         if not isinstance(data, Mapping):
             raise RecordError(f"journal line: a JSON {type(data).__name__}, expected an object")
         fp, ident, when, rank = (data.get(k) for k in ("_fp", "_id", "_t", "_rank"))

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from .journal import _journal_entries
-from .records import IndexRecord, json_text
+from ..records import IndexRecord, json_text
 
 NUMBERS = "numbers.json"  # in the state folder
 

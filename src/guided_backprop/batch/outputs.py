@@ -18,7 +18,7 @@ from .dist import _Dist
 from .journal import _read_journals
 from .numbering import earlier_outputs, remove_stale
 from .plan import _Plan
-from .records import IndexRecord, RunRecord, json_text
+from ..records import IndexRecord, RunRecord, json_text
 
 
 def _now() -> str:
