@@ -17,9 +17,9 @@ from guided_backprop.batch import job as batch_job
 from guided_backprop.batch import journal as batch_journal
 from guided_backprop.batch import plan as batch_plan
 from guided_backprop.batch import writer as batch_writer
-from guided_backprop.records import IndexRecord
 from guided_backprop.errors import GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
+from guided_backprop.records import IndexRecord
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import TINY, config, index
 

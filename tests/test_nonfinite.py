@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from guided_backprop import checkpoints
-from guided_backprop.records import json_text
 from guided_backprop.errors import CheckpointError, ExitCode, ModelError
+from guided_backprop.records import json_text
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import MODELS, TINY, cli_process

@@ -1,23 +1,22 @@
-"""The output folder's records: ``index.jsonl`` lines and ``run.json``, as typed values.
+"""The output contract: the files other programs read, as typed records with writers and readers.
 
-``docs/output-folder.md`` is the contract; these dataclasses are its one definition in code. The batch
-job builds them and writes ``to_json()``; :mod:`guided_backprop.report` (and anyone else) reads them
-back with ``from_json()``, so writer and readers cannot disagree on a key or its spelling
-(``tests/test_output_contract.py`` checks a real run against both these records and the document).
-
-They live in ``batch/`` beside the code that writes them: the report already depends on the batch
-job's folder layout, and this module imports nothing of the batch job (only the standard library),
-so importing it from the report loads no torch code.
+``index.jsonl`` lines (:class:`IndexRecord`) and ``run.json`` (:class:`RunRecord`) of a batch run
+(``docs/output-folder.md``), and ``evaluation.json`` (:class:`EvaluationRecord`) of ``guided-backprop
+evaluate`` (``docs/evaluation.md``). These dataclasses are the one definition in code: the writers build
+them and write ``to_json()``; :mod:`guided_backprop.report` (and anyone else) reads them back with
+``from_json()``, so writer and readers cannot disagree on a key or its spelling (one spelling per key;
+``tests/test_output_contract.py`` checks real runs against these records and the documents). This module
+imports only the standard library, so a reader loads no torch code.
 
 Reading, strict (the default): a missing or unknown key, or a value of the wrong type, raises
 :class:`RecordError` naming the key. Reading, ``lenient=True`` (for a hand-edited or foreign file that
 a reader shows as well as it can): a missing key or a value of the wrong type becomes the empty value
-(``None``, ``[]``, ``{}``), unknown keys are ignored. Either way an older spelling is accepted and
-mapped (:data:`LEGACY_KEYS`), and never written.
+(``None``, ``[]``, ``{}``), unknown keys are ignored.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -30,14 +29,6 @@ _SURROGATE = re.compile("[\ud800-\udfff]")
 Json = dict[str, Any]
 Status = Literal["ok", "error"]
 NeuronValue = Literal["max"] | tuple[int, int] | None
-
-#: Older spellings a reader accepts, mapped to the key written today (which is never written otherwise):
-#: ``layer_target.positions`` (a list of ``[y, x]``) -> ``position`` (its first entry),
-#: ``layer_target.scores`` (a list) -> ``score`` (its first entry), and in ``run.json``
-#: ``normalisation`` / ``norm`` -> ``normalization``.
-LEGACY_KEYS: dict[str, str] = {"positions": "position", "scores": "score", "normalisation": "normalization",
-                               "norm": "normalization"}
-
 
 def json_text(value: Any, *, indent: int | None = None) -> str:
     """JSON that is valid UTF-8 for any file name: readable non-ASCII, lossless for names that are
@@ -75,7 +66,7 @@ class _Reader:
     """Typed access to one JSON object's keys: strict (raise naming the key) or lenient (empty value)."""
 
     def __init__(self, data: Any, where: str, *, lenient: bool, known: tuple[str, ...],
-                 optional: tuple[str, ...] = (), legacy: tuple[str, ...] = ()) -> None:
+                 optional: tuple[str, ...] = ()) -> None:
         self.where = where
         self.lenient = lenient
         if not isinstance(data, Mapping):
@@ -85,19 +76,16 @@ class _Reader:
         self.data: Mapping[str, Any] = data
         if lenient:
             return
-        unknown = [k for k in data if k not in known and k not in legacy]
+        unknown = [k for k in data if k not in known]
         if unknown:
             raise RecordError(f"{where}: unknown key {unknown[0]!r}; the keys are {', '.join(known)}")
-        given = set(data) | {LEGACY_KEYS[old] for old in legacy if old in data}
-        missing = [k for k in known if k not in given and k not in optional]
+        missing = [k for k in known if k not in data and k not in optional]
         if missing:
             raise RecordError(f"{where}: missing key {missing[0]!r}")
 
-    def raw(self, key: str, *legacy: str) -> Any:
-        """The value under ``key``, or under its first older spelling present (``None``: none)."""
-        if key in self.data:
-            return self.data[key]
-        return next((self.data[old] for old in legacy if old in self.data), None)
+    def raw(self, key: str) -> Any:
+        """The value under ``key`` (``None``: none)."""
+        return self.data.get(key)
 
     def bad(self, key: str, value: Any, expected: str) -> None:
         """Strict: raise, naming the key; lenient: nothing (the caller uses the empty value)."""
@@ -223,21 +211,14 @@ class LayerTargetRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> LayerTargetRecord:
-        """Strict; ``positions``/``scores`` (older spelling, lists of one per unit) give their first entry."""
-        r = _Reader(data, "layer_target", lenient=False, known=cls.KEYS, legacy=("positions", "scores"))
+        """Strict."""
+        r = _Reader(data, "layer_target", lenient=False, known=cls.KEYS)
         neuron_value = r.raw("neuron")
         neuron: NeuronValue = neuron_value if neuron_value in (None, "max") else _yx(r, "neuron", neuron_value)
         position_value = r.raw("position")
-        if "position" not in r.data:
-            positions = r.raw("positions")
-            position_value = positions[0] if isinstance(positions, list) and positions else None
         position = None if position_value is None else _yx(r, "position", position_value)
-        score_value = r.raw("score")
-        if "score" not in r.data:
-            scores = r.raw("scores")
-            score_value = scores[0] if isinstance(scores, list) and scores else None
         return cls(layer=r.text("layer"), channel=r.integer("channel"), neuron=neuron, position=position,
-                   score=r.number("score", score_value))
+                   score=r.number("score"))
 
 
 @dataclass(frozen=True)
@@ -389,9 +370,8 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Any) -> RunRecord:
-        """Strict (``normalisation``/``norm``, older spellings, give ``normalization``)."""
-        r = _Reader(data, "run.json", lenient=False, known=cls.KEYS, optional=cls.COUNTS + cls.OPTIONAL,
-                    legacy=("normalisation", "norm"))
+        """Strict."""
+        r = _Reader(data, "run.json", lenient=False, known=cls.KEYS, optional=cls.COUNTS + cls.OPTIONAL)
         size = r.raw("input_size")
         return cls(
             tool=r.text("tool"), version=r.text("version"), model=r.text("model"),
@@ -399,7 +379,7 @@ class RunRecord:
             preprocessing=r.text("preprocessing"),
             input_size=None if size is None else _yx(r, "input_size", size),
             methods=r.texts("methods"),
-            normalization=r.text("normalization", r.raw("normalization", "normalisation", "norm")),
+            normalization=r.text("normalization"),
             target=r.text("target"), gradcam_layer=r.text("gradcam_layer", null=True), smooth=r.integer("smooth"),
             noise=r.number("noise", null=True), name=r.text("name"), input_name=r.text("input_name"),
             save_raw=r.flag("save_raw"), device=r.text("device"), processes=r.integer("processes"),
@@ -407,3 +387,383 @@ class RunRecord:
             **{k: r.integer(k, null=True) for k in cls.COUNTS},
             **{k: r.text(k, null=True) for k in cls.OPTIONAL},
         )
+
+
+# ------------------------------------------------------------------------------------ evaluation.json
+
+
+#: The checks of ``guided-backprop evaluate``, in the order ``evaluation.json`` writes them.
+EVALUATION_CHECKS: tuple[str, ...] = ("randomization", "efficient_mprt", "smooth_mprt", "class_sensitivity",
+                                      "deletion", "insertion")
+
+
+class _Doc:
+    """Reading ``evaluation.json``'s nested objects, each named by its dotted path (``deletion.random.auc``).
+
+    Strict: a missing or unknown key, or a value of the wrong type, raises :class:`RecordError` naming the
+    path. Lenient: a missing key is the empty value, a value of the wrong type too, and its path is
+    added to :attr:`odd` (for the reader to say which parts it left out).
+    """
+
+    def __init__(self, *, lenient: bool) -> None:
+        self.lenient = lenient
+        self.odd: list[str] = []
+
+    def bad(self, where: str, value: Any, expected: str) -> None:
+        if not self.lenient:
+            raise RecordError(f"{_in_evaluation(where)} is {value!r}, expected {expected}")
+        self.odd.append(where)
+
+    def obj(self, value: Any, where: str, keys: tuple[str, ...] = (), optional: tuple[str, ...] = ()
+            ) -> Mapping[str, Any]:
+        """``value`` as an object with the given keys (any keys: none given)."""
+        if value is None and self.lenient:
+            return {}
+        if not isinstance(value, Mapping):
+            self.bad(where, value, "an object")
+            return {}
+        if keys and not self.lenient:
+            unknown = [k for k in value if k not in keys]
+            if unknown:
+                raise RecordError(f"{_in_evaluation(where)}: unknown key {unknown[0]!r}; the keys are "
+                                  f"{', '.join(keys)}")
+            missing = [k for k in keys if k not in value and k not in optional]
+            if missing:
+                raise RecordError(f"{_in_evaluation(where)}: missing key {missing[0]!r}")
+        return value
+
+    def number(self, value: Any, where: str) -> float | None:
+        """A number or null (a missing one, when lenient)."""
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            return value
+        self.bad(where, value, "a number or null")
+        return None
+
+    def integer(self, value: Any, where: str) -> int | None:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if value is not None or not self.lenient:
+            self.bad(where, value, "an integer")
+        return None
+
+    def text(self, value: Any, where: str) -> str | None:
+        if isinstance(value, str):
+            return value
+        if value is not None or not self.lenient:
+            self.bad(where, value, "a string")
+        return None
+
+    def items(self, value: Any, where: str) -> list[Any]:
+        if isinstance(value, list):
+            return value
+        if value is not None or not self.lenient:
+            self.bad(where, value, "a list")
+        return []
+
+    def numbers(self, value: Any, where: str) -> list[float | None]:
+        return [self.number(v, f"{where}[{i}]") for i, v in enumerate(self.items(value, where))]
+
+    def integers(self, value: Any, where: str) -> list[int]:
+        out = [self.integer(v, f"{where}[{i}]") for i, v in enumerate(self.items(value, where))]
+        return [v for v in out if v is not None]
+
+    def texts(self, value: Any, where: str) -> list[str]:
+        out = [self.text(v, f"{where}[{i}]") for i, v in enumerate(self.items(value, where))]
+        return [v for v in out if v is not None]
+
+    def names(self, value: Any, where: str) -> dict[str, str]:
+        """An object of strings (file names, reasons); entries of the wrong type are left out, when lenient."""
+        out = {k: self.text(v, f"{where}.{k}") for k, v in self.obj(value, where).items()}
+        return {k: v for k, v in out.items() if v is not None}
+
+    def per_method(self, value: Any, where: str, read: Any) -> dict[str, Any]:
+        """``{"<method>": read(entry, where.method)}``; an entry of the wrong type reads as an empty one."""
+        return {m: read(self, entry, f"{where}.{m}") for m, entry in self.obj(value, where).items()}
+
+    def per_metric(self, read: Any) -> Any:
+        """A reader of ``{"<metric>": read(...)}`` for :meth:`per_method`."""
+        def metrics(doc: _Doc, value: Any, where: str) -> dict[str, Any]:
+            return {k: read(doc, v, f"{where}.{k}") for k, v in doc.obj(value, where).items()}
+        return metrics
+
+
+def _in_evaluation(where: str) -> str:
+    return where if where == "evaluation.json" else f"evaluation.json: {where}"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """``{"mean", "std", "n"}``: one value over images, ``n`` the images where it is defined (``null``:
+    undefined everywhere; ``n`` is ``None`` only in a leniently read file)."""
+
+    mean: float | None
+    std: float | None
+    n: int | None
+
+    def to_json(self) -> Json:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> Stat:
+        d = doc.obj(value, where, ("mean", "std", "n"))
+        return cls(doc.number(d.get("mean"), f"{where}.mean"), doc.number(d.get("std"), f"{where}.std"),
+                   doc.integer(d.get("n"), f"{where}.n"))
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """``{"mean": [...], "std": [...], "n": [...]}``: :class:`Stat` per step (of a randomisation, of a curve)."""
+
+    mean: list[float | None]
+    std: list[float | None]
+    n: list[int]
+
+    @property
+    def last(self) -> float | None:
+        """The last step's mean (``None``: none, or undefined)."""
+        return self.mean[-1] if self.mean else None
+
+    def to_json(self) -> Json:
+        return {"mean": list(self.mean), "std": list(self.std), "n": list(self.n)}
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> StepStats:
+        d = doc.obj(value, where, ("mean", "std", "n"))
+        return cls(doc.numbers(d.get("mean"), f"{where}.mean"), doc.numbers(d.get("std"), f"{where}.std"),
+                   doc.integers(d.get("n"), f"{where}.n"))
+
+
+@dataclass(frozen=True)
+class RandomizationRecord:
+    """``randomization`` and ``smooth_mprt``: similarity to the trained model's maps along the steps,
+    ``methods[method][metric]``; ``constant_maps[method]``: per step, the images whose map became
+    constant; ``smoothgrad`` (Smooth MPRT only): ``{"samples", "noise"}``."""
+
+    order: str
+    granularity: str
+    steps: list[str]
+    methods: dict[str, dict[str, StepStats]]
+    constant_maps: dict[str, list[int]]
+    smoothgrad: dict[str, float] | None = None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("order", "granularity", "steps", "methods", "constant_maps", "smoothgrad")
+
+    def value(self, method: str, metric: str) -> float | None:
+        """The mean the summary table shows: after the last step."""
+        stats = self.methods.get(method, {}).get(metric)
+        return stats.last if stats is not None else None
+
+    def to_json(self) -> Json:
+        out: Json = {"order": self.order, "granularity": self.granularity, "steps": list(self.steps),
+                     "methods": {m: {k: s.to_json() for k, s in per.items()} for m, per in self.methods.items()},
+                     "constant_maps": {m: list(c) for m, c in self.constant_maps.items()}}
+        if self.smoothgrad is not None:
+            out["smoothgrad"] = dict(self.smoothgrad)
+        return out
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> RandomizationRecord:
+        d = doc.obj(value, where, cls.KEYS, optional=("smoothgrad",))
+        smooth = d.get("smoothgrad")
+        return cls(
+            order=doc.text(d.get("order"), f"{where}.order") or "",
+            granularity=doc.text(d.get("granularity"), f"{where}.granularity") or "",
+            steps=doc.texts(d.get("steps"), f"{where}.steps"),
+            methods=doc.per_method(d.get("methods"), f"{where}.methods", doc.per_metric(StepStats.read)),
+            constant_maps={m: doc.integers(c, f"{where}.constant_maps.{m}")
+                           for m, c in doc.obj(d.get("constant_maps"), f"{where}.constant_maps").items()},
+            smoothgrad=None if smooth is None else {
+                k: v for k, v in ((k, doc.number(v, f"{where}.smoothgrad.{k}"))
+                                  for k, v in doc.obj(smooth, f"{where}.smoothgrad").items()) if v is not None},
+        )
+
+
+@dataclass(frozen=True)
+class ClassSensitivityRecord:
+    """``class_sensitivity``: each image's map for its predicted class against its map for a random
+    other class (``methods[method][metric]``) and for the second-ranked class (``second_ranked``);
+    ``classes``: ``{"predicted", "random", "second"}``, one class per image."""
+
+    against: str
+    methods: dict[str, dict[str, Stat]]
+    second_ranked: dict[str, dict[str, Stat]]
+    classes: dict[str, list[int]]
+
+    KEYS: ClassVar[tuple[str, ...]] = ("against", "methods", "second_ranked", "classes")
+
+    def value(self, method: str, metric: str) -> float | None:
+        """The mean the summary table shows: against the random class."""
+        stat = self.methods.get(method, {}).get(metric)
+        return stat.mean if stat is not None else None
+
+    def to_json(self) -> Json:
+        def block(per_method: dict[str, dict[str, Stat]]) -> Json:
+            return {m: {k: s.to_json() for k, s in per.items()} for m, per in per_method.items()}
+
+        return {"against": self.against, "methods": block(self.methods),
+                "second_ranked": {"methods": block(self.second_ranked)},
+                "classes": {k: list(v) for k, v in self.classes.items()}}
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> ClassSensitivityRecord:
+        d = doc.obj(value, where, cls.KEYS)
+        second = doc.obj(d.get("second_ranked"), f"{where}.second_ranked", ("methods",))
+        return cls(
+            against=doc.text(d.get("against"), f"{where}.against") or "",
+            methods=doc.per_method(d.get("methods"), f"{where}.methods", doc.per_metric(Stat.read)),
+            second_ranked=doc.per_method(second.get("methods"), f"{where}.second_ranked.methods",
+                                         doc.per_metric(Stat.read)),
+            classes={k: doc.integers(v, f"{where}.classes.{k}")
+                     for k, v in doc.obj(d.get("classes"), f"{where}.classes").items()},
+        )
+
+
+@dataclass(frozen=True)
+class CurveStats:
+    """One method's (or the random order's) deletion or insertion curve: its area and the mean curve."""
+
+    auc: Stat
+    curve: StepStats
+
+    def to_json(self) -> Json:
+        return {"auc": self.auc.to_json(), "curve": self.curve.to_json()}
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> CurveStats:
+        d = doc.obj(value, where, ("auc", "curve"))
+        return cls(Stat.read(doc, d.get("auc"), f"{where}.auc"), StepStats.read(doc, d.get("curve"), f"{where}.curve"))
+
+
+@dataclass(frozen=True)
+class CurveRecord:
+    """``deletion`` or ``insertion``: per method and for a random pixel order, at ``fractions`` (0 to 1)."""
+
+    methods: dict[str, CurveStats]
+    random: CurveStats
+    fractions: list[float | None]
+
+    KEYS: ClassVar[tuple[str, ...]] = ("methods", "random", "fractions")
+
+    def value(self, method: str, metric: str = "auc") -> float | None:
+        """The mean area under the method's curves (the summary table's value)."""
+        stats = self.methods.get(method)
+        return stats.auc.mean if stats is not None else None
+
+    def to_json(self) -> Json:
+        return {"methods": {m: s.to_json() for m, s in self.methods.items()}, "random": self.random.to_json(),
+                "fractions": list(self.fractions)}
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> CurveRecord:
+        d = doc.obj(value, where, cls.KEYS)
+        return cls(methods=doc.per_method(d.get("methods"), f"{where}.methods", CurveStats.read),
+                   random=CurveStats.read(doc, d.get("random"), f"{where}.random"),
+                   fractions=doc.numbers(d.get("fractions"), f"{where}.fractions"))
+
+
+@dataclass(frozen=True)
+class ComplexityRecord:
+    """``efficient_mprt``: per method, ``complexity_rise`` / ``complexity_trained`` /
+    ``complexity_randomized``, with the histogram's ``bins`` and the blocks re-initialised."""
+
+    methods: dict[str, dict[str, Stat]]
+    bins: int
+    granularity: str
+    randomized_blocks: int
+
+    KEYS: ClassVar[tuple[str, ...]] = ("methods", "bins", "granularity", "randomized_blocks")
+
+    def value(self, method: str, metric: str) -> float | None:
+        stat = self.methods.get(method, {}).get(metric)
+        return stat.mean if stat is not None else None
+
+    def to_json(self) -> Json:
+        return {"methods": {m: {k: s.to_json() for k, s in per.items()} for m, per in self.methods.items()},
+                "bins": self.bins, "granularity": self.granularity, "randomized_blocks": self.randomized_blocks}
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> ComplexityRecord:
+        d = doc.obj(value, where, cls.KEYS)
+        return cls(methods=doc.per_method(d.get("methods"), f"{where}.methods", doc.per_metric(Stat.read)),
+                   bins=doc.integer(d.get("bins"), f"{where}.bins") or 0,
+                   granularity=doc.text(d.get("granularity"), f"{where}.granularity") or "",
+                   randomized_blocks=doc.integer(d.get("randomized_blocks"), f"{where}.randomized_blocks") or 0)
+
+
+CheckRecord = RandomizationRecord | ClassSensitivityRecord | CurveRecord | ComplexityRecord
+_CHECK_READERS: dict[str, Any] = {"randomization": RandomizationRecord.read, "smooth_mprt": RandomizationRecord.read,
+                                  "efficient_mprt": ComplexityRecord.read,
+                                  "class_sensitivity": ClassSensitivityRecord.read, "deletion": CurveRecord.read,
+                                  "insertion": CurveRecord.read}
+
+
+@dataclass(frozen=True)
+class EvaluationRecord:
+    """``evaluation.json`` (``docs/evaluation.md``): what ``guided-backprop evaluate`` found, summarised
+    over images. ``images`` counts ``inputs``; checks not run are ``None`` (absent from the file);
+    ``failed``: unreadable or not finite inputs and why; ``passed_over``: inputs never opened and why;
+    ``figures``: the pictures written with it, by figure name."""
+
+    model: str | None
+    images: int | None
+    seed: int | None
+    inputs: list[str]
+    randomization: RandomizationRecord | None = None
+    efficient_mprt: ComplexityRecord | None = None
+    smooth_mprt: RandomizationRecord | None = None
+    class_sensitivity: ClassSensitivityRecord | None = None
+    deletion: CurveRecord | None = None
+    insertion: CurveRecord | None = None
+    failed: dict[str, str] = dataclasses.field(default_factory=dict)
+    passed_over: dict[str, str] = dataclasses.field(default_factory=dict)
+    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    figures: dict[str, str] = dataclasses.field(default_factory=dict)
+
+    KEYS: ClassVar[tuple[str, ...]] = ("model", "images", "seed", "inputs", *EVALUATION_CHECKS, "failed",
+                                       "passed_over", "settings", "figures")
+    #: Written only when not empty.
+    OPTIONAL: ClassVar[tuple[str, ...]] = (*EVALUATION_CHECKS, "failed", "passed_over", "settings")
+
+    @property
+    def checks(self) -> dict[str, CheckRecord]:
+        """The checks that were run, by key, in the file's order."""
+        return {k: getattr(self, k) for k in EVALUATION_CHECKS if getattr(self, k) is not None}
+
+    def to_json(self) -> Json:
+        out: Json = {"model": self.model, "images": self.images, "seed": self.seed, "inputs": list(self.inputs)}
+        out.update({k: c.to_json() for k, c in self.checks.items()})
+        for key in ("failed", "passed_over", "settings"):
+            if getattr(self, key):
+                out[key] = dict(getattr(self, key))
+        out["figures"] = dict(self.figures)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, *, lenient: bool = False, odd: list[str] | None = None) -> EvaluationRecord:
+        """Read the file's object. Strict (the default): raises :class:`RecordError` naming the first
+        part that is missing, unknown or of the wrong type. ``lenient`` (for a hand-edited or foreign
+        file shown as well as it can be): such parts read as empty, and their dotted names are added
+        to ``odd``; only a value that is not an object at all raises."""
+        if not isinstance(data, Mapping):
+            raise RecordError(f"evaluation.json: a JSON {type(data).__name__}, expected an object")
+        doc = _Doc(lenient=lenient)
+        d = doc.obj(data, "evaluation.json", cls.KEYS, optional=cls.OPTIONAL)
+        checks: dict[str, Any] = {}
+        for key in EVALUATION_CHECKS:
+            if key not in d:
+                continue
+            if isinstance(d[key], Mapping):
+                checks[key] = _CHECK_READERS[key](doc, d[key], key)
+            else:  # lenient: the check is left out
+                doc.bad(key, d[key], "an object")
+        record = cls(
+            model=doc.text(d.get("model"), "model"), images=doc.integer(d.get("images"), "images"),
+            seed=doc.integer(d.get("seed"), "seed"), inputs=doc.texts(d.get("inputs"), "inputs"), **checks,
+            failed=doc.names(d["failed"], "failed") if "failed" in d else {},
+            passed_over=doc.names(d["passed_over"], "passed_over") if "passed_over" in d else {},
+            settings=dict(doc.obj(d["settings"], "settings")) if "settings" in d else {},
+            figures=doc.names(d.get("figures"), "figures"),
+        )
+        if odd is not None:
+            odd.extend(doc.odd)
+        return record

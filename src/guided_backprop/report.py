@@ -42,10 +42,10 @@ from PIL import Image
 from . import __version__
 from .atomic import write_bytes
 from .batch.config import DiskFull, check_writable, write_failed
-from .records import ClassScore, IndexRecord, RecordError, RunRecord
 from .errors import GuidedBackpropError
 from .images import not_a_file_reason, to_rgb
 from .methods import REGISTRY, method_title
+from .records import ClassScore, CurveRecord, EvaluationRecord, IndexRecord, RecordError, RunRecord
 from .visible import visible
 
 __all__ = ["CSP", "REPORT_NAME", "SECTIONS", "THUMB_DIR", "THUMB_SIZE", "write_report"]
@@ -192,12 +192,9 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
     path = folder / "evaluation.json"
     if not path.is_file() or not_a_file_reason(path) is not None:
         return None
+    odd: list[str] = []
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(doc, dict):
-            raise ValueError(f"a JSON {type(doc).__name__}, expected an object")
-        odd: list[str] = []
-        section = _evaluation_section(folder, doc, odd)
+        record = EvaluationRecord.from_json(json.loads(path.read_text(encoding="utf-8")), lenient=True, odd=odd)
     except (OSError, ValueError) as err:
         log.warning("%s is not an evaluation this report can show (%s); the gallery is written without it",
                     visible(str(path)), visible(err))
@@ -206,55 +203,51 @@ def _evaluation(folder: Path) -> dict[str, Any] | None:
     if odd:
         log.warning("%s: parts of an unexpected shape are left out of the gallery (%s)", visible(str(path)),
                     visible(", ".join(dict.fromkeys(odd))))
-    return section
+    return _evaluation_section(folder, record)
 
 
-def _evaluation_section(folder: Path, doc: dict[str, Any], odd: list[str]) -> dict[str, Any]:
-    """The section's words, numbers and figures; each part of ``doc`` of the wrong type counts as
-    missing and is named in ``odd``."""
-    def obj(value: Any, where: str) -> dict[str, Any]:
-        if value is not None and not isinstance(value, dict):
-            odd.append(where)
-        return value if isinstance(value, dict) else {}
+#: The summary table's columns: a check, its heading, and the value shown per method.
+_EVALUATION_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("randomization", "Spearman |map| after the last randomisation step", "spearman_abs"),
+    ("class_sensitivity", "Spearman |map|, predicted vs random class", "spearman_abs"),
+    ("efficient_mprt", "Efficient MPRT: rise in map entropy, trained to random (high is good)", "complexity_rise"),
+    ("smooth_mprt", "Smooth MPRT: Spearman |map| after the last step", "spearman_abs"),
+    ("deletion", "deletion AUC", "auc"),
+    ("insertion", "insertion AUC", "auc"))
 
-    def num(stat: Any, where: str) -> str:
-        mean = obj(stat, where).get("mean")
-        if isinstance(mean, list):
-            mean = mean[-1] if mean else None
-        ok = isinstance(mean, (int, float)) and not isinstance(mean, bool) and math.isfinite(mean)
-        return f"{mean:.3f}" if ok else "–"
 
-    names = ("randomization", "efficient_mprt", "smooth_mprt", "class_sensitivity", "deletion", "insertion")
-    blocks = {key: obj(doc.get(key), key) for key in names}
-    per_method = {key: obj(blocks[key].get("methods"), f"{key}.methods") for key in names}
-    checks: list[tuple[str, str, str]] = [
-        ("randomization", "Spearman |map| after the last randomisation step", "spearman_abs"),
-        ("class_sensitivity", "Spearman |map|, predicted vs random class", "spearman_abs"),
-        ("efficient_mprt", "Efficient MPRT: rise in map entropy, trained to random (high is good)", "complexity_rise"),
-        ("smooth_mprt", "Smooth MPRT: Spearman |map| after the last step", "spearman_abs")]
-    for mode in ("deletion", "insertion"):
-        random_auc = obj(blocks[mode].get("random"), f"{mode}.random").get("auc")
-        checks.append((mode, f"{mode} AUC (random order: {num(random_auc, f'{mode}.random.auc')})", "auc"))
-    methods = list(dict.fromkeys(m for key in names for m in per_method[key]))
+def _evaluation_section(folder: Path, record: EvaluationRecord) -> dict[str, Any]:
+    """The section's words, numbers and figures."""
+    def num(mean: float | None) -> str:
+        return f"{mean:.3f}" if mean is not None and math.isfinite(mean) else "–"
+
+    checks = record.checks
+    methods = list(dict.fromkeys(m for check in checks.values() for m in check.methods))
     heads: list[str] = []
     cells: dict[str, list[str]] = {}
-    for key, head, stat in checks:
-        if blocks[key]:
-            heads.append(head)
-            for m in methods:
-                where = f"{key}.methods.{m}"
-                cells.setdefault(m, []).append(num(obj(per_method[key].get(m), where).get(stat), f"{where}.{stat}"))
+    for key, head, stat in _EVALUATION_COLUMNS:
+        check = checks.get(key)
+        if check is None:
+            continue
+        if isinstance(check, CurveRecord):
+            head = f"{head} (random order: {num(check.random.auc.mean)})"
+        heads.append(head)
+        for m in methods:
+            cells.setdefault(m, []).append(num(check.value(m, stat)))
     figures = []
-    for key, name in obj(doc.get("figures"), "figures").items():
-        local = _local_path(folder, name) if isinstance(name, str) else None
+    for key, name in record.figures.items():
+        local = _local_path(folder, name)
         url = _local_url(folder, name) if local is not None and _is_regular(folder / local) else None
-        if not isinstance(name, str):
-            odd.append(f"figures.{key}")
-        elif url is not None:
+        if url is not None:
             figures.append({"src": url, "alt": visible(f"evaluation: {key}")})
-    summary = f"{doc.get('images', '?')} images, model {doc.get('model', '?')}, seed {doc.get('seed', '?')}"
+    summary = (f"{_or_unknown(record.images)} images, model {_or_unknown(record.model)}, "
+               f"seed {_or_unknown(record.seed)}")
     return {"summary": visible(summary), "heads": heads,
             "rows": [{"method": visible(m), "cells": cells.get(m, [])} for m in methods], "figures": figures}
+
+
+def _or_unknown(value: object) -> str:
+    return "?" if value is None else str(value)
 
 
 def _read_run(path: Path) -> tuple[RunRecord | None, dict[str, Any]]:

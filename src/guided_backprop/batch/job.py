@@ -17,6 +17,7 @@ from .. import panels, render
 from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
+from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from ..targets import MaxNeuron, Neuron, Region, select_output
 from ..visible import visible
 from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
@@ -25,7 +26,6 @@ from .dist import _Dist
 from .journal import JournalEntry, _Journal
 from .names import PANEL_NAME, _fill
 from .plan import _Plan
-from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from .writer import _npy_bytes, _Writer
 
 

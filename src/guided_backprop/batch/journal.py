@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomic import is_temp_name, write_bytes, write_text
 from ..errors import GuidedBackpropError
-from .config import STATE_DIR, BatchConfig
 from ..records import IndexRecord, RecordError, json_text
+from .config import STATE_DIR, BatchConfig
 
 if TYPE_CHECKING:
     from .plan import _Plan

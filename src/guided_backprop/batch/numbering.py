@@ -22,8 +22,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from ..atomic import write_text
-from .journal import _journal_entries
 from ..records import IndexRecord, json_text
+from .journal import _journal_entries
 
 NUMBERS = "numbers.json"  # in the state folder
 

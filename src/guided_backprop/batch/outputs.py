@@ -13,12 +13,12 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import write_bytes, write_text
+from ..records import IndexRecord, RunRecord, json_text
 from .config import _TOP5, STATE_DIR, BatchConfig
 from .dist import _Dist
 from .journal import _read_journals
 from .numbering import earlier_outputs, remove_stale
 from .plan import _Plan
-from ..records import IndexRecord, RunRecord, json_text
 
 
 def _now() -> str:

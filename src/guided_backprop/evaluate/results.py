@@ -18,6 +18,18 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from ..records import (
+    EVALUATION_CHECKS,
+    ClassSensitivityRecord,
+    ComplexityRecord,
+    CurveRecord,
+    CurveStats,
+    EvaluationRecord,
+    RandomizationRecord,
+    Stat,
+    StepStats,
+)
+
 __all__ = ["ClassSensitivityResult", "ComplexityResult", "CurveResult", "Evaluation", "RandomizationResult", "Summary",
            "merge", "summarize"]
 
@@ -32,8 +44,11 @@ class Summary:
     std: float
     n: int
 
+    def to_record(self) -> Stat:
+        return Stat(mean=_num(self.mean), std=_num(self.std), n=self.n)
+
     def to_json(self) -> dict[str, Any]:
-        return {"mean": _num(self.mean), "std": _num(self.std), "n": self.n}
+        return self.to_record().to_json()
 
 
 def summarize(values: np.ndarray) -> Summary:
@@ -46,10 +61,10 @@ def summarize(values: np.ndarray) -> Summary:
                        n=int(np.isfinite(a).sum()))
 
 
-def _per_step(values: np.ndarray) -> dict[str, Any]:
-    """``{"mean": [...], "std": [...], "n": [...]}`` of an ``(images, steps)`` array, one entry per step."""
+def _per_step(values: np.ndarray) -> StepStats:
+    """The summaries of an ``(images, steps)`` array, one entry per step."""
     stats = [summarize(values[:, j]) for j in range(values.shape[1])]
-    return {"mean": [_num(s.mean) for s in stats], "std": [_num(s.std) for s in stats], "n": [s.n for s in stats]}
+    return StepStats(mean=[_num(s.mean) for s in stats], std=[_num(s.std) for s in stats], n=[s.n for s in stats])
 
 
 def _num(value: float) -> float | None:
@@ -88,15 +103,15 @@ class RandomizationResult:
         a = self.values[method][metric]
         return [summarize(a[:, j]) for j in range(a.shape[1])]
 
+    def to_record(self) -> RandomizationRecord:
+        return RandomizationRecord(
+            order=self.order, granularity=self.granularity, steps=list(self.steps),
+            methods={m: {k: _per_step(v) for k, v in per.items()} for m, per in self.values.items()},
+            constant_maps={m: [int(v) for v in c.sum(axis=0)] for m, c in self.constant.items()},
+            smoothgrad=dict(self.smooth) if self.smooth else None)
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "order": self.order,
-            "granularity": self.granularity,
-            "steps": list(self.steps),
-            "methods": {m: {k: _per_step(v) for k, v in per.items()} for m, per in self.values.items()},
-            "constant_maps": {m: [int(v) for v in c.sum(axis=0)] for m, c in self.constant.items()},
-            **({"smoothgrad": dict(self.smooth)} if self.smooth else {}),
-        }
+        return self.to_record().to_json()
 
 
 @dataclass
@@ -116,16 +131,17 @@ class ClassSensitivityResult:
     values: dict[str, dict[str, dict[str, np.ndarray]]]
     seed: int = 0
 
-    def to_json(self) -> dict[str, Any]:
-        def block(kind: str) -> dict[str, Any]:
-            return {m: {k: summarize(v).to_json() for k, v in per.items()} for m, per in self.values[kind].items()}
+    def to_record(self) -> ClassSensitivityRecord:
+        def block(kind: str) -> dict[str, dict[str, Stat]]:
+            return {m: {k: summarize(v).to_record() for k, v in per.items()} for m, per in self.values[kind].items()}
 
-        return {
-            "against": "random",
-            "methods": block("random"),
-            "second_ranked": {"methods": block("second")},
-            "classes": {"predicted": self.predicted, "random": self.random_classes, "second": self.second_classes},
-        }
+        return ClassSensitivityRecord(
+            against="random", methods=block("random"), second_ranked=block("second"),
+            classes={"predicted": list(self.predicted), "random": list(self.random_classes),
+                     "second": list(self.second_classes)})
+
+    def to_json(self) -> dict[str, Any]:
+        return self.to_record().to_json()
 
 
 @dataclass
@@ -156,13 +172,15 @@ class CurveResult:
         """The ``(images,)`` areas under the random-order curves."""
         return _auc(self.random, self.fractions)
 
+    def to_record(self) -> CurveRecord:
+        return CurveRecord(
+            methods={m: CurveStats(auc=summarize(a).to_record(), curve=_per_step(self.curves[m]))
+                     for m, a in self.auc.items()},
+            random=CurveStats(auc=summarize(self.random_auc).to_record(), curve=_per_step(self.random)),
+            fractions=[float(f) for f in self.fractions])
+
     def to_json(self) -> dict[str, Any]:
-        return {
-            "methods": {m: {"auc": summarize(a).to_json(), "curve": _per_step(self.curves[m])}
-                        for m, a in self.auc.items()},
-            "random": {"auc": summarize(self.random_auc).to_json(), "curve": _per_step(self.random)},
-            "fractions": [float(f) for f in self.fractions],
-        }
+        return self.to_record().to_json()
 
 
 def _auc(curves: np.ndarray, fractions: np.ndarray) -> np.ndarray:
@@ -204,20 +222,17 @@ class ComplexityResult:
                 out[m] = np.where(a > 0, (b - a) / np.where(a > 0, a, 1.0), np.nan)
         return out
 
-    def to_json(self) -> dict[str, Any]:
+    def to_record(self) -> ComplexityRecord:
         rise = self.rise
-        return {
-            "methods": {m: {"complexity_rise": summarize(rise[m]).to_json(),
-                            "complexity_trained": summarize(self.trained[m]).to_json(),
-                            "complexity_randomized": summarize(self.randomized[m]).to_json()}
-                        for m in self.methods},
-            "bins": self.bins, "granularity": self.granularity, "randomized_blocks": len(self.steps),
-        }
+        return ComplexityRecord(
+            methods={m: {"complexity_rise": summarize(rise[m]).to_record(),
+                         "complexity_trained": summarize(self.trained[m]).to_record(),
+                         "complexity_randomized": summarize(self.randomized[m]).to_record()}
+                     for m in self.methods},
+            bins=self.bins, granularity=self.granularity, randomized_blocks=len(self.steps))
 
-
-#: The checks' results, as :class:`Evaluation` attributes and ``evaluation.json`` keys.
-RESULT_KEYS: tuple[str, ...] = ("randomization", "efficient_mprt", "smooth_mprt", "class_sensitivity", "deletion",
-                                "insertion")
+    def to_json(self) -> dict[str, Any]:
+        return self.to_record().to_json()
 
 
 @dataclass
@@ -237,21 +252,16 @@ class Evaluation:
     passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def to_record(self, figures: dict[str, str] | None = None) -> EvaluationRecord:
+        """The ``evaluation.json`` record (checks not run are ``None``), with the ``figures`` written beside it."""
+        checks = {key: getattr(self, key).to_record() for key in EVALUATION_CHECKS if getattr(self, key) is not None}
+        return EvaluationRecord(model=self.model, images=len(self.images), seed=self.seed, inputs=list(self.images),
+                                **checks, failed=dict(self.failed), passed_over=dict(self.passed_over),
+                                settings=dict(self.settings), figures=dict(figures or {}))
+
     def to_json(self) -> dict[str, Any]:
         """The ``evaluation.json`` contract: checks not run are absent."""
-        out: dict[str, Any] = {"model": self.model, "images": len(self.images), "seed": self.seed,
-                               "inputs": list(self.images)}
-        for key in RESULT_KEYS:
-            result = getattr(self, key)
-            if result is not None:
-                out[key] = result.to_json()
-        if self.failed:
-            out["failed"] = dict(self.failed)
-        if self.passed_over:
-            out["passed_over"] = dict(self.passed_over)
-        if self.settings:
-            out["settings"] = dict(self.settings)
-        return out
+        return self.to_record().to_json()
 
 
 def _joined(values: list[Any], perm: np.ndarray) -> Any:
@@ -289,7 +299,7 @@ def merge(parts: list[tuple[list[int], Evaluation]]) -> Evaluation:
     evs = [ev for _pos, ev in parts]
     out = Evaluation(model=evs[0].model, images=[evs[0].images[0]], seed=evs[0].seed)
     out.images = _joined([list(ev.images) for ev in evs], perm)
-    for key in RESULT_KEYS:
+    for key in EVALUATION_CHECKS:
         results = [getattr(ev, key) for ev in evs]
         if results[0] is None:
             continue

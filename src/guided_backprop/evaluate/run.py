@@ -32,6 +32,7 @@ from ..atomic import write_bytes
 from ..attribution import Explainer
 from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError
 from ..methods import parse_methods
+from ..records import finite_json
 from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks
 from .results import Evaluation, merge
 from .similarity import METRICS
@@ -372,16 +373,6 @@ def _classes(evaluation: Evaluation) -> list[int]:
     return out
 
 
-def _json_value(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_value(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_value(v) for v in value]
-    return value
-
-
 def csv_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
     """One row per image, check, method, step and metric (``value`` empty where undefined)."""
     rows: list[dict[str, Any]] = []
@@ -457,8 +448,7 @@ def write_outputs(evaluation: Evaluation, output: str | os.PathLike[str], *, ima
     curves = [c for c in (evaluation.deletion, evaluation.insertion) if c is not None]
     if curves:
         pictures["faithfulness"] = faithfulness_figure(curves)
-    doc = evaluation.to_json()
-    doc["figures"] = {k: FIGURES[k] for k in pictures}
+    doc = evaluation.to_record(figures={k: FIGURES[k] for k in pictures}).to_json()
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=["image", "check", "method", "step", "metric", "value"],
                             lineterminator="\n")
@@ -468,7 +458,7 @@ def write_outputs(evaluation: Evaluation, output: str | os.PathLike[str], *, ima
     # A file name that is not UTF-8 is written as its own bytes (surrogateescape), as predictions.csv;
     # evaluation.json keeps it as \udcXX escapes (json.dumps' ASCII output).
     staged[CSV_NAME] = buf.getvalue().encode("utf-8", "surrogateescape")
-    staged[JSON_NAME] = (json.dumps(_json_value(doc), indent=1, allow_nan=False) + "\n").encode("utf-8")
+    staged[JSON_NAME] = (json.dumps(finite_json(doc), indent=1, allow_nan=False) + "\n").encode("utf-8")
     stage = folder / f".evaluate-{os.getpid()}-{secrets.token_hex(4)}.tmp"
     current = folder / JSON_NAME
     try:
