@@ -110,10 +110,13 @@ def _explain_func(method: str, smooth: Smoothing | None = None):  # type: ignore
     def explain(model: nn.Module, inputs: Any, targets: Any, **_kwargs: Any) -> np.ndarray:
         x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32)
         t = torch.as_tensor(np.asarray(targets), dtype=torch.long).reshape(-1)
-        extra: dict[str, Any] = {}
+        explainer = gbp.Explainer(model)
         if smooth is not None:
-            extra = {"smooth": smooth.samples, "noise": smooth.noise, "seed": smooth.seed}
-        maps = gbp.Explainer(model).explain(x, t, methods=(method,), **extra).maps[method][:, 0]
+            e = gbp.SmoothGrad(explainer, samples=smooth.samples, noise=smooth.noise).explain(
+                x, t, methods=(method,), seed=smooth.seed)
+        else:
+            e = explainer.explain(x, t, methods=(method,))
+        maps = e.maps[method][:, 0]
         return maps.double().abs().sum(dim=1, keepdim=True).numpy()
 
     return explain

@@ -136,7 +136,7 @@ def test_gradcam_layer_found_automatically(model: SmallCNN, x: torch.Tensor) -> 
 def test_smoothgrad_with_zero_noise_equals_the_plain_method(model: SmallCNN, x: torch.Tensor) -> None:
     ex = gbp.Explainer(model)
     plain = ex.explain(x, methods=["guided_backprop", "saliency"])
-    smooth = ex.explain(x, methods=["guided_backprop", "saliency"], smooth=5, noise=0.0, smooth_batch=8)
+    smooth = gbp.SmoothGrad(ex, samples=5, noise=0.0, batch=8).explain(x, methods=["guided_backprop", "saliency"])
     for m in plain.maps:
         torch.testing.assert_close(smooth.maps[m], plain.maps[m])
 
@@ -144,7 +144,7 @@ def test_smoothgrad_with_zero_noise_equals_the_plain_method(model: SmallCNN, x: 
 def test_smoothgrad_is_the_mean_over_noisy_copies(model: SmallCNN, x: torch.Tensor) -> None:
     ex = gbp.Explainer(model)
     gen = torch.Generator().manual_seed(7)
-    smooth = ex.explain(x, methods=["saliency"], smooth=3, noise=0.2, smooth_batch=4, generator=gen)
+    smooth = gbp.SmoothGrad(ex, samples=3, noise=0.2, batch=4).explain(x, methods=["saliency"], generator=gen)
     targets = ex.explain(x).targets
     gen = torch.Generator().manual_seed(7)
     span = (x.amax(dim=(1, 2, 3)) - x.amin(dim=(1, 2, 3))).view(-1, 1, 1, 1)
@@ -154,6 +154,39 @@ def test_smoothgrad_is_the_mean_over_noisy_copies(model: SmallCNN, x: torch.Tens
         total += reference_map(model, noisy, targets[:, 0], "saliency")
     torch.testing.assert_close(smooth.maps["saliency"][:, 0], total / 3)
     assert torch.equal(smooth.targets, targets)
+    assert smooth.extra["smooth"] == 3 and smooth.extra["noise"] == 0.2
+
+
+def test_smoothgrad_in_chunks_keeps_the_clean_inputs_units_and_is_what_attribute_gives(model: SmallCNN,
+                                                                                       x: torch.Tensor) -> None:
+    """Noisy copies in forward passes of ``batch`` (fewer than the samples), a layer target whose unit is
+    found on the clean input: the mean over the noisy copies of that unit's plain guided-backprop map."""
+    ex = gbp.Explainer(model)
+    target = gbp.MaxNeuron("features.4", 1)
+    smooth = gbp.SmoothGrad(ex, samples=2, noise=0.3, batch=3).explain(x, target, seed=4, sample_ids=[5, 6, 7, 8])
+    clean = ex.explain(x, target)
+    assert torch.equal(smooth.positions, clean.positions) and torch.equal(smooth.scores, clean.scores)
+    for i in range(x.shape[0]):
+        gen = torch.Generator().manual_seed(gbp.attribution.smoothgrad_seed(4, 5 + i))
+        xi = x[i:i + 1]
+        span = xi.max() - xi.min()
+        y, xx = clean.positions[i].tolist()
+        total = torch.zeros_like(xi)
+        for _ in range(2):
+            noisy = xi + torch.randn(xi.shape, generator=gen, dtype=x.dtype) * 0.3 * span
+            total += ex.explain(noisy, gbp.Neuron("features.4", 1, y=y, x=xx)).maps["guided_backprop"][:, 0]
+        torch.testing.assert_close(smooth.maps["guided_backprop"][i:i + 1, 0], total / 2)
+    same = gbp.attribute(model, x, target, smooth=2, noise=0.3, smooth_batch=3, seed=4, sample_ids=[5, 6, 7, 8])
+    assert torch.equal(same, smooth.maps["guided_backprop"][:, 0])
+
+
+def test_smoothgrad_without_samples_is_the_explainer_itself(model: SmallCNN, x: torch.Tensor) -> None:
+    ex = gbp.Explainer(model)
+    plain = ex.explain(x, methods=["guided_backprop"])
+    none = gbp.SmoothGrad(ex, samples=0).explain(x, methods=["guided_backprop"], seed=3)
+    assert torch.equal(none.maps["guided_backprop"], plain.maps["guided_backprop"]) and "smooth" not in none.extra
+    with pytest.raises(gbp.ModelError, match=r"SmoothGrad wraps an Explainer.*SmoothGrad\(Explainer\(model\)\)"):
+        gbp.SmoothGrad(model)  # type: ignore[arg-type]
 
 
 # -- guarantees --------------------------------------------------------------------------------
@@ -187,7 +220,7 @@ def test_model_comes_back_exactly_as_it_was(model: SmallCNN, x: torch.Tensor) ->
     model.features[0].weight.grad = torch.ones_like(model.features[0].weight)
     before = _snapshot(model)
     x_before = x.clone()
-    gbp.Explainer(model).explain(x, gbp.TopK(2), methods=gbp.METHODS, smooth=2)
+    gbp.SmoothGrad(gbp.Explainer(model), samples=2).explain(x, gbp.TopK(2), methods=gbp.METHODS)
     gbp.attribute(model, x, gbp.MaxNeuron("features.4", 1))
     _assert_same(before, model)
     assert torch.equal(x, x_before)
@@ -354,8 +387,8 @@ def test_explanations_of_batches_concatenate_to_the_explanation_of_the_whole(mod
 
 
 def test_smoothgrad_seeded_per_sample_does_not_depend_on_the_batch(model: SmallCNN, x: torch.Tensor) -> None:
-    ex = gbp.Explainer(model)
-    opts = dict(methods=["guided_backprop"], smooth=3, noise=0.2, seed=7)
+    ex = gbp.SmoothGrad(gbp.Explainer(model), samples=3, noise=0.2)
+    opts = dict(methods=["guided_backprop"], seed=7)
     batch = ex.explain(x, [1, 2, 3, 4], sample_ids=[10, 11, 12, 13], **opts)
     alone = ex.explain(x[2:3], [3], sample_ids=[12], **opts)
     torch.testing.assert_close(batch.maps["guided_backprop"][2:3], alone.maps["guided_backprop"], rtol=0, atol=0)
@@ -363,7 +396,7 @@ def test_smoothgrad_seeded_per_sample_does_not_depend_on_the_batch(model: SmallC
     other = ex.explain(x[2:3], [3], sample_ids=[99], **opts)
     assert not torch.equal(other.maps["guided_backprop"], alone.maps["guided_backprop"])
     gen = torch.Generator().manual_seed(gbp.attribution.smoothgrad_seed(7, 12))
-    manual = ex.explain(x[2:3], [3], methods=["guided_backprop"], smooth=3, noise=0.2, generator=gen)
+    manual = ex.explain(x[2:3], [3], methods=["guided_backprop"], generator=gen)
     torch.testing.assert_close(manual.maps["guided_backprop"], alone.maps["guided_backprop"], rtol=0, atol=0)
     with pytest.raises(gbp.InputError, match="sample ids"):
         ex.explain(x, sample_ids=[1], **opts)

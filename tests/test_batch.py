@@ -285,8 +285,8 @@ def test_smoothgrad_maps_of_the_batch_job_are_the_apis_for_the_same_seed_and_ind
     pre = batch_plan._apply_preprocessing(lm.preprocessing, config())
     for row in index(tmp_path / "out"):
         x = pre(images.load_image(row["input"]))[None]
-        e = gbp.Explainer(lm.model).explain(x, methods=["guided_backprop"], smooth=3, noise=0.15, seed=5,
-                                            sample_ids=[row["idx"]])
+        e = gbp.SmoothGrad(gbp.Explainer(lm.model), samples=3, noise=0.15).explain(
+            x, methods=["guided_backprop"], seed=5, sample_ids=[row["idx"]])
         got = np.load(tmp_path / "out" / row["raw"]["guided_backprop"])
         assert np.allclose(got, e.maps["guided_backprop"][0, 0].float().numpy(), rtol=0, atol=1e-6)
 

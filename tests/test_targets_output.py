@@ -254,12 +254,12 @@ def test_similarity_to_a_reference_input_runs_it_through_the_model(seg: PixelSeg
 def test_smoothgrad_of_a_region_keeps_the_clean_inputs_pixels(seg: PixelSegmenter, x: torch.Tensor) -> None:
     with torch.no_grad():
         mask = (seg(x)["out"].argmax(1) == 1).double()
-    a = gbp.Explainer(seg).explain(x, gbp.Region(1), smooth=3, noise=0.3, generator=_gen(0))
-    b = gbp.Explainer(seg).explain(x, gbp.Region(1, mask=mask), smooth=3, noise=0.3, generator=_gen(0))
+    smooth = gbp.SmoothGrad(gbp.Explainer(seg), samples=3, noise=0.3)
+    a = smooth.explain(x, gbp.Region(1), generator=_gen(0))
+    b = smooth.explain(x, gbp.Region(1, mask=mask), generator=_gen(0))
     torch.testing.assert_close(a.maps["guided_backprop"], b.maps["guided_backprop"], rtol=0, atol=0)
-    per = gbp.Explainer(seg).explain(x, gbp.Region(1, mask=mask), smooth=3, noise=0.3, seed=1)
-    alone = gbp.Explainer(seg).explain(x[1:], gbp.Region(1, mask=mask[1:]), smooth=3, noise=0.3, seed=1,
-                                       sample_ids=[1])
+    per = smooth.explain(x, gbp.Region(1, mask=mask), seed=1)
+    alone = smooth.explain(x[1:], gbp.Region(1, mask=mask[1:]), seed=1, sample_ids=[1])
     torch.testing.assert_close(per.maps["guided_backprop"][1:], alone.maps["guided_backprop"], rtol=0, atol=0)
 
 

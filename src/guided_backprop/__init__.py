@@ -21,7 +21,7 @@ from .methods import METHODS, MethodSpec, Rule, get_method, parse_methods
 # Everything that needs torch (the engine, targets, models with timm and torchvision, pictures)
 # loads on first use, so that `import guided_backprop` and `guided-backprop --help` stay light.
 _LAZY = {
-    "Explainer": "attribution", "Explanation": "attribution", "attribute": "attribution",
+    "Explainer": "attribution", "Explanation": "attribution", "SmoothGrad": "attribution", "attribute": "attribution",
     "find_layer": "attribution",
     "Channel": "targets", "MaxNeuron": "targets", "Neuron": "targets", "TopK": "targets",
     "Score": "targets", "Region": "targets", "Box": "targets", "Similarity": "targets", "Output": "targets",

@@ -9,7 +9,8 @@ Gradient methods (all exact on any ReLU network, see :mod:`.rules`; the registry
   at a layer ``A``, upsampled bilinearly to the input size, one channel;
 * ``guided_gradcam`` -- the guided-backprop map times the *same target's* Grad-CAM.
 
-SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825) averages any of them over noisy copies.
+SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825), :class:`SmoothGrad`, wraps an :class:`Explainer`
+and averages any of them over noisy copies.
 
 An explanation runs in four steps, each a function of its own: :class:`_Capture` records what the
 forward pass produces (the explained layer, the Grad-CAM layer), :func:`_score` turns the output
@@ -20,7 +21,8 @@ into the explained scores, :func:`_backward_plan` lists the backward passes the 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +53,8 @@ from .targets import (
     select_output,
 )
 
-__all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed"]
+__all__ = ["Explanation", "Explainer", "SmoothGrad", "attribute", "find_layer", "layer_output", "model_state",
+           "smoothgrad_seed"]
 
 
 def smoothgrad_seed(seed: int, sample: int) -> int:
@@ -502,12 +505,6 @@ class Explainer:
         *,
         methods: str | Sequence[str] = ("guided_backprop",),
         gradcam_layer: str | None = None,
-        smooth: int = 0,
-        noise: float = 0.15,
-        smooth_batch: int = 16,
-        generator: torch.Generator | None = None,
-        seed: int | None = None,
-        sample_ids: Sequence[int] | None = None,
         strict: bool = True,
         output: str | int | Callable[[Any], Any] | None = None,
         labels: Sequence[str] | None = None,
@@ -527,39 +524,30 @@ class Explainer:
             methods: names from :data:`~guided_backprop.methods.METHODS` (aliases accepted).
             gradcam_layer: layer for Grad-CAM; default: the last module with a spatial
                 ``(N, C, h, w)`` output (h or w > 1), found during the forward pass.
-            smooth: SmoothGrad samples per input (0: off).
-            noise: SmoothGrad noise std as a fraction of each input's value range (max - min).
-            smooth_batch: noisy copies per forward pass.
-            generator: random generator for the SmoothGrad noise of the whole batch.
-            seed: instead of ``generator``, seed each sample's noise on its own
-                (:func:`smoothgrad_seed` of ``seed`` and its id), so that its map does not depend
-                on the batch it came in; ``sample_ids`` are the ids (default ``0..N-1``).
             strict: a forward pass that applies no ReLU is an error for the ReLU rules (their maps
                 would silently equal the plain gradient). ``False`` accepts it: every rule is then
                 exactly the plain gradient (e.g. a unit of the first layer, before any ReLU).
+
+        SmoothGrad wraps this call: :class:`SmoothGrad`.
         """
-        names = parse_methods(methods)
+        call = _Call(parse_methods(methods), gradcam_layer, strict)
+        with self._session(x, target, output, labels) as (x, target):
+            return self._explain(x, target, call.methods, call.cam_layer, strict=call.strict)
+
+    # -- internals --------------------------------------------------------------------------
+    @contextmanager
+    def _session(self, x: Any, target: Target, output: Any, labels: Sequence[str] | None
+                 ) -> Iterator[tuple[torch.Tensor, Target]]:
+        """One call's hold on the explainer: the input checked, the lock and exact CUDA math held, the
+        output selection set, similarity references run; yields the input and the targets to explain."""
         x = self._check_input(x)
         with self._lock, exact_cuda_math(x.device):
             items = _target_list(target)
             if items is not None:
                 target = self._with_references(items, x, output)
             self._how = _How(output, labels)
-            if not smooth or smooth <= 0:
-                return self._explain(x, target, names, gradcam_layer, strict=strict)
-            options = (names, gradcam_layer, int(smooth), float(noise), int(smooth_batch), strict)
-            if seed is None:
-                return self._smooth(x, target, *options, generator)
-            ids = list(range(x.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
-            if len(ids) != x.shape[0]:
-                raise InputError(f"got {len(ids)} sample ids for a batch of {x.shape[0]}; give one per sample")
-            return Explanation.concat([
-                self._smooth(x[i:i + 1], _sample_target(target, i, x.shape[0]), *options,
-                             torch.Generator().manual_seed(smoothgrad_seed(seed, sid)))
-                for i, sid in enumerate(ids)
-            ])
+            yield x, target
 
-    # -- internals --------------------------------------------------------------------------
     def _check_input(self, x: Any) -> torch.Tensor:
         if not isinstance(x, torch.Tensor):
             raise InputError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -730,28 +718,90 @@ class Explainer:
                     cams.append(_gradcam(cam_act, _zeros_if_none(grads[-1], cam_act), size))
         return per_rule, cams
 
-    def _smooth(
+
+@dataclass(frozen=True)
+class _Call:
+    """What one call explains with: the methods, the Grad-CAM layer asked for, strictness about ReLUs."""
+
+    methods: tuple[str, ...]
+    cam_layer: str | None
+    strict: bool
+
+
+class SmoothGrad:
+    """SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825) around an :class:`Explainer`: each map is the
+    mean of the explainer's maps over ``samples`` noisy copies of the input, for any method.
+
+    The targets are fixed on the clean input (the classes it predicts, the unit positions it finds), so
+    that every noisy copy explains the same score; the result's scores, targets and probabilities are
+    the clean input's, its ``extra`` says ``smooth`` and ``noise``.
+
+    Args:
+        explainer: the explainer wrapped (its model, eval mode and lock are the ones used).
+        samples: noisy copies per input (0: no smoothing, the explainer's own maps).
+        noise: the noise's standard deviation as a fraction of each input's value range (max - min).
+        batch: noisy copies per forward pass.
+
+    >>> e = SmoothGrad(Explainer(model), samples=25, noise=0.15).explain(x, methods=["guided_backprop"])
+    """
+
+    def __init__(self, explainer: Explainer, *, samples: int = 25, noise: float = 0.15, batch: int = 16) -> None:
+        if not isinstance(explainer, Explainer):
+            raise ModelError(f"SmoothGrad wraps an Explainer, got {type(explainer).__name__}; use "
+                             f"SmoothGrad(Explainer(model))", field="explainer")
+        self.explainer = explainer
+        self.samples = int(samples)
+        self.noise = float(noise)
+        self.batch = int(batch)
+
+    def explain(
         self,
         x: torch.Tensor,
-        target: Target,
-        methods: tuple[str, ...],
-        cam_layer: str | None,
-        samples: int,
-        noise: float,
-        batch: int,
-        strict: bool,
-        generator: torch.Generator | None,
+        target: Target = None,
+        *,
+        methods: str | Sequence[str] = ("guided_backprop",),
+        gradcam_layer: str | None = None,
+        strict: bool = True,
+        output: str | int | Callable[[Any], Any] | None = None,
+        labels: Sequence[str] | None = None,
+        generator: torch.Generator | None = None,
+        seed: int | None = None,
+        sample_ids: Sequence[int] | None = None,
     ) -> Explanation:
+        """:meth:`Explainer.explain`, smoothed. The noise comes from ``generator`` (one for the whole
+        batch), or with ``seed`` from a generator per sample (:func:`smoothgrad_seed` of ``seed`` and
+        its id), so that a sample's map does not depend on the batch it came in; ``sample_ids`` are
+        the ids (default ``0..N-1``)."""
+        if self.samples <= 0:
+            return self.explainer.explain(x, target, methods=methods, gradcam_layer=gradcam_layer, strict=strict,
+                                          output=output, labels=labels)
+        call = _Call(parse_methods(methods), gradcam_layer, strict)
+        with self.explainer._session(x, target, output, labels) as (x, target):
+            if seed is None:
+                return self._smooth(x, target, call, generator)
+            ids = list(range(x.shape[0])) if sample_ids is None else [int(i) for i in sample_ids]
+            if len(ids) != x.shape[0]:
+                raise InputError(f"got {len(ids)} sample ids for a batch of {x.shape[0]}; give one per sample")
+            return Explanation.concat([
+                self._smooth(x[i:i + 1], _sample_target(target, i, x.shape[0]), call,
+                             torch.Generator().manual_seed(smoothgrad_seed(seed, sid)))
+                for i, sid in enumerate(ids)
+            ])
+
+    def _smooth(self, x: torch.Tensor, target: Target, call: _Call, generator: torch.Generator | None
+                ) -> Explanation:
+        ex, methods, cam_layer, strict = self.explainer, call.methods, call.cam_layer, call.strict
+        samples, batch = self.samples, self.batch
         # Fix the targets on the clean input, so that every noisy copy explains the same score.
         items = _target_list(target)
         if items is not None:
-            clean, frozen = self._explain_many(x, items, methods, cam_layer, strict=strict)
+            clean, frozen = ex._explain_many(x, items, methods, cam_layer, strict=strict)
         else:
-            clean = self._explain(x, target, methods, cam_layer, strict=strict)
+            clean = ex._explain(x, target, methods, cam_layer, strict=strict)
         n = x.shape[0]
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
         span = (x.reshape(n, -1).amax(1) - x.reshape(n, -1).amin(1)).reshape(n, *([1] * (x.ndim - 1)))
-        sigma = noise * span
+        sigma = self.noise * span
         sums = {m: torch.zeros_like(v) for m, v in clean.maps.items()}
         per = max(1, batch // n) if batch >= n else 1
         chunks = [(s, min(s + batch, n)) for s in range(0, n, batch)] if batch < n else [(0, n)]
@@ -767,8 +817,7 @@ class Explainer:
                 if items is not None:
                     rows = torch.arange(s, e).repeat(reps)
                     many = [_frozen_rows(f, rows, n) for f in frozen]
-                    part = self._explain_many(noisy, many, methods, clean.gradcam_layer or cam_layer,
-                                              strict=strict)[0]
+                    part = ex._explain_many(noisy, many, methods, clean.gradcam_layer or cam_layer, strict=strict)[0]
                     for m, v in part.maps.items():
                         sums[m][s:e] += v.reshape(reps, e - s, *v.shape[1:]).sum(0)
                     continue
@@ -779,13 +828,13 @@ class Explainer:
                     pos = None
                     assert clean.targets is not None
                     tgt = clean.targets[s:e].repeat(reps, 1)
-                part = self._explain(noisy, tgt, methods, clean.gradcam_layer or cam_layer, positions=pos,
-                                     strict=strict)
+                part = ex._explain(noisy, tgt, methods, clean.gradcam_layer or cam_layer, positions=pos,
+                               strict=strict)
                 for m, v in part.maps.items():
                     sums[m][s:e] += v.reshape(reps, e - s, *v.shape[1:]).sum(0)
             done += reps
         clean.maps = {m: v / samples for m, v in sums.items()}
-        clean.extra.update(smooth=samples, noise=noise)
+        clean.extra.update(smooth=samples, noise=self.noise)
         return clean
 
 
@@ -830,15 +879,23 @@ def attribute(
     ``gbp.Box``, ``gbp.Similarity``, ``gbp.Output`` or any ``fn(output) -> (N,)`` explain other
     outputs (``output=`` picks the part of a dict or tuple output they read). With ``TopK(k)``,
     an ``(N, K)`` target or a list of targets the result is ``(N, K, *x.shape[1:])``. ``options`` go to
-    :meth:`Explainer.explain` (``smooth``, ``noise``, ``gradcam_layer``...) or, for
-    ``eval_mode``, to :class:`Explainer`.
+    :meth:`Explainer.explain` (``gradcam_layer``, ``output``...), to :class:`Explainer` (``eval_mode``),
+    or with ``smooth=N`` to :class:`SmoothGrad` (``smooth`` samples, ``noise``, ``smooth_batch``; to its
+    ``explain``: ``generator``, ``seed``, ``sample_ids``).
     """
     eval_mode = options.pop("eval_mode", True)
+    smoothing = {key: options.pop(key) for key in ("smooth", "noise", "smooth_batch") if key in options}
     if not isinstance(method, str):
         raise UnknownNameError("method", str(method), METHODS,
                                hint="attribute() takes one method; use Explainer for several")
     name = get_method(method).name
-    result = Explainer(model, eval_mode=eval_mode).explain(x, target, methods=(name,), **options)
+    explainer = Explainer(model, eval_mode=eval_mode)
+    if smoothing.get("smooth", 0):
+        result = SmoothGrad(explainer, samples=smoothing["smooth"], noise=smoothing.get("noise", 0.15),
+                            batch=smoothing.get("smooth_batch", 16)).explain(x, target, methods=(name,), **options)
+    else:  # the noise's seeds mean nothing without noise
+        plain = {k: v for k, v in options.items() if k not in ("generator", "seed", "sample_ids")}
+        result = explainer.explain(x, target, methods=(name,), **plain)
     maps = result.maps[name]
     many = isinstance(target, (list, tuple)) and _target_list(target) is not None
     if maps.shape[1] == 1 and not many and not isinstance(target, TopK) and not (

@@ -15,7 +15,7 @@ import torch
 
 from .. import panels, render
 from ..atomic import safe_name, write_bytes
-from ..attribution import Explainer, model_state
+from ..attribution import Explainer, SmoothGrad, model_state
 from ..errors import InputError, ModelError
 from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from ..targets import MaxNeuron, Neuron, Region, select_output
@@ -107,11 +107,9 @@ class _Job:
         x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
         cfg, plan = self.cfg, self.plan
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
-        smooth: dict[str, Any] = {"smooth": cfg.smooth, "noise": cfg.noise, "seed": cfg.seed,
-                                  "sample_ids": [it.idx for it in items]} if cfg.smooth > 0 else {}
-        e = self.explainer.explain(x, _fit_masks(plan.target, x), methods=plan.methods,
-                                   gradcam_layer=plan.gradcam_layer, output=cfg.output_key,
-                                   labels=self.labels or None, **smooth)
+        e = SmoothGrad(self.explainer, samples=cfg.smooth, noise=cfg.noise).explain(
+            x, _fit_masks(plan.target, x), methods=plan.methods, gradcam_layer=plan.gradcam_layer,
+            output=cfg.output_key, labels=self.labels or None, seed=cfg.seed, sample_ids=[it.idx for it in items])
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
 

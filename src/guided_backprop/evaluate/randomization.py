@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..attribution import Explainer
+from ..attribution import Explainer, SmoothGrad
 from ..errors import InputError, ModelError, UnknownNameError
 from ..hooks import forward_hooks, logits_of, model_state
 from ..methods import parse_methods
@@ -218,13 +218,14 @@ def _explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, m
     """Maps ``(N, C, H, W)`` of every method for one class per sample; one forward per batch."""
     parts: dict[str, list[torch.Tensor]] = {m: [] for m in methods}
     for s in range(0, x.shape[0], batch_size):
-        smooth: dict[str, Any] = {}
-        if smoothing is not None:
+        if smoothing is None:
+            e = explainer.explain(x[s:s + batch_size], classes[s:s + batch_size], methods=methods,
+                                  gradcam_layer=gradcam_layer)
+        else:
             ids = smoothing.ids or tuple(range(x.shape[0]))
-            smooth = {"smooth": smoothing.samples, "noise": smoothing.noise, "seed": smoothing.seed,
-                      "sample_ids": ids[s:s + batch_size]}
-        e = explainer.explain(x[s:s + batch_size], classes[s:s + batch_size], methods=methods,
-                              gradcam_layer=gradcam_layer, **smooth)
+            e = SmoothGrad(explainer, samples=smoothing.samples, noise=smoothing.noise).explain(
+                x[s:s + batch_size], classes[s:s + batch_size], methods=methods, gradcam_layer=gradcam_layer,
+                seed=smoothing.seed, sample_ids=ids[s:s + batch_size])
         for m in methods:
             parts[m].append(e.maps[m][:, 0])
     return {m: torch.cat(v).cpu() for m, v in parts.items()}

@@ -36,7 +36,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .. import render
-from ..attribution import Explainer
+from ..attribution import Explainer, SmoothGrad
 from ..errors import GuidedBackpropError, ImageError, InputError, NoReLUError, TargetError
 from ..hooks import find_layer, layer_output, logits_of, model_state
 from ..images import load_image
@@ -325,15 +325,15 @@ class ExploreService:
 
     def _compute(self, x: torch.Tensor, cls: int, methods: Sequence[str], samples: int,
                  fallback: Sequence[str]) -> dict[str, np.ndarray]:
-        options: dict[str, Any] = {"gradcam_layer": self.gradcam_layer, "smooth": samples, "noise": self.noise,
-                                   "seed": self.seed}
+        smoothed = SmoothGrad(self.explainer, samples=samples, noise=self.noise)
         try:
-            found = self.explainer.explain(x, cls, methods=tuple(methods), **options)
+            found = smoothed.explain(x, cls, methods=tuple(methods), gradcam_layer=self.gradcam_layer, seed=self.seed)
         except NoReLUError:
             if list(fallback) == list(methods):
                 raise
             # a model without ReLU: the asked methods alone say what is wrong (saliency still works)
-            found = self.explainer.explain(x, cls, methods=tuple(fallback), **options)
+            found = smoothed.explain(x, cls, methods=tuple(fallback), gradcam_layer=self.gradcam_layer,
+                                     seed=self.seed)
         return self._first_maps(found.maps)
 
     def _first_maps(self, maps: dict[str, torch.Tensor], target: int = 0) -> dict[str, np.ndarray]:
