@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint browser bench figure clean
+.PHONY: demo test test-fast lint browser bench figure clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ lint: $(STAMP)
 
 test: $(STAMP) browser lint
 	$(PY) -m pytest -q
+
+# The inner loop while editing: every test but those marked slow or browser (no lint, no Chromium);
+# `make test` (what CI runs) stays the whole suite.
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -x -m "not slow and not browser"
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'

@@ -130,10 +130,3 @@ def test_show_is_exported_lazily() -> None:
     code = "import sys, guided_backprop as g; print('matplotlib' in sys.modules, callable(g.show))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["False", "True"]
-
-
-def test_explanation_plot_is_show() -> None:
-    x, e = _explain(k=2)
-    a, b = e.plot(x, index=1, labels=LABELS), gbp.show(e, x, index=1, labels=LABELS)
-    assert [ax.get_ylabel() for ax in a.axes] == [ax.get_ylabel() for ax in b.axes]
-    assert np.array_equal(_pixels(a), _pixels(b))

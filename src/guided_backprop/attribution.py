@@ -125,12 +125,6 @@ class Explanation:
         m = self[method]
         return (m.reshape(m.shape[0], m.shape[1], -1) == 0).all(dim=2)
 
-    def plot(self, image: Any, **options: Any) -> Any:
-        """A matplotlib figure of one sample's maps (a class x method grid): :func:`guided_backprop.plot.show`."""
-        from .plot import show  # matplotlib loads only when a figure is asked for
-
-        return show(self, image, **options)
-
     @classmethod
     def concat(cls, parts: Sequence[Explanation]) -> Explanation:
         """The explanations of consecutive batches as one, samples in order (same methods and K)."""
