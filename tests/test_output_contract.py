@@ -284,8 +284,8 @@ def test_a_lenient_read_keeps_what_it_can(runs: dict[str, Path]) -> None:
 
 @pytest.fixture(scope="module")
 def evaluation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
-    """A real ``guided-backprop evaluate`` run with every check, and the evaluation it wrote (caught on its
-    way to the writer)."""
+    """A real batch run, then ``guided-backprop evaluate`` with every check into the same folder, and the
+    evaluation it wrote (caught on its way to the writer)."""
     from click.testing import CliRunner
 
     from guided_backprop.cli import main
@@ -293,16 +293,21 @@ def evaluation(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Any]:
 
     root = tmp_path_factory.mktemp("evaluation")
     write_plain(root / "in", 2)
+    out = root / "out"
+    model = ["--model", TINY, "--input-size", "32", "--methods", "saliency,gradcam"]
+    result = CliRunner().invoke(main, [str(root / "in"), "-o", str(out), *model, "--workers", "0", "-q"],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
     caught: list[Any] = []
     writer = evaluate_run.write_outputs
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(evaluate_run, "write_outputs", lambda ev, *a, **k: caught.append(ev) or writer(ev, *a, **k))
         result = CliRunner().invoke(main, [
-            "evaluate", str(root / "in"), "-o", str(root / "out"), "--model", TINY, "--input-size", "32",
-            "--methods", "saliency,gradcam", "--checks", "randomization,emprt,smprt,class,deletion,insertion",
-            "--steps", "3", "--smooth-samples", "2", "-q"], catch_exceptions=False)
+            "evaluate", str(root / "in"), "-o", str(out), *model,
+            "--checks", "randomization,emprt,smprt,class,deletion,insertion", "--steps", "3", "--smooth-samples", "2",
+            "-q"], catch_exceptions=False)
     assert result.exit_code == 0, result.output
-    return root / "out", caught[0]
+    return out, caught[0]
 
 
 def test_evaluation_json_read_back_is_the_record_written(evaluation: tuple[Path, Any]) -> None:
@@ -317,15 +322,28 @@ def test_evaluation_json_read_back_is_the_record_written(evaluation: tuple[Path,
 
 def test_the_report_shows_the_evaluation_record(evaluation: tuple[Path, Any], caplog: pytest.LogCaptureFixture
                                                 ) -> None:
+    from tests.test_report import _parse
+
     out, _ev = evaluation
-    record = EvaluationRecord.from_json(json.loads((out / "evaluation.json").read_text(encoding="utf-8")))
+    r = EvaluationRecord.from_json(json.loads((out / "evaluation.json").read_text(encoding="utf-8")))
     with caplog.at_level(logging.WARNING):
-        section = report._evaluation(out)
-    assert not caplog.records, [r.getMessage() for r in caplog.records]
-    assert section is not None and [row["method"] for row in section["rows"]] == ["saliency", "gradcam"]
-    last = record.randomization.methods["saliency"]["spearman_abs"].mean[-1] if record.randomization else None
-    assert section["rows"][0]["cells"][0] == ("–" if last is None else f"{last:.3f}")
-    assert len(section["heads"]) == len(EVALUATION_CHECKS) and len(section["figures"]) == len(record.figures)
+        _html, page, _data = _parse(report.write_report(out))
+    assert not caplog.records, [rec.getMessage() for rec in caplog.records]
+
+    def shown(mean: float | None) -> str:
+        return "–" if mean is None else f"{mean:.3f}"
+
+    assert r.randomization and r.class_sensitivity and r.efficient_mprt and r.smooth_mprt and r.deletion and r.insertion
+    for m in ("saliency", "gradcam"):
+        row = [m, shown(r.randomization.methods[m]["spearman_abs"].mean[-1]),
+               shown(r.class_sensitivity.methods[m]["spearman_abs"].mean),
+               shown(r.efficient_mprt.methods[m]["complexity_rise"].mean),
+               shown(r.smooth_mprt.methods[m]["spearman_abs"].mean[-1]),
+               shown(r.deletion.methods[m].auc.mean), shown(r.insertion.methods[m].auc.mean)]
+        assert any(page.cells[i:i + len(row)] == row for i in range(len(page.cells))), (row, page.cells)
+    assert f"deletion AUC (random order: {shown(r.deletion.random.auc.mean)})" in page.cells
+    shown_figures = {a["src"] for tag, a in page.tags if tag == "img" and "evaluation_" in (a.get("src") or "")}
+    assert shown_figures == set(r.figures.values())
 
 
 @pytest.mark.parametrize(("change", "message"), [
