@@ -56,3 +56,22 @@ def test_a_model_without_relu_is_accepted_when_not_strict_and_every_rule_is_the_
     e = ex.explain(x, 0, methods=["guided_backprop", "deconvnet", "saliency"], strict=False)
     for name in ("guided_backprop", "deconvnet"):
         torch.testing.assert_close(e.maps[name], e.maps["saliency"], rtol=0, atol=0)
+
+
+def test_the_evaluation_figures_take_the_titles_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A method's title has one home: a new title in the registry is the one its figures show."""
+    import dataclasses
+
+    import numpy as np
+
+    from guided_backprop.evaluate import figures
+    from guided_backprop.evaluate.results import CurveResult
+
+    monkeypatch.setitem(REGISTRY, "saliency", dataclasses.replace(REGISTRY["saliency"], title="Plain gradient"))
+    shown: list[str] = []
+    monkeypatch.setattr(figures, "_png", lambda fig: shown.extend(
+        t.get_text() for ax in fig.axes for t in ax.get_legend().get_texts()) or b"")
+    curve = CurveResult(mode="deletion", fractions=np.linspace(0, 1, 3), curves={"saliency": np.ones((2, 3)),
+                        "gradcam": np.zeros((2, 3))}, random=np.full((2, 3), 0.5), classes=[0, 0])
+    figures.faithfulness_figure([curve])
+    assert [t.split(" (")[0] for t in shown] == ["Plain gradient", "Grad-CAM", "random order"]

@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 
+from ..methods import method_title
 from .results import ComplexityResult, CurveResult, RandomizationResult, summarize
 
 __all__ = ["complexity_figure", "faithfulness_figure", "randomization_figure", "similarity_figure",
            "worse_than_random"]
 
-_TITLES = {"guided_backprop": "Guided backprop", "deconvnet": "Deconvnet", "saliency": "Saliency (gradient)",
-           "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "random": "random order"}
 _METRIC_TITLES = {"spearman_abs": "Spearman rank correlation of |map|",
                   "spearman": "Spearman rank correlation (signed)",
                   "ssim": "SSIM", "hog": "Spearman rank correlation of HOG"}
@@ -49,7 +48,8 @@ def _png(fig: Any) -> bytes:
 
 
 def _title(method: str) -> str:
-    return _TITLES.get(method, method)
+    """A method's title, from the method registry; ``"random"`` is deletion / insertion's random pixel order."""
+    return "random order" if method == "random" else method_title(method)
 
 
 def _shown_steps(n_steps: int, max_columns: int) -> list[int]:
