@@ -213,15 +213,16 @@ def test_predictions_csv_header_and_rows_follow_the_document(runs: dict[str, Pat
 
 
 def test_the_report_reads_a_real_run_strictly(runs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    """The report takes a real run's files as records, without its lenient fallback."""
+    """The report takes a real run's files as records, without its lenient fallback (which it would log)."""
+    from tests.test_report import _parse
+
     for out in runs.values():
         caplog.clear()
         with caplog.at_level(logging.DEBUG, logger="guided_backprop.report"):
-            run, settings = report._read_run(out / "run.json")
-            rows = report._read_index(out / "index.jsonl")
-        assert run is not None and settings == json.loads((out / "run.json").read_text(encoding="utf-8"))
-        assert [json_text(r.to_json()) for r in rows] == _lines(out, "index.jsonl")
+            _html, _page, data = _parse(report.write_report(out))
         assert not caplog.records, [r.getMessage() for r in caplog.records]
+        rows = [IndexRecord.from_json(json.loads(line)) for line in _lines(out, "index.jsonl")]
+        assert [row["idx"] for row in data["rows"]] == [r.idx for r in rows]
 
 
 # ------------------------------------------------------------------------------------- reading errors
