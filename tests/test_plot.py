@@ -27,9 +27,10 @@ LABELS = ["cat", "dog", "a fox with a name far too long for one line of a row la
 METHODS = ["guided_backprop", "gradcam", "guided_gradcam"]
 
 
-def _explain(k: int = 2, **options: object) -> tuple[torch.Tensor, gbp.Explanation]:
+def _explain(k: int = 2, smooth: int = 0, noise: float = 0.15) -> tuple[torch.Tensor, gbp.Explanation]:
     x = torch.randn(2, 3, 20, 24, generator=torch.Generator().manual_seed(1))
-    e = gbp.Explainer(_model()).explain(x, gbp.TopK(k), methods=METHODS, gradcam_layer="2", **options)
+    explainer = gbp.SmoothGrad(gbp.Explainer(_model()), samples=smooth, noise=noise)
+    e = explainer.explain(x, gbp.TopK(k), methods=METHODS, gradcam_layer="2")
     return x, e
 
 
