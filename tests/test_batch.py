@@ -17,7 +17,7 @@ from guided_backprop.batch import job as batch_job
 from guided_backprop.batch import journal as batch_journal
 from guided_backprop.batch import plan as batch_plan
 from guided_backprop.batch import writer as batch_writer
-from guided_backprop.errors import GuidedBackpropError
+from guided_backprop.errors import ExitCode, GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
 from guided_backprop.records import IndexRecord
 from tests.fixtures.cli_images import write_plain
@@ -79,7 +79,7 @@ def test_run_result_and_error_log(tmp_path: Path) -> None:
     lines: list[str] = []
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
     assert (result.images, result.ok, result.failed, result.maps, result.computed) == (4, 3, 1, 3, 4)
-    assert result.exit_code == batch.EXIT_SOME_FAILED and not result.interrupted
+    assert result.exit_code == ExitCode.SOME_FAILED and not result.interrupted
     assert len(lines) == 1 and "zz broken.png" in lines[0] and lines[0].startswith("error: ")
     assert result.errors == [lines[0][len("error: "):]]
     assert result.summary().startswith("4 images: 3 computed, 1 failed in ")
@@ -162,7 +162,7 @@ def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypa
     out = tmp_path / "out"
     first = batch.run([tmp_path / "in"], out, config(batch_size=1))
     # Images 0 and 1 were computed; a write still queued when Ctrl-C came is dropped, not half-done.
-    assert first.interrupted and first.exit_code == batch.EXIT_INTERRUPTED and first.ok in (1, 2)
+    assert first.interrupted and first.exit_code == ExitCode.INTERRUPTED and first.ok in (1, 2)
     # Two writer threads finish in either order: the journal holds exactly the first images, in any order.
     assert sorted(r["idx"] for r in journal(out)) == list(range(first.ok))
     assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl").exists()

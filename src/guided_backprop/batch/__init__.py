@@ -30,11 +30,6 @@ Modules: :mod:`.config` (settings and result), :mod:`.names` (file name template
 from __future__ import annotations
 
 from .config import (
-    EXIT_FAILED,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    EXIT_SOME_FAILED,
-    EXIT_USAGE,
     STATE_DIR,
     BatchConfig,
     BatchResult,
@@ -48,11 +43,6 @@ from .runner import run
 
 __all__ = [
     "DEFAULT_INPUT_NAME",
-    "EXIT_FAILED",
-    "EXIT_INTERRUPTED",
-    "EXIT_OK",
-    "EXIT_SOME_FAILED",
-    "EXIT_USAGE",
     "PeerFailed",
     "DiskFull",
     "RunStopped",

@@ -16,11 +16,6 @@ from ..images import Skipped
 from .names import DEFAULT_INPUT_NAME
 
 # Kept as module names for code written against them; the one table is errors.ExitCode.
-EXIT_OK = ExitCode.OK
-EXIT_SOME_FAILED = ExitCode.SOME_FAILED
-EXIT_USAGE = ExitCode.USAGE
-EXIT_FAILED = ExitCode.FAILED
-EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 #: Hidden folder inside the output folder: resume journal, job settings, lock.
 STATE_DIR = ".guided-backprop"
@@ -111,8 +106,8 @@ class BatchResult:
         exits non-zero, which must not happen while rank 0 is still writing the index.
         """
         if self.interrupted:
-            return ExitCode.TERMINATED if self.signal == "SIGTERM" else EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.failed and self.rank == 0 else EXIT_OK
+            return ExitCode.TERMINATED if self.signal == "SIGTERM" else ExitCode.INTERRUPTED
+        return ExitCode.SOME_FAILED if self.failed and self.rank == 0 else ExitCode.OK
 
     def summary(self) -> str:
         """One line: ``N images: S skipped (already done), C computed, F failed in T s (X img/s) -> OUT``.

@@ -10,7 +10,7 @@ from typing import NamedTuple
 import torch
 
 from ..errors import ExitCode, GuidedBackpropError
-from .config import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_USAGE, RunStopped, Terminated
+from .config import RunStopped, Terminated
 
 
 class PeerFailed(GuidedBackpropError):
@@ -18,17 +18,17 @@ class PeerFailed(GuidedBackpropError):
 
     quiet = True
 
-    def __init__(self, message: str, exit_code: int = EXIT_USAGE) -> None:
+    def __init__(self, message: str, exit_code: int = ExitCode.USAGE) -> None:
         super().__init__(message)
         self.exit_code = exit_code
 
 
 def _exit_code_of(error: BaseException) -> int:
     if isinstance(error, KeyboardInterrupt):
-        return ExitCode.TERMINATED if isinstance(error, Terminated) else EXIT_INTERRUPTED
+        return ExitCode.TERMINATED if isinstance(error, Terminated) else ExitCode.INTERRUPTED
     if isinstance(error, (PeerFailed, RunStopped)):
         return error.exit_code
-    return EXIT_USAGE if isinstance(error, GuidedBackpropError) else EXIT_FAILED
+    return ExitCode.USAGE if isinstance(error, GuidedBackpropError) else ExitCode.FAILED
 
 
 class TorchrunEnv(NamedTuple):
