@@ -12,7 +12,8 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Set
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -56,9 +57,10 @@ def _imported(module: str, node: ast.Import | ast.ImportFrom, is_package: bool) 
         yield full if full in MODULES else target
 
 
-def import_graph() -> dict[str, set[str]]:
+@cache
+def import_graph() -> dict[str, frozenset[str]]:
     """Each module of the package -> the modules of the package it imports (at any depth of its code)."""
-    graph: dict[str, set[str]] = {}
+    graph: dict[str, frozenset[str]] = {}
     for module, path in MODULES.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         skip = _type_checking_nodes(tree)
@@ -66,11 +68,11 @@ def import_graph() -> dict[str, set[str]]:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in skip:
                 deps.update(_imported(module, node, path.name == "__init__.py"))
-        graph[module] = {d for d in deps if d in MODULES and d != module}
+        graph[module] = frozenset(d for d in deps if d in MODULES and d != module)
     return graph
 
 
-def circles(graph: dict[str, set[str]]) -> list[list[str]]:
+def circles(graph: Mapping[str, Set[str]]) -> list[list[str]]:
     """The strongly connected groups of more than one module (Tarjan's algorithm)."""
     index: dict[str, int] = {}
     low: dict[str, int] = {}
@@ -116,6 +118,12 @@ def test_the_engine_imports_only_the_engine(module: str) -> None:
     assert not outside, f"{module} imports {outside}: the engine imports no picture, file, report or CLI code"
 
 
+def test_no_import_circles() -> None:
+    found = circles(import_graph())
+    assert not found, f"modules that import each other (directly or around a circle): {found}"
+
+
+@pytest.mark.slow
 def test_dir_lists_every_public_name_and_the_import_stays_light() -> None:
     """Tab completion (``gbp.load_<TAB>``) offers every name of ``__all__``, each of which resolves, while
     ``import guided_backprop`` itself loads no torch (the names load on first use)."""

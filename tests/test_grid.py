@@ -50,3 +50,23 @@ def test_the_grid_of_an_explanation() -> None:
     assert score.rows[0].lines == (f"score = {float(_model()(X)[0, 2].detach()):.3g}",)
     smooth = gbp.SmoothGrad(ex, samples=2, noise=0.1).explain(X, methods=["saliency"])
     assert explanation_grid(smooth, 0, ["saliency"]).note == panel_note(smooth=2, noise=0.1)
+
+
+def test_the_panel_and_the_notebook_figure_lay_out_the_same_grid() -> None:
+    """``class_panel`` (files) and ``gbp.show`` (notebooks) draw one layout: the same columns, the same row
+    labels, whether the panel is given the words or the grid of the explanation."""
+    import numpy as np
+
+    labels = ["cat", "dog", "fox"]
+    methods = ["guided_backprop", "gradcam"]
+    e = gbp.Explainer(_model()).explain(X, gbp.TopK(2), methods=methods)
+    layout = explanation_grid(e, 0, methods, labels)
+    fig = gbp.show(e, X, labels=labels, colorbar=False)
+    axes = fig.axes
+    assert [ax.get_title() for ax in axes[:3]] == layout.columns
+    assert [axes[r * 3].get_ylabel() for r in range(2)] == [row.text for row in layout.rows]
+    seen = gbp.map_to_image(X[0], norm="minmax")
+    maps = {m: e.maps[m][0] for m in methods}
+    words = gbp.class_panel(seen, maps, classes=[labels[int(c)] for c in e.targets[0]],
+                            probabilities=e.probabilities[0].tolist())
+    assert np.array_equal(np.asarray(words), np.asarray(gbp.class_panel(seen, maps, rows=layout.rows)))

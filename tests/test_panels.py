@@ -7,9 +7,10 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from guided_backprop import panels, render
+from guided_backprop import panels
 from guided_backprop.errors import InputError
-from guided_backprop.panels import class_panel, colorbar, explanation_panel, panel_note
+from guided_backprop.panels import class_panel, colorbar, explanation_panel
+from guided_backprop.pictures.grid import panel_note
 from guided_backprop.render import method_picture
 
 BACKGROUND = np.array([255, 255, 255])
@@ -137,15 +138,3 @@ def test_panels_for_stacking_can_leave_the_column_headers_out() -> None:
     without = np.asarray(class_panel(image, maps, classes=["cat"], headers=False))
     assert with_heads.shape[0] > without.shape[0] and with_heads.shape[1] == without.shape[1]
     assert len(_find(without, _big(image, 128), 8 + 128 + 8)) == 1
-
-
-def test_panel_names_stay_importable_from_render() -> None:
-    """The panels moved to guided_backprop.panels; callers of render.class_panel & co. keep working."""
-    from guided_backprop.render import class_panel as from_render
-
-    assert from_render is class_panel
-    for name in ("class_panel", "colorbar", "explanation_panel", "panel", "panel_note"):
-        assert getattr(render, name) is getattr(panels, name)
-        assert name in render.__all__ and name in dir(render)
-    with pytest.raises(AttributeError, match="no attribute '_wrap'"):
-        render._wrap  # noqa: B018 - only the public names are forwarded

@@ -373,12 +373,11 @@ def test_a_detector_in_training_mode_is_a_clear_error(x: torch.Tensor) -> None:
 
 def test_show_titles_output_targets_with_their_raw_score_never_a_probability(det: BoxDetector,
                                                                             x: torch.Tensor) -> None:
-    from guided_backprop.plot import _row_label
-
     e = gbp.Explainer(det).explain(x, [gbp.Box(rank=0), gbp.Box(box=(20, 20, 30, 30))])
-    label = _row_label(e, 0, 0, ["background", "cat", "dog"])
+    fig = gbp.show(e, x, labels=["background", "cat", "dog"], colorbar=False)
+    label, nothing = (fig.axes[r * 2].get_ylabel() for r in range(2))  # input + one method per row
     assert label.startswith("detection 0 (") and f"score = {float(e.scores[0, 0]):.3g}" in label
-    assert "p = " not in label and _row_label(e, 0, 1, None).endswith("nothing found")
+    assert "p = " not in label and nothing.endswith("nothing found")
 
 
 def test_deletion_follows_the_explained_raw_score_not_a_softmax(seg: PixelSegmenter, x: torch.Tensor) -> None:

@@ -1,10 +1,10 @@
 """Text, colour bars and panels: the pictures of :mod:`.render` laid out with titles and labels.
 
-:func:`panel` puts the input and its maps side by side; :func:`class_panel` is the per-image grid
-(one row per explained class, one column per method) and :func:`explanation_panel` its one-row
-case; :func:`colorbar` is the strip of a map's value range; :func:`panel_note` the words about
-SmoothGrad. Text is drawn with Pillow in matplotlib's bundled DejaVu Sans (no ``pyplot``), found
-offline, with fallbacks; long titles are wrapped, then shortened. All return ``PIL.Image.Image``.
+:func:`panel` puts the input and its maps side by side; :func:`class_panel` draws the per-image grid
+(one row per explained class, one column per method; what it says is laid out by :mod:`.grid`) and
+:func:`explanation_panel` its one-row case; :func:`colorbar` is the strip of a map's value range.
+Text is drawn with Pillow in matplotlib's bundled DejaVu Sans (no ``pyplot``), found offline, with
+fallbacks; long titles are wrapped, then shortened. All return ``PIL.Image.Image``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .errors import InputError
-from .methods import Drawing, get_method, method_title
+from .methods import Drawing, get_method
+from .pictures.grid import Grid, Row, panel_note, row_label
 from .render import (
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
@@ -36,7 +37,7 @@ from .render import (
     value_range,
 )
 
-__all__ = ["class_panel", "colorbar", "explanation_panel", "panel", "panel_note"]
+__all__ = ["class_panel", "colorbar", "explanation_panel", "panel"]
 
 _TEXT = (25, 25, 25)
 _BACKGROUND = (255, 255, 255)
@@ -270,26 +271,6 @@ def panel(
     return canvas
 
 
-def panel_note(*, smooth: int = 0, noise: float | None = None) -> str | None:
-    """The words a panel's headline adds about how its maps were computed (SmoothGrad), or None."""
-    if not smooth:
-        return None
-    text = f"SmoothGrad: mean of {int(smooth)} noisy copies"
-    return text + (f", noise σ = {noise:g} × the input's range" if noise is not None else "")
-
-
-def _row_label(
-    class_name: str | None, probability: float | None, position: tuple[int, int] | None
-) -> tuple[str, list[str]]:
-    """A grid row's label: the name (wrapped, may be shortened) and the lines that must stay whole."""
-    fixed = []
-    if probability is not None:
-        fixed.append(f"p = {probability:.2f}" if probability >= 0.01 else f"p = {probability:.1g}")
-    if position is not None:
-        fixed.append(f"at (y, x) = ({int(position[0])}, {int(position[1])})")
-    return (class_name or ""), fixed
-
-
 def _stack(method: str, value: ArrayLike | Sequence[ArrayLike]) -> list[ArrayLike]:
     """One method's maps for K classes: a (K, C, H, W) array or tensor, or a sequence of K maps."""
     if isinstance(value, (np.ndarray, torch.Tensor)) and value.ndim != 4:
@@ -316,6 +297,7 @@ def class_panel(
     min_tile: int = 128,
     gap: int = 8,
     headers: bool = True,
+    rows: Sequence[Row] | None = None,
 ) -> Image.Image:
     """The per-image panel for K explained classes: a grid, one row per class, one column per method.
 
@@ -330,19 +312,25 @@ def class_panel(
       drawn at the tile's final width.
 
     Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour); without
-    ``headers`` the column titles are left out (for panels stacked under a first one). Returns an RGB
-    ``PIL.Image``.
+    ``headers`` the column titles are left out (for panels stacked under a first one). ``rows``: the rows'
+    labels as :func:`~guided_backprop.pictures.grid.row_label` lays them out (e.g. a target's raw score),
+    instead of ``classes``, ``probabilities`` and ``position``. Returns an RGB ``PIL.Image``.
     """
     stacks = {method: _stack(method, value) for method, value in maps.items()}
     counts = {len(v) for v in stacks.values()}
     if len(counts) > 1:
         raise InputError(f"every method needs the same number of class maps, got {sorted(counts)}")
-    k = counts.pop() if counts else len(classes or [None])
-    names = list(classes) if classes is not None else [None] * k
-    probs = list(probabilities) if probabilities is not None else [None] * k
-    if len(names) != k or len(probs) != k:
-        raise InputError(f"got {k} maps per method but {len(names)} class names and {len(probs)} probabilities; "
-                         "give one of each per row")
+    k = counts.pop() if counts else len(rows or classes or [None])
+    if rows is None:
+        names = list(classes) if classes is not None else [None] * k
+        probs = list(probabilities) if probabilities is not None else [None] * k
+        if len(names) != k or len(probs) != k:
+            raise InputError(f"got {k} maps per method but {len(names)} class names and {len(probs)} "
+                             "probabilities; give one of each per row")
+        rows = [row_label(names[r], probability=probs[r], position=position) for r in range(k)]
+    elif len(rows) != k:
+        raise InputError(f"got {k} maps per method but {len(rows)} row labels; give one per row")
+    grid = Grid(methods=tuple(stacks), rows=tuple(rows), note=panel_note(smooth=smooth, noise=noise))
 
     base = Image.fromarray(_image_array(image))
     factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
@@ -362,14 +350,12 @@ def class_panel(
         cells.append(row)
 
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    titles = ["input"] + [method_title(m) for m in stacks]
-    header_lines = [_wrap(measure, h, font, tile_w, max_lines=2) for h in titles] if headers else []
+    header_lines = [_wrap(measure, h, font, tile_w, max_lines=2) for h in grid.columns] if headers else []
     label_w = max(96, min(tile_w, 160))
     labels = []
-    for r in range(k):
-        name, fixed = _row_label(names[r], probs[r], position)
-        fixed = [_fit(measure, f, font, label_w) for f in fixed]  # short by construction; never more than the column
-        labels.append((_wrap(measure, name, font, label_w, max_lines=4) if name else []) + fixed)
+    for row_words in grid.rows:  # the name wrapped (may be shortened), the other lines whole
+        fixed = [_fit(measure, f, font, label_w) for f in row_words.lines]  # short by construction
+        labels.append((_wrap(measure, row_words.name, font, label_w, max_lines=4) if row_words.name else []) + fixed)
     bar_h = max((b.height + 2 for row in cells for _, b in row if b is not None), default=0)
     row_h = max([tile_h + bar_h] + [len(lines) * line for lines in labels])
     header_h = max((len(h) * line + 2 for h in header_lines), default=0)
@@ -378,7 +364,7 @@ def class_panel(
     width = gap + label_w + gap + ncols * (tile_w + gap)
     head_font = _font(max(12, min(18, tile_w // 10)))
     head_line = _line_height(head_font)
-    headline = [t for t in (title, panel_note(smooth=smooth, noise=noise)) if t]
+    headline = [t for t in (title, grid.note) if t]
     head_lines = [ln for t in headline for ln in _wrap(measure, t, head_font, width - 2 * gap)]
     head_h = len(head_lines) * head_line + (gap // 2 if head_lines else 0)
     height = gap + head_h + header_h + k * row_h + (k - 1) * gap + gap

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 from .errors import InputError, UnknownNameError
-from .methods import Drawing, get_method, method_title
-from .panels import panel_note
+from .methods import Drawing, get_method
+from .pictures.grid import Row, explanation_grid
 from .render import (
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
@@ -86,11 +86,12 @@ def show(
     if not 0 <= index < n:
         raise InputError(f"index {index} is out of range: the explanation holds {n} image(s) (0..{n - 1})")
     picture = _picture(image, index, preprocessing)
-    k = explanation.maps[names[0]].shape[1] if names else 1
-    rows = [_row_label(explanation, index, r, labels) for r in range(k)]
+    layout = explanation_grid(explanation, index, names, labels)  # what the rows, columns and headline say
+    k = len(layout.rows)
+    rows = [_ylabel(row) for row in layout.rows]
 
     aspect = picture.shape[0] / picture.shape[1]  # rows as tall as the picture: no gaps between them
-    note = panel_note(smooth=int(explanation.extra.get("smooth", 0) or 0), noise=explanation.extra.get("noise"))
+    note = layout.note
     values = norm in ("abs", "signed") or any(get_method(m).drawing is Drawing.HEATMAP for m in names)
     bars = int(colorbar and values)  # a row for colour bars, if any column draws values
     height = size * aspect * k + 0.35 + (0.55 if bars else 0.0) + (0.3 if note else 0.0)
@@ -109,7 +110,7 @@ def show(
         if colorbar and scale is not None:  # one bar for every row of the column (one scale)
             bar = fig.colorbar(scale, cax=fig.add_subplot(grid[k, c], label="<colorbar>"), orientation="horizontal")
             bar.ax.tick_params(labelsize=7)
-    for c, text in enumerate(["input"] + [method_title(m) for m in names]):
+    for c, text in enumerate(layout.columns):
         axes[0][c].set_title(text, fontsize=10)
     for ax in (ax for row in axes for ax in row):
         ax.set_xticks([])
@@ -169,38 +170,10 @@ def _picture(image: Any, index: int, preprocessing: Any) -> np.ndarray:
     return map_to_image(a, norm="minmax")
 
 
-def _class_name(labels: Any, cls: int) -> str:
-    if labels is None:
-        return f"class {cls}"
-    if hasattr(labels, "label"):
-        return str(labels.label(cls))
-    if callable(labels):
-        return str(labels(cls))
-    return str(labels[cls]) if 0 <= cls < len(labels) else f"class {cls}"
-
-
-def _row_label(explanation: Explanation, index: int, r: int, labels: Any) -> str:
-    """A row's label: class name and probability, a target's title and raw score (never a probability), or
-    (layer targets) the unit's position."""
-    if explanation.titles and explanation.targets is None and r < len(explanation.titles):
-        facts = explanation.details[index][r] if explanation.details else {}
-        found = explanation.found is None or bool(explanation.found[index, r])
-        cls = facts.get("label", facts.get("class"))
-        name = explanation.titles[r] + (f" ({_class_name(labels, int(cls))})" if labels is not None and cls is not None
-                                         else "")
-        return name + (f"\nscore = {float(explanation.scores[index, r]):.3g}" if found else "\nnothing found")
-    if explanation.targets is None:
-        text = "unit"
-        if explanation.positions is not None:
-            y, x = (int(v) for v in explanation.positions[index].tolist())
-            text += f"\nat (y, x) = ({y}, {x})"
-        return text
-    cls = int(explanation.targets[index, r])
-    name = _class_name(labels, cls)
-    if len(name) > 28:
-        name = name[:27] + "…"
-    probs = explanation.probabilities
-    return name + (f"\np = {float(probs[index, r]):.2f}" if probs is not None else "")
+def _ylabel(row: Row) -> str:
+    """A row's label beside its input: the name shortened to one line of the margin, the other lines whole."""
+    name = row.name if len(row.name) <= 28 else row.name[:27] + "…"
+    return "\n".join(t for t in (name, *row.lines) if t)
 
 
 def _draw_column(axes: list[Any], method: str, maps: list[torch.Tensor], picture: np.ndarray, *, norm: str,

@@ -4,9 +4,8 @@ Used by the command line, the HTML report and the Python API. Nothing here reads
 only :func:`save_image` writes one (atomically). Colour maps come from matplotlib as lookup
 tables (imported lazily, never ``pyplot``); drawing is done with Pillow.
 
-Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB. Text, colour bars and panels
-(:func:`colorbar`, :func:`panel`, :func:`class_panel`, :func:`explanation_panel`,
-:func:`panel_note`) live in :mod:`.panels`; they stay importable from here.
+Pictures are ``numpy.uint8`` arrays of shape (H, W, 3), RGB. Text, colour bars and panels are
+drawn around them by :mod:`.panels`.
 """
 
 from __future__ import annotations
@@ -26,10 +25,8 @@ from .atomic import atomic_file
 from .errors import InputError, UnknownNameError
 from .methods import Drawing, get_method
 
-if TYPE_CHECKING:  # at run time they come through __getattr__ (panels imports this module)
+if TYPE_CHECKING:
     import torch
-
-    from .panels import class_panel, colorbar, explanation_panel, panel, panel_note
 
 __all__ = [
     "DEFAULT_PERCENTILE",
@@ -37,16 +34,11 @@ __all__ = [
     "NORMALIZATIONS",
     "SIGNED_CMAP",
     "bytescale",
-    "class_panel",
     "outline_box",
-    "colorbar",
-    "explanation_panel",
     "heatmap",
     "heatmap_overlay",
     "map_to_image",
     "method_picture",
-    "panel",
-    "panel_note",
     "save_image",
     "to_pil",
     "value_range",
@@ -411,26 +403,6 @@ def save_image(picture: Picture, path: str | Path) -> Path:
     with atomic_file(target) as f:
         img.save(f, format=fmt, **options)
     return target
-
-
-# ----------------------------------------------------------------------------- panels, re-exported
-
-#: The names that moved to :mod:`.panels` and are still importable from here.
-_PANEL_NAMES = frozenset({"class_panel", "colorbar", "explanation_panel", "panel", "panel_note"})
-
-
-def __getattr__(name: str) -> Any:
-    """``render.class_panel`` and the other panel names, from :mod:`.panels` (loaded on first use:
-    importing it here at the top would be circular, since panels draws with this module)."""
-    if name in _PANEL_NAMES:
-        from . import panels
-
-        return getattr(panels, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | _PANEL_NAMES)
 
 
 #: Outline colours of explained boxes, by rank (the first is the best detection).

@@ -17,6 +17,7 @@ from .. import panels, render
 from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, SmoothGrad, model_state
 from ..errors import InputError, ModelError
+from ..pictures.grid import Row, row_label, target_name
 from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from ..targets import MaxNeuron, Neuron, Region, select_output
 from ..visible import visible
@@ -337,11 +338,11 @@ class _Job:
         plan, cfg = self.plan, self.cfg
         classes: list[str | None]
         probabilities: list[float | None]
+        rows: list[Row] | None = None
         if isinstance(plan.target, list):  # output targets: titled with their raw score, never a probability
             shown = [t for t in job["explained"] if t["found"]]
-            classes = [f"{t['target']}" + (f" ({t['class_name']})" if t["class_name"] else "") +
-                       (f", score {t['value']:.3g}" if t["value"] is not None else "") for t in shown]
-            probabilities = [None] * len(shown)
+            rows = [row_label(target_name(t["target"], t["class_name"]), score=t["value"]) for t in shown]
+            classes, probabilities = [None] * len(shown), [None] * len(shown)
             if not shown:
                 return None  # nothing found to explain in this image: no panel
         elif plan.layer_target is not None:
@@ -356,7 +357,7 @@ class _Job:
         position = tuple(job["position"]) if job.get("position") else None
         pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
                                  smooth=int(cfg.smooth), noise=float(cfg.noise) if cfg.smooth else None,
-                                 position=position)  # type: ignore[arg-type]
+                                 position=position, rows=rows)  # type: ignore[arg-type]
         panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
         self._save(pic, panel_name, written)
         return panel_name
