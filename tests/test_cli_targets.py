@@ -163,4 +163,34 @@ def test_partial_guidance_and_random_timm_weights_are_said() -> None:
     assert notes[1] == "timm:mobilenetv3_small_100 runs on random weights (give --weights pretrained or --weights FILE)"
     plain = SimpleNamespace(model=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), weights="checkpoint w.pt")
     assert _notes(plain, "timm:resnet18", ("guided_backprop",)) == ([], "yes")
-    assert _notes(mobile, "mobilenet_v3_small", ("saliency",)) == ([], "partly")  # saliency is not guided
+    trained = SimpleNamespace(model=mobile.model, weights="checkpoint w.pt")
+    assert _notes(trained, "mobilenet_v3_small", ("saliency",)) == ([], "partly")  # saliency is not guided
+
+
+def test_random_torchvision_task_models_are_seeded_scaled_and_said() -> None:
+    """--weights random on torchvision's segmenters and detectors: the same model twice (seeded), scores that
+    differ (layers scaled to unit spread: unscaled, MobileNetV3's activations vanish and every class scores
+    alike, so a detector finds nothing), and the run's first lines say the weights are random."""
+    import torch
+
+    from guided_backprop.batch.plan import _notes
+    from guided_backprop.models import load_model
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
+    assert torch.equal(torch.rand(1), before)  # the caller's random state is left as it was
+    again = load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    x = torch.rand(1, 3, 160, 200, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        det = first.model.eval()(x)[0]
+    assert len(det["scores"]) >= 3 and float(det["scores"][0] - det["scores"][2]) > 1e-3  # detections, ranked
+    seg = load_model("lraspp_mobilenet_v3_large", weights="random").model.eval()
+    with torch.no_grad():
+        out = seg(x)["out"]
+    assert len(out.argmax(1).unique()) > 1 and float(out.std()) > 0.1  # classes differ from pixel to pixel
+    notes, _ = _notes(first, "fasterrcnn_mobilenet_v3_large_320_fpn", ("saliency",))
+    assert notes == ["fasterrcnn_mobilenet_v3_large_320_fpn runs on random weights (random initialisation (seed 0, "
+                     "layers scaled to unit spread; no download)): the maps show no learned features"]

@@ -310,6 +310,45 @@ def _task_preprocessing(kind: str, weights: Any) -> Preprocessing:
                          interpolation="bilinear")
 
 
+#: The seed of ``weights='random'`` for torchvision's segmenters and detectors.
+RANDOM_SEED = 0
+
+
+def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
+    """Scale every convolution and linear layer of ``model`` so that its output has unit standard
+    deviation on ``x`` (a data-dependent initialisation in one forward pass, in eval mode).
+
+    Randomly initialised deep backbones (MobileNetV3's above all) shrink their activations by orders of
+    magnitude: the heads then see zeros, every class has the same score and a detector finds nothing.
+    Scaled, a random model's scores differ, so its detections, regions and maps do too. Each layer is
+    scaled when it is first called, and its output passed on scaled, so later layers see unit spread.
+    """
+    scaled: set[int] = set()
+
+    def hook(module: nn.Module, _args: Any, out: Any) -> Any:
+        if id(module) in scaled or not isinstance(out, torch.Tensor):
+            return None
+        scaled.add(id(module))
+        spread = out.detach().double().std()
+        if not torch.isfinite(spread) or spread <= 0:
+            return None
+        for p in (module.weight, module.bias):
+            if isinstance(p, torch.Tensor):
+                p.data /= spread.to(p.dtype)
+        return out / spread.to(out.dtype)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def build_torchvision_task(arch: str, req: Request) -> Built:
     """torchvision's segmenter or detector ``arch`` (:data:`TASK_MODELS`) with its weights' categories and
     preprocessing: the default weights (a download), ``weights='random'`` (no backbone weights either:
@@ -327,10 +366,18 @@ def build_torchvision_task(arch: str, req: Request) -> Built:
         return Built(model, pre, len(categories), categories, f"torchvision {weights} ({cache_file(weights.url)})",
                      "torchvision", kind=kind)
     n = req.num_classes or len(categories)
-    model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
     if wkind == "random":
-        return Built(model, pre, n, labels_for(n, categories), "random initialisation (no download)", "torchvision",
-                     kind=kind)
+        with torch.random.fork_rng(devices=[]):  # seeded: the same run twice gives the same maps
+            torch.manual_seed(RANDOM_SEED)
+            model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
+            unit_scale(model, torch.rand(1, 3, 224, 224))
+        for part in (model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)):
+            if hasattr(part, "score_thresh"):  # random scores are low: keep every detection, --score-threshold picks
+                part.score_thresh = 0.0
+        return Built(model, pre, n, labels_for(n, categories),
+                     f"random initialisation (seed {RANDOM_SEED}, layers scaled to unit spread; no download)",
+                     "torchvision", kind=kind)
+    model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
     load_into(model, read_checkpoint(value, req.trust), source=f"checkpoint '{value}'",
               hint=f"is it a checkpoint of torchvision's {arch}? pass num_classes=N if it was trained for N classes")
     return Built(model, pre, n, labels_for(n, categories), f"checkpoint {value}", "torchvision", kind=kind)
