@@ -373,7 +373,7 @@ def build_torchvision_task(arch: str, req: Request) -> Built:
             unit_scale(model, torch.rand(1, 3, 224, 224))
         for part in (model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)):
             if hasattr(part, "score_thresh"):  # random scores are low: keep every detection, --score-threshold picks
-                part.score_thresh = 0.0
+                setattr(part, "score_thresh", 0.0)
         return Built(model, pre, n, labels_for(n, categories),
                      f"random initialisation (seed {RANDOM_SEED}, layers scaled to unit spread; no download)",
                      "torchvision", kind=kind)
