@@ -371,9 +371,10 @@ def build_torchvision_task(arch: str, req: Request) -> Built:
             torch.manual_seed(RANDOM_SEED)
             model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
             unit_scale(model, torch.rand(1, 3, 224, 224))
-        for part in (model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)):
+        parts: list[Any] = [model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)]
+        for part in parts:
             if hasattr(part, "score_thresh"):  # random scores are low: keep every detection, --score-threshold picks
-                setattr(part, "score_thresh", 0.0)
+                part.score_thresh = 0.0
         return Built(model, pre, n, labels_for(n, categories),
                      f"random initialisation (seed {RANDOM_SEED}, layers scaled to unit spread; no download)",
                      "torchvision", kind=kind)
