@@ -194,3 +194,49 @@ def test_random_torchvision_task_models_are_seeded_scaled_and_said() -> None:
     notes, _ = _notes(first, "fasterrcnn_mobilenet_v3_large_320_fpn", ("saliency",))
     assert notes == ["fasterrcnn_mobilenet_v3_large_320_fpn runs on random weights (random initialisation (seed 0, "
                      "layers scaled to unit spread; no download)): the maps show no learned features"]
+
+
+def _coloured(path: Path, colour: tuple[int, int, int]) -> np.ndarray:
+    """Where a written picture has exactly ``colour``."""
+    return (np.asarray(Image.open(path).convert("RGB")) == np.asarray(colour)).all(axis=2)
+
+
+def test_pictures_show_the_explained_box_and_the_regions_outline(tmp_path: Path) -> None:
+    """A detection map has its box drawn where the box is (with a label and score tag); a region map has
+    the region's outline, following the mask; the panel's row shows them on the input too."""
+    from guided_backprop.render import BOX_COLOURS
+
+    write_plain(tmp_path / "in", 1)
+    out = tmp_path / "det"
+    result = invoke("run", tmp_path / "in", "-o", out, "--model", f"{MODELS}:detector", "--target", "detections:1",
+                    "--score-threshold", "0", "--methods", "saliency", "--panel", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    (line,) = _index(out)
+    x0, y0, x1, y1 = (round(v) for v in line["explained"][0]["box"])
+    red = _coloured(out / line["files"]["saliency"], BOX_COLOURS[0])
+    h, w = red.shape
+    x1, y1 = min(x1, w - 1), min(y1, h - 1)
+    ym, xm = (y0 + y1) // 2, (x0 + x1) // 2
+    assert red[ym, x0] and red[ym, x1] and red[y1, xm]  # left, right and bottom edges, where the box is
+    assert not red[y0 + 4:y1 - 1, x0 + 2:x1 - 1][-(y1 - y0) // 2:].any()  # not inside (below the tag)
+    outside = red.copy()
+    outside[max(0, y0 - 20):y1 + 1, x0:x1 + 1] = False  # the box and its tag
+    assert not outside.any()
+    columns = np.nonzero(_coloured(out / line["files"]["panel"], BOX_COLOURS[0]).any(axis=0))[0]
+    assert columns.max() - columns.min() > w  # the panel's row: on the input and on the map beside it
+
+    mask = np.zeros((40, 48), np.uint8)
+    mask[5:15, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "seg"
+    result = invoke("run", tmp_path / "in", "-o", out, "--model", f"{MODELS}:segmenter", "--target", "dog",
+                    "--mask", tmp_path / "mask.png", "--methods", "saliency", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    (line,) = _index(out)
+    drawn = _coloured(out / line["files"]["saliency"], BOX_COLOURS[0])
+    region = np.asarray(Image.fromarray(mask).resize(drawn.shape[::-1], Image.Resampling.NEAREST)) > 0
+    ys, xs = np.nonzero(region)
+    inner = np.zeros_like(region)
+    inner[ys.min() + 2:ys.max() - 1, xs.min() + 2:xs.max() - 1] = True
+    assert drawn[region & ~inner].all() and not drawn[inner].any()  # the outline follows the mask
+    assert not (drawn & ~region)[ys.min():].any()  # nothing else drawn (the class's tag is above the region)

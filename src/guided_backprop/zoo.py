@@ -7,6 +7,7 @@ that come with its weights. Each ``build_*`` turns a :class:`~.model_build.Reque
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
@@ -314,9 +315,16 @@ def _task_preprocessing(kind: str, weights: Any) -> Preprocessing:
 RANDOM_SEED = 0
 
 
+def _smooth_noise(size: int) -> torch.Tensor:
+    """A picture-like random input ``(1, 3, size, size)`` in [0, 1]: an 8 x 8 noise enlarged, smooth as photos
+    are (pixel noise averages out in pooling, and a model scaled on it overflows on photos)."""
+    coarse = torch.rand(1, 3, 8, 8)
+    return nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
 def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
     """Scale every convolution and linear layer of ``model`` so that its output has unit standard
-    deviation on ``x`` (a data-dependent initialisation in one forward pass, in eval mode).
+    deviation on ``x`` (a detector's box regressions: 0.1, boxes near their anchors) (a data-dependent initialisation in one forward pass, in eval mode).
 
     Randomly initialised deep backbones (MobileNetV3's above all) shrink their activations by orders of
     magnitude: the heads then see zeros, every class has the same score and a detector finds nothing.
@@ -325,11 +333,11 @@ def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
     """
     scaled: set[int] = set()
 
-    def hook(module: nn.Module, _args: Any, out: Any) -> Any:
+    def hook(module: nn.Module, _args: Any, out: Any, *, target: float) -> Any:
         if id(module) in scaled or not isinstance(out, torch.Tensor):
             return None
         scaled.add(id(module))
-        spread = out.detach().double().std()
+        spread = out.detach().double().std() / target
         if not torch.isfinite(spread) or spread <= 0:
             return None
         for p in (module.weight, module.bias):
@@ -337,7 +345,11 @@ def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
                 p.data /= spread.to(p.dtype)
         return out / spread.to(out.dtype)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    def small(name: str) -> bool:  # box regressions: offsets from the anchors of a tenth, boxes near them
+        return "bbox" in name or "regression" in name
+
+    handles = [m.register_forward_hook(functools.partial(hook, target=0.1 if small(name) else 1.0))
+               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     was_training = model.training
     try:
         model.eval()
@@ -370,7 +382,7 @@ def build_torchvision_task(arch: str, req: Request) -> Built:
         with torch.random.fork_rng(devices=[]):  # seeded: the same run twice gives the same maps
             torch.manual_seed(RANDOM_SEED)
             model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
-            unit_scale(model, torch.rand(1, 3, 224, 224))
+            unit_scale(model, _smooth_noise(320))
         parts: list[Any] = [model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)]
         for part in parts:
             if hasattr(part, "score_thresh"):  # random scores are low: keep every detection, --score-threshold picks
