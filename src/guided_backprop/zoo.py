@@ -324,7 +324,8 @@ def _smooth_noise(size: int) -> torch.Tensor:
 
 def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
     """Scale every convolution and linear layer of ``model`` so that its output has unit standard
-    deviation on ``x`` (a detector's box regressions: 0.1, boxes near their anchors) (a data-dependent initialisation in one forward pass, in eval mode).
+    deviation on ``x`` (a detector's box regressions: 0.1, boxes near their anchors): a data-dependent
+    initialisation in one forward pass, in eval mode.
 
     Randomly initialised deep backbones (MobileNetV3's above all) shrink their activations by orders of
     magnitude: the heads then see zeros, every class has the same score and a detector finds nothing.
