@@ -240,3 +240,31 @@ def test_pictures_show_the_explained_box_and_the_regions_outline(tmp_path: Path)
     inner[ys.min() + 2:ys.max() - 1, xs.min() + 2:xs.max() - 1] = True
     assert drawn[region & ~inner].all() and not drawn[inner].any()  # the outline follows the mask
     assert not (drawn & ~region)[ys.min():].any()  # nothing else drawn (the class's tag is above the region)
+
+
+def test_the_report_says_partial_guidance_the_explained_targets_and_all_zero_maps(tmp_path: Path) -> None:
+    from .test_report import _parse
+
+    write_plain(tmp_path / "in", 1)
+    seg = tmp_path / "seg"
+    result = invoke("run", tmp_path / "in", "-o", seg, "--model", f"{MODELS}:segmenter", "--target", "dog",
+                    "--workers", "0")
+    assert result.exit_code == 0, result.output
+    notes = json.loads((seg / "run.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith("guidance is partial: guided_backprop change only the ReLUs;")
+    assert invoke("report", seg).exit_code == 0
+    html, _page, data = _parse(seg / "index.html")
+    assert f"<li>{notes[0]}</li>" in html  # said above the gallery
+    (row,) = data["rows"]
+    (explained,) = _index(seg)[0]["explained"]
+    said = f"region 2: dog, score {explained['value']:.4g}, {explained['pixels']:g} px"
+    assert row["explains"] == said and row["targets"] == [said] and row["top5"] == []
+
+    dead = tmp_path / "dead"
+    result = invoke("run", tmp_path / "in", "-o", dead, "--model", f"{MODELS}:dead", "--methods", "gbp,saliency",
+                    "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert invoke("report", dead).exit_code == 0
+    html, _page, data = _parse(dead / "index.html")
+    assert data["rows"][0]["zero"] == [["guided_backprop", "saliency"]]  # the page marks them "all zeros"
+    assert "<ul class=\"notes\">" not in html
