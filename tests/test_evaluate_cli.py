@@ -230,7 +230,8 @@ def test_evaluate_output_key_reads_the_logits_of_a_dict_output(tmp_path: Path) -
     common = ["--methods", "saliency,gbp", "--checks", "randomization,class,deletion", "--steps", "4", "-q"]
     plain = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "plain", *TINY, *common)
     assert plain.exit_code == 0, plain.output
-    keyed = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "keyed", *dict_model, *common, "--output-key", "logits")
+    keyed = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "keyed", *dict_model, *common,
+                   "--output-key", "logits")
     assert keyed.exit_code == 0, keyed.output
 
     def numbers(folder: Path) -> dict:
