@@ -346,8 +346,10 @@ def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
                 p.data /= spread.to(p.dtype)
         return out / spread.to(out.dtype)
 
-    def small(name: str) -> bool:  # box regressions: offsets from the anchors of a tenth, boxes near them
-        return "bbox" in name or "regression" in name
+    def small(name: str) -> bool:
+        """A detector's last layers: box offsets of a tenth (boxes near their anchors) and class logits of
+        a tenth (photos spread wider than the noise scaled on: their scores must not all saturate at 1)."""
+        return any(word in name for word in ("bbox", "regression", "cls", "classification"))
 
     handles = [m.register_forward_hook(functools.partial(hook, target=0.1 if small(name) else 1.0))
                for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
