@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw
 from guided_backprop import panels
 from guided_backprop.errors import InputError
 from guided_backprop.panels import class_panel, colorbar, explanation_panel
+from guided_backprop.pictures.fonts import load_font
 from guided_backprop.pictures.grid import panel_note
 from guided_backprop.render import method_picture
 
@@ -81,7 +82,7 @@ def test_long_class_names_are_wrapped_and_the_probability_always_shows(size: int
 
 def test_wrapped_lines_fit_and_shortened_text_ends_in_an_ellipsis() -> None:
     draw = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    font = panels._font(11)
+    font = load_font(11)
     lines = panels._wrap(draw, LONG + " " + "x" * 80, font, 90)
     assert len(lines) > 4 and all(draw.textlength(t, font=font) <= 90 for t in lines)
     assert "".join(lines).replace(" ", "") == (LONG + "x" * 80).replace(" ", "")  # nothing lost

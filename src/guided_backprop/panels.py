@@ -9,26 +9,24 @@ fallbacks; long titles are wrapped, then shortened. All return ``PIL.Image.Image
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import math
-import os
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 
 from .errors import InputError
 from .methods import Drawing, get_method
+from .pictures.fonts import load_font, printable
 from .pictures.grid import Grid, Row, panel_note, row_label
 from .render import (
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
     SIGNED_CMAP,
     ArrayLike,
+    Mark,
     Picture,
     _colorize,
     _heat2d,
@@ -41,47 +39,6 @@ __all__ = ["class_panel", "colorbar", "explanation_panel", "panel"]
 
 _TEXT = (25, 25, 25)
 _BACKGROUND = (255, 255, 255)
-
-
-def _dejavu_path() -> str | None:
-    """matplotlib's bundled DejaVu Sans (wide Unicode coverage: accents, Greek, Cyrillic, dashes), found
-    without importing matplotlib; None if it is not there."""
-    spec = importlib.util.find_spec("matplotlib")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        candidate = os.path.join(folder, "mpl-data", "fonts", "ttf", "DejaVuSans.ttf")
-        if os.path.isfile(candidate):
-            return candidate
-    return None
-
-
-def _findfont() -> str | None:
-    """DejaVu Sans through ``matplotlib.font_manager`` (for an unusual matplotlib layout); None if absent."""
-    with contextlib.suppress(Exception):
-        from matplotlib import font_manager
-
-        return str(font_manager.findfont("DejaVu Sans", fallback_to_default=False))
-    return None
-
-
-@lru_cache(maxsize=32)
-def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    """A font at ``size`` px that exists offline: matplotlib's DejaVu Sans, else Pillow's built-in
-    FreeType font (ASCII only), else Pillow's fixed bitmap font."""
-    path = _dejavu_path() or _findfont()
-    if path is not None:
-        with contextlib.suppress(OSError, ImportError):
-            return ImageFont.truetype(path, size=size)
-    try:
-        return ImageFont.load_default(size=size)
-    except Exception:  # old Pillow or no FreeType: the bitmap font, whatever the size
-        return ImageFont.load_default()
-
-
-def _printable(text: str, font: Any) -> str:
-    """The bitmap fallback font encodes Latin-1 only; replace what it cannot draw."""
-    if isinstance(font, ImageFont.FreeTypeFont):
-        return text
-    return text.encode("latin-1", "replace").decode("latin-1")
 
 
 def _fitting(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, suffix: str = "") -> int:
@@ -104,7 +61,7 @@ def _fitting(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, suff
 
 def _fit(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
     """``text``, shortened with an ellipsis if it is wider than ``width`` pixels."""
-    text = _printable(" ".join(text.split()), font)
+    text = printable(" ".join(text.split()), font)
     if _fitting(draw, text, font, width) >= len(text):
         return text
     return _fit_end(draw, text, font, width)
@@ -117,7 +74,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lin
     Linear in the length of ``text``: each line is measured O(log line) times, and with ``max_lines`` the
     text after the lines kept is not measured at all (a 1 MB class name costs what a short one does).
     """
-    words = _printable(" ".join(text.split()), font).split(" ")
+    words = printable(" ".join(text.split()), font).split(" ")
     lines: list[str] = []
     line = ""
     for word in words:
@@ -147,7 +104,7 @@ def _wrap(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float, max_lin
 
 def _fit_end(draw: ImageDraw.ImageDraw, text: str, font: Any, width: float) -> str:
     """``text`` cut to ``width`` px and always ending in an ellipsis (more text followed)."""
-    ellipsis = _printable("…", font)
+    ellipsis = printable("…", font)
     return text[: _fitting(draw, text, font, width, ellipsis)].rstrip() + ellipsis
 
 
@@ -160,10 +117,10 @@ def _title_font(texts: list[str], width: int, *, largest: int, smallest: int = 1
     """The largest font (``smallest``..``largest`` px) in which every text fits ``width`` px."""
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     for size in range(largest, smallest, -1):
-        font = _font(size)
-        if all(measure.textlength(_printable(t, font), font=font) <= width for t in texts):
+        font = load_font(size)
+        if all(measure.textlength(printable(t, font), font=font) <= width for t in texts):
             return font
-    return _font(smallest)
+    return load_font(smallest)
 
 
 def colorbar(
@@ -189,9 +146,9 @@ def colorbar(
     strip = _colorize(t, cmap, odd=diverging)
     lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    font = _font(font_size)
+    font = load_font(font_size)
     for size in range(font_size, 6, -1):  # a narrow bar gets smaller (still crisp) figures, never overlapping ones
-        font = _font(size)
+        font = load_font(size)
         if measure.textlength(lo, font=font) + measure.textlength(hi, font=font) + 4 <= width:
             break
     line = _line_height(font)
@@ -200,12 +157,12 @@ def colorbar(
     draw = ImageDraw.Draw(canvas)
     y = height + 1
     lo_w, hi_w = draw.textlength(lo, font=font), draw.textlength(hi, font=font)
-    draw.text((0, y), _printable(lo, font), fill=_TEXT, font=font)
-    draw.text((width - hi_w, y), _printable(hi, font), fill=_TEXT, font=font)
+    draw.text((0, y), printable(lo, font), fill=_TEXT, font=font)
+    draw.text((width - hi_w, y), printable(hi, font), fill=_TEXT, font=font)
     if label:
         room = width - 2 * max(lo_w, hi_w) - 8  # centred, clear of both end figures
         if draw.textlength(label, font=font) <= room:
-            draw.text(((width - draw.textlength(label, font=font)) / 2, y), _printable(label, font),
+            draw.text(((width - draw.textlength(label, font=font)) / 2, y), printable(label, font),
                       fill=_TEXT, font=font)
     return canvas
 
@@ -247,7 +204,7 @@ def panel(
         tiles.append(((titles or {}).get(key, key), tile, bar))
 
     font = _title_font([t for t, _, _ in tiles if t], tile_w, largest=max(10, min(15, tile_w // 16)))
-    head_font = _font(max(12, min(20, tile_w // 12)))
+    head_font = load_font(max(12, min(20, tile_w // 12)))
     line = _line_height(font)
     has_titles = any(t for t, _, _ in tiles)
     title_h = line + 2 if has_titles else 0
@@ -297,6 +254,7 @@ def class_panel(
     min_tile: int = 128,
     gap: int = 8,
     headers: bool = True,
+    marks: Sequence[Mark | None] | None = None,
     rows: Sequence[Row] | None = None,
 ) -> Image.Image:
     """The per-image panel for K explained classes: a grid, one row per class, one column per method.
@@ -309,7 +267,9 @@ def class_panel(
     - ``smooth``, ``noise``: the SmoothGrad samples and noise, named in the headline; ``position``: the
       (y, x) of a neuron target, named in the row label; ``title``: a headline on top;
     - with ``colorbars``, Grad-CAM heat maps and ``signed`` maps get a colour bar of their value range,
-      drawn at the tile's final width.
+      drawn at the tile's final width;
+    - ``marks``: per row, what it explains (:class:`~guided_backprop.render.Mark`: a detection's box, a
+      region's outline), drawn on the row's input and maps.
 
     Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour); without
     ``headers`` the column titles are left out (for panels stacked under a first one). ``rows``: the rows'
@@ -336,15 +296,24 @@ def class_panel(
     factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
     tile_w, tile_h = base.width * factor, base.height * factor
     seen = base.resize((tile_w, tile_h), Image.Resampling.NEAREST)
-    font = _font(max(11, min(15, tile_w // 11)))
+    font = load_font(max(11, min(15, tile_w // 11)))
     line = _line_height(font)
+
+    marked = list(marks) if marks is not None else [None] * k
+    if len(marked) != k:
+        raise InputError(f"got {k} maps per method but {len(marked)} marks; give one (or None) per row")
+
+    def drawn(picture: np.ndarray, r: int) -> np.ndarray:
+        mark = marked[r]
+        return picture if mark is None else mark.draw(picture)
 
     cells: list[list[tuple[Image.Image, Image.Image | None]]] = []
     for r in range(k):
-        row: list[tuple[Image.Image, Image.Image | None]] = [(seen, None)]
+        own = seen if marked[r] is None else _to_tile(Image.fromarray(drawn(_image_array(image), r)), tile_w, tile_h)
+        row: list[tuple[Image.Image, Image.Image | None]] = [(own, None)]
         for method, stack in stacks.items():
             m = stack[r]
-            pic = Image.fromarray(method_picture(method, m, image=image, norm=norm, percentile=percentile))
+            pic = Image.fromarray(drawn(method_picture(method, m, image=image, norm=norm, percentile=percentile), r))
             bar = _bar(method, m, norm, percentile, tile_w) if colorbars else None
             row.append((_to_tile(pic, tile_w, tile_h), bar))
         cells.append(row)
@@ -362,7 +331,7 @@ def class_panel(
 
     ncols = 1 + len(stacks)
     width = gap + label_w + gap + ncols * (tile_w + gap)
-    head_font = _font(max(12, min(18, tile_w // 10)))
+    head_font = load_font(max(12, min(18, tile_w // 10)))
     head_line = _line_height(head_font)
     headline = [t for t in (title, grid.note) if t]
     head_lines = [ln for t in headline for ln in _wrap(measure, t, head_font, width - 2 * gap)]
