@@ -24,8 +24,8 @@ import torch
 from PIL import Image
 
 import guided_backprop as gbp
-from guided_backprop import panels, render
 from guided_backprop.models import DEFAULT_MODEL, load_model
+from guided_backprop.pictures import panels, render
 
 PHOTOS = ("chelsea", "coffee")
 METHODS = ("guided_backprop", "gradcam", "guided_gradcam", "saliency", "deconvnet")

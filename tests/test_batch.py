@@ -12,12 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from guided_backprop import batch, render
+from guided_backprop import batch
 from guided_backprop.batch import job as batch_job
 from guided_backprop.batch import journal as batch_journal
 from guided_backprop.batch import plan as batch_plan
 from guided_backprop.batch import writer as batch_writer
 from guided_backprop.errors import ExitCode, GuidedBackpropError
+from guided_backprop.pictures import render
 from guided_backprop.preprocessing import Preprocessing
 from guided_backprop.records import IndexRecord
 from tests.fixtures.cli_images import write_plain

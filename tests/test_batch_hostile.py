@@ -19,10 +19,11 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_backprop import batch, render
+from guided_backprop import batch
 from guided_backprop.batch import journal as batch_journal
 from guided_backprop.errors import ExitCode, GuidedBackpropError
 from guided_backprop.images import load_image
+from guided_backprop.pictures import render
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import MODELS, SLOW, TINY, cli_process, config, index, invoke, rerun_to_the_end

@@ -23,8 +23,9 @@ from click.testing import CliRunner
 from PIL import Image
 
 import guided_backprop as gbp
-from guided_backprop import images, render
+from guided_backprop import images
 from guided_backprop.cli import main
+from guided_backprop.pictures import render
 from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import BAD, BLUE, RED, write_plain, write_zoo
 from tests.fixtures.cli_models import tiny

@@ -122,7 +122,7 @@ def test_models_lists_segmenters_and_detectors_with_their_output_kind() -> None:
 
 
 def test_a_detection_map_has_its_box_drawn(tmp_path: Path) -> None:
-    from guided_backprop.render import BOX_COLOURS, outline_box
+    from guided_backprop.pictures.render import BOX_COLOURS, outline_box
 
     picture = np.zeros((10, 12, 3), np.uint8)
     drawn = outline_box(picture, (2, 3, 8, 7), width=1)
@@ -206,7 +206,7 @@ def _coloured(path: Path, colour: tuple[int, int, int]) -> np.ndarray:
 def test_pictures_show_the_explained_box_and_the_regions_outline(tmp_path: Path) -> None:
     """A detection map has its box drawn where the box is (with a label and score tag); a region map has
     the region's outline, following the mask; the panel's row shows them on the input too."""
-    from guided_backprop.render import BOX_COLOURS
+    from guided_backprop.pictures.render import BOX_COLOURS
 
     write_plain(tmp_path / "in", 1)
     out = tmp_path / "det"

@@ -32,7 +32,7 @@ from guided_backprop import attribute
 from guided_backprop.explore import ExploreService, Superseded, create_app
 from guided_backprop.explore.app import cookie_name
 from guided_backprop.explore.server import allowed_hosts
-from guided_backprop.panels import explanation_panel
+from guided_backprop.pictures.panels import explanation_panel
 from guided_backprop.targets import Neuron
 
 from .fixtures.explore import HOSTILE, LABELS, TOKEN, make_inputs, tiny_loaded
@@ -415,9 +415,10 @@ def test_top_images_in_background_cached_and_reused_by_units(inputs: list[Path],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from guided_backprop import unit_cache, units
     from guided_backprop.cli import main
     from guided_backprop.cli_options import ModelOptions
+    from guided_backprop.units import cache as unit_cache
+    from guided_backprop.units import grids as units
 
     loaded = ModelOptions(model=f"{MODELS}:tiny", input_size=32).load()  # as the command loads it
     out = tmp_path / "units"

@@ -24,11 +24,12 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_backprop import attribute, units
+from guided_backprop import attribute
 from guided_backprop.explore import ExploreService
-from guided_backprop.panels import explanation_panel
-from guided_backprop.receptive import layer_table
+from guided_backprop.pictures.panels import explanation_panel
 from guided_backprop.targets import Channel
+from guided_backprop.units import grids as units
+from guided_backprop.units.receptive import layer_table
 
 from .fixtures.explore import HOSTILE, LABELS, TOKEN, make_inputs, running, tiny_loaded
 from .test_report_browser import ARTIFACTS, CHROMIUM, browser  # noqa: F401 - the shared Chromium fixture

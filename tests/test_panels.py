@@ -7,12 +7,12 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from guided_backprop import panels
 from guided_backprop.errors import InputError
-from guided_backprop.panels import class_panel, colorbar, explanation_panel
+from guided_backprop.pictures import panels
 from guided_backprop.pictures.fonts import load_font
 from guided_backprop.pictures.grid import panel_note
-from guided_backprop.render import method_picture
+from guided_backprop.pictures.panels import class_panel, colorbar, explanation_panel
+from guided_backprop.pictures.render import method_picture
 
 BACKGROUND = np.array([255, 255, 255])
 LONG = "American Staffordshire terrier, Staffordshire terrier, American pit bull terrier, pit bull"

@@ -138,7 +138,7 @@ def test_show_draws_each_rows_box_and_region_outline() -> None:
     label and score) in the row's colour, a region's outline along its mask."""
     from matplotlib.patches import Rectangle
 
-    from guided_backprop.render import BOX_COLOURS
+    from guided_backprop.pictures.render import BOX_COLOURS
 
     from .test_targets_output import BoxDetector, PixelSegmenter
 

@@ -9,7 +9,7 @@ import torchvision
 from torch import nn
 
 import guided_backprop as gbp
-from guided_backprop.receptive import ReceptiveField, receptive_field, receptive_fields
+from guided_backprop.units.receptive import ReceptiveField, receptive_field, receptive_fields
 
 
 def _meta(builder, **kwargs) -> nn.Module:  # type: ignore[no-untyped-def]

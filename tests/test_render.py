@@ -13,10 +13,10 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_backprop import panels
 from guided_backprop.errors import InputError, UnknownNameError
-from guided_backprop.panels import colorbar, panel
-from guided_backprop.render import (
+from guided_backprop.pictures import panels
+from guided_backprop.pictures.panels import colorbar, panel
+from guided_backprop.pictures.render import (
     NORMALIZATIONS,
     bytescale,
     heatmap,
@@ -403,7 +403,7 @@ def test_interrupted_rename_and_keyboard_interrupt_clean_up(tmp_path: Path, monk
 
 
 def test_import_does_not_load_matplotlib(tmp_path: Path) -> None:
-    code = ("import sys, guided_backprop.render, guided_backprop.panels, guided_backprop.images; "
+    code = ("import sys, guided_backprop.pictures.render, guided_backprop.pictures.panels, guided_backprop.images; "
             "print('matplotlib' in sys.modules)")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert result.stdout.strip() == "False"

@@ -13,11 +13,17 @@ from PIL import Image
 from torch import nn
 
 import guided_backprop as gbp
-from guided_backprop import render
 from guided_backprop.images import load_image
 from guided_backprop.models import Preprocessing
-from guided_backprop.receptive import receptive_field
-from guided_backprop.units import ImageFiles, save_unit_grids, top_activations, unit_grids, unit_grids_from_paths
+from guided_backprop.pictures import render
+from guided_backprop.units.grids import (
+    ImageFiles,
+    save_unit_grids,
+    top_activations,
+    unit_grids,
+    unit_grids_from_paths,
+)
+from guided_backprop.units.receptive import receptive_field
 
 from .nets import UnitNet
 

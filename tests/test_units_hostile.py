@@ -16,9 +16,10 @@ from typing import Any
 import pytest
 import torch
 
-from guided_backprop import render, units
 from guided_backprop.errors import ExitCode
-from guided_backprop.units import UnitGrid, save_unit_grids, unit_grids
+from guided_backprop.pictures import render
+from guided_backprop.units import grids as units
+from guided_backprop.units.grids import UnitGrid, save_unit_grids, unit_grids
 
 from .fixtures.cli_images import write_plain
 from .fixtures.disks import refuse_writes_under

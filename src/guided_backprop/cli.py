@@ -46,7 +46,7 @@ from .cli_options import (
 )
 from .errors import ExitCode, GuidedBackpropError
 from .methods import METHODS
-from .render import NORMALIZATIONS
+from .pictures.render import NORMALIZATIONS
 from .visible import visible
 
 __all__ = ["cli_message", "main"]
@@ -589,11 +589,11 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     """
     from tqdm import tqdm
 
-    from . import units
     from .batch.config import RunStopped, check_writable
     from .batch.pipeline import _sigterm_as_interrupt
     from .hooks import find_layer
     from .images import search_images
+    from .units import grids as units
 
     if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
         raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
@@ -625,7 +625,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
                 warnings.simplefilter("always", UserWarning)
                 tops = None
                 if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
-                    from .unit_cache import cached_tops
+                    from .units.cache import cached_tops
 
                     tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
                                                 list(unit_channels), k, batch_size=batch_size, progress=progress)
@@ -677,7 +677,7 @@ def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, v
     the picture: patches of such a layer show nothing more than the picture itself; pick an earlier
     layer for units.
     """
-    from .receptive import layer_table, screen_rows
+    from .units.receptive import layer_table, screen_rows
 
     try:
         loaded = model_options.load()

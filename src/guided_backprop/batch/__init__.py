@@ -8,7 +8,7 @@ whose stages overlap:
    error record, never an exception;
 2. **compute** on the device in batches of same-size tensors (inputs of varying size, i.e. a
    preprocessing without a crop, are grouped by size), one forward pass for every method and target;
-3. **write** in background threads: rendering (:mod:`.render`), PNG encoding and atomic saves;
+3. **write** in background threads: rendering (:mod:`guided_backprop.pictures.render`), PNG encoding and atomic saves;
    then one line in the rank's journal.
 
 Queues are bounded (prefetch, pending batch, writer backlog), so memory stays flat for any number of

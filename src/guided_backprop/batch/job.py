@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import panels, render
 from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, SmoothGrad, model_state
 from ..errors import InputError, ModelError
+from ..pictures import panels, render
 from ..pictures.grid import Row, row_label, target_name
 from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from ..targets import MaxNeuron, Neuron, Region, select_output

@@ -13,11 +13,12 @@ from typing import Any
 
 import torch
 
-from .. import images, render
+from .. import images
 from ..atomic import safe_name
 from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
+from ..pictures import render
 from ..preprocessing import KEEP
 from ..targets import (
     Box,

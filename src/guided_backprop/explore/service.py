@@ -35,15 +35,15 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from .. import render
 from ..attribution import Explainer, SmoothGrad
 from ..errors import GuidedBackpropError, ImageError, InputError, NoReLUError, TargetError
 from ..hooks import find_layer, layer_output, logits_of, model_state
 from ..images import load_image
 from ..methods import METHODS, REGISTRY, method_title, parse_methods
-from ..panels import explanation_panel
-from ..receptive import LayerRow, ReceptiveField, layer_table, receptive_field
+from ..pictures import render
+from ..pictures.panels import explanation_panel
 from ..targets import Channel, Neuron
+from ..units.receptive import LayerRow, ReceptiveField, layer_table, receptive_field
 
 __all__ = ["ExploreService", "Superseded", "UnitJob", "command_line", "png_bytes"]
 
@@ -471,8 +471,8 @@ class ExploreService:
                               f"(valid: 0..{row.shape[1] - 1})", field="channel")
 
     def _run_job(self, job: UnitJob) -> None:
-        from ..unit_cache import cached_tops
-        from ..units import ImageFiles, unit_grids
+        from ..units.cache import cached_tops
+        from ..units.grids import ImageFiles, unit_grids
 
         with self._runner_lock:  # one job at a time, on the background copy of the model
             job.state = "running"

@@ -17,10 +17,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .errors import InputError
-from .methods import Drawing, get_method
-from .pictures.fonts import load_font, printable
-from .pictures.grid import Grid, Row, panel_note, row_label
+from ..errors import InputError
+from ..methods import Drawing, get_method
+from .fonts import load_font, printable
+from .grid import Grid, Row, panel_note, row_label
 from .render import (
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
@@ -268,7 +268,7 @@ def class_panel(
       (y, x) of a neuron target, named in the row label; ``title``: a headline on top;
     - with ``colorbars``, Grad-CAM heat maps and ``signed`` maps get a colour bar of their value range,
       drawn at the tile's final width;
-    - ``marks``: per row, what it explains (:class:`~guided_backprop.render.Mark`: a detection's box, a
+    - ``marks``: per row, what it explains (:class:`~guided_backprop.pictures.render.Mark`: a detection's box, a
       region's outline), drawn on the row's input and maps.
 
     Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour); without

@@ -17,9 +17,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import InputError, UnknownNameError
-from .methods import Drawing, get_method
-from .pictures.grid import Row, class_name, explanation_grid
+from ..errors import InputError, UnknownNameError
+from ..methods import Drawing, get_method
+from .grid import Row, class_name, explanation_grid
 from .render import (
     BOX_COLOURS,
     DEFAULT_PERCENTILE,
@@ -39,7 +39,7 @@ from .render import (
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-    from .attribution import Explanation
+    from ..attribution import Explanation
 
 __all__ = ["show"]
 

@@ -22,10 +22,10 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image, ImageDraw
 
-from .atomic import atomic_file
-from .errors import InputError, UnknownNameError
-from .methods import Drawing, get_method
-from .pictures.fonts import load_font, printable
+from ..atomic import atomic_file
+from ..errors import InputError, UnknownNameError
+from ..methods import Drawing, get_method
+from .fonts import load_font, printable
 
 if TYPE_CHECKING:
     import torch

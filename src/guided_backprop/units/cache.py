@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .atomic import safe_name, write_text
-from .batch.identity import file_identity
-from .units import ImageFiles, TopActivation, UnitTop, top_activations
+from ..atomic import safe_name, write_text
+from ..batch.identity import file_identity
+from .grids import ImageFiles, TopActivation, UnitTop, top_activations
 
 __all__ = ["CACHE_FOLDER", "cached_tops", "model_digest", "tops_key"]
 
@@ -81,7 +81,7 @@ def cached_tops(folder: str | Path, model: nn.Module, paths: Sequence[str | Path
                 channels: Sequence[int], k: int = 9, *, batch_size: int = 16,
                 progress: Callable[[int, int], None] | None = None) -> tuple[list[UnitTop], list[int]]:
     """The top ``k`` activations of each of ``channels`` of ``layer`` over the image files ``paths``
-    (see :func:`guided_backprop.units.top_activations`), read from ``folder/.unit-cache`` where a
+    (see :func:`guided_backprop.units.grids.top_activations`), read from ``folder/.unit-cache`` where a
     previous run left them, the others computed in one pass (unreadable images skipped with a
     warning, also when read from the cache) and stored. Returns the tops in the order of ``channels``
     and the channels read from the cache."""

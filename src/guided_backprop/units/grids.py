@@ -29,15 +29,15 @@ import torch
 from PIL import Image
 from torch import nn
 
-from . import render
-from .atomic import safe_name, write_text
-from .attribution import Explainer
-from .errors import ImageError, InputError, TargetError, UnknownNameError
-from .hooks import find_layer, layer_output
-from .methods import method_title, parse_methods
-from .panels import panel
+from ..atomic import safe_name, write_text
+from ..attribution import Explainer
+from ..errors import ImageError, InputError, TargetError, UnknownNameError
+from ..hooks import find_layer, layer_output
+from ..methods import method_title, parse_methods
+from ..pictures import render
+from ..pictures.panels import panel
+from ..targets import Neuron
 from .receptive import ReceptiveField, receptive_field
-from .targets import Neuron
 
 __all__ = [
     "TopActivation",
@@ -129,7 +129,7 @@ class ImageFiles(Sequence[torch.Tensor]):
         return len(self.paths)
 
     def __getitem__(self, i: int) -> torch.Tensor:  # type: ignore[override]
-        from .images import load_image  # the only module that reads image files
+        from ..images import load_image  # the only module that reads image files
 
         return self.preprocessing(load_image(self.paths[i]))
 
@@ -492,7 +492,7 @@ def iter_unit_grids(
 
     For each unit (``channels``, or the ``top_channels`` most active channels by ``rank_by``), the
     ``k`` strongest responses over ``images`` (see :func:`top_activations`); for each, the image patch
-    in the unit's receptive field (:func:`~guided_backprop.receptive.receptive_field`) and the maps of
+    in the unit's receptive field (:func:`~guided_backprop.units.receptive.receptive_field`) and the maps of
     the unit (target ``Neuron(layer, channel, y, x)``, all ``methods`` from one forward pass) cropped
     the same way, composed as ``sqrt(k) x sqrt(k)`` grids side by side: image patches | guided
     backpropagation | deconvnet.
@@ -503,12 +503,12 @@ def iter_unit_grids(
         display: how an input is shown: a ``Preprocessing`` (its ``invert``; with ``bgr=True`` the
             maps' channels are also shown flipped to RGB), a function ``(C, H, W) -> uint8 (H, W, 3)``,
             or ``None`` (each image scaled from its min to its max).
-        norm, percentile: how maps become pictures (:func:`guided_backprop.render.map_to_image`),
+        norm, percentile: how maps become pictures (:func:`guided_backprop.pictures.render.map_to_image`),
             each crop normalised on its own.
         min_cell: grid cells smaller than this many pixels are enlarged by an integer factor.
         include_global: count inputs broadcast over space (squeeze-excitation gates) in the field.
         sources: a name per image (e.g. its file), copied into :attr:`TopActivation.source`.
-        tops: the units' top activations when already known (e.g. :func:`guided_backprop.unit_cache.cached_tops`):
+        tops: the units' top activations when already known (e.g. :func:`guided_backprop.units.cache.cached_tops`):
             the pass over ``images`` is skipped.
 
     Yields one :class:`UnitGrid` per unit, in channel-rank (or given) order, each made when asked for:
@@ -582,7 +582,7 @@ def unit_grids_from_paths(
     patches). ``options`` go to :func:`unit_grids` (``on_error="skip"`` skips unreadable files with a
     warning); :attr:`TopActivation.source` is the file.
     """
-    from .images import find_images
+    from ..images import find_images
 
     paths = find_images(inputs)
     if not paths:
@@ -632,7 +632,7 @@ def save_unit_grids(grids: Iterable[UnitGrid], out_dir: str | Path, *, prefix: s
     does not (other channels, another layer) are removed after it is written. A failed write raises
     :class:`~guided_backprop.batch.DiskFull` naming the file.
     """
-    from .batch.config import write_failed
+    from ..batch.config import write_failed
 
     out = Path(out_dir)
     rerun = "rerun the same command"

@@ -10,7 +10,7 @@ Springenberg et al. 2014, arXiv:1412.6806, fig. 3, crop the image to this region
 The trace runs on the ``meta`` device (no arithmetic, no memory for activations; the model is
 untouched) and falls back to a real forward of zeros when an operation needs real values. Every
 torch operation is seen through a :class:`~torch.overrides.TorchFunctionMode` (in
-:mod:`.receptive_trace`), so functional calls (``F.max_pool2d`` in ``forward``) count as much as
+:mod:`.trace`), so functional calls (``F.max_pool2d`` in ``forward``) count as much as
 modules do, and branching networks work:
 
 * conv2d / max, avg and lp pooling / ``F.pad`` compose kernel, stride, padding and dilation;
@@ -35,9 +35,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import InputError, ModelError
-from .hooks import find_layer, forward_hooks, model_state
-from .receptive_trace import Axis, Field, FieldTracer, add_notes
+from ..errors import InputError, ModelError
+from ..hooks import find_layer, forward_hooks, model_state
+from .trace import Axis, Field, FieldTracer, add_notes
 
 __all__ = ["LayerRow", "ReceptiveField", "layer_table", "receptive_field", "receptive_fields", "screen_rows"]
 

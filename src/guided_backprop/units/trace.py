@@ -5,7 +5,7 @@ one forward pass (functional calls included) and keeps, per tensor derived from 
 :class:`Field`: per spatial axis the ``start``, ``size`` and ``jump`` of its units' input region.
 Convolutions, pooling and padding compose windows; element-wise operations take the union of their
 inputs' fields; anything that mixes space is the whole input. :mod:`.receptive` drives the forward
-and turns fields into :class:`~guided_backprop.receptive.ReceptiveField`; the rules are described there.
+and turns fields into :class:`~guided_backprop.units.receptive.ReceptiveField`; the rules are described there.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.overrides import TorchFunctionMode
 
-from .rules import call_arg
+from ..rules import call_arg
 
 __all__ = ["Axis", "Field", "FieldTracer", "add_notes"]
 
