@@ -8,6 +8,7 @@ as it was, concurrent requests not mixing maps, latest-wins, and the maps equal 
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import os
 import re
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -514,19 +516,19 @@ def test_other_top_classes_are_prefetched_while_idle(inputs: list[Path]) -> None
     item = service._cache[0]
     assert set(item.maps) == {(top[0], 0)} and not item.prefetched
     forwards: list[int] = []
-    handle = service._background().register_forward_hook(lambda *_: forwards.append(1))
+    handle = service.loaded.model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
         service._prefetch_run(item, top[1:])  # what the background thread runs
     finally:
         handle.remove()
-    assert forwards == [1, 1]  # one forward pass per class for all five methods
+    assert forwards == []  # the image's recorded forward serves the other classes: backward passes only
     fresh = ExploreService(tiny_loaded(), inputs, prefetch=False)
     for cls in top[1:]:
         got = item.maps[(cls, 0)]
         assert len(got) == 5
         want = fresh.maps(0, cls, list(got))
         for m in got:
-            np.testing.assert_allclose(got[m], want[m], atol=1e-6, err_msg=f"{m} of class {cls}")
+            np.testing.assert_array_equal(got[m], want[m], err_msg=f"{m} of class {cls}")
     assert not any(m._forward_hooks for m in service.loaded.model.modules())  # the user's model untouched
 
     started = ExploreService(tiny_loaded(), inputs)  # prefetch on: maps() starts it, once per image
@@ -571,3 +573,41 @@ def test_a_superseded_request_is_answered_with_no_content(service: ExploreServic
     late = client.get("/api/panel.png?image=0&class=0&client=page&seq=4")
     assert late.status_code == 204 and late.headers["x-superseded"] == "1" and late.content == b""
     png(client.get("/api/panel.png?image=0&class=0&client=page&seq=6"))
+
+
+def test_one_forward_per_image_serves_every_class_and_method(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs, names=[p.name for p in inputs], prefetch=False)
+    model = service.loaded.model
+    forwards: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))  # counts every forward of the model
+    client = make_client(service)
+    asked = [(0, "guided_backprop"), (1, "deconvnet,saliency"), (2, "gradcam"), (0, "guided_gradcam"),
+             (1, "guided_backprop,gradcam"), (2, "deconvnet")]
+    try:
+        shown = {(cls, m): np.load(io.BytesIO(client.get(f"/api/map.npy?image=1&class={cls}&methods={m}").content))
+                 for cls, m in asked if "," not in m}
+        for cls, ms in asked:
+            png(client.get(f"/api/panel.png?image=1&class={cls}&methods={ms}"))
+        assert client.get("/api/images/1/classes").status_code == 200
+        assert client.get("/api/images/1/input.png").status_code == 200
+    finally:
+        handle.remove()
+    assert forwards == [1] and service.forwards == 1  # three classes, five methods: one forward
+    x = service.prepared(1).x
+    for (cls, method), got in shown.items():  # equal to a fresh call of the library, bit for bit
+        np.testing.assert_array_equal(got, attribute(model, x, cls, method)[0].numpy(), err_msg=f"{method} {cls}")
+
+
+def test_graphs_beyond_the_limit_are_freed_and_recorded_again(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs, prefetch=False, graphs=1)
+    service.maps(0, 0, ["guided_backprop"])
+    first = service._cache[0]
+    graph = weakref.ref(first.recorded._logits)  # type: ignore[union-attr]  # the output node of its graph
+    service.maps(1, 0, ["guided_backprop"])  # the second image's graph pushes the first one out
+    gc.collect()
+    assert first.recorded is None and graph() is None and service.forwards == 2
+    assert list(service._graphs.values()) == [service._cache[1]]
+    got = service.maps(0, 1, ["deconvnet"])["deconvnet"]  # a new class of the first image: recorded again
+    assert service.forwards == 3 and service._cache[1].recorded is None
+    np.testing.assert_array_equal(got, attribute(service.loaded.model, first.x, 1, "deconvnet")[0].numpy())
+    assert service.maps(0, 0, ["guided_backprop"])["guided_backprop"] is first.maps[(0, 0)]["guided_backprop"]

@@ -2,12 +2,14 @@
 
 One :class:`ExploreService` holds the loaded model, the list of inputs (served by index only: no
 path ever comes from a request) and small per-image caches: the input as the network sees it, its
-logits, and the maps of every method for each explained class, computed together by one
-:meth:`Explainer.explain` (one forward pass and one backward pass per rule), so that switching
-methods re-uses them. Once a class is shown, the other top-5 classes' maps are computed in the
-background (on a copy of the model, while no request is under way), ready for the next click. Every use
-of the model holds one lock, so concurrent requests never mix their maps, and every engine call
-restores the model as it found it (hooks, modes, train flags).
+logits, and the maps of every method for each explained class. One forward pass per image serves
+every class and method: it is recorded with its graph (:class:`~guided_backprop.attribution.Recorded`,
+the few most recent images' graphs are kept), so a new class or method costs backward passes only
+(one per ReLU rule), and the maps of a class are kept, so switching methods re-uses them. Once a class
+is shown, the other top-5 classes' maps are computed in the background from the same graph (one class
+at a time, while no request is under way), ready for the next click. Every use of the model holds one
+lock, so concurrent requests never mix their maps, and every engine call restores the model as it found
+it (hooks, modes, train flags).
 
 Requests of one client are "latest wins": a request whose sequence number is older than the
 client's latest is dropped (:class:`Superseded`) before it takes the model.
@@ -36,7 +38,7 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .. import render
-from ..attribution import Explainer
+from ..attribution import Explainer, Recorded
 from ..errors import GuidedBackpropError, ImageError, InputError, NoReLUError, TargetError
 from ..hooks import find_layer, layer_output, logits_of, model_state
 from ..images import load_image
@@ -105,6 +107,7 @@ class _Prepared:
     maps: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)  # (class, smooth) -> maps
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (C, h, w)
     prefetched: bool = False  # the other top classes' maps were asked for in the background
+    recorded: Recorded | None = None  # the forward pass with its graph (None: freed, or not recordable)
 
 
 class ExploreService:
@@ -118,6 +121,8 @@ class ExploreService:
         smooth_samples, noise, seed: SmoothGrad when it is switched on.
         model_args: the model options as command-line words, for :meth:`command`.
         cache_images: how many prepared inputs are kept.
+        graphs: how many images keep their recorded forward graph (memory: the activations of one forward
+            each); an image whose graph was dropped is recorded again when a new class or method needs it.
         units_folder: where the top activations of channels over the images are kept on disk
             (``.unit-cache/``, as ``guided-backprop units -o`` the same folder reads them); ``None``: not kept.
         prefetch: once a class of an image is shown, compute the maps of its other top-5 classes in the
@@ -127,7 +132,7 @@ class ExploreService:
     def __init__(self, loaded: Any, paths: Sequence[str | Path], *, names: Sequence[str] | None = None,
                  gradcam_layer: str | None = None, smooth_samples: int = 16, noise: float = 0.15, seed: int = 0,
                  model_args: Sequence[str] = (), cache_images: int = 8, units_folder: str | Path | None = None,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, graphs: int = 3) -> None:
         self.loaded = loaded
         self.paths = [Path(p) for p in paths]
         self.names = [str(n) for n in names] if names is not None else [str(p) for p in self.paths]
@@ -142,6 +147,9 @@ class ExploreService:
         self.lock = threading.RLock()  # every use of the model
         self._cache: OrderedDict[int, _Prepared] = OrderedDict()
         self._cache_images = max(1, int(cache_images))
+        self._graphs: OrderedDict[int, _Prepared] = OrderedDict()  # the images whose graph is kept, oldest first
+        self._graph_count = max(1, int(graphs))
+        self.forwards = 0  # forward passes recorded (one per image while its graph is kept)
         self._latest: dict[str, int] = {}
         self._latest_lock = threading.Lock()
         self._active = 0  # requests under way (see run)
@@ -206,16 +214,54 @@ class ExploreService:
             tensor = pre(load_image(self.image(index)))
             x = tensor.unsqueeze(0).to(self.loaded.device)
             try:
-                with model_state(self.loaded.model), torch.no_grad():
-                    logits = logits_of(self.loaded.model(x))
-            except Exception as err:  # noqa: BLE001 - the user's forward: one message, the app goes on
-                raise InputError(f"the model's forward pass failed on {self.names[index]!r} (input shape "
-                                 f"{tuple(x.shape)}): {type(err).__name__}: {err}") from err
+                recorded: Recorded | None = self._record(x)
+                logits = recorded.logits  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - not recordable (e.g. no gradient): a plain forward says why
+                recorded = None
+                try:
+                    with model_state(self.loaded.model), torch.no_grad():
+                        logits = logits_of(self.loaded.model(x))
+                except Exception as err:  # noqa: BLE001 - the user's forward: one message, the app goes on
+                    raise InputError(f"the model's forward pass failed on {self.names[index]!r} (input shape "
+                                     f"{tuple(x.shape)}): {type(err).__name__}: {err}") from err
             item = _Prepared(x=x, picture=pre.invert(tensor), logits=logits[0].detach().float().cpu())
             self._cache[index] = item
             while len(self._cache) > self._cache_images:
-                self._cache.popitem(last=False)
+                self._free(self._cache.popitem(last=False)[1])
+            if recorded is not None:
+                self._keep_graph(item, recorded)
             return item
+
+    def _record(self, x: torch.Tensor) -> Recorded:
+        """One forward pass of ``x`` with its graph (counted in :attr:`forwards`)."""
+        recorded = Recorded(self.explainer, x, gradcam_layer=self.gradcam_layer)
+        self.forwards += 1
+        return recorded
+
+    def _keep_graph(self, item: _Prepared, recorded: Recorded) -> None:
+        """Keep ``item``'s graph, freeing the oldest kept ones beyond ``graphs``."""
+        item.recorded = recorded
+        self._graphs[id(item)] = item
+        self._graphs.move_to_end(id(item))
+        while len(self._graphs) > self._graph_count:
+            self._free(self._graphs.popitem(last=False)[1])
+
+    def _free(self, item: _Prepared) -> None:
+        """Free ``item``'s graph (its maps and logits stay)."""
+        self._graphs.pop(id(item), None)
+        if item.recorded is not None:
+            item.recorded.close()  # waits for a background pass on it to end
+            item.recorded = None
+
+    def _graph(self, item: _Prepared) -> Recorded:
+        """``item``'s recorded forward: the kept one, or a new one when it was freed."""
+        with self.lock:
+            if item.recorded is None or item.recorded.closed:
+                self._keep_graph(item, self._record(item.x))
+            else:
+                self._graphs.move_to_end(id(item))
+            assert item.recorded is not None
+            return item.recorded
 
     def warm_up(self) -> None:
         """Prepare the first readable image and its top class's maps, so that the page's first answers come
@@ -248,8 +294,9 @@ class ExploreService:
              ) -> dict[str, np.ndarray]:
         """Each method's map ``(C, H, W)`` (Grad-CAM ``(1, H, W)``) for one class of image ``index``.
 
-        Without SmoothGrad every method is computed at the first request of a class (one forward),
-        so the others come from the cache; with it only the asked ones (each costs the noisy copies).
+        Without SmoothGrad every method is computed at the first request of a class, by backward
+        passes on the image's recorded forward, so the others come from the cache; with SmoothGrad only
+        the asked ones (each costs the noisy copies' forward and backward passes).
         """
         names = parse_methods(methods)
         cls = self.class_index(class_index)
@@ -258,16 +305,37 @@ class ExploreService:
             samples = self.smooth_samples if smooth else 0
             have = item.maps.setdefault((cls, samples), {})
             missing = [m for m in names if m not in have]
-            if missing:
-                wanted = missing if samples else [m for m in METHODS if m not in have]
-                have.update(self._compute(item.x, cls, wanted, samples, fallback=missing))
+            if missing and samples:
+                have.update(self._compute(item.x, cls, missing, samples, fallback=missing))
+            elif missing:
+                have.update(self._from_graph(item, cls, missing))
             if not samples:
                 self._prefetch(item)
             return {m: have[m] for m in names}
 
+    def _from_graph(self, item: _Prepared, cls: int, asked: Sequence[str]) -> dict[str, np.ndarray]:
+        """Every method's maps for class ``cls`` not computed yet, by backward passes on the image's
+        recorded forward (the asked ones alone when the others fail: a model without ReLU)."""
+        try:
+            recorded = self._graph(item)
+        except Exception:  # noqa: BLE001 - not recordable: a fresh explain computes them, or says why
+            return self._compute(item.x, cls, METHODS, 0, fallback=asked)
+        with recorded.lock:  # a background pass on the same class finishes first, then is reused
+            have = item.maps.get((cls, 0), {})
+            todo = [m for m in METHODS if m not in have]
+            if not any(m in todo for m in asked):
+                return {}
+            try:
+                found = recorded.explain(cls, methods=tuple(todo))
+            except NoReLUError:
+                if sorted(todo) == sorted(asked):
+                    raise
+                found = recorded.explain(cls, methods=tuple(asked))
+            return self._first_maps(found.maps)
+
     def _prefetch(self, item: _Prepared) -> None:
-        """Start computing, in the background and on the copy of the model, every method's maps for the
-        image's other top-5 classes, best first, one class at a time and only while no request of the
+        """Start computing, in the background and from the image's recorded forward, every method's maps
+        for its other top-5 classes, best first, one class at a time and only while no request of the
         page is under way, so that a later click on one of them finds them ready."""
         if not self.prefetch or item.prefetched:
             return
@@ -278,26 +346,25 @@ class ExploreService:
             self._start(self._prefetch_run, item, classes, name="explore-prefetch")
 
     def _prefetch_run(self, item: _Prepared, classes: list[int]) -> None:
-        with self._runner_lock:  # one background computation at a time
-            try:
-                explainer = Explainer(self._background())
-            except Exception:  # noqa: BLE001 - a model that cannot be copied: no prefetch
+        recorded = item.recorded
+        if recorded is None:
+            return
+        for cls in classes:
+            while self._active and not self._closing:  # the page's requests first: wait until answered
+                time.sleep(0.01)
+            if self._closing or recorded.closed:
                 return
-            for cls in classes:
-                while self._active and not self._closing:  # the page's requests first: wait until answered
-                    time.sleep(0.01)
-                if self._closing:
-                    return
+            # The graph's own lock (not the model's): a page request waits at most one class's passes.
+            with recorded.lock:
                 if len(item.maps.get((cls, 0), {})) == len(METHODS):
                     continue
                 try:
-                    found = explainer.explain(item.x, cls, methods=METHODS, gradcam_layer=self.gradcam_layer)
+                    found = recorded.explain(cls, methods=METHODS)
                 except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
                     return
-                with self.lock:
-                    have = item.maps.setdefault((cls, 0), {})
-                    for m, value in self._first_maps(found.maps).items():
-                        have.setdefault(m, value)
+                have = item.maps.setdefault((cls, 0), {})
+                for m, value in self._first_maps(found.maps).items():
+                    have.setdefault(m, value)
 
     def _start(self, target: Callable[..., None], *args: Any, name: str) -> None:
         """Run ``target(*args)`` in a background thread that :meth:`close` waits for."""
