@@ -509,54 +509,63 @@ def test_a_port_in_use_is_a_usage_error(inputs: list[Path]) -> None:
     assert "Traceback" not in result.output
 
 
-def test_other_top_classes_are_prefetched_while_idle(inputs: list[Path]) -> None:
+def finish_prefetch(service: ExploreService) -> None:
+    """Wait for the background worker to empty its queue."""
+    deadline = time.monotonic() + 120
+    while service._worker is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert service._worker is None
+
+
+def test_a_click_computes_its_methods_and_the_background_the_rest(inputs: list[Path]) -> None:
     service = ExploreService(tiny_loaded(), inputs, prefetch=False)
     top = [c["index"] for c in service.top_classes(0, 3)]
-    service.maps(0, top[0], ["guided_backprop"])
+    service.maps(0, top[0], ["deconvnet"])
     item = service._cache[0]
-    assert set(item.maps) == {(top[0], 0)} and not item.prefetched
+    assert set(item.maps) == {(top[0], 0)} and set(item.maps[(top[0], 0)]) == {"deconvnet", "gradcam"}
+    service.maps(0, top[0], ["guided_gradcam"])  # its passes also give guided backprop (and Grad-CAM, kept)
+    assert set(item.maps[(top[0], 0)]) == {"deconvnet", "gradcam", "guided_backprop", "guided_gradcam"}
+    assert service.maps(0, top[0], ["saliency"]).keys() == {"saliency"} and len(item.maps[(top[0], 0)]) == 5
+
+
+def test_other_methods_and_top_classes_are_prefetched_while_idle(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs)
     forwards: list[int] = []
     handle = service.loaded.model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
-        service._prefetch_run(item, top[1:])  # what the background thread runs
+        top = [c["index"] for c in service.top_classes(0, 3)]
+        service.maps(0, top[1], ["guided_backprop"])  # queues the rest of this class, then the other top-3
+        finish_prefetch(service)
     finally:
         handle.remove()
-    assert forwards == []  # the image's recorded forward serves the other classes: backward passes only
+    item = service._cache[0]
+    assert forwards == [1]  # the image's recorded forward serves every class: backward passes only
+    assert item.prefetched and all(len(item.maps[(c, 0)]) == 5 for c in top)
     fresh = ExploreService(tiny_loaded(), inputs, prefetch=False)
-    for cls in top[1:]:
+    for cls in top:
         got = item.maps[(cls, 0)]
-        assert len(got) == 5
         want = fresh.maps(0, cls, list(got))
         for m in got:
             np.testing.assert_array_equal(got[m], want[m], err_msg=f"{m} of class {cls}")
-    assert not any(m._forward_hooks for m in service.loaded.model.modules())  # the user's model untouched
-
-    started = ExploreService(tiny_loaded(), inputs)  # prefetch on: maps() starts it, once per image
-    started.maps(1, 0, ["saliency"])
-    deadline = time.monotonic() + 60
-    while len(started._cache[1].maps) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert started._cache[1].prefetched and len(started._cache[1].maps) == 3
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in service.loaded.model.modules())
 
 
 def test_prefetch_waits_while_a_request_is_under_way(inputs: list[Path]) -> None:
-    service = ExploreService(tiny_loaded(), inputs, prefetch=False)
+    service = ExploreService(tiny_loaded(), inputs)
     top = [c["index"] for c in service.top_classes(0, 3)]
-    service.maps(0, top[0], ["saliency"])
     item = service._cache[0]
     release = threading.Event()
     busy = threading.Thread(target=lambda: service.run(lambda: release.wait(30)))
     busy.start()  # a request under way (it holds the model)
     while not service._active:
         time.sleep(0.01)
-    prefetch = threading.Thread(target=service._prefetch_run, args=(item, top[1:]))
-    prefetch.start()
+    service._prefetch(item, top[0])  # as a click on the first class would leave it
     time.sleep(0.5)
-    assert set(item.maps) == {(top[0], 0)}  # nothing computed meanwhile
+    assert not item.maps and service._worker is not None  # nothing computed meanwhile
     release.set()
     busy.join()
-    prefetch.join(timeout=60)
-    assert {(c, 0) for c in top} <= set(item.maps)
+    finish_prefetch(service)
+    assert all(len(item.maps[(c, 0)]) == 5 for c in top)
 
 
 def test_terminal_lines_show_control_characters_as_escapes(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,9 +5,10 @@ path ever comes from a request) and small per-image caches: the input as the net
 logits, and the maps of every method for each explained class. One forward pass per image serves
 every class and method: it is recorded with its graph (:class:`~guided_backprop.attribution.Recorded`,
 the few most recent images' graphs are kept), so a new class or method costs backward passes only
-(one per ReLU rule), and the maps of a class are kept, so switching methods re-uses them. Once a class
-is shown, the other top-5 classes' maps are computed in the background from the same graph (one class
-at a time, while no request is under way), ready for the next click. Every use of the model holds one
+(one per ReLU rule): a click computes the passes of the methods shown (with those they bring for free:
+Grad-CAM's short pass, Guided Grad-CAM), and the maps are kept. The background then computes, from the
+same graph, the other methods of that class and the other top-5 classes' maps (one backward pass at a
+time, only while no request is under way), ready for the next click. Every use of the model holds one
 lock, so concurrent requests never mix their maps, and every engine call restores the model as it found
 it (hooks, modes, train flags).
 
@@ -160,6 +161,9 @@ class ExploreService:
         self._jobs: dict[tuple[str, int], UnitJob] = {}
         self._jobs_lock = threading.Lock()
         self._runner_lock = threading.Lock()
+        self._todo: list[tuple[_Prepared, int]] = []  # (image, class) whose maps the background computes
+        self._todo_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
         self._background_model: nn.Module | None = None
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
@@ -270,7 +274,7 @@ class ExploreService:
         for index in range(len(self.paths)):
             try:
                 top = self.top_classes(index, 1)
-                self.maps(index, top[0]["index"], ["guided_backprop"])
+                self.maps(index, top[0]["index"], METHODS)  # every method: the page opens meanwhile
                 return
             except Exception:  # noqa: BLE001 - said in the page when this image is chosen
                 continue
@@ -310,68 +314,91 @@ class ExploreService:
             elif missing:
                 have.update(self._from_graph(item, cls, missing))
             if not samples:
-                self._prefetch(item)
+                self._prefetch(item, cls)
             return {m: have[m] for m in names}
 
     def _from_graph(self, item: _Prepared, cls: int, asked: Sequence[str]) -> dict[str, np.ndarray]:
-        """Every method's maps for class ``cls`` not computed yet, by backward passes on the image's
-        recorded forward (the asked ones alone when the others fail: a model without ReLU)."""
+        """The maps of ``asked`` for class ``cls``, by backward passes on the image's recorded forward, with
+        those that come with the same passes (:func:`_riders`); the background computes the others."""
         try:
             recorded = self._graph(item)
-        except Exception:  # noqa: BLE001 - not recordable: a fresh explain computes them, or says why
+        except Exception:  # noqa: BLE001 - not recordable: a fresh explain computes them all, or says why
             return self._compute(item.x, cls, METHODS, 0, fallback=asked)
         with recorded.lock:  # a background pass on the same class finishes first, then is reused
             have = item.maps.get((cls, 0), {})
-            todo = [m for m in METHODS if m not in have]
-            if not any(m in todo for m in asked):
+            if all(m in have for m in asked):
                 return {}
+            todo = [m for m in _riders(asked, recorded) if m not in have]
             try:
                 found = recorded.explain(cls, methods=tuple(todo))
             except NoReLUError:
                 if sorted(todo) == sorted(asked):
                     raise
-                found = recorded.explain(cls, methods=tuple(asked))
+                found = recorded.explain(cls, methods=tuple(asked))  # the asked ones alone say what is wrong
             return self._first_maps(found.maps)
 
-    def _prefetch(self, item: _Prepared) -> None:
-        """Start computing, in the background and from the image's recorded forward, every method's maps
-        for its other top-5 classes, best first, one class at a time and only while no request of the
-        page is under way, so that a later click on one of them finds them ready."""
-        if not self.prefetch or item.prefetched:
+    def _prefetch(self, item: _Prepared, cls: int) -> None:
+        """Queue, for the background, the maps of ``cls`` not computed yet, then (once per image) those of
+        its other top-5 classes, best first; the newest click's work goes first."""
+        if not self.prefetch:
             return
-        item.prefetched = True
-        top = item.logits.topk(min(5, item.logits.shape[0])).indices.tolist()
-        classes = [int(c) for c in top if (int(c), 0) not in item.maps]
-        if classes:
-            self._start(self._prefetch_run, item, classes, name="explore-prefetch")
+        wanted = [(item, cls)]
+        if not item.prefetched:
+            item.prefetched = True
+            top = item.logits.topk(min(5, item.logits.shape[0])).indices.tolist()
+            wanted += [(item, int(c)) for c in top if int(c) != cls]
+        keys = {(id(it), c) for it, c in wanted}
+        with self._todo_lock:
+            self._todo = wanted + [(it, c) for it, c in self._todo if (id(it), c) not in keys]
+            if self._worker is None and not self._closing:
+                self._worker = self._start(self._prefetch_run, name="explore-prefetch")
 
-    def _prefetch_run(self, item: _Prepared, classes: list[int]) -> None:
-        recorded = item.recorded
-        if recorded is None:
-            return
-        for cls in classes:
-            while self._active and not self._closing:  # the page's requests first: wait until answered
-                time.sleep(0.01)
-            if self._closing or recorded.closed:
-                return
-            # The graph's own lock (not the model's): a page request waits at most one class's passes.
-            with recorded.lock:
-                if len(item.maps.get((cls, 0), {})) == len(METHODS):
-                    continue
-                try:
-                    found = recorded.explain(cls, methods=METHODS)
-                except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
+    def _prefetch_run(self) -> None:
+        """The background worker: one backward step at a time (:meth:`_prefetch_step`), only while no
+        request of the page is under way, so that a click waits for one pass at most."""
+        while not self._closing:
+            with self._todo_lock:
+                if not self._todo:
+                    self._worker = None
                     return
-                have = item.maps.setdefault((cls, 0), {})
-                for m, value in self._first_maps(found.maps).items():
-                    have.setdefault(m, value)
+                item, cls = self._todo[0]
+            if self._active:  # the page's requests first: wait until answered
+                time.sleep(0.01)
+                continue
+            if self._prefetch_step(item, cls):
+                with self._todo_lock:
+                    self._todo = [(it, c) for it, c in self._todo if not (it is item and c == cls)]
+        with self._todo_lock:
+            self._worker = None
 
-    def _start(self, target: Callable[..., None], *args: Any, name: str) -> None:
+    def _prefetch_step(self, item: _Prepared, cls: int) -> bool:
+        """Compute the next missing maps of class ``cls`` (the methods of one backward pass) from the image's
+        recorded forward; True when nothing is left to do for this class (or it cannot be done)."""
+        recorded = item.recorded
+        if recorded is None or recorded.closed:
+            return True  # its graph was freed: a click on it records the image again
+        with recorded.lock:  # the graph's own lock (not the model's): the page waits for one pass at most
+            have = item.maps.get((cls, 0), {})
+            missing = [m for m in METHODS if m not in have]
+            if not missing:
+                return True
+            step = [m for m in _riders(missing[:1], recorded) if m in missing]
+            try:
+                found = recorded.explain(cls, methods=tuple(step))
+            except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
+                return True
+            done = item.maps.setdefault((cls, 0), {})
+            for m, value in self._first_maps(found.maps).items():
+                done.setdefault(m, value)
+            return len(step) == len(missing)
+
+    def _start(self, target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
         """Run ``target(*args)`` in a background thread that :meth:`close` waits for."""
         thread = threading.Thread(target=target, args=args, daemon=True, name=name)
         with self._threads_lock:  # not _jobs_lock: top_images holds it when it starts a job
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
+        return thread
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the background work (prefetch, top images) and wait for it: a thread killed inside a
@@ -586,6 +613,16 @@ class ExploreService:
             "labels": list(self.loaded.labels),
             "smooth": self.smooth_samples,
         }
+
+
+def _riders(asked: Sequence[str], recorded: Recorded) -> list[str]:
+    """``asked`` and the methods that come with the same backward passes: those of the same ReLU rules, and
+    Grad-CAM (its gradient stops at its layer, a few layers from the output: cheap) with Guided Grad-CAM
+    where its rule is there, unless the model has no Grad-CAM layer. In the registry's order."""
+    rules = {REGISTRY[m].rule for m in asked} - {None}
+    cam = recorded.gradcam_layer is not None or any(REGISTRY[m].gradcam for m in asked)
+    return [m for m in METHODS if m in asked or ((REGISTRY[m].rule is None or REGISTRY[m].rule in rules)
+                                                 and (not REGISTRY[m].gradcam or cam))]
 
 
 def command_line(path: str | os.PathLike[str], *, methods: Sequence[str], target: int, smooth: int = 0,
