@@ -620,3 +620,26 @@ def test_graphs_beyond_the_limit_are_freed_and_recorded_again(inputs: list[Path]
     assert service.forwards == 3 and service._cache[1].recorded is None
     np.testing.assert_array_equal(got, attribute(service.loaded.model, first.x, 1, "deconvnet")[0].numpy())
     assert service.maps(0, 0, ["guided_backprop"])["guided_backprop"] is first.maps[(0, 0)]["guided_backprop"]
+
+
+def test_layer_list_has_unit_layers_only_with_the_images_shapes(inputs: list[Path]) -> None:
+    from collections import OrderedDict
+
+    from guided_backprop.receptive import layer_table
+
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 4, 3, padding=1)), ("relu1", nn.ReLU()), ("skip", nn.Identity()),
+        ("drop", nn.Dropout2d(0.1)), ("pool", nn.MaxPool2d(2)), ("conv2", nn.Conv2d(4, 5, 3)), ("relu2", nn.ReLU()),
+        ("gap", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(5, 3))]))
+    service = ExploreService(tiny_loaded(net.eval(), crop=None), inputs, prefetch=False)  # 40x44 pictures as they are
+    client = make_client(service)
+    rows = client.get("/api/layers?image=0").json()
+    assert [r["name"] for r in rows] == ["conv1", "relu1", "pool", "conv2", "relu2"]  # no Identity, Dropout, 1x1
+    real = {r.name: r for r in layer_table(net, service.loaded.preprocessing, input_size=(40, 44))}
+    assert [r["shape"] for r in rows] == [real[r["name"]].shape_text for r in rows]
+    assert rows[0]["shape"] == "1x4x40x44" and rows[-1]["shape"] == "1x5x18x20"
+    assert [r["field"] for r in rows] == [real[r["name"]].field_text for r in rows]
+    nominal = client.get("/api/layers").json()  # before an image is chosen: the preprocessing's nominal size
+    assert [r["name"] for r in nominal] == [r["name"] for r in rows] and nominal[0]["shape"] == "1x4x224x224"
+    assert not any(m._forward_hooks for m in net.modules())

@@ -197,7 +197,8 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         return {"command": service.command(index, target_of(request), methods, smooth)}
 
     def layers(request: Request) -> Any:
-        rows = service.run(service.layers)
+        index = _int(request, "image") if request.query_params.get("image") else None
+        rows = service.run(lambda: service.unit_layers(index))
         return [{"name": r.name, "type": r.type, "shape": r.shape_text, "field": r.field_text, "spatial": r.spatial}
                 for r in rows]
 

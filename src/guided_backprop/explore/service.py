@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import copy
+import dataclasses
 import io
 import os
 import shlex
@@ -41,7 +42,7 @@ from torch import nn
 from .. import render
 from ..attribution import Explainer, Recorded
 from ..errors import GuidedBackpropError, ImageError, InputError, NoReLUError, TargetError
-from ..hooks import find_layer, layer_output, logits_of, model_state
+from ..hooks import find_layer, forward_hooks, layer_output, logits_of, model_state
 from ..images import load_image
 from ..methods import METHODS, REGISTRY, method_title, parse_methods
 from ..panels import explanation_panel
@@ -155,6 +156,7 @@ class ExploreService:
         self._latest_lock = threading.Lock()
         self._active = 0  # requests under way (see run)
         self._layers: list[LayerRow] | None = None
+        self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}  # input size -> layer -> output shape
         self._fields: dict[tuple[str, tuple[int, int]], ReceptiveField] = {}
         self.units_folder = None if units_folder is None else Path(units_folder)
         self.prefetch = bool(prefetch)
@@ -217,17 +219,23 @@ class ExploreService:
             pre = self.loaded.preprocessing
             tensor = pre(load_image(self.image(index)))
             x = tensor.unsqueeze(0).to(self.loaded.device)
+            size = tuple(int(v) for v in x.shape[2:])
+            shapes: dict[str, tuple[int, ...]] = {}  # every layer's output shape at this size
+            hooks = [] if size in self._shapes else self._shape_hooks(shapes)
             try:
-                recorded: Recorded | None = self._record(x)
+                with forward_hooks(hooks):
+                    recorded: Recorded | None = self._record(x)
                 logits = recorded.logits  # type: ignore[union-attr]
             except Exception:  # noqa: BLE001 - not recordable (e.g. no gradient): a plain forward says why
                 recorded = None
                 try:
-                    with model_state(self.loaded.model), torch.no_grad():
+                    with model_state(self.loaded.model), torch.no_grad(), forward_hooks(hooks):
                         logits = logits_of(self.loaded.model(x))
                 except Exception as err:  # noqa: BLE001 - the user's forward: one message, the app goes on
                     raise InputError(f"the model's forward pass failed on {self.names[index]!r} (input shape "
                                      f"{tuple(x.shape)}): {type(err).__name__}: {err}") from err
+            if shapes:
+                self._shapes.setdefault(size, shapes)
             item = _Prepared(x=x, picture=pre.invert(tensor), logits=logits[0].detach().float().cpu())
             self._cache[index] = item
             while len(self._cache) > self._cache_images:
@@ -235,6 +243,16 @@ class ExploreService:
             if recorded is not None:
                 self._keep_graph(item, recorded)
             return item
+
+    def _shape_hooks(self, shapes: dict[str, tuple[int, ...]]) -> list[tuple[nn.Module, Any]]:
+        """Forward hooks noting every layer's (first) output shape into ``shapes``."""
+        def keeper(name: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+                if isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, tuple(out.shape))
+            return hook
+
+        return [(m, keeper(n)) for n, m in self.loaded.model.named_modules() if n]
 
     def _record(self, x: torch.Tensor) -> Recorded:
         """One forward pass of ``x`` with its graph (counted in :attr:`forwards`)."""
@@ -455,12 +473,27 @@ class ExploreService:
             noise=self.noise if smooth else None)
 
     # -- layers and units -------------------------------------------------------------------------
-    def layers(self) -> list[LayerRow]:
-        """Every layer with its output shape and receptive field, as ``guided-backprop layers`` lists them."""
+    def layers(self, index: int | None = None) -> list[LayerRow]:
+        """Every layer with its output shape and receptive field, as ``guided-backprop layers`` lists them,
+        with the output shapes of image ``index`` (seen during its forward pass; default: those of the
+        preprocessing's nominal size)."""
         with self.lock:
             if self._layers is None:
                 self._layers = layer_table(self.loaded.model, self.loaded.preprocessing)
-            return self._layers
+            if index is None:
+                return self._layers
+            size = tuple(int(v) for v in self.prepared(index).x.shape[2:])
+            shapes = self._shapes.get(size)
+            if not shapes:
+                return self._layers
+            return [dataclasses.replace(r, shape=shapes.get(r.name, r.shape), input_size=(size[0], size[1]))
+                    for r in self._layers]
+
+    def unit_layers(self, index: int | None = None) -> list[LayerRow]:
+        """The layers whose units and Grad-CAM make sense: a spatial ``(N, C, h, w)`` output, not an
+        identity, dropout or drop-path layer (:attr:`~.LayerRow.pass_through`), with their real output
+        shape and field for image ``index``."""
+        return [r for r in self.layers(index) if r.spatial and not r.pass_through]
 
     def activations(self, index: int, layer: str) -> torch.Tensor:
         """The output ``(C, h, w)`` of ``layer`` for image ``index`` (cached per image)."""
