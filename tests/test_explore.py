@@ -643,3 +643,16 @@ def test_layer_list_has_unit_layers_only_with_the_images_shapes(inputs: list[Pat
     nominal = client.get("/api/layers").json()  # before an image is chosen: the preprocessing's nominal size
     assert [r["name"] for r in nominal] == [r["name"] for r in rows] and nominal[0]["shape"] == "1x4x224x224"
     assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_explore_shares_runs_gradcam_layer_and_noise_options() -> None:
+    from guided_backprop.cli import main
+
+    def option(command: str, name: str) -> dict[str, Any]:
+        found = next(p for p in main.commands[command].params if p.name == name)
+        info = found.to_info_dict()
+        return {k: info[k] for k in ("opts", "type", "default", "help")} | {"metavar": found.metavar}
+
+    for name in ("gradcam_layer", "noise"):
+        assert option("explore", name) == option("run", name), name
+    assert option("evaluate", "gradcam_layer") == option("run", "gradcam_layer")
