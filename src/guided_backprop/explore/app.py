@@ -181,10 +181,12 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         return {"index": cls, "name": service.loaded.label(cls)}
 
     def panel(request: Request) -> Any:
-        index, methods, smooth = _int(request, "image"), methods_of(request), request.query_params.get("smooth") == "1"
-        cls = target_of(request)
-        picture = service.run(lambda: service.panel(index, cls, methods, smooth), **client(request))
-        return _png(png_bytes(picture))
+        with service.timed("panel request (all of the above)"):
+            index, methods = _int(request, "image"), methods_of(request)
+            cls, smooth = target_of(request), request.query_params.get("smooth") == "1"
+            picture = service.run(lambda: service.panel(index, cls, methods, smooth), **client(request))
+            with service.timed("PNG encoding"):
+                return _png(png_bytes(picture))
 
     def map_npy(request: Request) -> Any:
         index, smooth = _int(request, "image"), request.query_params.get("smooth") == "1"

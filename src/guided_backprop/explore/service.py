@@ -19,6 +19,7 @@ client's latest is dropped (:class:`Superseded`) before it takes the model.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
 import dataclasses
 import io
@@ -28,8 +29,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -170,7 +171,18 @@ class ExploreService:
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
         self._closing = False
+        self.timings: dict[str, deque[float]] = {}  # stage -> durations (s), the latest 10,000: see timed
         _OPEN.add(self)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Note the block's duration under ``stage`` in :attr:`timings` (where a click's time goes:
+        ``benchmarks/bench_explore.py`` prints them)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.setdefault(stage, deque(maxlen=10_000)).append(time.perf_counter() - start)
 
     # -- requests ---------------------------------------------------------------------------------
     def run(self, fn: Callable[[], T], *, client: str | None = None, seq: int | None = None) -> T:
@@ -181,10 +193,14 @@ class ExploreService:
             if client is not None and seq is not None:
                 self._latest[client] = max(self._latest.get(client, seq), seq)
         try:
-            with self.lock:
+            with self.timed("waiting for the model"):
+                self.lock.acquire()
+            try:
                 if client is not None and seq is not None and self._latest.get(client, seq) > seq:
                     raise Superseded(f"request {seq} of client {client!r} was superseded")
                 return fn()
+            finally:
+                self.lock.release()
         finally:
             with self._latest_lock:
                 self._active -= 1
@@ -256,7 +272,8 @@ class ExploreService:
 
     def _record(self, x: torch.Tensor) -> Recorded:
         """One forward pass of ``x`` with its graph (counted in :attr:`forwards`)."""
-        recorded = Recorded(self.explainer, x, gradcam_layer=self.gradcam_layer)
+        with self.timed("forward (recorded)"):
+            recorded = Recorded(self.explainer, x, gradcam_layer=self.gradcam_layer)
         self.forwards += 1
         return recorded
 
@@ -348,7 +365,8 @@ class ExploreService:
                 return {}
             todo = [m for m in _riders(asked, recorded) if m not in have]
             try:
-                found = recorded.explain(cls, methods=tuple(todo))
+                with self.timed("backward (click)"):
+                    found = recorded.explain(cls, methods=tuple(todo))
             except NoReLUError:
                 if sorted(todo) == sorted(asked):
                     raise
@@ -402,7 +420,8 @@ class ExploreService:
                 return True
             step = [m for m in _riders(missing[:1], recorded) if m in missing]
             try:
-                found = recorded.explain(cls, methods=tuple(step))
+                with self.timed("backward (background)"):
+                    found = recorded.explain(cls, methods=tuple(step))
             except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
                 return True
             done = item.maps.setdefault((cls, 0), {})
@@ -467,10 +486,11 @@ class ExploreService:
         names = parse_methods(methods)
         cls = self.class_index(class_index)
         maps = self.maps(index, cls, names, smooth)
-        return explanation_panel(
-            self.prepared(index).picture, maps, class_name=self.loaded.label(cls),
-            probability=self.probability(index, cls), smooth=self.smooth_samples if smooth else 0,
-            noise=self.noise if smooth else None)
+        with self.timed("panel (colour maps, layout)"):
+            return explanation_panel(
+                self.prepared(index).picture, maps, class_name=self.loaded.label(cls),
+                probability=self.probability(index, cls), smooth=self.smooth_samples if smooth else 0,
+                noise=self.noise if smooth else None)
 
     # -- layers and units -------------------------------------------------------------------------
     def layers(self, index: int | None = None) -> list[LayerRow]:
