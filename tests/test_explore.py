@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 import weakref
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -656,3 +657,28 @@ def test_explore_shares_runs_gradcam_layer_and_noise_options() -> None:
     for name in ("gradcam_layer", "noise"):
         assert option("explore", name) == option("run", name), name
     assert option("evaluate", "gradcam_layer") == option("run", "gradcam_layer")
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 1, 3), (1, 9, 3), (8, 1, 3), (6, 4), (1, 1), (300, 451, 3)])
+def test_fast_png_decodes_to_the_same_pixels(shape: tuple[int, ...]) -> None:
+    from skimage import data
+
+    from guided_backprop.explore.service import png_bytes
+
+    rng = np.random.default_rng(sum(shape))
+    a = data.chelsea()[: shape[0], : shape[1]] if shape == (300, 451, 3) else rng.integers(0, 256, shape, np.uint8)
+    for picture in (a, Image.fromarray(a), a[::-1]):  # an array, a picture, a view with negative strides
+        data_ = png_bytes(picture)
+        back = Image.open(io.BytesIO(data_))
+        back.load()  # checks the CRCs and the zlib stream
+        assert back.mode == ("RGB" if len(shape) == 3 else "L")
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(picture))
+        idat = data_[data_.index(b"IDAT") + 4:data_.index(b"IEND") - 8]  # one IDAT chunk: the zlib stream
+        rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(shape[0], -1)
+        assert (rows[:, 0] == 1).all()  # every row "Sub"-filtered: one fixed filter, not Pillow's five tried per row
+    if shape == (300, 451, 3):  # about as small as Pillow's own encoder makes it
+        pil = io.BytesIO()
+        Image.fromarray(a).save(pil, format="PNG", compress_level=1)
+        assert len(png_bytes(a)) < 1.3 * len(pil.getvalue())
+    rgba = Image.fromarray(rng.integers(0, 256, (3, 4, 4), np.uint8), "RGBA")  # others: Pillow's encoder
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(rgba)))), np.asarray(rgba))

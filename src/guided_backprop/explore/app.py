@@ -184,9 +184,13 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         with service.timed("panel request (all of the above)"):
             index, methods = _int(request, "image"), methods_of(request)
             cls, smooth = target_of(request), request.query_params.get("smooth") == "1"
-            picture = service.run(lambda: service.panel(index, cls, methods, smooth), **client(request))
-            with service.timed("PNG encoding"):
-                return _png(png_bytes(picture))
+
+            def draw() -> bytes:  # encoded under the request too: the background waits until it is sent
+                picture = service.panel(index, cls, methods, smooth)
+                with service.timed("PNG encoding"):
+                    return png_bytes(picture)
+
+            return _png(service.run(draw, **client(request)))
 
     def map_npy(request: Request) -> Any:
         index, smooth = _int(request, "image"), request.query_params.get("smooth") == "1"

@@ -25,10 +25,12 @@ import dataclasses
 import io
 import os
 import shlex
+import struct
 import threading
 import time
 import warnings
 import weakref
+import zlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -55,6 +57,9 @@ __all__ = ["ExploreService", "Superseded", "UnitJob", "command_line", "png_bytes
 T = TypeVar("T")
 THUMB = 96  # thumbnail size (px, longer side)
 UNIT_METHODS = ("guided_backprop", "deconvnet")
+#: Seconds the background waits after the page's last request, so that the browser fetches and decodes
+#: its answer (and asks the next thing) with both cores to itself.
+GRACE = 0.15
 
 
 @dataclass
@@ -92,11 +97,36 @@ class Superseded(Exception):
 
 
 def png_bytes(picture: np.ndarray | Image.Image) -> bytes:
-    """A picture as PNG bytes (fast compression, as the command writes them)."""
+    """A picture as PNG bytes, fast: 8-bit grey or RGB pictures by :func:`_png_sub` (about 2.5x faster than
+    Pillow's encoder, whose adaptive filters try five per row, for about the same size), others by Pillow;
+    compression at the command's level (fast)."""
+    a = np.asarray(picture) if not isinstance(picture, Image.Image) or picture.mode in ("L", "RGB") else None
+    if a is not None and a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)) and a.size:
+        return _png_sub(a)
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=render.PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def _png_sub(a: np.ndarray) -> bytes:
+    """An 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` array as a PNG, every row with the "Sub" filter (each
+    byte minus the same channel of the pixel to its left: small numbers where pictures are smooth)."""
+    h, w = a.shape[:2]
+    channels = 1 if a.ndim == 2 else 3
+    pixels = a.reshape(h, w, channels)
+    rows = np.empty((h, 1 + w * channels), np.uint8)
+    rows[:, 0] = 1  # filter type 1: Sub
+    sub = rows[:, 1:].reshape(h, w, channels)
+    sub[:, :1] = pixels[:, :1]
+    np.subtract(pixels[:, 1:], pixels[:, :-1], out=sub[:, 1:])  # modulo 256, as PNG defines it
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), render.PNG_COMPRESS_LEVEL)) + chunk(b"IEND", b""))
 
 
 @dataclass
@@ -156,6 +186,7 @@ class ExploreService:
         self._latest: dict[str, int] = {}
         self._latest_lock = threading.Lock()
         self._active = 0  # requests under way (see run)
+        self._last_done = 0.0  # when the latest one ended (time.monotonic)
         self._layers: list[LayerRow] | None = None
         self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}  # input size -> layer -> output shape
         self._fields: dict[tuple[str, tuple[int, int]], ReceptiveField] = {}
@@ -204,6 +235,7 @@ class ExploreService:
         finally:
             with self._latest_lock:
                 self._active -= 1
+                self._last_done = time.monotonic()
 
     # -- images -----------------------------------------------------------------------------------
     def image(self, index: int) -> Path:
@@ -359,7 +391,9 @@ class ExploreService:
             recorded = self._graph(item)
         except Exception:  # noqa: BLE001 - not recordable: a fresh explain computes them all, or says why
             return self._compute(item.x, cls, METHODS, 0, fallback=asked)
-        with recorded.lock:  # a background pass on the same class finishes first, then is reused
+        with self.timed("waiting for a background pass"):
+            recorded.lock.acquire()  # a background pass (one at most) finishes first; its maps are reused
+        try:
             have = item.maps.get((cls, 0), {})
             if all(m in have for m in asked):
                 return {}
@@ -372,6 +406,8 @@ class ExploreService:
                     raise
                 found = recorded.explain(cls, methods=tuple(asked))  # the asked ones alone say what is wrong
             return self._first_maps(found.maps)
+        finally:
+            recorded.lock.release()
 
     def _prefetch(self, item: _Prepared, cls: int) -> None:
         """Queue, for the background, the maps of ``cls`` not computed yet, then (once per image) those of
@@ -398,7 +434,7 @@ class ExploreService:
                     self._worker = None
                     return
                 item, cls = self._todo[0]
-            if self._active:  # the page's requests first: wait until answered
+            if self._active or time.monotonic() - self._last_done < GRACE:  # the page first: wait until answered
                 time.sleep(0.01)
                 continue
             if self._prefetch_step(item, cls):
