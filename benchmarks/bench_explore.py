@@ -42,6 +42,7 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 METHODS = ("guided_backprop", "gradcam", "guided_gradcam", "saliency", "deconvnet")
 STAGES: dict[str, list[float]] = {}  # the server's time per stage (ExploreService.timings) of the last run
+SLOWEST: list[tuple[float, str, dict[str, float]]] = []  # (seconds, kind, the server's seconds per stage meanwhile)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -137,6 +138,8 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, lis
                 time.sleep(args.pause)
                 kind = ("new class", "method", "method", "new image")[done % 4]
                 load = os.getloadavg()[0]
+                before = {stage: len(values) for stage, values in service.timings.items()}
+                counts = {k: len(v) for k, v in times.items()}
                 if kind == "new class":
                     fresh = [c for c in classes if c not in shown]
                     if not fresh:
@@ -164,6 +167,10 @@ def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, lis
                     loads[kind].append(load)
                     classes = _top(page)
                     cls, shown = classes[0], [classes[0]]
+                for k in (k for k in times if len(times[k]) > counts[k]):  # the click timed: the server meanwhile
+                    spent = {stage: sum(list(values)[before.get(stage, 0):])
+                             for stage, values in service.timings.items()}
+                    SLOWEST.append((times[k][-1], k, {st: v for st, v in spent.items() if v > 0.0005}))
                 done += 1
             browser.close()
         service.close()
@@ -205,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stage, values in STAGES.items():
         print(f"| {stage} | {len(values)} | {statistics.median(values):.3f} | {_p95(values):.3f} | {sum(values):.2f} |")
     print(f"clicks, total: {sum(every):.2f} s")
+    print("\nThe 3 slowest clicks, with the server's time per stage while each ran (the rest: browser, requests):")
+    for seconds, kind, spent in sorted(SLOWEST, key=lambda r: r[0], reverse=True)[:3]:
+        print(f"- {kind}: {seconds:.3f} s; " + ", ".join(f"{k} {v:.3f}" for k, v in spent.items()))
     return 0
 
 
