@@ -158,8 +158,9 @@ class ExploreService:
             each); an image whose graph was dropped is recorded again when a new class or method needs it.
         units_folder: where the top activations of channels over the images are kept on disk
             (``.unit-cache/``, as ``guided-backprop units -o`` the same folder reads them); ``None``: not kept.
-        prefetch: once a class of an image is shown, compute the maps of its other top-5 classes in the
-            background (on a copy of the model, while no request is under way).
+        prefetch: once a class of an image is shown, compute its other methods' maps and those of the image's
+            other top-5 classes in the background, from the image's recorded forward (one backward pass at a
+            time, while no request is under way).
     """
 
     def __init__(self, loaded: Any, paths: Sequence[str | Path], *, names: Sequence[str] | None = None,
