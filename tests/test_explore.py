@@ -682,3 +682,25 @@ def test_fast_png_decodes_to_the_same_pixels(shape: tuple[int, ...]) -> None:
         assert len(png_bytes(a)) < 1.3 * len(pil.getvalue())
     rgba = Image.fromarray(rng.integers(0, 256, (3, 4, 4), np.uint8), "RGBA")  # others: Pillow's encoder
     np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(rgba)))), np.asarray(rgba))
+
+
+def test_a_model_without_gradients_shows_its_classes_and_says_why_no_map(inputs: list[Path]) -> None:
+    class Frozen(nn.Module):  # its forward runs under no_grad: top classes yes, maps no
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.net(x)
+
+    errors: list[str] = []
+    service = ExploreService(tiny_loaded(Frozen().eval()), inputs, prefetch=False)
+    client = make_client(service, errors)
+    assert len(client.get("/api/images/0/classes").json()) == 3 and service._cache[0].recorded is None
+    response = client.get("/api/panel.png?image=0&class=1&methods=saliency")  # the asked method's own message
+    assert response.status_code == 400 and "does not depend on the input" in response.json()["error"]
+    assert errors
+    assert client.get("/api/images/1/input.png").status_code == 200  # the app goes on

@@ -390,8 +390,8 @@ class ExploreService:
         those that come with the same passes (:func:`_riders`); the background computes the others."""
         try:
             recorded = self._graph(item)
-        except Exception:  # noqa: BLE001 - not recordable: a fresh explain computes them all, or says why
-            return self._compute(item.x, cls, METHODS, 0, fallback=asked)
+        except Exception:  # noqa: BLE001 - not recordable: a fresh explain of the asked ones, or why it fails
+            return self._compute(item.x, cls, asked, 0, fallback=asked)
         with self.timed("waiting for a background pass"):
             recorded.lock.acquire()  # a background pass (one at most) finishes first; its maps are reused
         try:
