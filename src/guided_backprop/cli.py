@@ -312,7 +312,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
         resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
         target=target, mask=mask, score_threshold=score_threshold,
-        output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key,
+        output_key=_output_key(output_key),
         layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
@@ -353,6 +353,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         if report_code:
             return report_code
     return result.exit_code
+
+
+def _output_key(key: str | None) -> str | int | None:
+    """--output-key as the library takes it: digits are a tuple's index, anything else a key."""
+    return int(key) if key is not None and key.isdigit() else key
 
 
 def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
@@ -485,11 +490,14 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @gradcam_layer_option
+@opt(TARGETS, "--output-key", default=None, metavar="KEY",
+     help="The entry of a dict or tuple output that holds the class logits (e.g. logits; an index for a tuple).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
                      figure_steps: int, model_options: ModelOptions,
-                     batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
+                     batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None,
+                     output_key: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
@@ -515,7 +523,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
-            figure_steps=figure_steps, smooth_samples=smooth_samples)
+            figure_steps=figure_steps, smooth_samples=smooth_samples, output_key=_output_key(output_key))
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
