@@ -133,6 +133,7 @@ def test_summary_says_skipped_and_computed(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------- the lock, kill -9
 
 
+@pytest.mark.slow
 def test_the_folder_lock_is_not_held_by_forked_children(tmp_path: Path) -> None:
     """A forked child (a decode worker) inherits the lock's descriptor but not the lock: once the main
     process is killed the folder is free at once, though the child lives on."""

@@ -113,6 +113,7 @@ def test_a_full_or_read_only_disk_at_the_first_write_is_exit_4(tmp_path: Path, m
 # ------------------------------------------------------------------------------- the summary (17)
 
 
+@pytest.mark.slow
 def test_the_summary_time_counts_the_start_up(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
     code = ("import sys, time; time.sleep(2.5); from guided_backprop.cli import main; "
@@ -135,6 +136,7 @@ def _pictures(out: Path) -> dict[str, np.ndarray]:
     return {row["input"]: np.asarray(Image.open(out / row["files"]["input"])) for row in index(out)}
 
 
+@pytest.mark.slow
 def test_a_new_input_keeps_every_number_and_recomputes_nothing(tmp_path: Path) -> None:
     src = write_plain(tmp_path / "src", 5)
     photos = tmp_path / "photos"

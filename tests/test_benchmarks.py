@@ -23,6 +23,7 @@ def _load(name: str):  # type: ignore[no-untyped-def]
         sys.path.remove(str(BENCH))
 
 
+@pytest.mark.slow
 def test_floor_benchmark_reports_every_variant_with_its_error(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("bench_floor")
     assert bench.main(["--quick", "--models", "resnet18", "--variants", "eager,channels_last,bf16"]) == 0
@@ -42,6 +43,7 @@ def test_floor_benchmark_rejects_an_unknown_variant() -> None:
         bench.parse_args(["--variants", "eager,fp8"])
 
 
+@pytest.mark.slow
 def test_evaluate_benchmark_quick_agrees_with_quantus_when_installed(capsys: pytest.CaptureFixture[str]) -> None:
     bench = _load("bench_evaluate")
     have_quantus = importlib.util.find_spec("quantus") is not None

@@ -605,6 +605,7 @@ def test_layers_lists_names_types_shapes_and_receptive_fields() -> None:
     assert spatial.output.splitlines()[-1].endswith("default Grad-CAM layer: 1")
 
 
+@pytest.mark.slow
 def test_layers_of_the_default_model_show_where_patches_are_real() -> None:
     result = invoke("layers", "--spatial")
     assert result.exit_code == 0, result.output
@@ -613,6 +614,7 @@ def test_layers_of_the_default_model_show_where_patches_are_real() -> None:
     assert "787x787 px" in rows["blocks.5"] and "whole input" in rows["blocks.5"]
 
 
+@pytest.mark.slow
 def test_layers_fit_a_screen_by_default_and_all_lists_everything() -> None:
     result = invoke("layers")
     assert result.exit_code == 0, result.output

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from .fixtures.cli_images import write_plain
@@ -25,6 +26,7 @@ def _csv(out: Path) -> list[dict[str, str]]:
     return list(csv.DictReader((out / "predictions.csv").open()))
 
 
+@pytest.mark.slow
 def test_detections_are_explained_with_their_box_label_and_raw_score(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 2)
     out = tmp_path / "out"
@@ -113,6 +115,7 @@ def test_an_all_zero_map_is_written_and_flagged(tmp_path: Path) -> None:
     assert _csv(out)[0]["explained_zero_maps"] == "guided_backprop"
 
 
+@pytest.mark.slow
 def test_models_lists_segmenters_and_detectors_with_their_output_kind() -> None:
     result = invoke("models", "--all")
     assert result.exit_code == 0

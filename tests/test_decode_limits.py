@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from guided_backprop.errors import ExitCode
@@ -41,6 +42,7 @@ def test_the_cap_is_stated_and_can_be_raised(tmp_path: Path) -> None:
     assert high.exit_code == 0, high.output
 
 
+@pytest.mark.slow
 def test_a_decode_worker_that_dies_names_the_file_and_the_rerun_gets_past_it(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 3)
     write_plain(tmp_path / "in", 1, prefix="poison")

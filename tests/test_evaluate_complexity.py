@@ -106,6 +106,7 @@ def test_smooth_mprt_with_one_noise_free_sample_is_mprt() -> None:
     assert not np.allclose(noisy.values["saliency"]["spearman_abs"][:, 1:], before)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_efficient_and_smooth_mprt(tmp_path: Path) -> None:
     from guided_backprop.cli import main
 

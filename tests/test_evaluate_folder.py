@@ -54,6 +54,7 @@ def _mixed(folder: Path) -> list[Path]:
     return paths
 
 
+@pytest.mark.slow
 def test_a_folder_of_mixed_sizes_is_evaluated_and_each_image_gets_its_numbers_alone(tmp_path: Path) -> None:
     paths = _mixed(tmp_path / "in")
     out = tmp_path / "out"
@@ -153,6 +154,7 @@ def test_a_map_that_is_not_finite_fails_that_image_only(tmp_path: Path, monkeypa
     assert doc["images"] == 2 and "not finite" in doc["failed"][str(x_bad)]
 
 
+@pytest.mark.slow
 def test_a_kill_while_writing_keeps_the_previous_set_and_a_rerun_sweeps_the_leftover(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import guided_backprop.evaluate.run as run

@@ -51,6 +51,7 @@ def test_default_is_efficientnet_lite0_with_packaged_weights(lite0: LoadedModel)
     ("chelsea", 285, "Egyptian cat", 0.40),
     ("coffee", 967, "espresso", 0.60),
 ])
+@pytest.mark.slow
 def test_efficientnet_lite0_recognises_real_photos(lite0: LoadedModel, photo: str, index: int, name: str,
                                                    probability: float) -> None:
     picture = Image.fromarray(getattr(skimage.data, photo)())
@@ -85,6 +86,7 @@ def test_default_preprocessing_matches_the_first_batchnorm_statistics(lite0: Loa
     assert correlation > 0.9, f"conv_stem channel means correlate {correlation:.2f} with bn1.running_mean"
 
 
+@pytest.mark.slow
 def test_guided_backprop_runs_on_the_default_model(lite0: LoadedModel) -> None:
     x = lite0.prepare(Image.fromarray(skimage.data.chelsea()))
     maps = gbp.attribute(lite0.model, x, target=lite0.class_index("Egyptian cat"), method="guided_backprop")
@@ -122,6 +124,7 @@ def mobilenet_checkpoint(tmp_path: Path) -> tuple[nn.Module, Path]:
     return model, path
 
 
+@pytest.mark.slow
 def test_torchvision_checkpoint_loaded_by_path(mobilenet_checkpoint: tuple[nn.Module, Path], tmp_path: Path) -> None:
     original, path = mobilenet_checkpoint
     labels = tmp_path / "labels.txt"

@@ -29,6 +29,7 @@ def strict_json(text: str) -> object:
 
 
 @pytest.mark.parametrize("value", [math.nan, math.inf])
+@pytest.mark.slow
 def test_non_finite_weights_are_one_error_at_load_naming_the_tensor(tmp_path: Path, value: float) -> None:
     state = tiny().state_dict()
     state["4.weight"][3, 1] = value
@@ -53,6 +54,7 @@ def test_a_factory_that_builds_non_finite_weights_is_a_model_error() -> None:
     assert not isinstance(info.value, CheckpointError)
 
 
+@pytest.mark.slow
 def test_a_non_finite_output_is_that_inputs_failure_and_the_json_stays_json(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 2)
     Image.new("RGB", (40, 40), (0, 0, 0)).save(tmp_path / "in" / "dark.png")

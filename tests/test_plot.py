@@ -127,6 +127,7 @@ def test_abs_and_signed_maps_get_value_colour_bars_and_errors_say_what_to_do() -
         gbp.show(e, x, index=5)
 
 
+@pytest.mark.slow
 def test_show_is_exported_lazily() -> None:
     code = "import sys, guided_backprop as g; print('matplotlib' in sys.modules, callable(g.show))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)

@@ -402,6 +402,7 @@ def test_interrupted_rename_and_keyboard_interrupt_clean_up(tmp_path: Path, monk
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_import_does_not_load_matplotlib(tmp_path: Path) -> None:
     code = ("import sys, guided_backprop.pictures.render, guided_backprop.pictures.panels, guided_backprop.images; "
             "print('matplotlib' in sys.modules)")

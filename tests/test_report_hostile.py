@@ -99,6 +99,7 @@ def test_a_read_only_thumbs_folder_on_disk_exits_4(tmp_path: Path) -> None:
 # ------------------------------------------------------------------------------ 18.10: only regular files
 
 
+@pytest.mark.slow
 def test_a_fifo_where_a_map_should_be_is_never_opened(tmp_path: Path) -> None:
     out = tmp_path / "out"
     rows = make_run(out, n_ok=2, big=200)

@@ -7,6 +7,8 @@ import signal
 import time
 from pathlib import Path
 
+import pytest
+
 from guided_backprop.errors import ExitCode
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import MODELS, TINY, cli_process, index
@@ -14,6 +16,7 @@ from tests.fixtures.runs import MODELS, TINY, cli_process, index
 FAST = ("--input-size", "32", "--workers", "0")
 
 
+@pytest.mark.slow
 def test_sigterm_stops_the_run_within_seconds_while_a_writer_hangs(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 3)
     marker = tmp_path / "writing"
@@ -31,6 +34,7 @@ def test_sigterm_stops_the_run_within_seconds_while_a_writer_hangs(tmp_path: Pat
     assert "terminated (SIGTERM)" in stderr and "Traceback" not in stderr
 
 
+@pytest.mark.slow
 def test_a_one_megabyte_class_name_with_panel_finishes(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
     labels = tmp_path / "labels.txt"

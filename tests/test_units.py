@@ -74,6 +74,7 @@ def _got(entries) -> list:  # type: ignore[no-untyped-def]
 
 # -- the top k ----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("layer", ["features.conv2", "features.relu3"])
+@pytest.mark.slow
 def test_top9_equals_brute_force_with_ties_and_mixed_sizes(model: UnitNet, layer: str) -> None:
     images = list(_images(7, seed=1)) + list(_images(4, seed=2, size=(20, 12))) + list(_images(3, seed=3))
     images[5] = images[2].clone()  # exact ties across images: the earlier image wins
@@ -133,6 +134,7 @@ def test_streams_in_batches_and_rereads_only_the_winners(model: UnitNet) -> None
 
 
 # -- crops, maps and pictures -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_crops_are_the_receptive_field_and_maps_equal_explainer(model: UnitNet) -> None:
     images = _images(12, seed=7)
 
@@ -280,6 +282,7 @@ def test_errors_name_the_value_and_the_fix(model: UnitNet) -> None:
         unit_grids(model, x, "features.conv2", k=0)
 
 
+@pytest.mark.slow
 def test_unreadable_files_leave_no_blank_cells_the_good_images_can_fill(model: UnitNet, tmp_path) -> None:  # type: ignore[no-untyped-def]
     """9 files, 3 unreadable, k = 9: the 6 good images fill all 9 cells (each image's best, then the next
     best positions), exactly as the 6 good images alone do; before, only 6 cells were filled."""
