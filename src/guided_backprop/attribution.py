@@ -704,9 +704,10 @@ class Explainer:
     @staticmethod
     def _backward(
         scores: torch.Tensor, leaf: torch.Tensor, cam_act: torch.Tensor | None, plan: list[_Pass],
-        state: RuleState, size: Sequence[int],
+        state: RuleState, size: Sequence[int], *, keep_graph: bool = False,
     ) -> tuple[dict[Rule, list[torch.Tensor]], list[torch.Tensor]]:
-        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph."""
+        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph (freed after
+        the last pass unless ``keep_graph``: a graph that later passes reuse)."""
         k = scores.shape[1]
         per_rule: dict[Rule, list[torch.Tensor]] = {p.rule: [] for p in plan if p.rule is not None}
         cams: list[torch.Tensor] = []
@@ -717,7 +718,7 @@ class Explainer:
                 state.method = step.rule if step.rule is not None else Rule.SALIENCY
                 wrt = ([leaf] if step.rule is not None else []) + ([cam_act] if step.with_cam and cam_act is not None
                                                                    else [])
-                last = j == k - 1 and i == len(plan) - 1
+                last = j == k - 1 and i == len(plan) - 1 and not keep_graph
                 try:
                     grads = torch.autograd.grad(scores, wrt, grad_outputs=grad_out, retain_graph=not last,
                                                 allow_unused=True)
