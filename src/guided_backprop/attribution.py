@@ -51,7 +51,8 @@ from .targets import (
     select_output,
 )
 
-__all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed"]
+__all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed",
+           "Recorded"]
 
 
 def smoothgrad_seed(seed: int, sample: int) -> int:
@@ -88,6 +89,8 @@ class Explanation:
     titles: list[str] = field(default_factory=list)
     details: list[list[dict[str, Any]]] = field(default_factory=list)
     found: torch.Tensor | None = None  # (N, K) bool; None: every target found
+    #: target k -> ``(N, h, w)`` bool: the pixels a :class:`Region` target sums over (the output's resolution)
+    regions: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, method: str) -> torch.Tensor:
         key = get_method(method).name
@@ -155,6 +158,8 @@ class Explanation:
             details=[row for p in parts for row in p.details],
             found=None if all(p.found is None for p in parts) else torch.cat(
                 [p.found if p.found is not None else torch.ones(p.scores.shape, dtype=torch.bool) for p in parts]),
+            regions={k: torch.cat([p.regions[k] for p in parts]) for k in first.regions
+                     if all(k in p.regions and p.regions[k].shape[1:] == first.regions[k].shape[1:] for p in parts)},
         )
 
 
@@ -398,6 +403,16 @@ def _evaluate(t: Any, output: Any, ctx: Context) -> _Column:
                           f"from detached tensors, .item() or numpy?)", field="target")
     return _Column(s.unsqueeze(1), found.cpu().unsqueeze(1), [t.title], [[d] for d in got.details],
                    frozen=got.frozen if got.frozen is not None else t)
+
+
+def _regions(columns: list[_Column]) -> dict[int, torch.Tensor]:
+    """Target index -> the ``(N, h, w)`` pixels of each :class:`Region` target (what its maps explain)."""
+    out, k = {}, 0
+    for c in columns:
+        if isinstance(c.frozen, Region) and isinstance(c.frozen.mask, torch.Tensor):
+            out[k] = c.frozen.mask.detach().bool().cpu()
+        k += c.scores.shape[1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -698,16 +713,17 @@ class Explainer:
             titles=[t for c in columns for t in c.titles],
             details=[[d for c in columns for d in c.details[i]] for i in range(n)],
             found=None if bool(found.all()) else found.cpu(),
+            regions=_regions(columns),
         )
         return explanation, [c.frozen for c in columns]
 
     @staticmethod
     def _backward(
         scores: torch.Tensor, leaf: torch.Tensor, cam_act: torch.Tensor | None, plan: list[_Pass],
-        state: RuleState, size: Sequence[int], *, keep_graph: bool = False,
+        state: RuleState, size: Sequence[int], keep_graph: bool = False,
     ) -> tuple[dict[Rule, list[torch.Tensor]], list[torch.Tensor]]:
-        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph (freed after
-        the last pass unless ``keep_graph``: a graph that later passes reuse)."""
+        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph (kept after
+        the last pass with ``keep_graph``, for later passes: :class:`Recorded`)."""
         k = scores.shape[1]
         per_rule: dict[Rule, list[torch.Tensor]] = {p.rule: [] for p in plan if p.rule is not None}
         cams: list[torch.Tensor] = []
@@ -847,3 +863,85 @@ def attribute(
     ):
         return maps[:, 0]
     return maps
+
+
+# ------------------------------------------------------------------------------------------- Recorded
+
+
+class Recorded:
+    """One forward pass of an input, kept with its graph, for the maps of any class and method later.
+
+    The forward runs once under the ReLU routing; each routed ReLU reads the rule when the backward
+    runs (:class:`~guided_backprop.rules.RuleState`), so the one graph serves guided backprop,
+    deconvnet and saliency, and Grad-CAM's layer gradient rides on the saliency pass, exactly as one
+    :meth:`Explainer.explain` call does. :meth:`explain` runs only the backward passes of the asked
+    methods for the asked classes (``retain_graph``), so the maps equal those of a fresh
+    ``Explainer(model).explain(x, classes, methods=...)``: the same forward, the same backward.
+
+    The graph holds the forward's activations (memory): :meth:`close` frees it. One :meth:`explain` at
+    a time (the rule state belongs to the graph; a lock serialises the calls).
+
+    Args:
+        explainer: the model's :class:`Explainer` (its ``eval_mode`` applies).
+        x: the input batch ``(N, C, H, W)``.
+        gradcam_layer: Grad-CAM's layer (default: the last spatial layer the logits depend on).
+        output: which part of a dict / tuple output holds the class logits (as ``explain``'s ``output``).
+    """
+
+    def __init__(self, explainer: Explainer, x: torch.Tensor, *, gradcam_layer: str | None = None,
+                 output: str | int | Callable[[Any], Any] | None = None) -> None:
+        x = explainer._check_input(x)
+        self.size = tuple(x.shape[2:])
+        self.dtype = x.dtype
+        self.device = x.device
+        self.lock = threading.RLock()
+        self._cam_error: TargetError | None = None
+        with explainer._lock, exact_cuda_math(x.device):
+            capture = _Capture(explainer.model, None, gradcam_layer, True, x.shape[0])
+            leaf, out, state = explainer._forward(x, capture)
+            logits = _logits(select_output(out, output), x.shape[0])
+            if not logits.requires_grad:
+                raise ModelError("the model's logits do not depend on the input through autograd "
+                                 "(is the model wrapped in torch.no_grad or built from detached tensors?)")
+            try:
+                self.gradcam_layer, cam = capture.gradcam_activation(logits)
+            except TargetError as err:  # raised when Grad-CAM is asked for, not before
+                self.gradcam_layer, cam, self._cam_error = None, None, err
+        self._leaf: torch.Tensor | None = leaf
+        self._logits: torch.Tensor | None = logits
+        self._cam: torch.Tensor | None = cam
+        self._state = state
+        self.logits = logits.detach()  # (N, classes)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` freed the graph."""
+        return self._logits is None
+
+    def explain(self, target: Target = None, *, methods: str | Sequence[str] = ("guided_backprop",),
+                strict: bool = True) -> Explanation:
+        """Maps of ``methods`` for class targets (``None``: top-1, an int, N ints, ``(N, K)``, ``TopK``),
+        from the recorded forward: only backward passes run."""
+        names = parse_methods(methods)
+        if _target_list(target) is not None or isinstance(target, LAYER_TARGETS):
+            raise TargetError("a recorded forward explains classes only; use Explainer.explain for other targets",
+                              field="target")
+        plan = _backward_plan(names)
+        if any(p.with_cam for p in plan) and self._cam_error is not None:
+            raise self._cam_error
+        _check_relus(self._state, plan, strict)
+        with self.lock, exact_cuda_math(self.device):
+            if self._logits is None or self._leaf is None:
+                raise InputError("this recorded forward was closed (its graph freed); record the input again")
+            scores, classes, logits, _ = _score(self._logits, target, None, None)
+            per_rule, cams = Explainer._backward(scores, self._leaf, self._cam, plan, self._state, self.size,
+                                                 keep_graph=True)
+        return Explanation(maps=_assemble(names, per_rule, cams, self.dtype), scores=scores.detach(),
+                           targets=classes, logits=None if logits is None else logits.detach(),
+                           gradcam_layer=self.gradcam_layer if any(p.with_cam for p in plan) else None,
+                           relu_calls=self._state.calls)
+
+    def close(self) -> None:
+        """Free the graph (the forward's saved activations); later :meth:`explain` calls raise."""
+        with self.lock:
+            self._leaf = self._logits = self._cam = None

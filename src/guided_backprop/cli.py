@@ -219,6 +219,14 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
+#: Options of several commands, defined once (run, explore, evaluate).
+gradcam_layer_option = opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME",
+                           show_default="the last spatial layer",
+                           help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+noise_option = opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+                   help="SmoothGrad noise std as a fraction of the input's value range.")
+
+
 @main.command("run", short_help="Compute the maps of every image in INPUTS (the default command).",
               **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
@@ -241,12 +249,10 @@ def main() -> None:
 @opt(TARGETS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
 @opt(TARGETS, "--neuron", type=NeuronType(), default=None, show_default="the whole channel",
       help="With --layer/--channel: the most active unit ('max') or the unit at Y,X.")
-@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
-      help="Layer for gradcam and guided_gradcam ('guided-backprop layers' lists them).")
+@gradcam_layer_option
 @opt(TARGETS, "--smooth", type=click.IntRange(min=0), default=0, metavar="N",
       help="SmoothGrad: average over N noisy copies (0: off).")
-@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
-      help="SmoothGrad noise std as a fraction of the input's value range.")
+@noise_option
 @opt(TARGETS, "--seed", type=int, default=0, help="Random seed of the SmoothGrad noise.")
 @opt(OUTPUT, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
       help="How maps become pictures: percentile (clip |value| at its 99.5th percentile), minmax (the seed's "
@@ -306,7 +312,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
         resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
         target=target, mask=mask, score_threshold=score_threshold,
-        output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key,
+        output_key=_output_key(output_key),
         layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
@@ -347,6 +353,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
         if report_code:
             return report_code
     return result.exit_code
+
+
+def _output_key(key: str | None) -> str | int | None:
+    """--output-key as the library takes it: digits are a tuple's index, anything else a key."""
+    return int(key) if key is not None and key.isdigit() else key
 
 
 def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
@@ -478,13 +489,15 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
-     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+@gradcam_layer_option
+@opt(TARGETS, "--output-key", default=None, metavar="KEY",
+     help="The entry of a dict or tuple output that holds the class logits (e.g. logits; an index for a tuple).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
                      figure_steps: int, model_options: ModelOptions,
-                     batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
+                     batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None,
+                     output_key: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
@@ -510,7 +523,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
             methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
-            figure_steps=figure_steps, smooth_samples=smooth_samples)
+            figure_steps=figure_steps, smooth_samples=smooth_samples, output_key=_output_key(output_key))
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
@@ -744,12 +757,10 @@ def _model_words(mo: ModelOptions) -> list[str]:
 @main.command("explore", short_help="A local web app: maps of IMAGES computed on demand.", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @model_options
-@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
-     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
-@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",
+@gradcam_layer_option
+@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",  # run's: 0 (off) by default
      help="Noisy copies when SmoothGrad is switched on in the page.")
-@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
-     help="SmoothGrad noise std as a fraction of the input's value range.")
+@noise_option
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/units"),
      help="Folder where the channels' top images over IMAGES are kept (OUT/.unit-cache): "
           "'guided-backprop units IMAGES --channel C -o OUT' reuses them.")
