@@ -53,7 +53,7 @@ def test_evaluate_benchmark_quick_agrees_with_quantus_when_installed(capsys: pyt
     if have_quantus:  # same maps, steps and re-initialisation: the numbers agree to rounding
         assert "equals ours" in out and "within the tolerance" in out
         assert "| EfficientMPRT | saliency |" in out and "| SmoothMPRT | gradcam |" in out
-        assert "ours/Quantus" in out and "ours/floor" in out and "(load " in out
+        assert "ours/Quantus" in out and "ours/floor" in out and "ours/recomputing" in out and "(load " in out
 
 
 @pytest.mark.slow
