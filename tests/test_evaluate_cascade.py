@@ -38,6 +38,7 @@ def _same(a: Any, b: Any) -> None:
 
 @pytest.mark.parametrize("order", ["cascading", "independent"])
 @pytest.mark.parametrize("granularity", ["blocks", "modules"])
+@pytest.mark.slow
 def test_replaying_the_bottom_equals_recomputing_it_bit_for_bit(order: str, granularity: str) -> None:
     net = _net()
     before = _snapshot(net)
