@@ -236,6 +236,9 @@ class Evaluation:
     failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
     settings: dict[str, Any] = field(default_factory=dict)
+    #: what was explained when not a class: ``{"explained", "score", "details": [one dict per image]}``
+    target: dict[str, Any] | None = None
+    not_explained: dict[str, str] = field(default_factory=dict)  # images with nothing to explain, and why
 
     def to_json(self) -> dict[str, Any]:
         """The ``evaluation.json`` contract: checks not run are absent."""
@@ -251,6 +254,10 @@ class Evaluation:
             out["passed_over"] = dict(self.passed_over)
         if self.settings:
             out["settings"] = dict(self.settings)
+        if self.target is not None:
+            out["target"] = {**self.target, "details": dict(zip(self.images, self.target["details"]))}
+        if self.not_explained:
+            out["not_explained"] = dict(self.not_explained)
         return out
 
 
@@ -289,6 +296,9 @@ def merge(parts: list[tuple[list[int], Evaluation]]) -> Evaluation:
     evs = [ev for _pos, ev in parts]
     out = Evaluation(model=evs[0].model, images=[evs[0].images[0]], seed=evs[0].seed)
     out.images = _joined([list(ev.images) for ev in evs], perm)
+    if evs[0].target is not None:
+        out.target = {**evs[0].target, "details": _joined([list(ev.target["details"]) for ev in evs
+                                                           if ev.target is not None], perm)}
     for key in RESULT_KEYS:
         results = [getattr(ev, key) for ev in evs]
         if results[0] is None:
