@@ -124,7 +124,7 @@ def test_cli_evaluate_a_segmenter_region(tmp_path: Path) -> None:
     doc = json.loads((out / "evaluation.json").read_text())
     assert doc["target"]["explained"] == "region 1" and set(doc["target"]["details"]) == set(doc["inputs"])
     assert "class_sensitivity" not in doc and doc["deletion"]["methods"]["saliency"]["auc"]["n"] == 2
-    assert doc["settings"]["target"] == "cat"
+    assert doc["settings"]["target"] == "cat" and doc["deletion"]["follows"] == "score"
     rows = (out / "evaluation.csv").read_text().splitlines()
     assert any(",deletion,saliency,0,score," in row for row in rows)
 

@@ -134,7 +134,8 @@ class CurveResult:
 
     ``fractions`` are the shares of pixels removed (deletion) or inserted (insertion) at each step,
     0 to 1. ``curves[method]`` is ``(images, steps + 1)``: the softmax probability of the class the
-    model predicted on the intact image; ``random`` the same for a random pixel order. ``auc``:
+    model predicted on the intact image (or, ``classes`` all -1, an output target's raw score: see
+    :attr:`follows`); ``random`` the same for a random pixel order. ``auc``:
     the area under each curve (trapezoid rule over [0, 1]); low is good for deletion, high for
     insertion.
     """
@@ -145,6 +146,11 @@ class CurveResult:
     random: np.ndarray
     classes: list[int]
     seed: int = 0
+
+    @property
+    def follows(self) -> Literal["probability", "score"]:
+        """What the curves follow: a class's softmax ``"probability"`` or an output target's raw ``"score"``."""
+        return "score" if self.classes and all(c == -1 for c in self.classes) else "probability"
 
     @property
     def auc(self) -> dict[str, np.ndarray]:
@@ -162,6 +168,7 @@ class CurveResult:
                         for m, a in self.auc.items()},
             "random": {"auc": summarize(self.random_auc).to_json(), "curve": _per_step(self.random)},
             "fractions": [float(f) for f in self.fractions],
+            "follows": self.follows,
         }
 
 

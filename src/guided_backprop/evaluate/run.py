@@ -69,7 +69,7 @@ class EvaluateConfig:
     trust_checkpoint: bool = False
     input_size: int | None = None
     methods: Sequence[str] = ("guided_backprop", "saliency", "gradcam")
-    checks: Sequence[str] | None = DEFAULT_CHECKS  # None: the default checks, less class sensitivity for an output target
+    checks: Sequence[str] | None = DEFAULT_CHECKS  # None: the defaults, class sensitivity only for a class target
     order: Literal["cascading", "independent"] = "cascading"
     granularity: str | Sequence[str] = "blocks"
     metrics: Sequence[str] = METRICS
@@ -501,8 +501,7 @@ def csv_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
         if curve is None:
             continue
         series = {**curve.curves, "random": curve.random}
-        # the curve follows a class's softmax probability, or an output target's raw score (class -1)
-        metric = "score" if curve.classes and all(c == -1 for c in curve.classes) else "probability"
+        metric = curve.follows  # a class's softmax probability, or an output target's raw score
         aucs = {**curve.auc, "random": curve.random_auc}
         for m, c in series.items():
             for i in range(c.shape[0]):
