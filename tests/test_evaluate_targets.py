@@ -155,3 +155,35 @@ def test_cli_evaluate_detector_without_match(tmp_path: Path) -> None:
     assert r.output.count("nothing to explain") >= 2
     r = CliRunner().invoke(main, [*base, "--target", "detections:2"])
     assert r.exit_code == ExitCode.USAGE and "one target" in r.output
+
+
+@pytest.mark.slow
+def test_torchvision_segmenter_region_deletion_starts_at_the_region_score() -> None:
+    from torchvision.models.segmentation import lraspp_mobilenet_v3_large
+
+    torch.manual_seed(0)
+    net = lraspp_mobilenet_v3_large(weights=None, weights_backbone=None, num_classes=4).eval()
+    x = torch.randn(1, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        out = net(x)["out"]
+    cls = int(out.argmax(dim=1).flatten().mode().values)  # a class with predicted pixels
+    mask = out.argmax(dim=1) == cls
+    ev = run_checks(net, x, methods=["saliency"], checks="deletion,insertion", steps=4, target=gbp.Region(cls))
+    intact = float((out[:, cls] * mask).sum())
+    assert ev.deletion.curves["saliency"][0, 0] == pytest.approx(intact, rel=1e-5)
+    assert ev.insertion.curves["saliency"][0, -1] == pytest.approx(intact, rel=1e-5)
+    assert ev.deletion.follows == "score"
+
+
+@pytest.mark.slow
+def test_torchvision_detector_box_follows_the_detection_score() -> None:
+    loaded = gbp.load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
+    from skimage import data
+
+    x = loaded.prepare(data.astronaut()[::4, ::4].copy())
+    with torch.no_grad():
+        top = loaded.model.eval()(x)[0]
+    assert len(top["scores"]) > 0
+    ev = run_checks(loaded.model, x, methods=["saliency"], checks="deletion", steps=2, target=gbp.Box(rank=0))
+    assert ev.deletion.curves["saliency"][0, 0] == pytest.approx(float(top["scores"][0]), rel=1e-4)
+    assert ev.target is not None and ev.target["details"][0]["label"] == int(top["labels"][0])

@@ -227,8 +227,9 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
 def evaluation_target(cfg: EvaluateConfig, loaded: LoadedModel) -> tuple[Any, str | None]:
     """What ``cfg`` asks to explain on ``loaded``'s model, parsed by ``run``'s own code (one grammar): ``None``
     (each image's predicted class), a class index, or one output target; and its description."""
-    if cfg.target is None and cfg.mask is None and getattr(loaded, "kind", "classifier") == "classifier":
-        return None, None
+    if cfg.target is None and cfg.mask is None and getattr(loaded, "kind", "classifier") not in ("segmenter",
+                                                                                              "detector"):
+        return None, None  # the predicted class (of the logits --output-key picks, for a dict output)
     from ..batch.config import BatchConfig
     from ..batch.plan import _parse_target
 
