@@ -32,6 +32,7 @@ from ..atomic import write_bytes
 from ..attribution import Explainer
 from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
+from ..targets import TopK
 from .checks import (
     DEFAULT_CHECKS,
     SMOOTH_NOISE,
@@ -237,7 +238,8 @@ def evaluation_target(cfg: EvaluateConfig, loaded: LoadedModel) -> tuple[Any, st
                                                       score_threshold=float(cfg.score_threshold)), loaded)
     items = spec if isinstance(spec, list) else [spec]
     if k != 1 or len(items) != 1 or not (items[0] is None or isinstance(items[0], int) or is_output_target(items[0])):
-        raise TargetError(f"evaluate explains one target per image; target={cfg.target!r} gives {k} ({text}): "
+        given = f"top{cfg.target.k}" if isinstance(cfg.target, TopK) else cfg.target
+        raise TargetError(f"evaluate explains one target per image; target={given!r} gives {k} ({text}): "
                           f"give one class, detections:1 or one box", field="target")
     return items[0], text
 
