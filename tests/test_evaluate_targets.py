@@ -69,6 +69,27 @@ def test_randomisation_compares_maps_of_the_target() -> None:
         assert torch.equal(p, q)  # the caller's model is untouched
 
 
+def test_randomised_steps_explain_the_same_region_by_hand() -> None:
+    """Each step's similarity is that of the region's map on the randomised network, computed independently:
+    the region's pixels fixed on the trained model, the randomised copies explained with plain Explainer calls."""
+    from guided_backprop.evaluate import randomized_models
+    from guided_backprop.evaluate.similarity import spearman_abs
+
+    net = _segmenter()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    ev = run_checks(net, x, methods=["guided_backprop"], checks="randomization", target=gbp.Region(2))
+    with torch.no_grad():
+        frozen = gbp.Region(2, (net(x)["out"].argmax(dim=1) == 2).double())  # (N, H, W): the trained pixels
+    trained = gbp.Explainer(net).explain(x, frozen, methods=["guided_backprop"]).maps["guided_backprop"][:, 0]
+    assert ev.randomization.steps == ["original", "head", "body"]
+    for j, (_name, randomized) in enumerate(randomized_models(net, ["head", "body"], seed=0), start=1):
+        m = gbp.Explainer(randomized).explain(x, frozen, methods=["guided_backprop"]).maps["guided_backprop"][:, 0]
+        for i in range(2):
+            expected = spearman_abs(trained[i], m[i])
+            assert ev.randomization.values["guided_backprop"]["spearman_abs"][i, j] == pytest.approx(expected)
+    assert not np.allclose(ev.randomization.values["guided_backprop"]["spearman_abs"][:, 1:], 1.0)
+
+
 def test_class_sensitivity_needs_a_class() -> None:
     with pytest.raises(TargetError, match="class sensitivity") as err:
         run_checks(_segmenter(), torch.randn(1, 3, 8, 8, dtype=torch.float64), checks="class,deletion",
