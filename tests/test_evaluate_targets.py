@@ -208,3 +208,36 @@ def test_torchvision_detector_box_follows_the_detection_score() -> None:
     ev = run_checks(loaded.model, x, methods=["saliency"], checks="deletion", steps=2, target=gbp.Box(rank=0))
     assert ev.deletion.curves["saliency"][0, 0] == pytest.approx(float(top["scores"][0]), rel=1e-4)
     assert ev.target is not None and ev.target["details"][0]["label"] == int(top["labels"][0])
+
+
+def test_cli_evaluate_an_image_without_match_gets_no_numbers(tmp_path: Path) -> None:
+    photos = tmp_path / "in"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)).save(photos / "wide.png")  # 16x19
+    Image.fromarray(rng.integers(0, 255, (40, 20, 3), dtype=np.uint8)).save(photos / "tall.png")  # 32x16
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(photos), "-o", str(out), "--model", f"{FIXTURE}:detector",
+                                  "--target", "box:0,0,8,7", "--resize", "16", "--crop", "none",
+                                  "--methods", "saliency", "--steps", "2", "--checks", "deletion"])
+    assert r.exit_code == 0, r.output
+    assert r.output.count("nothing to explain") == 1 and "tall.png" in r.output
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert doc["images"] == 1 and [Path(p).name for p in doc["inputs"]] == ["wide.png"]
+    assert [Path(p).name for p in doc["not_explained"]] == ["tall.png"]
+    assert doc["deletion"]["methods"]["saliency"]["auc"]["n"] == 1
+
+
+def test_cli_evaluate_a_region_of_a_mask(tmp_path: Path) -> None:
+    photos = _photos(tmp_path / "in", 1)
+    picture = np.zeros((8, 8), dtype=np.uint8)
+    picture[:4, :4] = 255  # the top-left quarter, at any input size
+    Image.fromarray(picture).save(tmp_path / "mask.png")
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(photos), "-o", str(out), "--model", f"{FIXTURE}:segmenter",
+                                  "--target", "dog", "--mask", str(tmp_path / "mask.png"), "--input-size", "16",
+                                  "--methods", "saliency", "--steps", "2", "--checks", "deletion"])
+    assert r.exit_code == 0, r.output
+    doc = json.loads((out / "evaluation.json").read_text())
+    assert [d["pixels"] for d in doc["target"]["details"].values()] == [64.0]  # a quarter of 16x16
+    assert doc["target"]["explained"] == "region 2" and "--mask" in doc["settings"]["target"]
