@@ -52,8 +52,9 @@ from .visible import visible
 __all__ = ["cli_message", "main"]
 
 EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
-    "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
+    "Exit codes: 0 every image evaluated (an image on which --target has nothing to explain: a 'note:' line, no "
+    "numbers); 1 some images could not be read (each named on stderr, the others evaluated); 2 usage error (bad "
+    "option, unknown model, block or check, a --target the model does not have, no readable image); "
     "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
     "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
     "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
