@@ -52,8 +52,9 @@ from .visible import visible
 __all__ = ["cli_message", "main"]
 
 EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
-    "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
+    "Exit codes: 0 every image evaluated (an image on which --target has nothing to explain: a 'note:' line, no "
+    "numbers); 1 some images could not be read (each named on stderr, the others evaluated); 2 usage error (bad "
+    "option, unknown model, block or check, a --target the model does not have, no readable image); "
     "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
     "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
     "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
@@ -492,12 +493,19 @@ def report_command(output: Path, verbose: bool) -> int:
 @gradcam_layer_option
 @opt(TARGETS, "--output-key", default=None, metavar="KEY",
      help="The entry of a dict or tuple output that holds the class logits (e.g. logits; an index for a tuple).")
+@opt(TARGETS, "--target", type=TargetType(), default=None, show_default="each image's predicted class",
+     help="What every check explains, as run's --target: a class; a segmenter's class (its pixels); detections:1 "
+          "or box:x0,y0,x1,y1[:label]; similar:REF.png; output:K. Deletion / insertion then follow its raw score.")
+@opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
+     help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
+@opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
+     help="detections:1 takes the most confident detection scoring at least F.")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
                      figure_steps: int, model_options: ModelOptions,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None,
-                     output_key: str | None) -> int:
+                     output_key: str | None, target: Any, mask: str | None, score_threshold: float) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
@@ -520,14 +528,18 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     try:
         cfg = EvaluateConfig(
-            methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
+            methods=methods, order=order,  # type: ignore[arg-type]
+            checks=None if click.get_current_context().get_parameter_source("checks")
+            is click.core.ParameterSource.DEFAULT else parse_checks(checks),
+            target=target, mask=mask, score_threshold=score_threshold,
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
             figure_steps=figure_steps, smooth_samples=smooth_samples, output_key=_output_key(output_key))
         with _sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
-                                     on_pass_over=echo_skipped)
+                                     on_pass_over=echo_skipped,
+                                     on_note=lambda line: click.echo(f"note: {visible(line)}", err=True))
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
@@ -546,6 +558,10 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     if not quiet:
         for line in summary_table(result.evaluation):
             click.echo(line)
+        if result.evaluation.target is not None:
+            click.echo(f"explained: {visible(result.evaluation.target['explained'])} (target "
+                       f"{visible(str(result.evaluation.settings.get('target')))}); deletion and insertion follow "
+                       f"its raw score, not a softmax probability")
         n = len(result.evaluation.images)
         skipped = len(result.skipped) + len(result.passed_over)
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "

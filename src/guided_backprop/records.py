@@ -645,8 +645,10 @@ class CurveRecord:
     methods: dict[str, CurveStats]
     random: CurveStats
     fractions: list[float | None]
+    #: What the curves follow: a class's softmax ``"probability"`` or an output target's raw ``"score"``.
+    follows: str = "probability"
 
-    KEYS: ClassVar[tuple[str, ...]] = ("methods", "random", "fractions")
+    KEYS: ClassVar[tuple[str, ...]] = ("methods", "random", "fractions", "follows")
 
     def value(self, method: str, metric: str = "auc") -> float | None:
         """The mean area under the method's curves (the summary table's value)."""
@@ -655,14 +657,15 @@ class CurveRecord:
 
     def to_json(self) -> Json:
         return {"methods": {m: s.to_json() for m, s in self.methods.items()}, "random": self.random.to_json(),
-                "fractions": list(self.fractions)}
+                "fractions": list(self.fractions), "follows": self.follows}
 
     @classmethod
     def read(cls, doc: _Doc, value: Any, where: str) -> CurveRecord:
         d = doc.obj(value, where, cls.KEYS)
         return cls(methods=doc.per_method(d.get("methods"), f"{where}.methods", CurveStats.read),
                    random=CurveStats.read(doc, d.get("random"), f"{where}.random"),
-                   fractions=doc.numbers(d.get("fractions"), f"{where}.fractions"))
+                   fractions=doc.numbers(d.get("fractions"), f"{where}.fractions"),
+                   follows=doc.text(d.get("follows"), f"{where}.follows") or "probability")
 
 
 @dataclass(frozen=True)
@@ -721,12 +724,17 @@ class EvaluationRecord:
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     passed_over: dict[str, str] = dataclasses.field(default_factory=dict)
     settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: What was explained when not a class: ``{"explained", "score", "details": {image: its details}}``.
+    target: dict[str, Any] | None = None
+    #: Images with nothing to explain (no matching detection, an empty region), and why.
+    not_explained: dict[str, str] = dataclasses.field(default_factory=dict)
     figures: dict[str, str] = dataclasses.field(default_factory=dict)
 
     KEYS: ClassVar[tuple[str, ...]] = ("model", "images", "seed", "inputs", *EVALUATION_CHECKS, "failed",
-                                       "passed_over", "settings", "figures")
+                                       "passed_over", "settings", "target", "not_explained", "figures")
     #: Written only when not empty.
-    OPTIONAL: ClassVar[tuple[str, ...]] = (*EVALUATION_CHECKS, "failed", "passed_over", "settings")
+    OPTIONAL: ClassVar[tuple[str, ...]] = (*EVALUATION_CHECKS, "failed", "passed_over", "settings", "target",
+                                           "not_explained")
 
     @property
     def checks(self) -> dict[str, CheckRecord]:
@@ -739,6 +747,10 @@ class EvaluationRecord:
         for key in ("failed", "passed_over", "settings"):
             if getattr(self, key):
                 out[key] = dict(getattr(self, key))
+        if self.target is not None:
+            out["target"] = dict(self.target)
+        if self.not_explained:
+            out["not_explained"] = dict(self.not_explained)
         out["figures"] = dict(self.figures)
         return out
 
@@ -766,6 +778,8 @@ class EvaluationRecord:
             failed=doc.names(d["failed"], "failed") if "failed" in d else {},
             passed_over=doc.names(d["passed_over"], "passed_over") if "passed_over" in d else {},
             settings=dict(doc.obj(d["settings"], "settings")) if "settings" in d else {},
+            target=dict(doc.obj(d["target"], "target")) if "target" in d else None,
+            not_explained=doc.names(d["not_explained"], "not_explained") if "not_explained" in d else {},
             figures=doc.names(d.get("figures"), "figures"),
         )
         if odd is not None:

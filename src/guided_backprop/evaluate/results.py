@@ -150,7 +150,8 @@ class CurveResult:
 
     ``fractions`` are the shares of pixels removed (deletion) or inserted (insertion) at each step,
     0 to 1. ``curves[method]`` is ``(images, steps + 1)``: the softmax probability of the class the
-    model predicted on the intact image; ``random`` the same for a random pixel order. ``auc``:
+    model predicted on the intact image (or, ``classes`` all -1, an output target's raw score: see
+    :attr:`follows`); ``random`` the same for a random pixel order. ``auc``:
     the area under each curve (trapezoid rule over [0, 1]); low is good for deletion, high for
     insertion.
     """
@@ -161,6 +162,11 @@ class CurveResult:
     random: np.ndarray
     classes: list[int]
     seed: int = 0
+
+    @property
+    def follows(self) -> Literal["probability", "score"]:
+        """What the curves follow: a class's softmax ``"probability"`` or an output target's raw ``"score"``."""
+        return "score" if self.classes and all(c == -1 for c in self.classes) else "probability"
 
     @property
     def auc(self) -> dict[str, np.ndarray]:
@@ -177,7 +183,7 @@ class CurveResult:
             methods={m: CurveStats(auc=summarize(a).to_record(), curve=_per_step(self.curves[m]))
                      for m, a in self.auc.items()},
             random=CurveStats(auc=summarize(self.random_auc).to_record(), curve=_per_step(self.random)),
-            fractions=[float(f) for f in self.fractions])
+            fractions=[float(f) for f in self.fractions], follows=self.follows)
 
     def to_json(self) -> dict[str, Any]:
         return self.to_record().to_json()
@@ -251,13 +257,19 @@ class Evaluation:
     failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
     settings: dict[str, Any] = field(default_factory=dict)
+    #: what was explained when not a class: ``{"explained", "score", "details": [one dict per image]}``
+    target: dict[str, Any] | None = None
+    not_explained: dict[str, str] = field(default_factory=dict)  # images with nothing to explain, and why
 
     def to_record(self, figures: dict[str, str] | None = None) -> EvaluationRecord:
         """The ``evaluation.json`` record (checks not run are ``None``), with the ``figures`` written beside it."""
         checks = {key: getattr(self, key).to_record() for key in EVALUATION_CHECKS if getattr(self, key) is not None}
         return EvaluationRecord(model=self.model, images=len(self.images), seed=self.seed, inputs=list(self.images),
                                 **checks, failed=dict(self.failed), passed_over=dict(self.passed_over),
-                                settings=dict(self.settings), figures=dict(figures or {}))
+                                settings=dict(self.settings),
+                                target=None if self.target is None else {
+                                    **self.target, "details": dict(zip(self.images, self.target["details"]))},
+                                not_explained=dict(self.not_explained), figures=dict(figures or {}))
 
     def to_json(self) -> dict[str, Any]:
         """The ``evaluation.json`` contract: checks not run are absent."""
@@ -299,6 +311,9 @@ def merge(parts: list[tuple[list[int], Evaluation]]) -> Evaluation:
     evs = [ev for _pos, ev in parts]
     out = Evaluation(model=evs[0].model, images=[evs[0].images[0]], seed=evs[0].seed)
     out.images = _joined([list(ev.images) for ev in evs], perm)
+    if evs[0].target is not None:
+        out.target = {**evs[0].target, "details": _joined([list(ev.target["details"]) for ev in evs
+                                                           if ev.target is not None], perm)}
     for key in EVALUATION_CHECKS:
         results = [getattr(ev, key) for ev in evs]
         if results[0] is None:
