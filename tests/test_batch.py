@@ -15,13 +15,12 @@ import pytest
 from guided_backprop import batch, render
 from guided_backprop.batch import job as batch_job
 from guided_backprop.batch import journal as batch_journal
-from guided_backprop.batch import plan as batch_plan
 from guided_backprop.batch import writer as batch_writer
 from guided_backprop.batch.records import IndexRecord
 from guided_backprop.errors import GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import write_plain
-from tests.fixtures.runs import TINY, config, index
+from tests.fixtures.runs import config, index
 
 
 def journal(out: Path) -> list[dict]:
@@ -64,9 +63,11 @@ def test_duplicate_stems_are_refused_when_the_name_has_no_idx(tmp_path: Path) ->
 )
 def test_input_size_follows_the_models_convention(model_pre: Preprocessing, size: int, resize: object,
                                                   crop: object) -> None:
-    pre = batch_plan._apply_preprocessing(model_pre, batch.BatchConfig(input_size=size))
+    from guided_backprop.cli_options import preprocessing_changes
+
+    pre = model_pre.adjust(**preprocessing_changes(input_size=size))  # the flags, as the spec holds them
     assert (pre.resize, pre.crop) == (resize, crop)
-    pre = batch_plan._apply_preprocessing(model_pre, batch.BatchConfig(resize=None, crop=20))
+    pre = model_pre.adjust(**preprocessing_changes(resize=None, crop=20))
     assert (pre.resize, pre.crop, pre.mean) == (None, 20, model_pre.mean)
 
 
@@ -276,13 +277,13 @@ def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_smoothgrad_maps_of_the_batch_job_are_the_apis_for_the_same_seed_and_index(tmp_path: Path) -> None:
     import guided_backprop as gbp
-    from guided_backprop import images, models
+    from guided_backprop import images
 
     write_plain(tmp_path / "in", 2)
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(smooth=3, seed=5, save_raw=True))
     assert result.exit_code == 0
-    lm = models.load_model(TINY)
-    pre = batch_plan._apply_preprocessing(lm.preprocessing, config())
+    lm = config().model.load()  # the run's model, its preprocessing changed as the run's
+    pre = lm.preprocessing
     for row in index(tmp_path / "out"):
         x = pre(images.load_image(row["input"]))[None]
         e = gbp.Explainer(lm.model).explain(x, methods=["guided_backprop"], smooth=3, noise=0.15, seed=5,

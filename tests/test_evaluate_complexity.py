@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from guided_backprop import ModelSpec
 from guided_backprop.evaluate import (
     Smoothing,
     discrete_entropy,
@@ -185,7 +186,8 @@ def test_efficient_mprt_costs_two_explanations_per_batch(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(Explainer, "explain", counted)
     write_plain(tmp_path / "in", 3)
-    cfg = EvaluateConfig(model=f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny", input_size=32,
+    cfg = EvaluateConfig(model=ModelSpec(f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny",
+                                         preprocessing={"input_size": 32}),
                          methods=["saliency", "gradcam"], checks=["emprt", "deletion"], steps=2, batch_size=2)
     run = evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
     assert run.evaluation.efficient_mprt is not None and len(run.evaluation.images) == 3

@@ -417,9 +417,10 @@ def test_top_images_in_background_cached_and_reused_by_units(inputs: list[Path],
 
     from guided_backprop import unit_cache, units
     from guided_backprop.cli import main
-    from guided_backprop.cli_options import ModelOptions
+    from guided_backprop.cli_options import model_spec
 
-    loaded = ModelOptions(model=f"{MODELS}:tiny", input_size=32).load()  # as the command loads it
+    flags = ["x.png", "-o", "o", "--layer", "1", "--model", f"{MODELS}:tiny", "--input-size", "32"]
+    loaded = model_spec(dict(main.commands["units"].make_context("units", flags).params)).load()  # as the command
     out = tmp_path / "units"
     service = ExploreService(loaded, inputs, units_folder=out)
     client = make_client(service)
@@ -461,26 +462,28 @@ def test_top_images_of_an_unknown_layer_or_channel(service: ExploreService) -> N
 
 
 def test_reproducing_command_takes_the_model_options_back() -> None:
+    from guided_backprop import ModelSpec
     from guided_backprop.cli import _model_words, main
-    from guided_backprop.cli_options import _MODEL_FIELDS, ModelOptions
+    from guided_backprop.cli_options import model_spec
 
-    given = ModelOptions(model="my net.py:build", weights="w.pt", num_classes=7, trust_checkpoint=True,
-                         input_size=64, resize=None, crop=48, mean=(0.5,), std=(0.25,), channels=1, device="cpu")
+    given = ModelSpec("my net.py:build", weights="w.pt", num_classes=7, trust_checkpoint=True, device="cpu",
+                      preprocessing={"input_size": 64, "resize": None, "crop": 48, "mean": (0.5,), "std": (0.25,),
+                                     "channels": 1})
     words = _model_words(given)
     ctx = main.commands["run"].make_context("run", ["x.png", "-o", "out", *words])
-    parsed = {k: ctx.params[k] for k in _MODEL_FIELDS}
-    parsed["channels"] = int(parsed["channels"])
-    assert ModelOptions(**parsed) == given
-    assert _model_words(ModelOptions()) == []
+    assert model_spec(dict(ctx.params)) == given
+    assert _model_words(ModelSpec()) == []
 
 
 def test_reproducing_command_of_the_default_options_adds_no_word() -> None:
     # the command line's own defaults (--resize/--crop parse to the KEEP sentinel, not the string 'model')
+    from guided_backprop import ModelSpec
     from guided_backprop.cli import _model_words, main
-    from guided_backprop.cli_options import _MODEL_FIELDS, ModelOptions
+    from guided_backprop.cli_options import model_spec
 
     ctx = main.commands["explore"].make_context("explore", ["x.png"])
-    assert _model_words(ModelOptions(**{k: ctx.params[k] for k in _MODEL_FIELDS})) == []
+    assert model_spec(dict(ctx.params)) == ModelSpec()
+    assert _model_words(model_spec(dict(ctx.params))) == []
 
 
 def test_warm_up_fills_the_cache_of_the_first_readable_image(inputs: list[Path]) -> None:

@@ -24,6 +24,7 @@ from guided_backprop.batch.records import (
     json_text,
 )
 from tests.fixtures.cli_images import write_plain
+from tests.fixtures.runs import config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "output-folder.md"
@@ -120,7 +121,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "in" / "zz broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # a failed input: error written
     outs = {}
     for name, changes in RUNS.items():
-        cfg = batch.BatchConfig(**{"model": TINY, "input_size": 32, "workers": 0, "batch_size": 2, **changes})
+        cfg = config(**changes)
         result = batch.run([root / "in"], root / name, cfg, log=lambda _line: None)
         assert (result.ok, result.failed) == (3, 1), name
         outs[name] = root / name

@@ -26,6 +26,7 @@ _LAZY = {
     "Channel": "targets", "MaxNeuron": "targets", "Neuron": "targets", "TopK": "targets",
     "Score": "targets", "Region": "targets", "Box": "targets", "Similarity": "targets", "Output": "targets",
     "load_model": "models", "LoadedModel": "models", "available_models": "models", "DEFAULT_MODEL": "models",
+    "ModelSpec": "model_spec",
     "Preprocessing": "preprocessing",
     "load_image": "images", "find_images": "images",
     "map_to_image": "render", "heatmap_overlay": "render", "save_image": "render", "to_pil": "render",

@@ -25,13 +25,13 @@ from . import __version__
 from .cli_options import (
     COMMAND_SETTINGS,
     EXIT_CODES,
+    FLAGS,
     OUTPUT,
     PERF,
     PROG,
     RESUME,
     TARGETS,
     MethodsType,
-    ModelOptions,
     NeuronType,
     TargetType,
     cli_message,
@@ -46,6 +46,7 @@ from .cli_options import (
 )
 from .errors import ExitCode, GuidedBackpropError
 from .methods import METHODS
+from .model_spec import DEFAULT_DEVICE, ModelSpec
 from .render import NORMALIZATIONS
 from .visible import visible
 
@@ -275,7 +276,7 @@ def main() -> None:
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
-def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
+def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods: tuple[str, ...],
                 target: Any, mask: str | None, score_threshold: float, output_key: str | None, layer: str | None,
                 channel: int | None, neuron: Any, gradcam_layer: str | None, smooth: int, noise: float, seed: int,
                 norm: str, seed_look: bool, name_template: str | None,
@@ -300,17 +301,12 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
     if gradcam_layer is not None and not any(get_method(m).gradcam or m == "gradcam" for m in methods):
         click.echo(f"warning: --gradcam-layer {gradcam_layer} is not used: none of --methods {','.join(methods)} "
                    f"is gradcam or guided_gradcam", err=True)
-    mo = model_options
     cfg = batch.BatchConfig(
-        model=mo.model, weights=mo.weights, labels=None if mo.labels is None else str(mo.labels),
-        num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
-        resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
-        target=target, mask=mask, score_threshold=score_threshold,
+        model=model, methods=methods, target=target, mask=mask, score_threshold=score_threshold,
         output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key,
         layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
-        save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
-        max_pixels=max_pixels,
+        save_raw=save_raw, batch_size=batch_size, workers=workers, overwrite=overwrite, max_pixels=max_pixels,
     )
     progress = not quiet and sys.stderr.isatty()
     try:
@@ -483,7 +479,7 @@ def report_command(output: Path, verbose: bool) -> int:
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
-                     figure_steps: int, model_options: ModelOptions,
+                     figure_steps: int, model: ModelSpec,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
@@ -507,12 +503,12 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     try:
         cfg = EvaluateConfig(
-            methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
+            model=model, methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
             figure_steps=figure_steps, smooth_samples=smooth_samples)
         with _sigterm_as_interrupt():
-            result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
+            result = evaluate_folder(list(inputs), output, cfg, progress=progress,
                                      on_skip=lambda path, reason: echo_error(reason),
                                      on_pass_over=echo_skipped)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
@@ -570,7 +566,7 @@ UNITS_EXIT_CODES = (
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channels: tuple[int, ...], top_channels: int,
-                  k: int, model_options: ModelOptions, norm: str, batch_size: int, quiet: bool,
+                  k: int, model: ModelSpec, norm: str, batch_size: int, quiet: bool,
                   verbose: bool) -> int:
     """What units of a higher layer respond to (Springenberg et al. 2014, fig. 3): for each channel,
     the images and positions where it fires most, shown as the image patch in the unit's receptive
@@ -595,7 +591,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     created = False
     try:
         with _sigterm_as_interrupt():
-            loaded = model_options.load()
+            loaded = model.load()
             found = search_images(list(inputs), exclude=output)
             for passed in found.skipped:
                 echo_skipped(passed.path, passed.reason)
@@ -661,7 +657,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
 @opt(OUTPUT, "--all", "show_all", is_flag=True,
      help="Every layer, at every depth, Identity and dropout included (default: what fits a screen).")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, verbose: bool) -> int:
+def layers_command(model: ModelSpec, spatial: bool, show_all: bool, verbose: bool) -> int:
     """The model's layers with their type, output shape and receptive field for the model's input
     size (--input-size changes it): the names --layer, --gradcam-layer and 'units --layer' take.
     By default the list fits a screen: no Identity or dropout layers, and names only as deep as
@@ -672,7 +668,7 @@ def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, v
     from .receptive import layer_table, screen_rows
 
     try:
-        loaded = model_options.load()
+        loaded = model.load()
         rows = layer_table(loaded.model, loaded.preprocessing)
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
@@ -716,28 +712,27 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
 # ------------------------------------------------------------------------------------------- explore
 
 
-def _model_words(mo: ModelOptions) -> list[str]:
+def _model_words(spec: ModelSpec) -> list[str]:
     """The model options as given, back as command-line words (for the explorer's reproducing command)."""
     words: list[str] = []
-    for key, flag in (("model", "--model"), ("weights", "--weights"), ("labels", "--labels"),
-                      ("num_classes", "--num-classes"), ("input_size", "--input-size"), ("channels", "--channels")):
-        value = getattr(mo, key)
+    for value, flag in ((spec.name, "--model"), (spec.weights, "--weights"), (spec.labels, "--labels"),
+                        (spec.num_classes, "--num-classes")):
         if value is not None:
             words += [flag, str(value)]
-    from .preprocessing import KEEP
-
+    changes = spec.changes()
+    for key in ("input_size", "channels"):
+        if changes.get(key) is not None:
+            words += [FLAGS[key], str(changes[key])]
     for key in ("resize", "crop"):
-        value = getattr(mo, key)
-        if value != "model" and value is not KEEP:  # the parsed default is the KEEP sentinel
-            words += [f"--{key}", "none" if value is None else str(value)]
+        if key in changes:
+            words += [FLAGS[key], "none" if changes[key] is None else str(changes[key])]
     for key in ("mean", "std"):
-        value = getattr(mo, key)
-        if value is not None:
-            words += [f"--{key}", ",".join(f"{v:g}" for v in value)]
-    if mo.trust_checkpoint:
+        if changes.get(key) is not None:
+            words += [FLAGS[key], ",".join(f"{v:g}" for v in changes[key])]
+    if spec.trust_checkpoint:
         words.append("--trust-checkpoint")
-    if mo.device != "auto":
-        words += ["--device", mo.device]
+    if spec.device != DEFAULT_DEVICE:
+        words += ["--device", str(spec.device)]
     return words
 
 
@@ -760,7 +755,7 @@ def _model_words(mo: ModelOptions) -> list[str]:
      help="Port to listen on.")
 @opt(OUTPUT, "--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradcam_layer: str | None, smooth: int,
+def explore_command(inputs: tuple[str, ...], model: ModelSpec, gradcam_layer: str | None, smooth: int,
                     noise: float, output: Path, host: str, port: int, no_browser: bool, verbose: bool) -> int:
     """A local web app that computes maps on demand: pick an image of IMAGES, a class, methods, a
     layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
@@ -773,10 +768,10 @@ def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradca
         found = search_images(list(inputs))
         if not found.paths:
             raise click.UsageError("no image files found in IMAGES")
-        loaded = model_options.load()
+        loaded = model.load()
         names = _display_names(found.paths)
         service = ExploreService(loaded, found.paths, names=names, gradcam_layer=gradcam_layer,
-                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options),
+                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model),
                                  units_folder=output)
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)

@@ -14,7 +14,6 @@ import logging
 import re
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +21,11 @@ import click
 
 from .errors import ExitCode, GuidedBackpropError, TargetError
 from .methods import parse_methods
+from .model_spec import ModelSpec
 from .visible import skipped_line, visible
 
-__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "echo_skipped", "echo_unexpected",
-           "echo_warnings", "model_options", "stopped_by"]
+__all__ = ["EXIT_CODES", "FLAGS", "PROG", "cli_message", "echo_skipped", "echo_unexpected",
+           "echo_warnings", "model_options", "model_spec", "preprocessing_changes", "stopped_by"]
 
 PROG = "guided-backprop"
 EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in {
@@ -277,42 +277,17 @@ COMMAND_SETTINGS = {"cls": _GroupedCommand, "epilog": EXIT_CODES,
 # ----------------------------------------------------------------------------- model options
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """The model options every subcommand takes, parsed: which network, and how pictures become its input."""
+def preprocessing_changes(*, input_size: int | None = None, resize: Any = "model", crop: Any = "model",
+                          mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                          channels: int | None = None) -> dict[str, Any]:
+    """The input flags as :meth:`Preprocessing.adjust` arguments: only those given (``--resize none`` is
+    ``resize=None``; the default ``model`` keeps the model's own)."""
+    from .preprocessing import KEEP
 
-    model: str | None = None
-    weights: str | None = None
-    labels: Path | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
-    resize: Any = "model"
-    crop: Any = "model"
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channels: int | None = None
-    device: str = "auto"
-
-    def preprocessing_changes(self) -> dict[str, Any]:
-        """Arguments of :meth:`Preprocessing.adjust` (for ``load_model(preprocessing=...)``)."""
-        from .preprocessing import KEEP
-
-        changes = {"input_size": self.input_size, "resize": self.resize, "crop": self.crop, "mean": self.mean,
-                   "std": self.std, "channels": self.channels}
-        return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
-            k: None for k in ("resize", "crop") if changes[k] is None}
-
-    def load(self) -> Any:
-        """The :class:`~guided_backprop.models.LoadedModel`, preprocessing changes applied."""
-        from . import models
-        from .devices import resolve_device
-
-        return models.load_model(
-            self.model or models.DEFAULT_MODEL, weights=self.weights, labels=self.labels,
-            num_classes=self.num_classes, trust_checkpoint=self.trust_checkpoint, device=resolve_device(self.device),
-            preprocessing=self.preprocessing_changes() or None,
-        )
+    changes = {"input_size": input_size, "resize": resize, "crop": crop, "mean": mean, "std": std,
+               "channels": channels}
+    return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
+        k: None for k in ("resize", "crop") if changes[k] is None}
 
 
 MODEL = "Model"
@@ -356,15 +331,21 @@ _MODEL_FIELDS = ("model", "weights", "labels", "num_classes", "trust_checkpoint"
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the model options to a command; it receives them as one ``model_options: ModelOptions``."""
+    """Add the model options to a command; it receives them parsed, as one ``model: ModelSpec``."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {k: kwargs.pop(k) for k in _MODEL_FIELDS}
-        if values["channels"] is not None:
-            values["channels"] = int(values["channels"])
-        return fn(*args, model_options=ModelOptions(**values), **kwargs)
+        return fn(*args, model=model_spec(kwargs), **kwargs)
 
     for option in reversed(_MODEL_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
+
+
+def model_spec(params: dict[str, Any]) -> ModelSpec:
+    """The :class:`ModelSpec` of the model flags' values (taken out of ``params``, a command's keyword arguments)."""
+    values = {k: params.pop(k) for k in _MODEL_FIELDS}
+    channels = values.pop("channels")
+    changes = preprocessing_changes(**{k: values.pop(k) for k in ("input_size", "resize", "crop", "mean", "std")},
+                                    channels=None if channels is None else int(channels))
+    return ModelSpec(values.pop("model"), preprocessing=changes or None, **values)

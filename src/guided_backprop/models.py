@@ -43,6 +43,7 @@ from .errors import ModelError, TargetError, UnknownNameError
 from .factories import build_factory, output_classes
 from .labels import generic_labels, read_labels
 from .model_build import DEFAULT_MODEL, Built, Request
+from .model_spec import DEFAULT_DEVICE, ModelSpec
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .zoo import (
     TASK_MODELS,
@@ -67,6 +68,7 @@ __all__ = [
     "LoadedModel",
     "MODEL_NAMES",
     "ModelInfo",
+    "ModelSpec",
     "Preprocessing",
     "available_models",
     "load_model",
@@ -252,7 +254,7 @@ def load_model(
     labels: str | Path | None = None,
     num_classes: int | None = None,
     trust_checkpoint: bool = False,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = DEFAULT_DEVICE,
     preprocessing: Preprocessing | Mapping[str, Any] | None = None,
 ) -> LoadedModel:
     """Build a named model, load its weights, and return it in eval mode on ``device``.
@@ -275,7 +277,8 @@ def load_model(
             from torchvision and timm checkpoints when left out).
         trust_checkpoint: allow checkpoints that need full unpickling. Only for files you trust:
             unpickling can run arbitrary code.
-        device: where the model goes (``"cpu"``, ``"cuda"``, ``"auto"``...).
+        device: where the model goes (``"auto"``: CUDA where available, else the CPU; ``"cpu"``,
+            ``"cuda"``...).
         preprocessing: a :class:`Preprocessing` replaces the one that comes with the weights; a
             dict of :meth:`Preprocessing.adjust` arguments (``{"input_size": 160, "channels": 1,
             "mean": [0.5], "std": [0.5]}``) changes it.
@@ -289,12 +292,20 @@ def load_model(
         CheckpointError: unreadable, unsafe or non-matching checkpoint (keys named).
         ModelError: anything else that stops the model from loading (e.g. no network for a download).
     """
+    return ModelSpec(name, weights=weights, labels=labels, num_classes=num_classes, trust_checkpoint=trust_checkpoint,
+                     preprocessing=preprocessing, device=device).load()
+
+
+def load_spec(spec: ModelSpec, device: torch.device | None = None) -> LoadedModel:
+    """:meth:`ModelSpec.load`: the model ``spec`` names, on ``device`` (resolved) or on ``spec.device``."""
+    name, weights, labels, num_classes = spec.model_name, spec.weights, spec.labels, spec.num_classes
+    preprocessing = spec.preprocessing
     if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) <= 0):
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}", field="num_classes")
-    dev = resolve_device(device)
+    dev = device if device is not None else resolve_device(spec.device)
     canonical, build = _builder(name)
     built = build(Request(weights=weights, num_classes=None if num_classes is None else int(num_classes),
-                           trust=trust_checkpoint))
+                           trust=spec.trust_checkpoint))
     if isinstance(preprocessing, Preprocessing):
         pre = preprocessing
     elif preprocessing is not None:

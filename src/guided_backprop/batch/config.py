@@ -13,6 +13,7 @@ from typing import Any
 
 from ..errors import ExitCode, GuidedBackpropError
 from ..images import Skipped
+from ..model_spec import ModelSpec
 from .names import DEFAULT_INPUT_NAME
 
 # Kept as module names for code written against them; the one table is errors.ExitCode.
@@ -31,28 +32,16 @@ _TOP5 = 5  # classes listed per input in the index
 class BatchConfig:
     """Everything a batch run needs besides its inputs and output folder (the CLI's options).
 
-    ``target``: ``None`` (each image's predicted class), a :class:`~guided_backprop.TopK`, a class
+    ``model``: which network and how pictures become its input (:class:`~guided_backprop.ModelSpec`;
+    its ``device`` is where the run computes, each torchrun rank on its own GPU). ``target``:
+    ``None`` (each image's predicted class), a :class:`~guided_backprop.TopK`, a class
     index or a class name (the strings ``"top1"``/``"top<k>"`` are still read); or a layer target with
     ``layer`` + ``channel`` (``neuron``: ``None`` for the whole channel, ``"max"`` for its most active
     unit, ``(y, x)`` -- or the string ``"y,x"`` -- for one unit). ``name``: template of the
     map file names (fields :data:`MAP_NAME_FIELDS`; default :func:`default_map_name`).
-    ``input_size`` sets the crop to N and scales the resize like the model's (e.g. 256/224);
-    ``resize``/``crop`` (an int, or ``None`` for none) override the model's preprocessing;
-    ``mean``/``std`` (one number per channel, or one for all) and ``channels`` (1: grayscale) too,
-    see :meth:`~guided_backprop.Preprocessing.adjust`.
     """
 
-    model: str | None = None  # None: models.DEFAULT_MODEL
-    weights: str | None = None
-    labels: str | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
-    resize: int | None | str = "model"
-    crop: int | None | str = "model"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    channels: int | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
     methods: Sequence[str] = ("guided_backprop",)
     target: Any = None  # None, TopK, int or str (also targets.parse_target's text: detections:5, box:..., output:K)
     mask: str | None = None  # a segmenter's region: a picture whose non-zero pixels are the region
@@ -70,7 +59,6 @@ class BatchConfig:
     input_name: str = DEFAULT_INPUT_NAME
     save_raw: bool = False
     panel: bool = False  # also write panel_{idx}.png: the input then every method's map, titled
-    device: str = "auto"
     batch_size: int = 8
     workers: int = 2
     overwrite: bool = False

@@ -18,7 +18,6 @@ from ..atomic import safe_name
 from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
-from ..preprocessing import KEEP
 from ..targets import (
     Box,
     Channel,
@@ -62,22 +61,6 @@ class _Plan:
     number_table: dict[str, int]  # every number the folder has given, saved by rank 0
     notes: list[str] = field(default_factory=list)  # said on the run's first lines (partial guidance, random weights)
     guidance: str = "yes"  # "yes": every activation is a ReLU; "partly"; "no"
-
-
-def _preprocessing_changes(cfg: BatchConfig) -> dict[str, Any]:
-    """The config's changes to the model's preprocessing, as :meth:`Preprocessing.adjust` arguments."""
-    changes: dict[str, Any] = {k: getattr(cfg, k) for k in ("input_size", "mean", "std", "channels")
-                               if getattr(cfg, k) is not None}
-    for what in ("resize", "crop"):
-        value = getattr(cfg, what)
-        if value is not KEEP and value != "model":
-            changes[what] = None if value in (None, "none", 0) else int(value)
-    return changes
-
-
-def _apply_preprocessing(pre: Any, cfg: BatchConfig) -> Any:
-    """The model's preprocessing with ``--input-size`` / ``--resize`` / ``--crop`` / ``--mean`` ... applied."""
-    return pre.adjust(**_preprocessing_changes(cfg))
 
 
 def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
@@ -236,8 +219,6 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
 
 def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) -> _Plan:
     """Resolve the config (model, preprocessing, target, names, fingerprint); nothing is written."""
-    from .. import models
-
     digests = Digests(out / STATE_DIR)
 
     if cfg.batch_size < 1:
@@ -250,13 +231,10 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     if cfg.norm not in render.NORMALIZATIONS:
         raise UnknownNameError("normalization", cfg.norm, render.NORMALIZATIONS, field="norm")
     methods = parse_methods(list(cfg.methods))
-    model_name = cfg.model or models.DEFAULT_MODEL
-    loaded = models.load_model(
-        model_name, weights=cfg.weights, labels=cfg.labels, num_classes=cfg.num_classes,
-        trust_checkpoint=cfg.trust_checkpoint, device=device,
-        preprocessing=_preprocessing_changes(cfg) or None,
-    )
-    pre = loaded.preprocessing  # the config's changes applied by load_model, which tries the model on them
+    spec = cfg.model
+    model_name = spec.model_name
+    loaded = spec.load(device)
+    pre = loaded.preprocessing  # the spec's changes applied by the loader, which tries the model on them
     gradcam_layer = cfg.gradcam_layer or getattr(loaded, "gradcam_layer", None)
     if gradcam_layer is not None:
         find_layer(loaded.model, gradcam_layer, field="gradcam_layer")
@@ -288,9 +266,9 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     weights_text = getattr(loaded, "weights", None)
     settings = {
         "model": model_name,
-        "weights": None if cfg.weights is None else str(Path(cfg.weights).expanduser().resolve()),
-        "labels": None if cfg.labels is None else str(Path(cfg.labels).expanduser().resolve()),
-        "num_classes": cfg.num_classes,
+        "weights": None if spec.weights is None else str(Path(spec.weights).expanduser().resolve()),
+        "labels": None if spec.labels is None else str(Path(spec.labels).expanduser().resolve()),
+        "num_classes": spec.num_classes,
         "preprocessing": repr(pre),
         "methods": list(methods),
         "target": target_text,
@@ -305,8 +283,8 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
         "panel": bool(cfg.panel),
         "weights_description": weights_text,
         # What the maps depend on besides the settings: the bytes of the files the model is made of.
-        "weights_sha256": _digest(digests, cfg.weights),
-        "labels_sha256": _digest(digests, cfg.labels),
+        "weights_sha256": _digest(digests, spec.weights),
+        "labels_sha256": _digest(digests, spec.labels),
         "model_source_sha256": _digest(digests, model_source_file(model_name)),
     }
     fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]

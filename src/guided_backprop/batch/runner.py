@@ -61,7 +61,7 @@ def run(
     inputs_text = [os.fspath(i) for i in inputs]
 
     env = torchrun_env()
-    device = resolve_device(cfg.device, local_rank=env.local_rank, world=env.world)
+    device = resolve_device(cfg.model.device, local_rank=env.local_rank, world=env.world)
     dist = _Dist(device, env)
     try:
         with _sigterm_as_interrupt():

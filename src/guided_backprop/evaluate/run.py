@@ -32,6 +32,7 @@ from ..atomic import write_bytes
 from ..attribution import Explainer
 from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError
 from ..methods import parse_methods
+from ..model_spec import ModelSpec
 from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks
 from .results import Evaluation, merge
 from .similarity import METRICS
@@ -53,11 +54,7 @@ FIGURES = {"randomization": "evaluation_randomization.png", "similarity": "evalu
 class EvaluateConfig:
     """What to evaluate, as :func:`evaluate_folder` takes it (the command's options, typed)."""
 
-    model: str | None = None
-    weights: str | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)  # which network, how pictures become its input
     methods: Sequence[str] = ("guided_backprop", "saliency", "gradcam")
     checks: Sequence[str] = DEFAULT_CHECKS
     order: Literal["cascading", "independent"] = "cascading"
@@ -65,7 +62,6 @@ class EvaluateConfig:
     metrics: Sequence[str] = METRICS
     seed: int = 0
     steps: int = 32
-    device: str = "cpu"
     batch_size: int = 16
     figure_image: int | str | None = None  # an index or a name among the inputs; None: the first readable
     figure_steps: int = 10  # randomisation steps shown in the figure-2 layout
@@ -218,7 +214,7 @@ def evaluate_folder(
     """Evaluate every image of ``inputs`` (files, folders, globs) and write the outputs to ``output``.
 
     ``loaded`` is the model to evaluate, with its preprocessing (:func:`guided_backprop.load_model`);
-    without it the model is loaded from ``config``'s model fields. Images may have different sizes:
+    without it ``config.model`` (a :class:`~guided_backprop.ModelSpec`) is loaded. Images may have different sizes:
     they are evaluated in batches of one size (at most ``config.batch_size`` images, so memory does
     not grow with their number), and every image gets the numbers it would get alone. Unreadable
     images, and images whose scores or maps are not finite, are skipped (``on_skip(path, reason)``
@@ -229,7 +225,6 @@ def evaluate_folder(
     :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
     from ..images import search_images
-    from ..models import DEFAULT_MODEL, load_model
     cfg = config or EvaluateConfig()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -241,11 +236,8 @@ def evaluate_folder(
         raise InputError(f"deletion / insertion steps must be 1 to {MAX_STEPS} (each step is one forward pass per "
                          f"image and order), got {cfg.steps!r}", field="steps")
     if loaded is None:
-        loaded = load_model(cfg.model or DEFAULT_MODEL, weights=cfg.weights, num_classes=cfg.num_classes,
-                            trust_checkpoint=cfg.trust_checkpoint, device=cfg.device)
+        loaded = cfg.model.load()
     pre = loaded.preprocessing
-    if cfg.input_size is not None:
-        pre = pre.adjust(input_size=int(cfg.input_size))
     found = search_images([Path(p) for p in inputs], exclude=output)
     passed_over = {str(s.path): s.reason for s in found.skipped}
     own = _inside_output([Path(p) for p in inputs], output, found.paths)

@@ -1,0 +1,75 @@
+"""The one home of a model's options: :class:`ModelSpec` (which network, its weights and class names,
+how pictures become its input, where it runs), with the one :meth:`ModelSpec.load`.
+
+The command line parses its model flags into a spec once (``cli_options.model_options``); every
+command's config (``BatchConfig.model``, ``EvaluateConfig.model``) and the Python loaders
+(:func:`~guided_backprop.models.load_model`) hold one. Importing this module loads no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import torch
+
+    from .models import LoadedModel
+    from .preprocessing import Preprocessing
+
+__all__ = ["DEFAULT_DEVICE", "ModelSpec"]
+
+#: Where a model runs unless told: CUDA where available, else the CPU (see :mod:`.devices`).
+DEFAULT_DEVICE = "auto"
+
+#: Changes to the model's own preprocessing (the arguments of :meth:`Preprocessing.adjust`:
+#: ``input_size``, ``resize``, ``crop``, ``mean``, ``std``, ``channels``), or a whole replacement.
+PreprocessingChanges = Union[Mapping[str, Any], "Preprocessing", None]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model, and how: what :func:`~guided_backprop.models.load_model` takes, as one value.
+
+    ``name``: a registry name, ``"timm:<name>"`` or a factory ``"pkg.mod:fn"`` / ``"file.py:fn"``
+    (``None``: :data:`~guided_backprop.models.DEFAULT_MODEL`). ``weights``: ``None`` (the model's
+    own), a checkpoint path, a weights name or ``"random"``. ``labels``: a label file replacing the
+    class names. ``num_classes``: the classes of a checkpoint or factory model. ``trust_checkpoint``:
+    allow pickled checkpoints (they run code). ``preprocessing``: changes to the model's own
+    preprocessing (a dict of :meth:`~guided_backprop.Preprocessing.adjust` arguments, e.g.
+    ``{"input_size": 160}``) or a :class:`~guided_backprop.Preprocessing` that replaces it.
+    ``device``: ``"auto"``, ``"cpu"``, ``"cuda[:N]"``, ``"mps"`` or a ``torch.device``.
+    """
+
+    name: str | None = None
+    weights: str | Path | None = None
+    labels: str | Path | None = None
+    num_classes: int | None = None
+    trust_checkpoint: bool = False
+    preprocessing: PreprocessingChanges = None
+    device: str | torch.device = DEFAULT_DEVICE
+
+    @property
+    def model_name(self) -> str:
+        """``name``, or the default model's when none was given."""
+        from .model_build import DEFAULT_MODEL
+
+        return self.name or DEFAULT_MODEL
+
+    def changes(self) -> dict[str, Any]:
+        """The preprocessing changes as :meth:`Preprocessing.adjust` arguments (``{}`` for none, or for a
+        whole replacement)."""
+        from .preprocessing import Preprocessing
+
+        if self.preprocessing is None or isinstance(self.preprocessing, Preprocessing):
+            return {}
+        return dict(self.preprocessing)
+
+    def load(self, device: torch.device | None = None) -> LoadedModel:
+        """The :class:`~guided_backprop.models.LoadedModel`: built, weights loaded, preprocessing changed,
+        in eval mode on ``device`` (already resolved, e.g. a torchrun rank's GPU) or on ``self.device``."""
+        from .models import load_spec
+
+        return load_spec(self, device)
