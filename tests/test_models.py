@@ -511,8 +511,8 @@ def test_one_model_spec_behind_the_loader_the_configs_and_the_command_line() -> 
     default = ModelSpec()
     assert batch.BatchConfig().model == default == EvaluateConfig().model  # one home, one default device
     assert inspect.signature(load_model).parameters["device"].default == default.device
-    given = {"run": ["x.png", "-o", "o"], "evaluate": ["x.png", "-o", "o"], "units": ["x.png", "-o", "o", "--layer", "1"],
-             "layers": [], "explore": ["x.png"]}
+    given = {"run": ["x.png", "-o", "o"], "evaluate": ["x.png", "-o", "o"],
+             "units": ["x.png", "-o", "o", "--layer", "1"], "layers": [], "explore": ["x.png"]}
     for name, args in given.items():  # every command parses the flags into it
         params = main.commands[name].make_context(name, args).params
         assert model_spec(dict(params)) == default, name
