@@ -312,3 +312,19 @@ def test_library_errors_name_the_field_not_a_command_line_flag(tmp_path: Path, c
         batch.run([tmp_path / "in"], tmp_path / "out", config(**changes))
     assert err.value.field == field, str(err.value)
     assert "--" not in str(err.value), "the library speaks Python; the CLI maps fields to flags"
+
+
+def test_one_typed_settings_record_feeds_job_json_and_run_json(tmp_path: Path) -> None:
+    from guided_backprop.batch.plan import RunSettings
+
+    write_plain(tmp_path / "in", 1)
+    batch.run([tmp_path / "in"], tmp_path / "out", config(smooth=2, seed=3, panel=True, norm="signed"),
+              log=lambda _line: None)
+    job = json.loads((tmp_path / "out" / batch.STATE_DIR / "job.json").read_text(encoding="utf-8"))
+    settings = RunSettings(**{**job["settings"], "methods": tuple(job["settings"]["methods"])})
+    assert settings.to_json() == job["settings"] and job["fingerprint"] == settings.fingerprint
+    run = json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))
+    assert (settings.smooth, settings.noise, settings.seed, settings.panel) == (2, 0.15, 3, True)
+    for key in ("model", "labels", "target", "smooth", "noise", "name", "input_name", "save_raw", "methods"):
+        assert run[key] == job["settings"][key], key
+    assert (run["normalization"], run["weights"]) == (settings.normalization, settings.weights_description)

@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
 from ..targets import MaxNeuron, Neuron, Region, select_output
 from ..visible import visible
-from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
+from .config import _TOP5, DISK_ERRNOS, DiskFull, RunStopped
 from .decode import _Decoded, _one_line, worker_died
 from .dist import _Dist
 from .journal import JournalEntry, _Journal
@@ -29,13 +30,25 @@ from .records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
 from .writer import _npy_bytes, _Writer
 
 
+@dataclass
+class InputMaps:
+    """One input's results, from the compute step to its writer: the maps and what they explain."""
+
+    maps: dict[str, np.ndarray]  # per method, (K, C, H, W): one map per explained target
+    top5: list[tuple[int, float]]  # the best classes (index, probability); empty without class logits
+    targets: list[tuple[int, float]] | None  # the explained classes (index, probability), None for other targets
+    explained: list[dict[str, Any]]  # per explained target: what it is, its value, found, zero maps (index.jsonl)
+    scores: list[float]  # the explained scores
+    position: tuple[int, int] | None  # the unit a MaxNeuron target took, (y, x)
+
+
 class _Job:
     """One rank's work: compute batches, hand each input's writing to the pool, journal the results."""
 
-    def __init__(self, plan: _Plan, out: Path, cfg: BatchConfig, dist: _Dist, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: _Plan, out: Path, dist: _Dist, log: Callable[[str], None]) -> None:
         self.plan = plan
+        self.settings = plan.settings
         self.out = out
-        self.cfg = cfg
         self.dist = dist
         self.log = log
         self.explainer = Explainer(plan.loaded.model)
@@ -64,7 +77,7 @@ class _Job:
         reason = _one_line(reason)
         assert self.journal is not None
         try:
-            record = IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw)
+            record = IndexRecord.failed(idx, path, reason, save_raw=self.settings.save_raw)
             self.journal.write(self._entry(record, ident, poison))
         except OSError as err:
             if self._stop_if_disk(err, self.journal.path):
@@ -94,7 +107,7 @@ class _Job:
     def _predict(self, x: torch.Tensor) -> torch.Tensor | None:
         """The class logits of a classifier; ``None`` for another kind of model (no top-5 to list)."""
         with torch.no_grad(), model_state(self.plan.loaded.model):
-            out = select_output(self.plan.loaded.model(x), self.cfg.output_key)
+            out = select_output(self.plan.loaded.model(x), self.settings.output_key)
         if not isinstance(out, torch.Tensor):
             out = getattr(out, "logits", None)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
@@ -105,12 +118,12 @@ class _Job:
 
     def _explain(self, items: list[_Decoded]) -> Any:
         x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
-        cfg, plan = self.cfg, self.plan
+        s, plan = self.settings, self.plan
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
-        smooth: dict[str, Any] = {"smooth": cfg.smooth, "noise": cfg.noise, "seed": cfg.seed,
-                                  "sample_ids": [it.idx for it in items]} if cfg.smooth > 0 else {}
+        smooth: dict[str, Any] = {"smooth": s.smooth, "noise": s.noise, "seed": s.seed,
+                                  "sample_ids": [it.idx for it in items]} if s.smooth > 0 else {}
         e = self.explainer.explain(x, _fit_masks(plan.target, x), methods=plan.methods,
-                                   gradcam_layer=plan.gradcam_layer, output=cfg.output_key,
+                                   gradcam_layer=s.gradcam_layer, output=s.output_key,
                                    labels=self.labels or None, **smooth)
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
@@ -161,17 +174,17 @@ class _Job:
                                            f"values overflow, or the model divides by zero); no map is written",
                           it.ident)
                 continue
-            job = {
-                "maps": {m: v[i] for m, v in maps.items()},
-                "top5": [] if top_i is None or top_p is None else [
+            result = InputMaps(
+                maps={m: v[i] for m, v in maps.items()},
+                top5=[] if top_i is None or top_p is None else [
                     (int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
-                "targets": None if targets is None or probs is None else [
+                targets=None if targets is None or probs is None else [
                     (int(c), float(probs[i, c])) for c in targets[i].tolist()],
-                "explained": explained[i],
-                "scores": scores[i].tolist(),
-                "position": None if positions is None else [int(v) for v in positions[i].tolist()],
-            }
-            writer.submit(self._writer_job(it, job))
+                explained=explained[i],
+                scores=scores[i].tolist(),
+                position=None if positions is None else (int(positions[i][0]), int(positions[i][1])),
+            )
+            writer.submit(self._writer_task(it, result))
 
     @staticmethod
     def _not_finite(logits_ok: bool, maps: dict[str, np.ndarray], scores: torch.Tensor) -> str | None:
@@ -232,13 +245,13 @@ class _Job:
         return None
 
     # -- write ---------------------------------------------------------------------------------
-    def _writer_job(self, item: _Decoded, job: dict[str, Any]) -> Callable[[], None]:
+    def _writer_task(self, item: _Decoded, result: InputMaps) -> Callable[[], None]:
         def write() -> None:
             if self.stop is not None:  # the disk is full: do not try every remaining input
                 return
             written: list[Path] = []
             try:
-                rec = self._write(item, job, written)
+                rec = self._write(item, result, written)
                 assert self.journal is not None
                 self.journal.write(self._entry(rec, item.ident))
             except Exception as err:  # a name too long, a bad picture...: this input failed, the run goes on
@@ -260,38 +273,39 @@ class _Job:
         render.save_image(picture, path)
         written.append(path)
 
-    def _write(self, item: _Decoded, job: dict[str, Any], written: list[Path]) -> IndexRecord:
+    def _write(self, item: _Decoded, result: InputMaps, written: list[Path]) -> IndexRecord:
         """Save the input picture, every map (and the panel) of one input; return its index record."""
         plan = self.plan
-        top5 = [ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in job["top5"]]
+        top5 = [ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in result.top5]
         pred = top5[0].class_index if top5 else None
         stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
-        input_name = _fill(plan.input_template, idx=item.idx, stem=stem)
+        input_name = _fill(plan.settings.input_name, idx=item.idx, stem=stem)
         self._save(picture, input_name, written)
         files: dict[str, str] = {"input": input_name}
         raw: dict[str, str] = {}
-        classes = [c for c, _p in job["targets"]] if job["targets"] is not None else [pred]
+        classes: list[int | None] = [c for c, _p in result.targets] if result.targets is not None else [pred]
         if isinstance(plan.target, list):  # output targets: the class each one explains (a box's label...)
-            classes = [t["class_index"] for t in job["explained"]]
-        for t in job["explained"]:
+            classes = [t["class_index"] for t in result.explained]
+        for t in result.explained:
             if not t["found"]:
                 self.log(f"no map: {item.path!r}: {t['target']}: {t.get('reason', 'nothing to explain')}")
             elif t["zero_maps"]:
                 self.log(f"warning: {item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
                          f"zeros (an empty region, or every ReLU on its path gated off)")
-        found = [t["found"] for t in job["explained"]]
-        boxes = [t.get("box") for t in job["explained"]]
-        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found, boxes,
-                                 [t["target"] for t in job["explained"]])
+        found = [t["found"] for t in result.explained]
+        boxes = [t.get("box") for t in result.explained]
+        ranked = self._save_maps(item.idx, stem, picture, result.maps, classes, files, raw, written, found, boxes,
+                                 [t["target"] for t in result.explained])
         if any(b is not None for b in boxes):  # the panel's input shows every explained box, in its map's colour
             for r, b in enumerate(boxes):
                 if b is not None:
                     picture = render.outline_box(picture, b, render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
-        panel = self._save_panel(item.idx, stem, picture, ranked, job, top5, written) if self.cfg.panel else None
+        panel = self._save_panel(item.idx, stem, picture, ranked, result, top5, written) if self.settings.panel \
+            else None
         if panel is not None:
             files["panel"] = panel
-        return self._index_record(item, job, top5, files, raw)
+        return self._index_record(item, result, top5, files, raw)
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
@@ -301,7 +315,7 @@ class _Job:
 
         Returns every method's maps in rank order (RGB), which the panel shows.
         """
-        plan, cfg = self.plan, self.cfg
+        plan, s = self.plan, self.settings
         lt = plan.layer_target
         bgr = bool(getattr(plan.preprocessing, "bgr", False))
         ranked: dict[str, list[np.ndarray]] = {m: [] for m in plan.methods}
@@ -311,7 +325,7 @@ class _Job:
                 if found is not None and r < len(found) and not found[r]:
                     continue  # nothing to explain (no matching detection): no map, never a zero map
                 cls = classes[r] if r < len(classes) else classes[0]
-                name = _fill(plan.map_template, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
+                name = _fill(s.name, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
                              label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
                              layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none",
                              target=safe_name(titles[r]) if titles and r < len(titles) else "none")
@@ -319,13 +333,13 @@ class _Job:
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB
                 ranked[method].append(m)
-                shown = render.method_picture(method, m, image=picture, norm=cfg.norm)
+                shown = render.method_picture(method, m, image=picture, norm=s.normalization)
                 if boxes is not None and r < len(boxes) and boxes[r] is not None:  # what a detection map explains
                     shown = render.outline_box(shown, boxes[r], render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
                 self._save(shown, name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
-                if cfg.save_raw:
+                if s.save_raw:
                     raw_name = str(Path(name).with_suffix(".npy"))
                     write_bytes(self.out / raw_name, _npy_bytes(m.astype(np.float32)))
                     written.append(self.out / raw_name)
@@ -333,14 +347,14 @@ class _Job:
         return ranked
 
     def _save_panel(self, idx: int, stem: str, picture: np.ndarray, ranked: dict[str, list[np.ndarray]],
-                    job: dict[str, Any], top5: list[ClassScore], written: list[Path]) -> str | None:
+                    result: InputMaps, top5: list[ClassScore], written: list[Path]) -> str | None:
         """A class x method grid (one row per explained class, the input first), titled with what is
         explained, SmoothGrad and a neuron's position; returns its file name."""
-        plan, cfg = self.plan, self.cfg
+        plan, s = self.plan, self.settings
         classes: list[str | None]
         probabilities: list[float | None]
         if isinstance(plan.target, list):  # output targets: titled with their raw score, never a probability
-            shown = [t for t in job["explained"] if t["found"]]
+            shown = [t for t in result.explained if t["found"]]
             classes = [f"{t['target']}" + (f" ({t['class_name']})" if t["class_name"] else "") +
                        (f", score {t['value']:.3g}" if t["value"] is not None else "") for t in shown]
             probabilities = [None] * len(shown)
@@ -348,40 +362,38 @@ class _Job:
                 return None  # nothing found to explain in this image: no panel
         elif plan.layer_target is not None:
             classes, probabilities = [f"{plan.layer_target.layer} channel {plan.layer_target.channel}"], [None]
-        elif job["targets"] is not None:
-            classes = [plan.loaded.label(c) for c, _p in job["targets"]]
-            probabilities = [p for _c, p in job["targets"]]
+        elif result.targets is not None:
+            classes = [plan.loaded.label(c) for c, _p in result.targets]
+            probabilities = [p for _c, p in result.targets]
         elif top5:
             classes, probabilities = [top5[0].class_name], [top5[0].probability]
         else:
             classes, probabilities = [None], [None]
-        position = tuple(job["position"]) if job.get("position") else None
-        pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
-                                 smooth=int(cfg.smooth), noise=float(cfg.noise) if cfg.smooth else None,
-                                 position=position)  # type: ignore[arg-type]
+        pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=s.normalization,
+                                 smooth=s.smooth, noise=s.noise,
+                                 position=result.position)
         panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
         self._save(pic, panel_name, written)
         return panel_name
 
-    def _index_record(self, item: _Decoded, job: dict[str, Any], top5: list[ClassScore], files: dict[str, str],
+    def _index_record(self, item: _Decoded, result: InputMaps, top5: list[ClassScore], files: dict[str, str],
                       raw: dict[str, str]) -> IndexRecord:
         """The index record of one finished input: prediction, explained classes or unit, files."""
         plan = self.plan
         best = top5[0] if top5 else ClassScore(None, None, None)
-        targets = None if job["targets"] is None else [
-            ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in job["targets"]]
+        targets = None if result.targets is None else [
+            ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in result.targets]
         layer_target = None
         if plan.layer_target is not None:
             lt = plan.layer_target
             neuron: NeuronValue = ("max" if isinstance(lt, MaxNeuron) else (lt.y, lt.x) if isinstance(lt, Neuron)
                                    else None)
-            position = None if job["position"] is None else (job["position"][0], job["position"][1])
-            layer_target = LayerTargetRecord(layer=lt.layer, channel=lt.channel, neuron=neuron, position=position,
-                                             score=job["scores"][0])
+            layer_target = LayerTargetRecord(layer=lt.layer, channel=lt.channel, neuron=neuron,
+                                             position=result.position, score=result.scores[0])
         return IndexRecord(idx=item.idx, input=item.path, status="ok", error=None, class_index=best.class_index,
                            class_name=best.class_name, probability=best.probability, top5=top5, targets=targets,
-                           layer_target=layer_target, files=files, raw=raw if self.cfg.save_raw else None,
-                           explained=job["explained"])
+                           layer_target=layer_target, files=files, raw=raw if self.settings.save_raw else None,
+                           explained=result.explained)
 
 
 def _fit_masks(target: Any, x: torch.Tensor) -> Any:

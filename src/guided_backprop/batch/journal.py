@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..atomic import is_temp_name, write_bytes, write_text
 from ..errors import GuidedBackpropError
-from .config import STATE_DIR, BatchConfig
+from .config import STATE_DIR
 from .records import IndexRecord, RecordError, json_text
 
 if TYPE_CHECKING:
@@ -202,7 +202,7 @@ def _folder_lock(state: Path) -> Iterator[None]:
             _HELD.discard(key)
 
 
-def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
+def _prepare_folder(out: Path, plan: _Plan) -> None:
     """Rank 0, before any image: check the folder holds no other job's computed inputs, write job.json.
 
     A folder whose journals hold no input (a run that failed before its first input) is no other job:
@@ -212,21 +212,22 @@ def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
     job_path = state / "job.json"
     # --overwrite keeps the journals: they say which files are this tool's (removed once no input lists
     # them, numbering.remove_stale) and which number each input has; the run redoes every input anyway.
-    if not cfg.overwrite and job_path.is_file() and next(_journal_entries(state), None) is not None:
+    if not plan.overwrite and job_path.is_file() and next(_journal_entries(state), None) is not None:
         try:
             old = json.loads(job_path.read_text(encoding="utf-8")).get("settings", {})
         except (OSError, ValueError, AttributeError):
             old = None
-        if old is not None and old != plan.settings:
-            diff = [k for k in sorted(set(old) | set(plan.settings)) if old.get(k) != plan.settings.get(k)]
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {plan.settings.get(k)!r}" for k in diff[:3])
+        settings = plan.settings.to_json()
+        if old is not None and old != settings:
+            diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff[:3])
             raise GuidedBackpropError(
                 f"{str(out)!r} holds the output of a run with other settings ({shown}); rerun with overwrite=True "
                 f"to replace it, or choose another output folder", field="output"
             )
     _sweep_temp_files(out, state, *plan.folders, recursive=plan.class_folders)
     plan.digests.save()
-    write_text(job_path, json_text({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))
+    write_text(job_path, json_text({"fingerprint": plan.fingerprint, "settings": plan.settings.to_json()}, indent=1))
 
 
 class _FolderBefore:

@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import write_bytes, write_text
-from .config import _TOP5, STATE_DIR, BatchConfig
+from .config import _TOP5, STATE_DIR
 from .dist import _Dist
 from .journal import _read_journals
 from .numbering import earlier_outputs, remove_stale
@@ -25,28 +25,28 @@ def _now() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist, started: str,
+def _run_json(plan: _Plan, inputs: Sequence[str], dist: _Dist, started: str,
               finished: str | None, counts: dict[str, int], gradcam_layer: str | None) -> str:
     """run.json: the settings in words, the counts, and the Grad-CAM layer the engine used."""
-    pre = plan.preprocessing
+    pre, settings = plan.preprocessing, plan.settings
     size = getattr(pre, "fixed_size", None)
     record = RunRecord(
         tool="guided-backprop",
         version=__version__,
-        model=plan.settings["model"],
-        weights=getattr(plan.loaded, "weights", None),
-        labels=plan.settings["labels"],
+        model=settings.model,
+        weights=settings.weights_description,
+        labels=settings.labels,
         preprocessing=pre.describe() if hasattr(pre, "describe") else repr(pre),
         input_size=(size[0], size[1]) if size else None,
-        methods=list(plan.methods),
-        normalization=cfg.norm,
-        target=plan.target_text,
-        gradcam_layer=gradcam_layer or plan.gradcam_layer,
-        smooth=int(cfg.smooth),
-        noise=float(cfg.noise) if cfg.smooth else None,
-        name=plan.map_template,
-        input_name=plan.input_template,
-        save_raw=bool(cfg.save_raw),
+        methods=list(settings.methods),
+        normalization=settings.normalization,
+        target=settings.target,
+        gradcam_layer=gradcam_layer or settings.gradcam_layer,
+        smooth=settings.smooth,
+        noise=settings.noise,
+        name=settings.name,
+        input_name=settings.input_name,
+        save_raw=settings.save_raw,
         device=str(plan.device),
         processes=dist.world,
         inputs=[str(i) for i in inputs],
@@ -114,7 +114,7 @@ def _merge(out: Path, plan: _Plan, paths: list[Path], *, sweep: bool = True
     state = out / STATE_DIR
     earlier = earlier_outputs(out, state) if sweep else set()
     entries = _read_journals(state, plan.fingerprint)
-    save_raw = bool(plan.settings["save_raw"])
+    save_raw = plan.settings.save_raw
     rows: list[IndexRecord] = []
     kept = []
     for idx, path in zip(plan.numbers, paths, strict=True):

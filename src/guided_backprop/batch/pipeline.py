@@ -43,10 +43,10 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
     """Decode ``todo`` in worker processes, compute in batches of ``batch_size`` same-size tensors, write."""
     from tqdm import tqdm
 
-    cfg = job.cfg
-    batch_size = int(cfg.batch_size)
-    dataset = _DecodeDataset(todo, job.plan.preprocessing, int(cfg.max_pixels))
-    workers = min(int(cfg.workers), max(1, len(todo))) if todo else 0
+    plan = job.plan
+    batch_size = plan.batch_size
+    dataset = _DecodeDataset(todo, plan.preprocessing, plan.max_pixels)
+    workers = min(plan.workers, max(1, len(todo))) if todo else 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
         collate_fn=_pass_through,  # type: ignore[arg-type]  # batch_size=None: items one by one, not lists

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,31 +37,80 @@ from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _templ
 from .numbering import input_numbers
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run's maps depend on, resolved once by planning: ``job.json``'s settings (a rerun whose
+    settings differ is refused, their :attr:`fingerprint` keys the journal), and the settings ``run.json``
+    states (:func:`.outputs.run_record`). The job reads them here, never from the config."""
+
+    model: str
+    weights: str | None  # a checkpoint's resolved path (or a weights name)
+    labels: str | None  # the label file's resolved path
+    num_classes: int | None
+    preprocessing: str  # repr(Preprocessing)
+    methods: tuple[str, ...]
+    target: str  # what the maps explain, in words
+    gradcam_layer: str | None  # as given (or the model's own); None: the engine's choice
+    smooth: int
+    noise: float | None  # None without SmoothGrad
+    seed: int | None  # None without SmoothGrad
+    normalization: str
+    name: str  # the map file name template
+    input_name: str
+    save_raw: bool
+    panel: bool
+    weights_description: str | None
+    # What the maps depend on besides the settings: the bytes of the files the model is made of.
+    weights_sha256: str | None
+    labels_sha256: str | None
+    model_source_sha256: str | None
+    output_key: str | int | None = None  # in job.json, not in the fingerprint
+
+    def to_json(self) -> dict[str, Any]:
+        """job.json's ``settings`` object (keys in this order)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["methods"] = list(self.methods)
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """What the journal's lines are keyed by: the settings but ``output_key``, hashed."""
+        keyed = {k: v for k, v in self.to_json().items() if k != "output_key"}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
 class _Plan:
-    """Everything resolved from the config before any image is read."""
+    """Everything resolved from the config before any image is read: nothing downstream reads the config."""
 
     loaded: Any
     device: torch.device
     preprocessing: Any
-    methods: tuple[str, ...]
+    settings: RunSettings
     target: Target
     k: int
     layer_target: Channel | Neuron | MaxNeuron | None
-    target_text: str
-    map_template: str
-    input_template: str
-    settings: dict[str, Any]
-    fingerprint: str
     file_keys: list[str]
-    gradcam_layer: str | None
     digests: Digests
     folders: list[Path]  # the subfolders the outputs are written in (swept of temporary files)
     class_folders: list[Path]  # folders below which the subfolders depend on the class (swept recursively)
     numbers: list[int]  # each input's number ({idx}), stable across reruns (numbering.py)
     number_table: dict[str, int]  # every number the folder has given, saved by rank 0
+    # how the work is done (not what the maps are): batches, decode processes, the input size limit, redo all
+    batch_size: int = 8
+    workers: int = 0
+    max_pixels: int = 2048 * 2048
+    overwrite: bool = False
     notes: list[str] = field(default_factory=list)  # said on the run's first lines (partial guidance, random weights)
     guidance: str = "yes"  # "yes": every activation is a ReLU; "partly"; "no"
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.settings.methods
+
+    @property
+    def fingerprint(self) -> str:
+        return self.settings.fingerprint
 
 
 def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
@@ -263,36 +313,35 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     file_keys = ["input"] + [m if r == 1 else f"{m}_top{r}" for m in methods for r in range(1, k + 1)]
     if cfg.panel:
         file_keys.append("panel")
-    weights_text = getattr(loaded, "weights", None)
-    settings = {
-        "model": model_name,
-        "weights": None if spec.weights is None else str(Path(spec.weights).expanduser().resolve()),
-        "labels": None if spec.labels is None else str(Path(spec.labels).expanduser().resolve()),
-        "num_classes": spec.num_classes,
-        "preprocessing": repr(pre),
-        "methods": list(methods),
-        "target": target_text,
-        "gradcam_layer": gradcam_layer,
-        "smooth": int(cfg.smooth),
-        "noise": float(cfg.noise) if cfg.smooth else None,
-        "seed": int(cfg.seed) if cfg.smooth else None,
-        "normalization": cfg.norm,
-        "name": map_template,
-        "input_name": cfg.input_name,
-        "save_raw": bool(cfg.save_raw),
-        "panel": bool(cfg.panel),
-        "weights_description": weights_text,
-        # What the maps depend on besides the settings: the bytes of the files the model is made of.
-        "weights_sha256": _digest(digests, spec.weights),
-        "labels_sha256": _digest(digests, spec.labels),
-        "model_source_sha256": _digest(digests, model_source_file(model_name)),
-    }
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    settings["output_key"] = cfg.output_key
-    return _Plan(loaded, device, pre, methods, target, k, layer_target, target_text, map_template,
-                 cfg.input_name, settings, fingerprint, file_keys, gradcam_layer, digests,
-                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)],
-                 numbers, number_table, notes, guidance)
+    settings = RunSettings(
+        model=model_name,
+        weights=None if spec.weights is None else str(Path(spec.weights).expanduser().resolve()),
+        labels=None if spec.labels is None else str(Path(spec.labels).expanduser().resolve()),
+        num_classes=spec.num_classes,
+        preprocessing=repr(pre),
+        methods=tuple(methods),
+        target=target_text,
+        gradcam_layer=gradcam_layer,
+        smooth=int(cfg.smooth),
+        noise=float(cfg.noise) if cfg.smooth else None,
+        seed=int(cfg.seed) if cfg.smooth else None,
+        normalization=cfg.norm,
+        name=map_template,
+        input_name=cfg.input_name,
+        save_raw=bool(cfg.save_raw),
+        panel=bool(cfg.panel),
+        weights_description=getattr(loaded, "weights", None),
+        weights_sha256=_digest(digests, spec.weights),
+        labels_sha256=_digest(digests, spec.labels),
+        model_source_sha256=_digest(digests, model_source_file(model_name)),
+        output_key=cfg.output_key,
+    )
+    return _Plan(loaded=loaded, device=device, preprocessing=pre, settings=settings, target=target, k=k,
+                 layer_target=layer_target, file_keys=file_keys, digests=digests,
+                 folders=[out / f for f in sorted(folders)], class_folders=[out / f for f in sorted(class_folders)],
+                 numbers=numbers, number_table=number_table, batch_size=int(cfg.batch_size),
+                 workers=int(cfg.workers), max_pixels=int(cfg.max_pixels), overwrite=bool(cfg.overwrite),
+                 notes=notes, guidance=guidance)
 
 
 def _notes(loaded: Any, model_name: str, methods: Sequence[str]) -> tuple[list[str], str]:

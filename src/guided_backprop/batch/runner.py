@@ -84,7 +84,7 @@ def run(
                     log(f"note: {note}")
                 for s in skipped:
                     log(skipped_line(s.path, s.reason))
-            result = _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
+            result = _run_planned(plan, paths, out, dist, inputs_text, started, t0, progress, log)
             result.skipped = skipped
             return result
     finally:
@@ -104,7 +104,7 @@ def _disk_error(err: OSError, out: Path) -> BaseException:
                     f"{fix}, then rerun")
 
 
-def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, dist: _Dist,
+def _run_planned(plan: _Plan, paths: list[Path], out: Path, dist: _Dist,
                  inputs_text: list[str], started: str, t0: float, progress: bool,
                  log: Callable[[str], None]) -> BatchResult:
     state = out / STATE_DIR
@@ -116,10 +116,10 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             try:
                 out.mkdir(parents=True, exist_ok=True)
                 stack.enter_context(_folder_lock(state))
-                _prepare_folder(out, plan, cfg)
+                _prepare_folder(out, plan)
                 save_numbers(state, plan.number_table)
-                previous_cam = None if cfg.overwrite else _previous_gradcam_layer(out / "run.json")
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}, None))
+                previous_cam = None if plan.overwrite else _previous_gradcam_layer(out / "run.json")
+                write_text(out / "run.json", _run_json(plan, inputs_text, dist, started, None, {}, None))
             except OSError as err:
                 error = _disk_error(err, out)
             except BaseException as err:  # noqa: BLE001
@@ -130,12 +130,12 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
 
         numbered = list(zip(plan.numbers, paths, strict=True))
         mine = [(i, str(p)) for pos, (i, p) in enumerate(numbered) if pos % dist.world == dist.rank]
-        done = _read_journals(state, plan.fingerprint) if not cfg.overwrite else {}
+        done = _read_journals(state, plan.fingerprint) if not plan.overwrite else {}
         todo = [(i, p) for i, p in mine if not _complete(done.get(i), p, out, file_identity(p))]
         result = BatchResult(output=out, rank=dist.rank, world_size=dist.world)
         result.resumed = len(mine) - len(todo)
 
-        job = _Job(plan, out, cfg, dist, log)
+        job = _Job(plan, out, dist, log)
         job.journal = _Journal(state / f"journal-{dist.rank}.jsonl")
         try:
             _pipeline(job, todo, progress and dist.rank == 0)
@@ -160,7 +160,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
         if isinstance(job.fatal, RunStopped) and dist.world == 1:  # list what is done, if the disk lets us
             with contextlib.suppress(Exception):
                 _rows, counts, _ = _merge(out, plan, paths, sweep=False)
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
+                write_text(out / "run.json", _run_json(plan, inputs_text, dist, started, _now(), counts,
                                                        job.gradcam_layer or previous_cam))
         # A usage error met at the first batch (no ReLU, a channel out of range...) before any input was
         # journaled on any rank: the folder is put back as it was, so the corrected command is not refused.
@@ -176,7 +176,7 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
         if dist.rank == 0:
             try:
                 _rows, counts, removed = _merge(out, plan, paths)
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
+                write_text(out / "run.json", _run_json(plan, inputs_text, dist, started, _now(), counts,
                                                        job.gradcam_layer or previous_cam))
                 result.index = out / "index.jsonl"
                 if removed:
