@@ -19,6 +19,7 @@ from guided_backprop.batch import writer as batch_writer
 from guided_backprop.batch.records import IndexRecord
 from guided_backprop.errors import GuidedBackpropError
 from guided_backprop.preprocessing import Preprocessing
+from guided_backprop.reporting import LineReporter, Reporter
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import config, index
 
@@ -78,7 +79,7 @@ def test_run_result_and_error_log(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 3)
     (tmp_path / "in" / "zz broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     lines: list[str] = []
-    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), reporter=LineReporter(lines.append))
     assert (result.images, result.ok, result.failed, result.maps, result.computed) == (4, 3, 1, 3, 4)
     assert result.exit_code == batch.EXIT_SOME_FAILED and not result.interrupted
     assert len(lines) == 1 and "zz broken.png" in lines[0] and lines[0].startswith("error: ")
@@ -139,7 +140,7 @@ def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(render, "save_image", flaky)
     lines: list[str] = []
-    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), reporter=LineReporter(lines.append))
     assert result.exit_code == 1 and result.failed == 1 and result.ok == 2
     assert len(lines) == 1 and "cannot write the outputs of" in lines[0] and "img001.png" in lines[0]
     assert [r["status"] for r in index(tmp_path / "out")] == ["ok", "error", "ok"]
@@ -267,11 +268,19 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
     assert live["max"] <= 2 * 4 + threads + 1  # the backlog, plus the one being handed over
 
 
-def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_only_when_asked_and_only_by_the_command_line(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from guided_backprop.cli_options import ConsoleReporter
+
     write_plain(tmp_path / "in", 2)
-    batch.run([tmp_path / "in"], tmp_path / "a", config(), progress=True)
-    assert "img" in capsys.readouterr().err
-    batch.run([tmp_path / "in"], tmp_path / "b", config(), progress=False)
+    reporter = ConsoleReporter(bar=True)
+    batch.run([tmp_path / "in"], tmp_path / "a", config(), reporter=reporter)
+    reporter.close()
+    err = capsys.readouterr().err
+    assert "2/2" in err and "img" in err
+    batch.run([tmp_path / "in"], tmp_path / "b", config(), reporter=ConsoleReporter(bar=False))
+    assert capsys.readouterr().err == ""
+    batch.run([tmp_path / "in"], tmp_path / "c", config())  # the library draws no bar, prints nothing itself
     assert capsys.readouterr().err == ""
 
 
@@ -319,7 +328,7 @@ def test_one_typed_settings_record_feeds_job_json_and_run_json(tmp_path: Path) -
 
     write_plain(tmp_path / "in", 1)
     batch.run([tmp_path / "in"], tmp_path / "out", config(smooth=2, seed=3, panel=True, norm="signed"),
-              log=lambda _line: None)
+              reporter=Reporter())
     job = json.loads((tmp_path / "out" / batch.STATE_DIR / "job.json").read_text(encoding="utf-8"))
     settings = RunSettings(**{**job["settings"], "methods": tuple(job["settings"]["methods"])})
     assert settings.to_json() == job["settings"] and job["fingerprint"] == settings.fingerprint

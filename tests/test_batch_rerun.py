@@ -20,6 +20,7 @@ from PIL import Image
 
 from guided_backprop import batch
 from guided_backprop.errors import ExitCode
+from guided_backprop.reporting import LineReporter
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import MODELS, REPO, TINY, cli_process, config, index, invoke
 
@@ -190,7 +191,8 @@ def test_files_no_input_has_any_more_are_removed_and_said(tmp_path: Path) -> Non
     paths[1].unlink()  # an input removed from the folder
     (out / "notes.txt").write_text("mine")  # not this tool's: kept
     lines: list[str] = []
-    batch.run([tmp_path / "in"], out, config(name="map_{idx}_{method}_{class_index}.png"), log=lines.append)
+    batch.run([tmp_path / "in"], out, config(name="map_{idx}_{method}_{class_index}.png"),
+              reporter=LineReporter(lines.append))
     assert not any((out / n).exists() for n in gone["files"].values())
     assert set(_maps(out)) == old - {gone["files"]["guided_backprop"]}
     assert (out / "notes.txt").read_text() == "mine"

@@ -23,6 +23,7 @@ from guided_backprop.batch.records import (
     RunRecord,
     json_text,
 )
+from guided_backprop.reporting import Reporter
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import config
 
@@ -122,7 +123,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     outs = {}
     for name, changes in RUNS.items():
         cfg = config(**changes)
-        result = batch.run([root / "in"], root / name, cfg, log=lambda _line: None)
+        result = batch.run([root / "in"], root / name, cfg, reporter=Reporter())
         assert (result.ok, result.failed) == (3, 1), name
         outs[name] = root / name
     return outs

@@ -14,7 +14,6 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from .cli_options import (
     PROG,
     RESUME,
     TARGETS,
+    ConsoleReporter,
     MethodsType,
     NeuronType,
     TargetType,
@@ -39,12 +39,13 @@ from .cli_options import (
     echo_skipped,
     echo_unexpected,
     echo_warnings,
+    exit_code_help,
     model_options,
     opt,
     plural,
     stopped_by,
 )
-from .errors import ExitCode, GuidedBackpropError
+from .errors import ExitCode, GuidedBackpropError, exit_code, sigterm_as_interrupt
 from .methods import METHODS
 from .model_spec import DEFAULT_DEVICE, ModelSpec
 from .render import NORMALIZATIONS
@@ -52,13 +53,16 @@ from .visible import visible
 
 __all__ = ["cli_message", "main"]
 
-EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 every image evaluated; 1 some images could not be read (each named on stderr, the "
-    "others evaluated); 2 usage error (bad option, unknown model, block or check, no readable image); "
-    "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
-    "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
-    "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
-)
+EVALUATE_EXIT_CODES = exit_code_help({
+    ExitCode.OK: "every image evaluated",
+    ExitCode.SOME_FAILED: "some images could not be read (each named on stderr, the others evaluated)",
+    ExitCode.USAGE: "usage error (bad option, unknown model, block or check, no readable image)",
+    ExitCode.FAILED: "the evaluation failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "the output folder cannot be written (full or read-only disk; checked before computing, the "
+                        "path named)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}, "After 130 or 143 the evaluation did not finish: a rerun starts over.")
 
 def _keep_freed_memory() -> None:
     """Ask glibc to serve large buffers from the heap and keep freed memory for reuse.
@@ -184,7 +188,7 @@ class _DefaultGroup(click.Group):
             code = err.exit_code
         except GuidedBackpropError as err:
             echo_error(err)
-            code = ExitCode.USAGE
+            code = exit_code(err)
         if standalone_mode:
             sys.exit(int(code))
         return code
@@ -308,17 +312,17 @@ def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods
         noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
         save_raw=save_raw, batch_size=batch_size, workers=workers, overwrite=overwrite, max_pixels=max_pixels,
     )
-    progress = not quiet and sys.stderr.isatty()
+    reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty())
     try:
-        result = batch.run(list(inputs), output, cfg, progress=progress, started_at=_started_at())
+        try:
+            result = batch.run(list(inputs), output, cfg, reporter=reporter, started_at=_started_at())
+        finally:
+            reporter.close()  # the bar goes before any line below
     except batch.PeerFailed as err:  # another torchrun process failed and said why
-        return err.exit_code
-    except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
-        echo_error(str(err), verbose=verbose, err=err)
-        return err.exit_code
-    except GuidedBackpropError as err:
+        return exit_code(err)
+    except GuidedBackpropError as err:  # a usage error (2); disk full (4), a decode worker killed (3): a rerun resumes
         echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except KeyboardInterrupt as err:
         what, code = stopped_by(err)
         click.echo(f"{what}; rerun the same command to finish ({visible(str(output))})", err=True)
@@ -351,17 +355,13 @@ def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     except ImportError as err:
         echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
-    from .batch.config import RunStopped
 
     try:
         with echo_warnings(report.log):
             page = report.write_report(output)
-    except RunStopped as err:  # the folder or thumbs/ cannot be written: 4, with the path
+    except GuidedBackpropError as err:  # not a run's folder (2); the folder or thumbs/ cannot be written (4)
         echo_error(err, verbose=verbose, err=err)
-        return err.exit_code
-    except GuidedBackpropError as err:
-        echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except Exception as err:  # noqa: BLE001
         echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
         return ExitCode.FAILED
@@ -428,12 +428,13 @@ def models_command(show_all: bool, verbose: bool) -> int:
     return ExitCode.OK
 
 
-REPORT_EXIT_CODES = (
-    "Exit codes: 0 written (pictures that are missing or unreadable are counted on 'warning:' lines); 2 OUT is "
-    "not a run's folder (an evaluate or units folder is named as such); 3 failed unexpectedly (--verbose shows "
-    "why); 4 OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the previous "
-    "page is kept). The page and each thumbnail are written atomically: rerun at any time."
-)
+REPORT_EXIT_CODES = exit_code_help({
+    ExitCode.OK: "written (pictures that are missing or unreadable are counted on 'warning:' lines)",
+    ExitCode.USAGE: "OUT is not a run's folder (an evaluate or units folder is named as such)",
+    ExitCode.FAILED: "failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the "
+                        "previous page is kept)",
+}, "The page and each thumbnail are written atomically: rerun at any time.")
 
 
 @main.command("report", short_help="Write the HTML gallery OUT/index.html of an output folder.",
@@ -486,64 +487,52 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
     and the figures; unreadable images are reported and skipped (exit 1).
     """
-    from tqdm import tqdm
-
-    from .batch.pipeline import _sigterm_as_interrupt
     from .evaluate import parse_checks
-    from .evaluate.run import EvaluateConfig, WriteError, evaluate_folder
+    from .evaluate.run import EvaluateConfig, evaluate_folder
     from .evaluate.verdict import summary_table
 
-    bar = None if quiet or not sys.stderr.isatty() else tqdm(desc="evaluate", unit="step")
-
-    def progress(check: str, done: int, total: int) -> None:
-        if bar is not None:
-            bar.set_description(check)
-            bar.total, bar.n = total, done
-            bar.refresh()
-
+    reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
         cfg = EvaluateConfig(
             model=model, methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
             granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
             seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
             figure_steps=figure_steps, smooth_samples=smooth_samples)
-        with _sigterm_as_interrupt():
-            result = evaluate_folder(list(inputs), output, cfg, progress=progress,
-                                     on_skip=lambda path, reason: echo_error(reason),
-                                     on_pass_over=echo_skipped)
+        with sigterm_as_interrupt():
+            result = evaluate_folder(list(inputs), output, cfg, reporter=reporter)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
         return code
-    except WriteError as err:
+    except GuidedBackpropError as err:  # a usage error (2), the output folder cannot be written (WriteError: 4)
         echo_error(err, verbose=verbose, err=err)
-        return ExitCode.DISK_FULL
-    except GuidedBackpropError as err:
-        echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     finally:
-        if bar is not None:
-            bar.close()
+        reporter.close()
     if not quiet:
         for line in summary_table(result.evaluation):
             click.echo(line)
         n = len(result.evaluation.images)
-        skipped = len(result.skipped) + len(result.passed_over)
+        skipped = len(result.failed) + len(result.passed_over)  # the user reads both as "skipped"
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
                    f"{visible(str(result.output / 'evaluation.json'))}")
     return result.exit_code
 
 
-UNITS_EXIT_CODES = (
-    "Exit codes: 0 every image read; 1 some images could not be read (each named on stderr, the others used); "
-    "2 usage error (bad option, unknown model or layer, channel out of range, no readable image): nothing "
-    "written; 3 failed unexpectedly (--verbose shows why); 4 OUT cannot be written (full, read-only: checked "
-    "before computing); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Each grid and units.json is "
-    "written atomically (whole or not at all), units.json last, listing the grids of the run that wrote it; "
-    "units does not resume: after 130 or 143 the grids already written are kept, and a rerun starts over."
-)
+UNITS_EXIT_CODES = exit_code_help({
+    ExitCode.OK: "every image read",
+    ExitCode.SOME_FAILED: "some images could not be read (each named on stderr, the others used)",
+    ExitCode.USAGE: "usage error (bad option, unknown model or layer, channel out of range, no readable image): "
+                    "nothing written",
+    ExitCode.FAILED: "failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "OUT cannot be written (full, read-only: checked before computing)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}, "Each grid and units.json is written atomically (whole or not at all), units.json last, listing the grids of "
+   "the run that wrote it; units does not resume: after 130 or 143 the grids already written are kept, and a "
+   "rerun starts over.")
 
 
 @main.command("units", short_help="What units of a higher layer respond to: top-9 grids.",
@@ -575,11 +564,8 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     tool's output (OUT among them), are passed over with a 'skipped:' line. Images are read in batches
     and grids written one at a time: memory does not grow with the number of images.
     """
-    from tqdm import tqdm
-
     from . import units
     from .batch.config import RunStopped, check_writable
-    from .batch.pipeline import _sigterm_as_interrupt
     from .hooks import find_layer
     from .images import search_images
 
@@ -587,67 +573,54 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
         raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
                                f"{math.isqrt(units.MAX_TOP)}x{math.isqrt(units.MAX_TOP)} grid); give --top "
                                f"{units.MAX_TOP} or fewer")
-    bar = None
+    reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="units", flag_words=True,
+                               defer_failures=True)  # unreadable images: one line each, once done
     created = False
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             loaded = model.load()
             found = search_images(list(inputs), exclude=output)
-            for passed in found.skipped:
-                echo_skipped(passed.path, passed.reason)
+            for passed in found.passed_over:
+                reporter.passed_over(passed.path, passed.reason)
             if not found.paths:
                 raise GuidedBackpropError(f"no image to read among {', '.join(map(repr, inputs))} (every path was "
                                           f"passed over, see the skipped: lines)")
             find_layer(loaded.model, layer)  # an unknown layer is a usage error before the folder is made
             created = not output.exists()
             check_writable(output, "rerun the same command")
-            bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
+            tops = None
+            if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
+                from .unit_cache import cached_tops
 
-            def progress(done: int, total: int) -> None:
-                if bar is not None:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-
-            with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
-                warnings.simplefilter("always", UserWarning)
-                tops = None
-                if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
-                    from .unit_cache import cached_tops
-
-                    tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
-                                                list(unit_channels), k, batch_size=batch_size, progress=progress)
-                grids = units.iter_unit_grids(
-                    loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
-                    channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
-                    display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
-                    sources=[str(p) for p in found.paths], progress=progress, tops=tops,
-                )
-                written = units.save_unit_grids(grids, output)
+                tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
+                                            list(unit_channels), k, batch_size=batch_size, reporter=reporter)
+            grids = units.iter_unit_grids(
+                loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
+                channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
+                display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
+                sources=[str(p) for p in found.paths], reporter=reporter, tops=tops,
+            )
+            written = units.save_unit_grids(grids, output)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the unit grids did not finish; those already written are kept, units.json is not "
                    f"updated; a rerun starts over ({visible(str(output))})", err=True)
         return code
-    except RunStopped as err:  # OUT cannot be written: 4, with the path
-        echo_error(err, verbose=verbose, err=err)
-        return err.exit_code
-    except GuidedBackpropError as err:  # a channel out of range, no readable image: the folder is left as it was
-        if created:
+    except GuidedBackpropError as err:  # OUT cannot be written (RunStopped: 4, with the path); a channel out of
+        if created and not isinstance(err, RunStopped):  # range, no readable image (2): the folder is left as it was
             with contextlib.suppress(OSError):
                 output.rmdir()  # only if still empty
         echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     finally:
-        if bar is not None:
-            bar.close()
-    for w in skipped:
-        echo_error(str(w.message))
+        reporter.close()
+    for reason in reporter.failures:
+        echo_error(reason)
     if not quiet:
         click.echo(f"{plural(len(written), 'unit grid')} of layer {layer} -> {visible(str(output))}")
-    return ExitCode.SOME_FAILED if skipped else ExitCode.OK
+    return exit_code(failed=len(reporter.failures))
 
 
 @main.command("layers", short_help="The model's layers: type, output shape, receptive field.",
@@ -776,8 +749,8 @@ def explore_command(inputs: tuple[str, ...], model: ModelSpec, gradcam_layer: st
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
-    for skipped in found.skipped:
-        echo_skipped(skipped.path, skipped.reason)
+    for passed in found.passed_over:
+        echo_skipped(passed.path, passed.reason)
     if host not in ("127.0.0.1", "localhost"):
         click.echo(f"warning: --host {host}: the explorer is reachable from other machines on this network "
                    "(the token still guards it; use it only on a network you trust)", err=True)

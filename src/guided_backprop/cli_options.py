@@ -12,23 +12,34 @@ import contextlib
 import functools
 import logging
 import re
+import sys
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import click
 
-from .errors import ExitCode, GuidedBackpropError, TargetError
+from .errors import ExitCode, GuidedBackpropError, TargetError, exit_code, stopped_in_words
 from .methods import parse_methods
 from .model_spec import ModelSpec
-from .visible import skipped_line, visible
+from .reporting import Reporter
+from .visible import passed_over_line, visible
 
-__all__ = ["EXIT_CODES", "FLAGS", "PROG", "cli_message", "echo_skipped", "echo_unexpected",
+__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ConsoleReporter", "cli_message", "echo_skipped", "echo_unexpected",
            "echo_warnings", "model_options", "model_spec", "preprocessing_changes", "stopped_by"]
 
 PROG = "guided-backprop"
-EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in {
+
+
+def exit_code_help(texts: Mapping[ExitCode, str], after: str = "") -> str:
+    """A command's table of exit codes for its ``--help``: what each :class:`ExitCode` it can return
+    means for it, then ``after``."""
+    return "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in texts.items()) + "." + (
+        f" {after}" if after else "")
+
+
+EXIT_CODES = exit_code_help({
     ExitCode.OK: "every input done",
     ExitCode.SOME_FAILED: "some inputs failed (each named on stderr with the reason, all others done)",
     ExitCode.USAGE: "usage error (bad option, unknown model, layer or class, an output folder of another run): "
@@ -37,7 +48,7 @@ EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in 
     ExitCode.DISK_FULL: "the disk is full (or the output folder cannot be written): free space, rerun to resume",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
     ExitCode.TERMINATED: "terminated (SIGTERM)",
-}.items()) + ". After 130 or 143, rerun the same command to finish: complete outputs are kept."
+}, "After 130 or 143, rerun the same command to finish: complete outputs are kept.")
 
 # --------------------------------------------------------------------------- library fields -> flags
 
@@ -90,7 +101,60 @@ def echo_error(message: str | BaseException, *, verbose: bool = False, err: Base
 
 def echo_skipped(path: object, reason: str) -> None:
     """One line ``skipped: 'PATH': REASON`` on stderr: an input passed over (never opened), named safely."""
-    click.echo(skipped_line(path, reason), err=True)
+    click.echo(passed_over_line(path, reason), err=True)
+
+
+class ConsoleReporter(Reporter):
+    """What a run tells its user, on the console: a progress bar on stderr (with ``bar``: the command
+    asks for it when stderr is a terminal and ``--quiet`` is not given) and one line on stderr per message.
+
+    ``flag_words``: a failed input is said as :func:`echo_error` says errors (the library's words for
+    settings as flags). ``defer_failures``: failed inputs are kept in :attr:`failures` for the command
+    to print once it is done.
+    """
+
+    def __init__(self, *, bar: bool = False, desc: str | None = None, unit: str = "img", flag_words: bool = False,
+                 defer_failures: bool = False) -> None:
+        self.bar, self.desc, self.unit = bar, desc, unit
+        self.flag_words, self.defer_failures = flag_words, defer_failures
+        self.failures: list[str] = []
+        self._bar: Any = None
+
+    def progress(self, done: int, total: int, task: str = "") -> None:
+        if not self.bar:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
+                             smoothing=0.05)
+        if task:
+            self._bar.set_description(task, refresh=False)
+        self._bar.total = total
+        if done >= self._bar.n:
+            self._bar.update(done - self._bar.n)
+        else:
+            self._bar.n = done
+            self._bar.refresh()
+
+    def failed(self, reason: str) -> None:
+        if self.defer_failures:
+            self.failures.append(reason)
+        elif self.flag_words:
+            echo_error(reason)
+        else:
+            super().failed(reason)
+
+    def line(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)  # above the bar, when there is one
+
+    def close(self) -> None:
+        """Close the progress bar (if one was drawn)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 @contextlib.contextmanager
@@ -123,11 +187,7 @@ def echo_unexpected(err: BaseException, *, verbose: bool) -> ExitCode:
 
 def stopped_by(err: KeyboardInterrupt) -> tuple[str, ExitCode]:
     """What stopped a command, in words, and its exit code: SIGTERM (143) or Ctrl-C (130)."""
-    from .batch.config import Terminated
-
-    if isinstance(err, Terminated):
-        return "terminated (SIGTERM)", ExitCode.TERMINATED
-    return "interrupted", ExitCode.INTERRUPTED
+    return stopped_in_words(err), exit_code(err)
 
 
 def plural(n: int, word: str) -> str:

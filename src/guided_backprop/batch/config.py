@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExitCode, GuidedBackpropError
-from ..images import Skipped
+from ..errors import ExitCode, GuidedBackpropError, Terminated, exit_code
+from ..images import PassedOver
 from ..model_spec import ModelSpec
 from .names import DEFAULT_INPUT_NAME
 
@@ -75,14 +75,14 @@ class BatchResult:
     failed: int = 0
     maps: int = 0  # map files listed in the index
     computed: int = 0  # inputs processed by this invocation (the others were complete already)
-    resumed: int = 0  # inputs skipped because a previous run finished them
+    resumed: int = 0  # inputs already done: a previous run finished them (the summary says "skipped")
     seconds: float = 0.0
     interrupted: bool = False
     signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
     rank: int = 0
     world_size: int = 1
     errors: list[str] = field(default_factory=list)  # this rank's error lines
-    skipped: list[Skipped] = field(default_factory=list)  # inputs passed over, never opened (and why)
+    passed_over: list[PassedOver] = field(default_factory=list)  # inputs never opened (and why)
     index: Path | None = None
     abandoned: int = 0  # writer jobs still running when an interrupted run stopped waiting for them
 
@@ -98,9 +98,8 @@ class BatchResult:
         Under torchrun only rank 0 returns 1: torchrun stops the other processes as soon as one
         exits non-zero, which must not happen while rank 0 is still writing the index.
         """
-        if self.interrupted:
-            return ExitCode.TERMINATED if self.signal == "SIGTERM" else EXIT_INTERRUPTED
-        return EXIT_SOME_FAILED if self.failed and self.rank == 0 else EXIT_OK
+        stop = None if not self.interrupted else Terminated() if self.signal == "SIGTERM" else KeyboardInterrupt()
+        return exit_code(stop, failed=self.failed if self.rank == 0 else 0)
 
     def summary(self) -> str:
         """One line: ``N images: S skipped (already done), C computed, F failed in T s (X img/s) -> OUT``.
@@ -112,17 +111,13 @@ class BatchResult:
         from the start of the process when the command gives it (``run(started_at=...)``). The rate is
         left out when nothing was processed (a rerun of a finished folder).
         """
-        over = f", {len(self.skipped)} passed over (not read)" if self.skipped else ""
+        over = f", {len(self.passed_over)} passed over (not read)" if self.passed_over else ""
         images = "image" if self.images == 1 else "images"
         explained = max(0, self.computed - self.failed)
         rate = f" ({self.rate:.1f} img/s)" if self.computed else ""
         resumed = f"{self.resumed} skipped (already done), " if self.resumed else ""
         return (f"{self.images} {images}: {resumed}{explained} computed, "
                 f"{self.failed} failed{over} in {self.seconds:.1f} s{rate} -> {self.output}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (systemd, Slurm, ``kill``, torchrun): stops the run like Ctrl-C, with exit code 143."""
 
 
 class RunStopped(GuidedBackpropError):
@@ -135,7 +130,7 @@ class RunStopped(GuidedBackpropError):
 
     def __init__(self, message: str, exit_code: int = ExitCode.FAILED) -> None:
         super().__init__(message)
-        self.exit_code = int(exit_code)
+        self.exit_code = int(exit_code)  # 3, or 4 (DiskFull)
 
 
 class DiskFull(RunStopped):

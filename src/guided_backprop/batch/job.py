@@ -18,8 +18,8 @@ from .. import panels, render
 from ..atomic import safe_name, write_bytes
 from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
+from ..reporting import Reporter
 from ..targets import MaxNeuron, Neuron, Region, select_output
-from ..visible import visible
 from .config import _TOP5, DISK_ERRNOS, DiskFull, RunStopped
 from .decode import _Decoded, _one_line, worker_died
 from .dist import _Dist
@@ -45,12 +45,12 @@ class InputMaps:
 class _Job:
     """One rank's work: compute batches, hand each input's writing to the pool, journal the results."""
 
-    def __init__(self, plan: _Plan, out: Path, dist: _Dist, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: _Plan, out: Path, dist: _Dist, reporter: Reporter) -> None:
         self.plan = plan
         self.settings = plan.settings
         self.out = out
         self.dist = dist
-        self.log = log
+        self.reporter = reporter
         self.explainer = Explainer(plan.loaded.model)
         self.labels = list(plan.loaded.labels)
         self._lock = threading.Lock()
@@ -87,7 +87,7 @@ class _Job:
             self.failed += 1
             self.errors.append(reason)
         if not poison:  # the stop that follows names it
-            self.log(f"error: {visible(reason)}")
+            self.reporter.failed(reason)
 
     def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
         """A write failure that will hit every input (disk full, over quota, read-only): stop the run.
@@ -289,9 +289,9 @@ class _Job:
             classes = [t["class_index"] for t in result.explained]
         for t in result.explained:
             if not t["found"]:
-                self.log(f"no map: {item.path!r}: {t['target']}: {t.get('reason', 'nothing to explain')}")
+                self.reporter.info(f"no map: {item.path!r}: {t['target']}: {t.get('reason', 'nothing to explain')}")
             elif t["zero_maps"]:
-                self.log(f"warning: {item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
+                self.reporter.warning(f"{item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
                          f"zeros (an empty region, or every ReLU on its path gated off)")
         found = [t["found"] for t in result.explained]
         boxes = [t.get("box") for t in result.explained]

@@ -4,45 +4,22 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from .config import RunStopped, Terminated
+from .config import RunStopped
 from .decode import WorkerDied, _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
 from .identity import file_identity
 from .job import _Job
 from .writer import _Writer
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (sent by torchrun, systemd, Slurm, ``kill``) stops the run like Ctrl-C, cleanly, as
-    :class:`.config.Terminated` (exit code 143)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(_signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
-    """Decode ``todo`` in worker processes, compute in batches of ``batch_size`` same-size tensors, write."""
-    from tqdm import tqdm
-
+    """Decode ``todo`` in worker processes, compute in batches of ``batch_size`` same-size tensors, write;
+    with ``progress``, the inputs done are told to the job's reporter."""
     plan = job.plan
     batch_size = plan.batch_size
     dataset = _DecodeDataset(todo, plan.preprocessing, plan.max_pixels)
@@ -55,15 +32,22 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
     )
     threads = max(1, min(4, os.cpu_count() or 1))
     writer = _Writer(threads, backlog=2 * batch_size + threads)
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               smoothing=0.05)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            job.reporter.progress(done[0], len(todo))
+
+    if progress:
+        job.reporter.progress(0, len(todo))
     pending: dict[tuple[int, ...], list[_Decoded]] = {}
 
     def flush(keys: list[tuple[int, ...]]) -> None:
         for key in keys:
             group = pending.pop(key)
             job.compute(group, writer)
-            bar.update(len(group))
+            advance(len(group))
 
     cancel = False
     it = iter(loader) if todo else iter(())
@@ -74,7 +58,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
                 raise job.stop
             if item.error is not None:
                 job.fail(item.idx, item.path, item.error, item.ident)
-                bar.update(1)
+                advance(1)
                 continue
             key = tuple(item.tensor.shape)  # type: ignore[union-attr]
             group = pending.setdefault(key, [])
@@ -100,8 +84,6 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
         except KeyboardInterrupt:  # stopped while waiting for the last writes: wait no more than a stop does
             job.abandoned = writer.close(cancel=True)
             raise
-        finally:
-            bar.close()
     if job.stop is not None:  # the last writes filled the disk
         raise job.stop
 

@@ -187,21 +187,21 @@ def _read_mask(path: str) -> torch.Tensor:
     return torch.from_numpy(arr > 0).float()
 
 
-def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.Skipped]]:
+def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.PassedOver]]:
     """:func:`images.search_images`, minus what lies in the output folder (our own maps, on a rerun).
 
     Returns the paths and what was passed over (with the reason of each).
     """
     found = images.search_images(inputs, exclude=out)
     paths = found.paths
-    if not paths and found.skipped:
-        first = found.skipped[0]
-        raise InputError(f"no image can be read: {len(found.skipped)} input(s) passed over, e.g. "
+    if not paths and found.passed_over:
+        first = found.passed_over[0]
+        raise InputError(f"no image can be read: {len(found.passed_over)} input(s) passed over, e.g. "
                          f"{str(first.path)!r}: {first.reason}", field="inputs")
     if not paths:
         raise InputError(f"every image found is inside the output folder {str(out)!r} (earlier outputs are not "
                          f"inputs); give other inputs or another output folder", field="output")
-    return paths, found.skipped
+    return paths, found.passed_over
 
 
 def _digest(digests: Digests, path: str | os.PathLike[str] | None) -> str | None:

@@ -30,9 +30,10 @@ import torch
 
 from ..atomic import write_bytes
 from ..attribution import Explainer
-from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError
+from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError, exit_code
 from ..methods import parse_methods
 from ..model_spec import ModelSpec
+from ..reporting import Reporter
 from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks
 from .results import Evaluation, merge
 from .similarity import METRICS
@@ -72,22 +73,25 @@ class EvaluateConfig:
 
 @dataclass
 class EvaluateRun:
-    """What :func:`evaluate_folder` did: the results, the files written and the images skipped."""
+    """What :func:`evaluate_folder` did: the results, the files written, the images that could not be
+    evaluated (``failed``: unreadable, not finite) and those never opened (``passed_over``), by path."""
 
     evaluation: Evaluation
     output: Path
     files: list[Path] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # never opened: FIFOs, link loops, ...
 
     @property
     def exit_code(self) -> ExitCode:
         """``OK`` when every image was evaluated, ``SOME_FAILED`` when some could not be read."""
-        return ExitCode.SOME_FAILED if self.skipped else ExitCode.OK
+        return exit_code(failed=len(self.failed))
 
 
 class WriteError(GuidedBackpropError):
     """The output folder cannot be written (full disk, read-only folder, ...): ``path`` is where."""
+
+    exit_code = ExitCode.DISK_FULL
 
     def __init__(self, path: str | os.PathLike[str], err: OSError) -> None:
         self.path = str(path)
@@ -143,13 +147,13 @@ class _Batch:
 
 
 def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], batch_size: int,
-             skipped: dict[str, str], on_skip: Callable[[str, str], None] | None = None) -> Iterator[_Batch]:
+             failed: dict[str, str], reporter: Reporter | None = None) -> Iterator[_Batch]:
     """The readable images of ``paths`` in batches of one input size, at most ``batch_size`` each.
 
     Pictures are read one at a time and wait in one pending group per size; a group is evaluated
     when it is full, or (the largest group) when the pending images reach ``batch_size`` in all, so
     that memory holds at most about two batches whatever the number of images and sizes. A folder
-    of one size gives the batches of a plain cut. Unreadable images go to ``skipped`` (and ``on_skip``, at once).
+    of one size gives the batches of a plain cut. Unreadable images go to ``failed`` (and the reporter, at once).
     """
     from ..images import load_image
 
@@ -163,9 +167,9 @@ def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], b
         try:
             tensor = preprocess(load_image(path))
         except (ImageError, InputError) as err:
-            skipped[str(path)] = str(err)
-            if on_skip is not None:
-                on_skip(str(path), str(err))
+            failed[str(path)] = str(err)
+            if reporter is not None:
+                reporter.failed(str(err))
             continue
         shape = tuple(tensor.shape)
         pending.setdefault(shape, []).append((index, str(path), tensor))
@@ -207,9 +211,7 @@ def evaluate_folder(
     config: EvaluateConfig | None = None,
     *,
     loaded: LoadedModel | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    on_skip: Callable[[str, str], None] | None = None,
-    on_pass_over: Callable[[str, str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> EvaluateRun:
     """Evaluate every image of ``inputs`` (files, folders, globs) and write the outputs to ``output``.
 
@@ -217,10 +219,12 @@ def evaluate_folder(
     without it ``config.model`` (a :class:`~guided_backprop.ModelSpec`) is loaded. Images may have different sizes:
     they are evaluated in batches of one size (at most ``config.batch_size`` images, so memory does
     not grow with their number), and every image gets the numbers it would get alone. Unreadable
-    images, and images whose scores or maps are not finite, are skipped (``on_skip(path, reason)``
+    images, and images whose scores or maps are not finite, are left out (``reporter.failed(reason)``
     is told) and listed under ``"failed"`` in ``evaluation.json``; inputs that are never opened (a
     FIFO, a symbolic-link loop, the output folder's own files...) are told to
-    ``on_pass_over(path, reason)`` and listed under ``"passed_over"``. The output folder is checked
+    ``reporter.passed_over(path, reason)`` and listed under ``"passed_over"``; the reporter is also
+    told each check's progress (default: a :class:`~guided_backprop.reporting.Reporter` that keeps
+    it all). The output folder is checked
     for writing before anything is computed (:class:`WriteError`). Raises
     :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
@@ -239,17 +243,17 @@ def evaluate_folder(
         loaded = cfg.model.load()
     pre = loaded.preprocessing
     found = search_images([Path(p) for p in inputs], exclude=output)
-    passed_over = {str(s.path): s.reason for s in found.skipped}
+    passed_over = {str(s.path): s.reason for s in found.passed_over}
     own = _inside_output([Path(p) for p in inputs], output, found.paths)
     for path in own:
         passed_over[path] = "in the output folder: evaluate's own output is no input"
+    reporter = reporter if reporter is not None else Reporter()
     for path, reason in passed_over.items():
-        if on_pass_over is not None:
-            on_pass_over(path, reason)
+        reporter.passed_over(path, reason)
     figure_path = _figure_path(found.paths, cfg.figure_image)
     folder = prepare_output(output)
 
-    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     if figure_path is not None:  # read it first: a figure image that cannot be read is a usage error
         from ..images import load_image
         try:
@@ -262,14 +266,13 @@ def evaluate_folder(
     figure_id: int | None = found.paths.index(figure_path) if figure_path is not None else None
     cam_layer = cfg.gradcam_layer or loaded.gradcam_layer
     with np.errstate(all="ignore"):
-        for batch in _batches(found.paths, pre, int(cfg.batch_size), skipped, on_skip):
+        for batch in _batches(found.paths, pre, int(cfg.batch_size), failed, reporter):
             batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
                                                                           batch.x.to(loaded.device))
             bad, trained_maps = _non_finite(loaded.model, batch, methods, int(cfg.batch_size), cam_layer)
             for i, reason in bad.items():
-                skipped[batch.names[i]] = reason
-                if on_skip is not None:
-                    on_skip(batch.names[i], reason)
+                failed[batch.names[i]] = reason
+                reporter.failed(reason)
             keep = [i for i in range(len(batch.ids)) if i not in bad]
             if not keep:
                 continue
@@ -282,14 +285,15 @@ def evaluate_folder(
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
                 image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,
-                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps, progress=progress)
+                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps,
+                progress=lambda check, done, total: reporter.progress(done, total, check))
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
     if not parts:
-        raise ImageError(_nothing_evaluated(skipped, passed_over, own))
+        raise ImageError(_nothing_evaluated(failed, passed_over, own))
     evaluation = merge(parts)
-    evaluation.failed = dict(skipped)
+    evaluation.failed = dict(failed)
     evaluation.passed_over = dict(passed_over)
     figure_name = str(found.paths[figure_id]) if figure_id is not None else evaluation.images[0]
     evaluation.settings = {
@@ -299,7 +303,7 @@ def evaluate_folder(
         "class_labels": {str(c): loaded.label(c) for c in sorted(set(_classes(evaluation)))},
     }
     files = write_outputs(evaluation, folder, image=picture, figure_steps=cfg.figure_steps)
-    return EvaluateRun(evaluation=evaluation, output=folder, files=files, skipped=skipped,
+    return EvaluateRun(evaluation=evaluation, output=folder, files=files, failed=failed,
                        passed_over=passed_over)
 
 
