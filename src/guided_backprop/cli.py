@@ -35,6 +35,7 @@ from .cli_options import (
     NeuronType,
     TargetType,
     cli_message,
+    config_of,
     echo_error,
     echo_skipped,
     echo_unexpected,
@@ -305,13 +306,8 @@ def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods
     if gradcam_layer is not None and not any(get_method(m).gradcam or m == "gradcam" for m in methods):
         click.echo(f"warning: --gradcam-layer {gradcam_layer} is not used: none of --methods {','.join(methods)} "
                    f"is gradcam or guided_gradcam", err=True)
-    cfg = batch.BatchConfig(
-        model=model, methods=methods, target=target, mask=mask, score_threshold=score_threshold,
-        output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key,
-        layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
-        noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
-        save_raw=save_raw, batch_size=batch_size, workers=workers, overwrite=overwrite, max_pixels=max_pixels,
-    )
+    cfg = config_of(batch.BatchConfig, click.get_current_context().params, model=model, norm=norm, name=name_template,
+                    output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key)
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty())
     try:
         try:
@@ -493,11 +489,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
-        cfg = EvaluateConfig(
-            model=model, methods=methods, checks=parse_checks(checks), order=order,  # type: ignore[arg-type]
-            granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
-            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
-            figure_steps=figure_steps, smooth_samples=smooth_samples)
+        cfg = config_of(EvaluateConfig, click.get_current_context().params, model=model, checks=parse_checks(checks),
+                        granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity)
         with sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, reporter=reporter)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code

@@ -9,6 +9,7 @@ values the library takes (click ``ParamType``s, parsed once, at the edge).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -16,7 +17,7 @@ import sys
 import traceback
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
@@ -30,6 +31,7 @@ __all__ = ["EXIT_CODES", "FLAGS", "PROG", "ConsoleReporter", "cli_message", "ech
            "echo_warnings", "model_options", "model_spec", "preprocessing_changes", "stopped_by"]
 
 PROG = "guided-backprop"
+T = TypeVar("T")
 
 
 def exit_code_help(texts: Mapping[ExitCode, str], after: str = "") -> str:
@@ -400,6 +402,13 @@ def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for option in reversed(_MODEL_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
+
+
+def config_of(cls: type[T], params: Mapping[str, Any], **changes: Any) -> T:
+    """A command's config (a dataclass: ``BatchConfig``, ``EvaluateConfig``) from its parsed options:
+    each field from the option of the same name, ``changes`` on top."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**({k: v for k, v in params.items() if k in names} | changes))
 
 
 def model_spec(params: dict[str, Any]) -> ModelSpec:
