@@ -163,4 +163,110 @@ def test_partial_guidance_and_random_timm_weights_are_said() -> None:
     assert notes[1] == "timm:mobilenetv3_small_100 runs on random weights (give --weights pretrained or --weights FILE)"
     plain = SimpleNamespace(model=nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()), weights="checkpoint w.pt")
     assert _notes(plain, "timm:resnet18", ("guided_backprop",)) == ([], "yes")
-    assert _notes(mobile, "mobilenet_v3_small", ("saliency",)) == ([], "partly")  # saliency is not guided
+    trained = SimpleNamespace(model=mobile.model, weights="checkpoint w.pt")
+    assert _notes(trained, "mobilenet_v3_small", ("saliency",)) == ([], "partly")  # saliency is not guided
+
+
+def test_random_torchvision_task_models_are_seeded_scaled_and_said() -> None:
+    """--weights random on torchvision's segmenters and detectors: the same model twice (seeded), scores that
+    differ (layers scaled to unit spread: unscaled, MobileNetV3's activations vanish and every class scores
+    alike, so a detector finds nothing), and the run's first lines say the weights are random."""
+    import torch
+
+    from guided_backprop.batch.plan import _notes
+    from guided_backprop.models import load_model
+
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    torch.manual_seed(123)
+    first = load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
+    assert torch.equal(torch.rand(1), before)  # the caller's random state is left as it was
+    again = load_model("fasterrcnn_mobilenet_v3_large_320_fpn", weights="random")
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
+    from skimage import data
+
+    x = torch.tensor(data.astronaut()[::4, ::4].copy()).permute(2, 0, 1)[None].float() / 255  # a photo, 128 x 128
+    with torch.no_grad():
+        det = first.model.eval()(x)[0]
+    assert len(det["scores"]) >= 3 and float(det["scores"][0] - det["scores"][2]) > 1e-3  # detections, ranked
+    seg = load_model("lraspp_mobilenet_v3_large", weights="random").model.eval()
+    with torch.no_grad():
+        out = seg(x)["out"]
+    assert len(out.argmax(1).unique()) > 1 and float(out.std()) > 0.1  # classes differ from pixel to pixel
+    notes, _ = _notes(first, "fasterrcnn_mobilenet_v3_large_320_fpn", ("saliency",))
+    assert notes == ["fasterrcnn_mobilenet_v3_large_320_fpn runs on random weights (random initialisation (seed 0, "
+                     "layers scaled to unit spread; no download)): the maps show no learned features"]
+
+
+def _coloured(path: Path, colour: tuple[int, int, int]) -> np.ndarray:
+    """Where a written picture has exactly ``colour``."""
+    return (np.asarray(Image.open(path).convert("RGB")) == np.asarray(colour)).all(axis=2)
+
+
+def test_pictures_show_the_explained_box_and_the_regions_outline(tmp_path: Path) -> None:
+    """A detection map has its box drawn where the box is (with a label and score tag); a region map has
+    the region's outline, following the mask; the panel's row shows them on the input too."""
+    from guided_backprop.render import BOX_COLOURS
+
+    write_plain(tmp_path / "in", 1)
+    out = tmp_path / "det"
+    result = invoke("run", tmp_path / "in", "-o", out, "--model", f"{MODELS}:detector", "--target", "detections:1",
+                    "--score-threshold", "0", "--methods", "saliency", "--panel", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    (line,) = _index(out)
+    x0, y0, x1, y1 = (round(v) for v in line["explained"][0]["box"])
+    red = _coloured(out / line["files"]["saliency"], BOX_COLOURS[0])
+    h, w = red.shape
+    x1, y1 = min(x1, w - 1), min(y1, h - 1)
+    ym, xm = (y0 + y1) // 2, (x0 + x1) // 2
+    assert red[ym, x0] and red[ym, x1] and red[y1, xm]  # left, right and bottom edges, where the box is
+    assert not red[y0 + 4:y1 - 1, x0 + 2:x1 - 1][-(y1 - y0) // 2:].any()  # not inside (below the tag)
+    outside = red.copy()
+    outside[max(0, y0 - 20):y1 + 1, x0:x1 + 1] = False  # the box and its tag
+    assert not outside.any()
+    columns = np.nonzero(_coloured(out / line["files"]["panel"], BOX_COLOURS[0]).any(axis=0))[0]
+    assert columns.max() - columns.min() > w  # the panel's row: on the input and on the map beside it
+
+    mask = np.zeros((40, 48), np.uint8)
+    mask[5:15, 10:30] = 255
+    Image.fromarray(mask).save(tmp_path / "mask.png")
+    out = tmp_path / "seg"
+    result = invoke("run", tmp_path / "in", "-o", out, "--model", f"{MODELS}:segmenter", "--target", "dog",
+                    "--mask", tmp_path / "mask.png", "--methods", "saliency", "--workers", "0")
+    assert result.exit_code == 0, result.output
+    (line,) = _index(out)
+    drawn = _coloured(out / line["files"]["saliency"], BOX_COLOURS[0])
+    region = np.asarray(Image.fromarray(mask).resize(drawn.shape[::-1], Image.Resampling.NEAREST)) > 0
+    ys, xs = np.nonzero(region)
+    inner = np.zeros_like(region)
+    inner[ys.min() + 2:ys.max() - 1, xs.min() + 2:xs.max() - 1] = True
+    assert drawn[region & ~inner].all() and not drawn[inner].any()  # the outline follows the mask
+    assert not (drawn & ~region)[ys.min():].any()  # nothing else drawn (the class's tag is above the region)
+
+
+def test_the_report_says_partial_guidance_the_explained_targets_and_all_zero_maps(tmp_path: Path) -> None:
+    from .test_report import _parse
+
+    write_plain(tmp_path / "in", 1)
+    seg = tmp_path / "seg"
+    result = invoke("run", tmp_path / "in", "-o", seg, "--model", f"{MODELS}:segmenter", "--target", "dog",
+                    "--workers", "0")
+    assert result.exit_code == 0, result.output
+    notes = json.loads((seg / "run.json").read_text())["notes"]
+    assert len(notes) == 1 and notes[0].startswith("guidance is partial: guided_backprop change only the ReLUs;")
+    assert invoke("report", seg).exit_code == 0
+    html, _page, data = _parse(seg / "index.html")
+    assert f"<li>{notes[0]}</li>" in html  # said above the gallery
+    (row,) = data["rows"]
+    (explained,) = _index(seg)[0]["explained"]
+    said = f"region 2: dog, score {explained['value']:.4g}, {explained['pixels']:g} px"
+    assert row["explains"] == said and row["targets"] == [said] and row["top5"] == []
+
+    dead = tmp_path / "dead"
+    result = invoke("run", tmp_path / "in", "-o", dead, "--model", f"{MODELS}:dead", "--methods", "gbp,saliency",
+                    "--workers", "0")
+    assert result.exit_code == 0, result.output
+    assert invoke("report", dead).exit_code == 0
+    html, _page, data = _parse(dead / "index.html")
+    assert data["rows"][0]["zero"] == [["guided_backprop", "saliency"]]  # the page marks them "all zeros"
+    assert "<ul class=\"notes\">" not in html

@@ -222,3 +222,24 @@ def test_evaluate_folder_loads_its_own_model_at_the_input_size_it_is_given(tmp_p
     doc = json.loads((tmp_path / "out" / "evaluation.json").read_text(encoding="utf-8"))
     assert doc["images"] == 2
     assert "centre-cropped to 24x24" in doc["settings"]["preprocessing"], doc["settings"]
+
+
+def test_evaluate_output_key_reads_the_logits_of_a_dict_output(tmp_path: Path) -> None:
+    """--output-key: a classifier returning {"logits": ...} is evaluated as the same classifier returning the
+    tensor (every check, the same numbers); without it, one line naming the option."""
+    write_plain(tmp_path / "in", 2)
+    dict_model = ["--model", f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:dict_logits", "--input-size", "32"]
+    common = ["--methods", "saliency,gbp", "--checks", "randomization,class,deletion", "--steps", "4", "-q"]
+    plain = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "plain", *TINY, *common)
+    assert plain.exit_code == 0, plain.output
+    keyed = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "keyed", *dict_model, *common,
+                   "--output-key", "logits")
+    assert keyed.exit_code == 0, keyed.output
+
+    def numbers(folder: Path) -> dict:
+        doc = json.loads((folder / "evaluation.json").read_text(encoding="utf-8"))
+        return {k: doc[k] for k in ("randomization", "class_sensitivity", "deletion")}
+
+    assert numbers(tmp_path / "keyed") == numbers(tmp_path / "plain")
+    bad = invoke("evaluate", tmp_path / "in", "-o", tmp_path / "bad", *dict_model, *common)
+    assert bad.exit_code != 0 and "--output-key" in bad.output and "logits" in bad.output, bad.output

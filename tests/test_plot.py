@@ -137,3 +137,43 @@ def test_explanation_plot_is_show() -> None:
     a, b = e.plot(x, index=1, labels=LABELS), gbp.show(e, x, index=1, labels=LABELS)
     assert [ax.get_ylabel() for ax in a.axes] == [ax.get_ylabel() for ax in b.axes]
     assert np.array_equal(_pixels(a), _pixels(b))
+
+
+def test_show_draws_each_rows_box_and_region_outline() -> None:
+    """gbp.show marks what each row explains, on the input and on every map: a detection's box (with its
+    label and score) in the row's colour, a region's outline along its mask."""
+    from matplotlib.patches import Rectangle
+
+    from guided_backprop.render import BOX_COLOURS
+
+    from .test_targets_output import BoxDetector, PixelSegmenter
+
+    x = torch.randn(1, 3, 8, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    torch.manual_seed(1)
+    det = BoxDetector().double().eval()
+    e = gbp.Explainer(det).explain(x, [gbp.Box(rank=0), gbp.Box(rank=1)], methods=["saliency", "gradcam"])
+    fig = gbp.show(e, x, labels=["bg", "person", "dog", "cat"])
+    for r in range(2):
+        x0, y0, x1, y1 = e.details[0][r]["box"]
+        colour = tuple(c / 255 for c in BOX_COLOURS[r]) + (1.0,)
+        for ax in fig.axes[r * 3:r * 3 + 3]:  # the row's input and its two maps
+            (rect,) = [p for p in ax.patches if isinstance(p, Rectangle)]
+            assert rect.get_xy() == (x0, y0) and (rect.get_width(), rect.get_height()) == (x1 - x0, y1 - y0)
+            assert rect.get_edgecolor() == pytest.approx(colour)
+            name = {1: "person", 2: "dog", 3: "cat"}[e.details[0][r]["label"]]
+            assert [t.get_text() for t in ax.texts] == [f"{name} {e.details[0][r]['detection_score']:.2f}"]
+
+    torch.manual_seed(5)
+    seg = PixelSegmenter().double().eval()
+    e = gbp.Explainer(seg).explain(x, [gbp.Region(1)], methods=["saliency"])
+    fig = gbp.show(e, x, labels=["bg", "cat", "dog"])
+    mask = e.regions[0][0].numpy()
+    assert 0 < mask.sum() < mask.size
+    for ax in fig.axes[:2]:
+        (contour,) = [c for c in ax.collections if hasattr(c, "get_paths")]
+        points = np.concatenate([p.vertices for p in contour.get_paths()])
+        # every outline point lies between a region pixel and a pixel outside it
+        for px, py in points:
+            near = mask[max(0, int(np.floor(py))):int(np.ceil(py)) + 1, max(0, int(np.floor(px))):int(np.ceil(px)) + 1]
+            assert near.any() and not near.all()
+        assert [t.get_text() for t in ax.texts] == ["cat"]

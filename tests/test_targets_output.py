@@ -396,3 +396,19 @@ def test_deletion_follows_the_explained_raw_score_not_a_softmax(seg: PixelSegmen
     np.testing.assert_allclose(curve[:, 0], intact.numpy())  # the raw region score, not a probability in [0, 1]
     np.testing.assert_allclose(curve[:, -1], deleted.numpy())
     assert (np.abs(curve) > 1).any()
+
+
+def test_run_checks_takes_output_for_a_dict_output() -> None:
+    """run_checks(output=...) evaluates a classifier returning {"logits": ...} as the same classifier returning
+    the tensor: the same numbers, and the same layer names in the randomisation steps."""
+    from guided_backprop.evaluate import run_checks
+
+    from .fixtures.cli_models import dict_logits, tiny
+
+    x = torch.rand(2, 3, 16, 16, generator=_gen(0))
+    options = {"methods": ("saliency",), "checks": ("randomization", "class", "deletion"), "steps": 3}
+    plain = run_checks(tiny().eval(), x, **options)  # type: ignore[arg-type]
+    keyed = run_checks(dict_logits().eval(), x, output="logits", **options)  # type: ignore[arg-type]
+    assert keyed.to_json() == plain.to_json()
+    with pytest.raises(gbp.GuidedBackpropError, match=r"output='logits'"):
+        run_checks(dict_logits().eval(), x, **options)  # type: ignore[arg-type]

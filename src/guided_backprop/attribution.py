@@ -88,6 +88,8 @@ class Explanation:
     titles: list[str] = field(default_factory=list)
     details: list[list[dict[str, Any]]] = field(default_factory=list)
     found: torch.Tensor | None = None  # (N, K) bool; None: every target found
+    #: target k -> ``(N, h, w)`` bool: the pixels a :class:`Region` target sums over (the output's resolution)
+    regions: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __getitem__(self, method: str) -> torch.Tensor:
         key = get_method(method).name
@@ -155,6 +157,8 @@ class Explanation:
             details=[row for p in parts for row in p.details],
             found=None if all(p.found is None for p in parts) else torch.cat(
                 [p.found if p.found is not None else torch.ones(p.scores.shape, dtype=torch.bool) for p in parts]),
+            regions={k: torch.cat([p.regions[k] for p in parts]) for k in first.regions
+                     if all(k in p.regions and p.regions[k].shape[1:] == first.regions[k].shape[1:] for p in parts)},
         )
 
 
@@ -398,6 +402,16 @@ def _evaluate(t: Any, output: Any, ctx: Context) -> _Column:
                           f"from detached tensors, .item() or numpy?)", field="target")
     return _Column(s.unsqueeze(1), found.cpu().unsqueeze(1), [t.title], [[d] for d in got.details],
                    frozen=got.frozen if got.frozen is not None else t)
+
+
+def _regions(columns: list[_Column]) -> dict[int, torch.Tensor]:
+    """Target index -> the ``(N, h, w)`` pixels of each :class:`Region` target (what its maps explain)."""
+    out, k = {}, 0
+    for c in columns:
+        if isinstance(c.frozen, Region) and isinstance(c.frozen.mask, torch.Tensor):
+            out[k] = c.frozen.mask.detach().bool().cpu()
+        k += c.scores.shape[1]
+    return out
 
 
 @dataclass(frozen=True)
@@ -698,6 +712,7 @@ class Explainer:
             titles=[t for c in columns for t in c.titles],
             details=[[d for c in columns for d in c.details[i]] for i in range(n)],
             found=None if bool(found.all()) else found.cpu(),
+            regions=_regions(columns),
         )
         return explanation, [c.frozen for c in columns]
 

@@ -307,7 +307,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods
         click.echo(f"warning: --gradcam-layer {gradcam_layer} is not used: none of --methods {','.join(methods)} "
                    f"is gradcam or guided_gradcam", err=True)
     cfg = config_of(batch.BatchConfig, click.get_current_context().params, model=model, norm=norm, name=name_template,
-                    output_key=int(output_key) if output_key is not None and output_key.isdigit() else output_key)
+                    output_key=_output_key(output_key))
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty())
     try:
         try:
@@ -343,6 +343,11 @@ def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods
         if report_code:
             return report_code
     return result.exit_code
+
+
+def _output_key(key: str | None) -> str | int | None:
+    """--output-key as the library takes it: digits are a tuple's index, anything else a key."""
+    return int(key) if key is not None and key.isdigit() else key
 
 
 def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
@@ -473,11 +478,14 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
      help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+@opt(TARGETS, "--output-key", default=None, metavar="KEY",
+     help="The entry of a dict or tuple output that holds the class logits (e.g. logits; an index for a tuple).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
                      figure_steps: int, model: ModelSpec,
-                     batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None) -> int:
+                     batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None,
+                     output_key: str | None) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
@@ -490,7 +498,8 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
         cfg = config_of(EvaluateConfig, click.get_current_context().params, model=model, checks=parse_checks(checks),
-                        granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity)
+                        granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
+                        output_key=_output_key(output_key))
         with sigterm_as_interrupt():
             result = evaluate_folder(list(inputs), output, cfg, reporter=reporter)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code

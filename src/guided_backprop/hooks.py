@@ -119,6 +119,13 @@ def logits_of(output: Any) -> torch.Tensor:
     logits = getattr(output, "logits", None)
     if isinstance(logits, torch.Tensor):
         return logits
+    if isinstance(output, dict) or isinstance(output, (tuple, list)) and output:
+        tensors = [k for k, v in (output.items() if isinstance(output, dict) else enumerate(output))
+                   if isinstance(v, torch.Tensor)]
+        if tensors:  # say which entry to pick, as output= (--output-key) takes it
+            what = f"a dict with keys {list(output)}" if isinstance(output, dict) else f"a {type(output).__name__}"
+            raise ModelError(f"the model returned {what}, not a logits tensor; choose the logits with "
+                             f"output={tensors[0]!r}", field="output_key")
     raise ModelError(
         f"the model returned {type(output).__name__}, not a logits tensor; wrap it in a module whose "
         f"forward returns the (N, classes) logits"

@@ -28,6 +28,7 @@ from .render import (
     HEAT_CMAP,
     SIGNED_CMAP,
     ArrayLike,
+    Mark,
     Picture,
     _colorize,
     _heat2d,
@@ -316,6 +317,7 @@ def class_panel(
     min_tile: int = 128,
     gap: int = 8,
     headers: bool = True,
+    marks: Sequence[Mark | None] | None = None,
 ) -> Image.Image:
     """The per-image panel for K explained classes: a grid, one row per class, one column per method.
 
@@ -327,7 +329,9 @@ def class_panel(
     - ``smooth``, ``noise``: the SmoothGrad samples and noise, named in the headline; ``position``: the
       (y, x) of a neuron target, named in the row label; ``title``: a headline on top;
     - with ``colorbars``, Grad-CAM heat maps and ``signed`` maps get a colour bar of their value range,
-      drawn at the tile's final width.
+      drawn at the tile's final width;
+    - ``marks``: per row, what it explains (:class:`~guided_backprop.render.Mark`: a detection's box, a
+      region's outline), drawn on the row's input and maps.
 
     Tiles smaller than ``min_tile`` px are enlarged by an integer factor (nearest neighbour); without
     ``headers`` the column titles are left out (for panels stacked under a first one). Returns an RGB
@@ -351,12 +355,21 @@ def class_panel(
     font = _font(max(11, min(15, tile_w // 11)))
     line = _line_height(font)
 
+    marked = list(marks) if marks is not None else [None] * k
+    if len(marked) != k:
+        raise InputError(f"got {k} maps per method but {len(marked)} marks; give one (or None) per row")
+
+    def drawn(picture: np.ndarray, r: int) -> np.ndarray:
+        mark = marked[r]
+        return picture if mark is None else mark.draw(picture)
+
     cells: list[list[tuple[Image.Image, Image.Image | None]]] = []
     for r in range(k):
-        row: list[tuple[Image.Image, Image.Image | None]] = [(seen, None)]
+        own = seen if marked[r] is None else _to_tile(Image.fromarray(drawn(_image_array(image), r)), tile_w, tile_h)
+        row: list[tuple[Image.Image, Image.Image | None]] = [(own, None)]
         for method, stack in stacks.items():
             m = stack[r]
-            pic = Image.fromarray(method_picture(method, m, image=image, norm=norm, percentile=percentile))
+            pic = Image.fromarray(drawn(method_picture(method, m, image=image, norm=norm, percentile=percentile), r))
             bar = _bar(method, m, norm, percentile, tile_w) if colorbars else None
             row.append((_to_tile(pic, tile_w, tile_h), bar))
         cells.append(row)

@@ -21,6 +21,7 @@ from .errors import InputError, UnknownNameError
 from .methods import Drawing, get_method, method_title
 from .panels import panel_note
 from .render import (
+    BOX_COLOURS,
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
     SIGNED_CMAP,
@@ -29,6 +30,7 @@ from .render import (
     _finite,
     _heat2d,
     _image_array,
+    _region_at,
     _resize_float,
     map_to_image,
     value_range,
@@ -109,6 +111,8 @@ def show(
         if colorbar and scale is not None:  # one bar for every row of the column (one scale)
             bar = fig.colorbar(scale, cax=fig.add_subplot(grid[k, c], label="<colorbar>"), orientation="horizontal")
             bar.ax.tick_params(labelsize=7)
+    for r in range(k):  # what each row explains: a detection's box, a region's outline
+        _draw_mark(axes[r], explanation, index, r, labels, picture.shape[:2])
     for c, text in enumerate(["input"] + [method_title(m) for m in names]):
         axes[0][c].set_title(text, fontsize=10)
     for ax in (ax for row in axes for ax in row):
@@ -201,6 +205,43 @@ def _row_label(explanation: Explanation, index: int, r: int, labels: Any) -> str
         name = name[:27] + "…"
     probs = explanation.probabilities
     return name + (f"\np = {float(probs[index, r]):.2f}" if probs is not None else "")
+
+
+def _draw_mark(axes: list[Any], explanation: Explanation, index: int, r: int, labels: Any,
+               size: tuple[int, int]) -> None:
+    """Row ``r``'s target drawn on each of its axes: a detection's box with its label and score, or a
+    region's outline with its class (the colours of the command's pictures)."""
+    from matplotlib.patches import Rectangle
+
+    facts = explanation.details[index][r] if explanation.details and r < len(explanation.details[index]) else {}
+    region = explanation.regions.get(r)
+    box = facts.get("box")
+    if box is None and region is None:
+        return
+    colour = tuple(c / 255 for c in BOX_COLOURS[r % len(BOX_COLOURS)])
+    cls = facts.get("label", facts.get("class"))
+    name = _class_name(labels, int(cls)) if cls is not None else ""
+    corner: tuple[float, float] | None
+    if box is not None:
+        x0, y0, x1, y1 = (float(v) for v in box)
+        score = facts.get("detection_score")
+        text, corner = (f"{name} {score:.2f}" if score is not None else name).strip(), (x0, y0)
+    else:
+        assert region is not None
+        mask = _region_at(region[index].numpy(), size)
+        ys, xs = np.nonzero(mask)
+        text, corner = name, ((float(xs.min()), float(ys.min())) if len(xs) else None)
+    for ax in axes:
+        limits = ax.get_xlim(), ax.get_ylim()
+        if box is not None:
+            ax.add_patch(Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor=colour, linewidth=1.5))
+        else:
+            ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.5)
+        if text and corner is not None:
+            ax.text(corner[0], corner[1], text, color="white", fontsize=7, va="bottom",
+                    bbox={"facecolor": colour, "edgecolor": "none", "pad": 1})
+        ax.set_xlim(*limits[0])
+        ax.set_ylim(*limits[1])
 
 
 def _draw_column(axes: list[Any], method: str, maps: list[torch.Tensor], picture: np.ndarray, *, norm: str,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Union
 
 import numpy as np
 import numpy.typing as npt
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from .atomic import atomic_file
 from .errors import InputError, UnknownNameError
@@ -38,7 +39,9 @@ __all__ = [
     "SIGNED_CMAP",
     "bytescale",
     "class_panel",
+    "Mark",
     "outline_box",
+    "outline_region",
     "colorbar",
     "explanation_panel",
     "heatmap",
@@ -451,3 +454,82 @@ def outline_box(picture: np.ndarray, box: Sequence[float], colour: Sequence[int]
     out[y0:y1 + 1, x0:min(x0 + width, w)] = c
     out[y0:y1 + 1, max(x1 - width + 1, 0):x1 + 1] = c
     return out
+
+
+def _thin(mask: np.ndarray) -> np.ndarray:
+    """``mask`` less its border pixels (4-neighbour erosion; outside the picture counts as outside)."""
+    inner = mask.copy()
+    inner[1:] &= mask[:-1]
+    inner[:-1] &= mask[1:]
+    inner[:, 1:] &= mask[:, :-1]
+    inner[:, :-1] &= mask[:, 1:]
+    inner[0], inner[-1], inner[:, 0], inner[:, -1] = False, False, False, False
+    return inner
+
+
+def _region_at(mask: ArrayLike, size: tuple[int, int]) -> np.ndarray:
+    """``mask`` (``(h, w)``, bool or float) as a bool array of ``size`` (H, W), resized nearest."""
+    m = np.asarray(_to_numpy(mask)) > 0.5
+    if m.shape != size:
+        m = np.asarray(Image.fromarray(m).resize((size[1], size[0]), Image.Resampling.NEAREST))
+    return m
+
+
+def outline_region(picture: np.ndarray, mask: ArrayLike, colour: Sequence[int] = BOX_COLOURS[0], *,
+                   width: int = 2) -> np.ndarray:
+    """A copy of ``picture`` (uint8 ``(H, W, 3)``) with the outline of ``mask`` (``(h, w)``, any resolution:
+    resized to the picture's, nearest) drawn ``width`` pixels wide inside the region: what a region map
+    explains, drawn on it."""
+    out = np.array(picture, copy=True)
+    m = _region_at(mask, out.shape[:2])
+    inner = m
+    for _ in range(width):
+        inner = _thin(inner)
+    out[m & ~inner] = np.asarray(colour, dtype=out.dtype)
+    return out
+
+
+def _tag(picture: np.ndarray, text: str, corner: tuple[int, int], colour: Sequence[int]) -> np.ndarray:
+    """``text`` on a ``colour`` tag just above ``corner`` (x, y), or just inside it at the picture's top."""
+    from .panels import _font, _printable  # panels draws with this module: imported when first needed
+
+    size = max(9, min(14, picture.shape[1] // 28))
+    font = _font(size)
+    text = _printable(text, font)
+    pil = Image.fromarray(picture)
+    draw = ImageDraw.Draw(pil)
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    tw, th = right - left + 4, bottom - top + 4
+    x = max(0, min(corner[0], picture.shape[1] - tw))
+    y = corner[1] - th if corner[1] - th >= 0 else corner[1]
+    draw.rectangle((x, y, x + tw - 1, y + th - 1), fill=tuple(int(c) for c in colour))
+    ink = (0, 0, 0) if sum(int(c) for c in colour) > 380 else (255, 255, 255)
+    draw.text((x + 2 - left, y + 2 - top), text, fill=ink, font=font)
+    return np.asarray(pil).copy()
+
+
+@dataclass(frozen=True)
+class Mark:
+    """What one map explains, drawn on its pictures: a detection's ``box`` (``x0, y0, x1, y1`` in the
+    picture's pixels) or a region's ``mask`` outlined in ``colour``, with ``text`` (a label and score) on a
+    tag at the box's top-left corner (a region's: at its top-left pixel)."""
+
+    box: Sequence[float] | None = None
+    mask: Any = None
+    text: str | None = None
+    colour: tuple[int, int, int] = BOX_COLOURS[0]
+
+    def draw(self, picture: np.ndarray) -> np.ndarray:
+        """A copy of ``picture`` (uint8 ``(H, W, 3)``) with the mark drawn."""
+        out = np.array(picture, copy=True)
+        corner = None
+        if self.mask is not None:
+            out = outline_region(out, self.mask, self.colour)
+            ys, xs = np.nonzero(_region_at(self.mask, out.shape[:2]))
+            corner = (int(xs.min()), int(ys.min())) if len(xs) else None
+        if self.box is not None:
+            out = outline_box(out, self.box, self.colour)
+            corner = (int(round(float(self.box[0]))), int(round(float(self.box[1]))))
+        if self.text and corner is not None:
+            out = _tag(out, self.text, corner, self.colour)
+        return out

@@ -98,7 +98,7 @@ _SETTING_LABELS = {
 # Shown at once; the other settings sit in a folded "more settings" part of the table.
 _MAIN_SETTINGS = frozenset({"model", "weights", "labels", "preprocessing", "methods", "normalization", "target",
                             "gradcam_layer", "version", "started", "finished"})
-_HIDDEN_SETTINGS = frozenset({"tool"})
+_HIDDEN_SETTINGS = frozenset({"tool", "notes"})  # the notes are shown above the gallery
 _MAX_LIST_ITEMS = 5  # longer lists (e.g. the inputs) are shortened in the settings table
 _MAX_TEXT = 600
 _TEMPLATE_PACKAGE = "guided_backprop"
@@ -171,6 +171,7 @@ def write_report(output_dir: str | os.PathLike[str], *, title: str | None = None
         version=__version__,
         sections=SECTIONS,
         evaluation=_evaluation(folder),
+        notes=[visible(str(n)) for n in (run.notes if run else settings.get("notes") or []) if n],
     )
     out = folder / REPORT_NAME
     try:
@@ -496,11 +497,14 @@ def _row_data(
         pic = pictures.get(rel) if rel is not None else None
         cells.append([pic.src, pic.thumb] if pic else None)
     targets = row.targets or []
+    explained = [e for e in row.explained or [] if isinstance(e, Mapping)]
+    said = [_explained_text(e) for e in explained] if explained and not targets and row.layer_target is None else []
     panel = row.files.get(_PANEL)
     panel_path = _local_path(folder, panel) if panel else None
     out.update(
-        explains=_shown(_explains(row, targets)),
-        targets=[visible(_class_text(t)) for t in targets] or None,
+        explains=_shown(_explains(row, targets) or "; ".join(said) or None),
+        targets=[visible(_class_text(t)) for t in targets] or [visible(t) for t in said] or None,
+        zero=[[str(m) for m in e.get("zero_maps") or []] for e in explained] or None,
         targetProbs=[_prob(t.probability) for t in targets] or None,
         panel=_local_url(folder, panel) if panel and panel_path and _is_regular(folder / panel_path) else None,
         cls=row.class_index,
@@ -544,6 +548,24 @@ def _explains(row: IndexRecord, targets: Sequence[ClassScore]) -> str | None:
         prob = _prob(t.probability)
         parts.append(_class_text(t) + (f" {prob:.1%}" if prob is not None else ""))
     return ", ".join(parts)
+
+
+def _explained_text(e: Mapping[str, Any]) -> str:
+    """One explained target of an index line in words: what it is, its class, raw score and box or size."""
+    words = str(e.get("target") or "target")
+    if e.get("class_name") is not None:
+        words += f": {e['class_name']}"
+    if not e.get("found", True):
+        return words + f" (no map: {e.get('reason') or 'nothing found'})"
+    value = _prob(e.get("value"))
+    if value is not None:
+        words += f", {'p' if e.get('value_kind') == 'probability' else 'score'} {value:.4g}"
+    box = e.get("box")
+    if isinstance(box, list) and len(box) == 4 and all(isinstance(v, (int, float)) for v in box):
+        words += ", box " + ",".join(f"{v:.0f}" for v in box)
+    if isinstance(e.get("pixels"), (int, float)):
+        words += f", {e['pixels']:g} px"
+    return words
 
 
 def _display_names(paths: Sequence[str]) -> list[str]:

@@ -7,6 +7,7 @@ that come with its weights. Each ``build_*`` turns a :class:`~.model_build.Reque
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import socket
@@ -310,6 +311,59 @@ def _task_preprocessing(kind: str, weights: Any) -> Preprocessing:
                          interpolation="bilinear")
 
 
+#: The seed of ``weights='random'`` for torchvision's segmenters and detectors.
+RANDOM_SEED = 0
+
+
+def _smooth_noise(size: int) -> torch.Tensor:
+    """A picture-like random input ``(1, 3, size, size)`` in [0, 1]: an 8 x 8 noise enlarged, smooth as photos
+    are (pixel noise averages out in pooling, and a model scaled on it overflows on photos)."""
+    coarse = torch.rand(1, 3, 8, 8)
+    return nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
+
+
+def unit_scale(model: nn.Module, x: torch.Tensor) -> None:
+    """Scale every convolution and linear layer of ``model`` so that its output has unit standard
+    deviation on ``x`` (a detector's box regressions: 0.1, boxes near their anchors): a data-dependent
+    initialisation in one forward pass, in eval mode.
+
+    Randomly initialised deep backbones (MobileNetV3's above all) shrink their activations by orders of
+    magnitude: the heads then see zeros, every class has the same score and a detector finds nothing.
+    Scaled, a random model's scores differ, so its detections, regions and maps do too. Each layer is
+    scaled when it is first called, and its output passed on scaled, so later layers see unit spread.
+    """
+    scaled: set[int] = set()
+
+    def hook(module: nn.Module, _args: Any, out: Any, *, target: float) -> Any:
+        if id(module) in scaled or not isinstance(out, torch.Tensor):
+            return None
+        scaled.add(id(module))
+        spread = out.detach().double().std() / target
+        if not torch.isfinite(spread) or spread <= 0:
+            return None
+        for p in (module.weight, module.bias):
+            if isinstance(p, torch.Tensor):
+                p.data /= spread.to(p.dtype)
+        return out / spread.to(out.dtype)
+
+    def small(name: str) -> bool:
+        """A detector's last layers: box offsets of a tenth (boxes near their anchors) and class logits of
+        a tenth (photos spread wider than the noise scaled on: their scores must not all saturate at 1)."""
+        return any(word in name for word in ("bbox", "regression", "cls", "classification"))
+
+    handles = [m.register_forward_hook(functools.partial(hook, target=0.1 if small(name) else 1.0))
+               for name, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+
+
 def build_torchvision_task(arch: str, req: Request) -> Built:
     """torchvision's segmenter or detector ``arch`` (:data:`TASK_MODELS`) with its weights' categories and
     preprocessing: the default weights (a download), ``weights='random'`` (no backbone weights either:
@@ -327,10 +381,19 @@ def build_torchvision_task(arch: str, req: Request) -> Built:
         return Built(model, pre, len(categories), categories, f"torchvision {weights} ({cache_file(weights.url)})",
                      "torchvision", kind=kind)
     n = req.num_classes or len(categories)
-    model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
     if wkind == "random":
-        return Built(model, pre, n, labels_for(n, categories), "random initialisation (no download)", "torchvision",
-                     kind=kind)
+        with torch.random.fork_rng(devices=[]):  # seeded: the same run twice gives the same maps
+            torch.manual_seed(RANDOM_SEED)
+            model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
+            unit_scale(model, _smooth_noise(320))
+        parts: list[Any] = [model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)]
+        for part in parts:
+            if hasattr(part, "score_thresh"):  # random scores are low: keep every detection, --score-threshold picks
+                part.score_thresh = 0.0
+        return Built(model, pre, n, labels_for(n, categories),
+                     f"random initialisation (seed {RANDOM_SEED}, layers scaled to unit spread; no download)",
+                     "torchvision", kind=kind)
+    model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
     load_into(model, read_checkpoint(value, req.trust), source=f"checkpoint '{value}'",
               hint=f"is it a checkpoint of torchvision's {arch}? pass num_classes=N if it was trained for N classes")
     return Built(model, pre, n, labels_for(n, categories), f"checkpoint {value}", "torchvision", kind=kind)

@@ -40,6 +40,7 @@ class InputMaps:
     explained: list[dict[str, Any]]  # per explained target: what it is, its value, found, zero maps (index.jsonl)
     scores: list[float]  # the explained scores
     position: tuple[int, int] | None  # the unit a MaxNeuron target took, (y, x)
+    regions: dict[int, np.ndarray]  # per explained target (rank), the region a segmenter's map explains
 
 
 class _Job:
@@ -183,6 +184,7 @@ class _Job:
                 explained=explained[i],
                 scores=scores[i].tolist(),
                 position=None if positions is None else (int(positions[i][0]), int(positions[i][1])),
+                regions={k: r[i].numpy() for k, r in getattr(e, "regions", {}).items()},
             )
             writer.submit(self._writer_task(it, result))
 
@@ -294,15 +296,12 @@ class _Job:
                 self.reporter.warning(f"{item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
                          f"zeros (an empty region, or every ReLU on its path gated off)")
         found = [t["found"] for t in result.explained]
-        boxes = [t.get("box") for t in result.explained]
-        ranked = self._save_maps(item.idx, stem, picture, result.maps, classes, files, raw, written, found, boxes,
+        marks = [_mark(t, r, result.regions.get(r)) for r, t in enumerate(result.explained)]
+        ranked = self._save_maps(item.idx, stem, picture, result.maps, classes, files, raw, written, found, marks,
                                  [t["target"] for t in result.explained])
-        if any(b is not None for b in boxes):  # the panel's input shows every explained box, in its map's colour
-            for r, b in enumerate(boxes):
-                if b is not None:
-                    picture = render.outline_box(picture, b, render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
-        panel = self._save_panel(item.idx, stem, picture, ranked, result, top5, written) if self.settings.panel \
-            else None
+        marks = [m for m, f in zip(marks, found) if f]  # the panel's rows: the targets found
+        panel = (self._save_panel(item.idx, stem, picture, ranked, result, top5, written, marks) if self.settings.panel
+                 else None)
         if panel is not None:
             files["panel"] = panel
         return self._index_record(item, result, top5, files, raw)
@@ -310,7 +309,8 @@ class _Job:
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
                    written: list[Path], found: list[bool] | None = None,
-                   boxes: list[Any] | None = None, titles: list[str] | None = None) -> dict[str, list[np.ndarray]]:
+                   marks: list[render.Mark | None] | None = None,
+                   titles: list[str] | None = None) -> dict[str, list[np.ndarray]]:
         """Render and save each method's maps (one per explained class); fill ``files``/``raw``.
 
         Returns every method's maps in rank order (RGB), which the panel shows.
@@ -334,8 +334,9 @@ class _Job:
                     m = m[::-1]  # the network's BGR channels back to RGB
                 ranked[method].append(m)
                 shown = render.method_picture(method, m, image=picture, norm=s.normalization)
-                if boxes is not None and r < len(boxes) and boxes[r] is not None:  # what a detection map explains
-                    shown = render.outline_box(shown, boxes[r], render.BOX_COLOURS[r % len(render.BOX_COLOURS)])
+                mark = marks[r] if marks is not None and r < len(marks) else None
+                if mark is not None:  # what the map explains: a detection's box, a region's outline
+                    shown = mark.draw(shown)
                 self._save(shown, name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
@@ -347,7 +348,8 @@ class _Job:
         return ranked
 
     def _save_panel(self, idx: int, stem: str, picture: np.ndarray, ranked: dict[str, list[np.ndarray]],
-                    result: InputMaps, top5: list[ClassScore], written: list[Path]) -> str | None:
+                    result: InputMaps, top5: list[ClassScore], written: list[Path],
+                    marks: list[render.Mark | None] | None = None) -> str | None:
         """A class x method grid (one row per explained class, the input first), titled with what is
         explained, SmoothGrad and a neuron's position; returns its file name."""
         plan, s = self.plan, self.settings
@@ -370,8 +372,8 @@ class _Job:
         else:
             classes, probabilities = [None], [None]
         pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=s.normalization,
-                                 smooth=s.smooth, noise=s.noise,
-                                 position=result.position)
+                                 smooth=s.smooth, noise=s.noise, position=result.position,
+                                 marks=marks)  # type: ignore[arg-type]
         panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
         self._save(pic, panel_name, written)
         return panel_name
@@ -394,6 +396,21 @@ class _Job:
                            class_name=best.class_name, probability=best.probability, top5=top5, targets=targets,
                            layer_target=layer_target, files=files, raw=raw if self.settings.save_raw else None,
                            explained=result.explained)
+
+
+def _mark(target: dict[str, Any], rank: int, region: np.ndarray | None) -> render.Mark | None:
+    """What map ``rank`` explains, to draw on it: a detection's box with its label and score, a region's
+    outline with its class; ``None`` for other targets (classes, units, raw scores)."""
+    colour = render.BOX_COLOURS[rank % len(render.BOX_COLOURS)]
+    name = target.get("class_name") or (f"class {target['class_index']}" if target.get("class_index") is not None
+                                          else "")
+    if target.get("box") is not None:
+        score = target.get("detection_score", target.get("value"))
+        text = f"{name} {score:.2f}".strip() if score is not None else name
+        return render.Mark(box=target["box"], text=text or None, colour=colour)
+    if region is not None:
+        return render.Mark(mask=region, text=name or None, colour=colour)
+    return None
 
 
 def _fit_masks(target: Any, x: torch.Tensor) -> Any:

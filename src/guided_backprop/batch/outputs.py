@@ -55,6 +55,7 @@ def _run_json(plan: _Plan, inputs: Sequence[str], dist: _Dist, started: str,
         **counts,
         output_kind=getattr(plan.loaded, "kind", "classifier"),
         guidance=plan.guidance,
+        notes=list(plan.notes),
     )
     return json_text(record.to_json(), indent=1) + "\n"
 

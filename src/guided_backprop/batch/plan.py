@@ -346,7 +346,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
 
 def _notes(loaded: Any, model_name: str, methods: Sequence[str]) -> tuple[list[str], str]:
     """What the run says first: guidance that is partial (activations the rules leave plain) and random
-    weights that were not asked for by name (timm models without --weights)."""
+    weights (timm models without --weights, and --weights random)."""
     from ..rules import unrouted_activations
 
     notes = []
@@ -360,4 +360,6 @@ def _notes(loaded: Any, model_name: str, methods: Sequence[str]) -> tuple[list[s
     weights = str(getattr(loaded, "weights", ""))
     if model_name.startswith("timm:") and weights.startswith("random"):
         notes.append(f"{model_name} runs on random weights (give --weights pretrained or --weights FILE)")
+    elif weights.startswith("random"):  # asked for: said all the same, the maps show no learned features
+        notes.append(f"{model_name} runs on random weights ({weights}): the maps show no learned features")
     return notes, guidance

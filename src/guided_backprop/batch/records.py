@@ -22,7 +22,7 @@ import json
 import math
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar, Literal
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -369,12 +369,15 @@ class RunRecord:
     #: deconvnet route all of its activations ("yes"; "partly": some, e.g. Hardswish, keep plain gradients).
     output_kind: str | None = None
     guidance: str | None = None
+    #: What the run said on its first lines: partial guidance (which activations keep plain gradients),
+    #: random weights (empty: nothing to say; absent from older files).
+    notes: list[str] = field(default_factory=list)
 
     KEYS: ClassVar[tuple[str, ...]] = (
         "tool", "version", "model", "weights", "labels", "preprocessing", "input_size", "methods",
         "normalization", "target", "gradcam_layer", "smooth", "noise", "name", "input_name", "save_raw",
         "device", "processes", "inputs", "started", "finished", "images", "ok", "failed", "maps", "output_kind",
-        "guidance")
+        "guidance", "notes")
     OPTIONAL: ClassVar[tuple[str, ...]] = ("output_kind", "guidance")
     COUNTS: ClassVar[tuple[str, ...]] = ("images", "ok", "failed", "maps")
 
@@ -390,7 +393,7 @@ class RunRecord:
     @classmethod
     def from_json(cls, data: Any) -> RunRecord:
         """Strict (``normalisation``/``norm``, older spellings, give ``normalization``)."""
-        r = _Reader(data, "run.json", lenient=False, known=cls.KEYS, optional=cls.COUNTS + cls.OPTIONAL,
+        r = _Reader(data, "run.json", lenient=False, known=cls.KEYS, optional=cls.COUNTS + cls.OPTIONAL + ("notes",),
                     legacy=("normalisation", "norm"))
         size = r.raw("input_size")
         return cls(
@@ -406,4 +409,5 @@ class RunRecord:
             inputs=r.texts("inputs"), started=r.text("started"), finished=r.text("finished", null=True),
             **{k: r.integer(k, null=True) for k in cls.COUNTS},
             **{k: r.text(k, null=True) for k in cls.OPTIONAL},
+            notes=r.texts("notes") if r.raw("notes") is not None else [],
         )

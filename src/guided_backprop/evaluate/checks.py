@@ -10,6 +10,7 @@ from torch import nn
 
 from ..errors import UnknownNameError
 from ..methods import parse_methods
+from ..targets import select_output
 from .class_sensitivity import class_sensitivity
 from .complexity import efficient_mprt
 from .faithfulness import deletion_insertion
@@ -17,7 +18,7 @@ from .randomization import Smoothing, _explain_all, model_logits, model_randomiz
 from .results import Evaluation
 from .similarity import METRICS, parse_metrics
 
-__all__ = ["CHECKS", "DEFAULT_CHECKS", "parse_checks", "run_checks"]
+__all__ = ["CHECKS", "DEFAULT_CHECKS", "OutputOf", "parse_checks", "run_checks", "with_output"]
 
 #: The checks :func:`run_checks` can run, in the order they run.
 CHECKS: tuple[str, ...] = ("randomization", "emprt", "smprt", "class", "deletion", "insertion")
@@ -49,6 +50,41 @@ def parse_checks(checks: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(c for c in CHECKS if c in keys)
 
 
+class OutputOf(nn.Module):
+    """``model`` whose forward returns ``select_output(model(x), output)``: the class logits of a model
+    that returns a dict, a tuple or an object (``output="logits"``, an index, or a callable).
+
+    Its submodules, parameters and buffers are ``model``'s own under the same names, so that the checks
+    re-initialise, hook and name layers as they would on ``model`` (a deep copy keeps them shared).
+    """
+
+    inner: nn.Module
+
+    def __init__(self, model: nn.Module, output: Any) -> None:
+        super().__init__()
+        object.__setattr__(self, "inner", model)  # not a submodule: its children are registered as ours
+        self.output = output
+        for name, child in model.named_children():
+            self.add_module(name, child)
+        for name, p in model.named_parameters(recurse=False):
+            self.register_parameter(name, p)
+        for name, b in model.named_buffers(recurse=False):
+            self.register_buffer(name, b)
+        self.training = model.training
+
+    def train(self, mode: bool = True) -> OutputOf:
+        self.inner.train(mode)
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> Any:
+        return select_output(self.inner(x), self.output)
+
+
+def with_output(model: nn.Module, output: Any) -> nn.Module:
+    """``model`` itself, or (``output`` given) :class:`OutputOf` it."""
+    return model if output is None else OutputOf(model, output)
+
+
 def run_checks(
     model: nn.Module,
     x: torch.Tensor,
@@ -70,6 +106,7 @@ def run_checks(
     smooth_noise: float = SMOOTH_NOISE,
     trained_maps: dict[str, torch.Tensor] | None = None,
     progress: CheckProgress | None = None,
+    output: str | int | Callable[[Any], Any] | None = None,
 ) -> Evaluation:
     """Run ``checks`` on ``model`` and the preprocessed batch ``x`` ``(N, C, H, W)``.
 
@@ -81,8 +118,11 @@ def run_checks(
     ``image_ids`` (default ``0..N-1``) seed each image's random draws, so that an image gets the same
     numbers whichever batch it is evaluated in. ``maps_image``: the image whose maps the figure
     shows (``None``: none). The trained model's maps are computed once for every check
-    (``trained_maps``: given, of the predicted classes). ``model`` is never modified.
+    (``trained_maps``: given, of the predicted classes). ``output``: the entry of a dict / tuple output
+    (or an object's attribute, or a callable) that holds the class logits, as ``attribute(output=...)``.
+    ``model`` is never modified.
     """
+    model = with_output(model, output)
     names = parse_methods(methods)
     wanted = parse_checks(checks)
     kept_metrics = parse_metrics(metrics)

@@ -34,7 +34,7 @@ from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, Unkn
 from ..methods import parse_methods
 from ..model_spec import ModelSpec
 from ..reporting import Reporter
-from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks
+from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks, with_output
 from .results import Evaluation, merge
 from .similarity import METRICS
 
@@ -69,6 +69,7 @@ class EvaluateConfig:
     smooth_samples: int = SMOOTH_SAMPLES  # Smooth MPRT's SmoothGrad samples
     smooth_noise: float = SMOOTH_NOISE  # ... and noise, a fraction of each input's value range
     gradcam_layer: str | None = None  # None: the model's own choice, else the last spatial layer
+    output_key: str | int | None = None  # the entry of a dict / tuple output holding the class logits
 
 
 @dataclass
@@ -265,11 +266,12 @@ def evaluate_folder(
     picture: np.ndarray | None = None
     figure_id: int | None = found.paths.index(figure_path) if figure_path is not None else None
     cam_layer = cfg.gradcam_layer or loaded.gradcam_layer
+    model = with_output(loaded.model, cfg.output_key)  # the checks read the class logits
     with np.errstate(all="ignore"):
         for batch in _batches(found.paths, pre, int(cfg.batch_size), failed, reporter):
             batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
                                                                           batch.x.to(loaded.device))
-            bad, trained_maps = _non_finite(loaded.model, batch, methods, int(cfg.batch_size), cam_layer)
+            bad, trained_maps = _non_finite(model, batch, methods, int(cfg.batch_size), cam_layer)
             for i, reason in bad.items():
                 failed[batch.names[i]] = reason
                 reporter.failed(reason)
@@ -281,7 +283,7 @@ def evaluate_folder(
                 figure_id = min(batch.ids)  # the first readable image: every earlier one failed
             local = batch.ids.index(figure_id) if figure_id in batch.ids else None
             part = run_checks(
-                loaded.model, batch.x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
+                model, batch.x, methods=methods, checks=checks, order=cfg.order, granularity=cfg.granularity,
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
                 image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,

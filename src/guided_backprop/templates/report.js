@@ -166,7 +166,7 @@
       row.appendChild(meta);
       return row;
     }
-    meta.appendChild(top5List(r));
+    if ((r.top5 && r.top5.length) || (r.cls !== null && r.cls !== undefined)) meta.appendChild(top5List(r));
     if (r.explains && ranks === 1) meta.appendChild(el("div", "explains", "explains: " + iso(r.explains)));
     if (r.panel) {
       const link = el("a", "panel-link", "panel: every map in one picture");
@@ -187,7 +187,8 @@
     const cell = el("div", "cell");
     const button = el("button");
     button.type = "button";
-    const caption = c.label + " · " + iso(r.name) + " · " + whatItShows(r, c);
+    const zero = c.rank && r.zero && (r.zero[c.rank - 1] || []).includes(c.method);
+    const caption = c.label + " · " + iso(r.name) + " · " + whatItShows(r, c) + (zero ? " · all zeros" : "");
     button.title = caption;
     const img = document.createElement("img");
     img.loading = "lazy";
@@ -199,6 +200,10 @@
     button.addEventListener("click", () => openLightbox(index, button));
     button.appendChild(img);
     cell.appendChild(button);
+    if (zero) {  // an empty region, or every ReLU on its path gated off: said, never shown as a plain map
+      cell.classList.add("zero");
+      cell.appendChild(el("div", "zero-mark", "all zeros"));
+    }
     return cell;
   }
 
