@@ -152,15 +152,15 @@ def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytes
 def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_plain(tmp_path / "in", 5)
     calls = {"n": 0}
-    compute = batch_job._Job.compute
+    compute = batch_job.RankJob.compute
 
-    def interrupted(self: batch_job._Job, items: list, writer: batch_writer._Writer) -> None:
+    def interrupted(self: batch_job.RankJob, items: list, writer: batch_writer.Writer) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         compute(self, items, writer)
 
-    monkeypatch.setattr(batch_job._Job, "compute", interrupted)
+    monkeypatch.setattr(batch_job.RankJob, "compute", interrupted)
     out = tmp_path / "out"
     first = batch.run([tmp_path / "in"], out, config(batch_size=1))
     # Images 0 and 1 were computed; a write still queued when Ctrl-C came is dropped, not half-done.
@@ -169,7 +169,7 @@ def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypa
     assert sorted(r["idx"] for r in journal(out)) == list(range(first.ok))
     assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl").exists()
 
-    monkeypatch.setattr(batch_job._Job, "compute", compute)
+    monkeypatch.setattr(batch_job.RankJob, "compute", compute)
     second = batch.run([tmp_path / "in"], out, config(batch_size=1))
     assert second.exit_code == 0 and second.resumed == first.ok and second.computed == 5 - first.ok
     assert [r["status"] for r in index(out)] == ["ok"] * 5
@@ -193,11 +193,11 @@ def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path)
     path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n" + json.dumps(foreign) + "\n"
                     + '{"idx": 1, "sta')  # killed mid-line
     (state / "journal-1.jsonl").write_text(json.dumps(new) + "\n")
-    j = batch_journal._Journal(path)
+    j = batch_journal.Journal(path)
     j.write(_entry(2, "ok", "f", 0.5))
     j.close()
     assert path.read_text().splitlines()[3] == '{"idx": 1, "sta'
-    records = batch_journal._read_journals(state, "f")
+    records = batch_journal.read_journals(state, "f")
     assert sorted(records) == [0, 2] and records[0].record.status == "ok"
     assert records[2] == _entry(2, "ok", "f", 0.5)  # what is written is read back
 
@@ -205,19 +205,19 @@ def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path)
 def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
     (tmp_path / "im_0.png").write_bytes(b"x")
     rec = _entry(0, "ok", "f", 1.0, files={"input": "im_0.png", "guided_backprop": "map_0.png"}, ident=[10, 123])
-    assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal.is_complete(rec, "/a.png", tmp_path, [10, 123])
     (tmp_path / "map_0.png").write_bytes(b"x")
-    assert batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
-    assert not batch_journal._complete(rec, "/b.png", tmp_path, [10, 123])  # another input now has this idx
+    assert batch_journal.is_complete(rec, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal.is_complete(rec, "/b.png", tmp_path, [10, 123])  # another input now has this idx
     failed = dataclasses.replace(rec, record=dataclasses.replace(rec.record, status="error"))
-    assert not batch_journal._complete(failed, "/a.png", tmp_path, [10, 123])
-    assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 124])  # the input file changed
-    assert not batch_journal._complete(rec, "/a.png", tmp_path, None)  # it cannot be examined
+    assert not batch_journal.is_complete(failed, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal.is_complete(rec, "/a.png", tmp_path, [10, 124])  # the input file changed
+    assert not batch_journal.is_complete(rec, "/a.png", tmp_path, None)  # it cannot be examined
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
-    with batch_journal._folder_lock(tmp_path / "out" / batch.STATE_DIR):
+    with batch_journal.folder_lock(tmp_path / "out" / batch.STATE_DIR):
         with pytest.raises(GuidedBackpropError, match="another guided-backprop run is writing"):
             batch.run([tmp_path / "in"], tmp_path / "out", config())
 
@@ -227,7 +227,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
 
 def test_writer_backlog_is_bounded() -> None:
     """The compute loop blocks once ``backlog`` jobs wait for the writer: memory cannot grow."""
-    writer = batch_writer._Writer(threads=1, backlog=2)
+    writer = batch_writer.Writer(threads=1, backlog=2)
     release = threading.Event()
     third = threading.Thread(target=writer.submit, args=(lambda: None,), daemon=True)
     try:
@@ -247,9 +247,9 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
     write_plain(tmp_path / "in", 40, size=(20, 20))
     live = {"now": 0, "max": 0}
     lock = threading.Lock()
-    submit = batch_writer._Writer.submit
+    submit = batch_writer.Writer.submit
 
-    def counting(self: batch_writer._Writer, fn: object) -> None:
+    def counting(self: batch_writer.Writer, fn: object) -> None:
         def wrapped() -> None:
             time.sleep(0.01)  # a slow disk
             fn()  # type: ignore[operator]
@@ -261,7 +261,7 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
             live["max"] = max(live["max"], live["now"])
         submit(self, wrapped)
 
-    monkeypatch.setattr(batch_writer._Writer, "submit", counting)
+    monkeypatch.setattr(batch_writer.Writer, "submit", counting)
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(input_size=16, batch_size=4, workers=1))
     assert result.exit_code == 0 and result.ok == 40
     threads = max(1, min(4, __import__("os").cpu_count() or 1))

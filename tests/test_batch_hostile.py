@@ -139,8 +139,8 @@ def test_the_folder_lock_is_not_held_by_forked_children(tmp_path: Path) -> None:
     state = tmp_path / "out" / batch.STATE_DIR
     script = textwrap.dedent(f"""
         import os, sys, time
-        from guided_backprop.batch.journal import _folder_lock
-        with _folder_lock(__import__("pathlib").Path({str(state)!r})):
+        from guided_backprop.batch.journal import folder_lock
+        with folder_lock(__import__("pathlib").Path({str(state)!r})):
             if os.fork() == 0:
                 time.sleep(30)
                 os._exit(0)
@@ -152,12 +152,12 @@ def test_the_folder_lock_is_not_held_by_forked_children(tmp_path: Path) -> None:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         (child,) = children(proc.pid)
         with pytest.raises(GuidedBackpropError, match="another guided-backprop run"):
-            with batch_journal._folder_lock(state):
+            with batch_journal.folder_lock(state):
                 pass
         proc.kill()
         proc.wait(timeout=10)
         assert alive(child)
-        with batch_journal._folder_lock(state):  # free at once
+        with batch_journal.folder_lock(state):  # free at once
             pass
     finally:
         proc.kill()

@@ -25,7 +25,7 @@ EXIT_INTERRUPTED = ExitCode.INTERRUPTED
 
 #: Hidden folder inside the output folder: resume journal, job settings, lock.
 STATE_DIR = ".guided-backprop"
-_TOP5 = 5  # classes listed per input in the index
+TOP5 = 5  # classes listed per input in the index
 
 
 @dataclass

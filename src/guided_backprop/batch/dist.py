@@ -38,7 +38,7 @@ def torchrun_env() -> TorchrunEnv:
                        int(os.environ.get("LOCAL_WORLD_SIZE", world) or world))
 
 
-class _Dist:
+class Dist:
     """The process group of a ``torchrun`` job; collectives are no-ops for one process."""
 
     def __init__(self, device: torch.device, env: TorchrunEnv) -> None:

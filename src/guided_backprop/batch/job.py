@@ -20,14 +20,14 @@ from ..attribution import Explainer, model_state
 from ..errors import InputError, ModelError
 from ..reporting import Reporter
 from ..targets import MaxNeuron, Neuron, Region, select_output
-from .config import _TOP5, DISK_ERRNOS, DiskFull, RunStopped
-from .decode import _Decoded, _one_line, worker_died
-from .dist import _Dist
-from .journal import JournalEntry, _Journal
-from .names import PANEL_NAME, _fill
-from .plan import _Plan
+from .config import DISK_ERRNOS, TOP5, DiskFull, RunStopped
+from .decode import Decoded, one_line, worker_died
+from .dist import Dist
+from .journal import Journal, JournalEntry
+from .names import PANEL_NAME, fill_template
+from .plan import Plan
 from .records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
-from .writer import _npy_bytes, _Writer
+from .writer import Writer, npy_bytes
 
 
 @dataclass
@@ -43,10 +43,10 @@ class InputMaps:
     regions: dict[int, np.ndarray]  # per explained target (rank), the region a segmenter's map explains
 
 
-class _Job:
+class RankJob:
     """One rank's work: compute batches, hand each input's writing to the pool, journal the results."""
 
-    def __init__(self, plan: _Plan, out: Path, dist: _Dist, reporter: Reporter) -> None:
+    def __init__(self, plan: Plan, out: Path, dist: Dist, reporter: Reporter) -> None:
         self.plan = plan
         self.settings = plan.settings
         self.out = out
@@ -59,7 +59,7 @@ class _Job:
         self.failed = 0
         self.maps = 0
         self.errors: list[str] = []
-        self.journal: _Journal | None = None
+        self.journal: Journal | None = None
         self.fatal: BaseException | None = None
         self.stop: RunStopped | None = None  # set by a writer thread (disk full); raised by the pipeline
         self.gradcam_layer: str | None = None  # the layer Grad-CAM used (the engine's choice when not given)
@@ -75,7 +75,7 @@ class _Job:
     def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None, *, poison: bool = False) -> None:
         """Journal one input as failed, and say why in one line; ``poison``: a rerun does not retry it
         (reading it killed a decode worker), unless the file changes or ``overwrite`` is given."""
-        reason = _one_line(reason)
+        reason = one_line(reason)
         assert self.journal is not None
         try:
             record = IndexRecord.failed(idx, path, reason, save_raw=self.settings.save_raw)
@@ -117,7 +117,7 @@ class _Job:
             raise ModelError("the model does not return (N, classes) logits, so its predictions cannot be listed")
         return out
 
-    def _explain(self, items: list[_Decoded]) -> Any:
+    def _explain(self, items: list[Decoded]) -> Any:
         x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
         s, plan = self.settings, self.plan
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
@@ -129,7 +129,7 @@ class _Job:
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
 
-    def compute(self, items: list[_Decoded], writer: _Writer) -> None:
+    def compute(self, items: list[Decoded], writer: Writer) -> None:
         """One forward/backward for ``items`` (same-size tensors); each input's writing goes to ``writer``.
 
         A failing forward is split to find the input at fault, unless the fault is the model's
@@ -154,7 +154,7 @@ class _Job:
         if self.gradcam_layer is None:
             self.gradcam_layer = getattr(e, "gradcam_layer", None)
         probs = None if logits is None else logits.detach().float().softmax(dim=1).cpu()
-        top_p, top_i = probs.topk(min(_TOP5, probs.shape[1]), dim=1) if probs is not None else (None, None)
+        top_p, top_i = probs.topk(min(TOP5, probs.shape[1]), dim=1) if probs is not None else (None, None)
         maps = {m: v.detach().float().cpu().numpy() for m, v in e.maps.items()}  # (N, K, C, H, W)
         explained = self._explained(e)
         targets = None if e.targets is None else e.targets.cpu()
@@ -226,7 +226,7 @@ class _Job:
             rows.append(row)
         return rows
 
-    def _model_fault(self, item: _Decoded, err: Exception) -> ModelError | None:
+    def _model_fault(self, item: Decoded, err: Exception) -> ModelError | None:
         """The model's fault, not the image's, when a forward fails: a first layer that takes another
         number of channels than the pictures have, or (with a fixed input size, where every tensor has
         the same shape) a failure before any batch went through. ``None``: look for the input at fault."""
@@ -242,12 +242,12 @@ class _Job:
                 f"its first layer's weights over 3 channels) or one whose factory converts the input", field="model")
         if getattr(self.plan.preprocessing, "fixed_size", None) and not self.computed_once:
             return ModelError(f"the model cannot take the images as preprocessed (tensors of shape {shape}): "
-                              f"{_one_line(str(err))}; check the preprocessing it needs (input size, resize, crop)",
+                              f"{one_line(str(err))}; check the preprocessing it needs (input size, resize, crop)",
                               field="model")
         return None
 
     # -- write ---------------------------------------------------------------------------------
-    def _writer_task(self, item: _Decoded, result: InputMaps) -> Callable[[], None]:
+    def _writer_task(self, item: Decoded, result: InputMaps) -> Callable[[], None]:
         def write() -> None:
             if self.stop is not None:  # the disk is full: do not try every remaining input
                 return
@@ -275,14 +275,14 @@ class _Job:
         render.save_image(picture, path)
         written.append(path)
 
-    def _write(self, item: _Decoded, result: InputMaps, written: list[Path]) -> IndexRecord:
+    def _write(self, item: Decoded, result: InputMaps, written: list[Path]) -> IndexRecord:
         """Save the input picture, every map (and the panel) of one input; return its index record."""
         plan = self.plan
         top5 = [ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in result.top5]
         pred = top5[0].class_index if top5 else None
         stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
-        input_name = _fill(plan.settings.input_name, idx=item.idx, stem=stem)
+        input_name = fill_template(plan.settings.input_name, idx=item.idx, stem=stem)
         self._save(picture, input_name, written)
         files: dict[str, str] = {"input": input_name}
         raw: dict[str, str] = {}
@@ -325,7 +325,7 @@ class _Job:
                 if found is not None and r < len(found) and not found[r]:
                     continue  # nothing to explain (no matching detection): no map, never a zero map
                 cls = classes[r] if r < len(classes) else classes[0]
-                name = _fill(s.name, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
+                name = fill_template(s.name, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
                              label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
                              layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none",
                              target=safe_name(titles[r]) if titles and r < len(titles) else "none")
@@ -342,7 +342,7 @@ class _Job:
                 files[key] = name
                 if s.save_raw:
                     raw_name = str(Path(name).with_suffix(".npy"))
-                    write_bytes(self.out / raw_name, _npy_bytes(m.astype(np.float32)))
+                    write_bytes(self.out / raw_name, npy_bytes(m.astype(np.float32)))
                     written.append(self.out / raw_name)
                     raw[key] = raw_name
         return ranked
@@ -374,11 +374,11 @@ class _Job:
         pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=s.normalization,
                                  smooth=s.smooth, noise=s.noise, position=result.position,
                                  marks=marks)  # type: ignore[arg-type]
-        panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
+        panel_name = fill_template(PANEL_NAME, idx=idx, stem=stem)
         self._save(pic, panel_name, written)
         return panel_name
 
-    def _index_record(self, item: _Decoded, result: InputMaps, top5: list[ClassScore], files: dict[str, str],
+    def _index_record(self, item: Decoded, result: InputMaps, top5: list[ClassScore], files: dict[str, str],
                       raw: dict[str, str]) -> IndexRecord:
         """The index record of one finished input: prediction, explained classes or unit, files."""
         plan = self.plan

@@ -13,19 +13,19 @@ from typing import Any
 
 from .. import __version__
 from ..atomic import write_bytes, write_text
-from .config import _TOP5, STATE_DIR
-from .dist import _Dist
-from .journal import _read_journals
+from .config import STATE_DIR, TOP5
+from .dist import Dist
+from .journal import read_journals
 from .numbering import earlier_outputs, remove_stale
-from .plan import _Plan
+from .plan import Plan
 from .records import IndexRecord, RunRecord, json_text
 
 
-def _now() -> str:
+def local_time() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _run_json(plan: _Plan, inputs: Sequence[str], dist: _Dist, started: str,
+def run_json(plan: Plan, inputs: Sequence[str], dist: Dist, started: str,
               finished: str | None, counts: dict[str, int], gradcam_layer: str | None) -> str:
     """run.json: the settings in words, the counts, and the Grad-CAM layer the engine used."""
     pre, settings = plan.preprocessing, plan.settings
@@ -63,7 +63,7 @@ def _run_json(plan: _Plan, inputs: Sequence[str], dist: _Dist, started: str,
 def csv_columns(file_keys: Sequence[str], *, save_raw: bool) -> tuple[list[str], list[str]]:
     """``predictions.csv``'s header, and the ``raw`` keys it has columns for (files but input and panel)."""
     header = ["idx", "input", "status", "error", "class_index", "class_name", "probability"]
-    for r in range(1, _TOP5 + 1):
+    for r in range(1, TOP5 + 1):
         header += [f"top{r}_class_index", f"top{r}_class_name", f"top{r}_probability"]
     # What the first map explains, apart from the prediction above (--target person, detections:K...)
     header += ["explained_target", "explained_class_index", "explained_class_name", "explained_value",
@@ -82,7 +82,7 @@ def _csv_text(rows: list[IndexRecord], file_keys: list[str], save_raw: bool) -> 
     for row in rows:
         line = [row.idx, row.input, row.status, row.error or "", _blank(row.class_index), _blank(row.class_name),
                 _blank(row.probability)]
-        for r in range(_TOP5):
+        for r in range(TOP5):
             line += [_blank(v) for v in row.top5[r].to_json()] if r < len(row.top5) else ["", "", ""]
         first = (row.explained or [{}])[0]
         line += [_blank(first.get(k)) for k in ("target", "class_index", "class_name", "value", "value_kind")]
@@ -97,7 +97,7 @@ def _blank(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _previous_gradcam_layer(path: Path) -> str | None:
+def previous_gradcam_layer(path: Path) -> str | None:
     """The Grad-CAM layer of an earlier run.json (``None`` when there is none): what a resumed run keeps."""
     try:
         return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8"))).gradcam_layer
@@ -105,7 +105,7 @@ def _previous_gradcam_layer(path: Path) -> str | None:
         return None
 
 
-def _merge(out: Path, plan: _Plan, paths: list[Path], *, sweep: bool = True
+def merge_outputs(out: Path, plan: Plan, paths: list[Path], *, sweep: bool = True
            ) -> tuple[list[IndexRecord], dict[str, int], list[str]]:
     """Rank 0, after every rank is done: index.jsonl + predictions.csv from the journals; compact them.
 
@@ -114,7 +114,7 @@ def _merge(out: Path, plan: _Plan, paths: list[Path], *, sweep: bool = True
     """
     state = out / STATE_DIR
     earlier = earlier_outputs(out, state) if sweep else set()
-    entries = _read_journals(state, plan.fingerprint)
+    entries = read_journals(state, plan.fingerprint)
     save_raw = plan.settings.save_raw
     rows: list[IndexRecord] = []
     kept = []

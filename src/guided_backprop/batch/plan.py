@@ -33,7 +33,7 @@ from ..targets import (
 )
 from .config import STATE_DIR, BatchConfig
 from .identity import Digests, model_source_file
-from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
+from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, default_map_name, fill_template, template_fields
 from .numbering import input_numbers
 
 
@@ -80,7 +80,7 @@ class RunSettings:
 
 
 @dataclass
-class _Plan:
+class Plan:
     """Everything resolved from the config before any image is read: nothing downstream reads the config."""
 
     loaded: Any
@@ -187,7 +187,7 @@ def _read_mask(path: str) -> torch.Tensor:
     return torch.from_numpy(arr > 0).float()
 
 
-def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.PassedOver]]:
+def input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.PassedOver]]:
     """:func:`images.search_images`, minus what lies in the output folder (our own maps, on a rerun).
 
     Returns the paths and what was passed over (with the reason of each).
@@ -224,7 +224,7 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
     before the forward pass); names are compared case-insensitively (macOS, Windows).
 
     Returns the folders (relative) the names lie in, and the folders below which class-dependent
-    subfolders lie: the places :func:`.journal._sweep_temp_files` looks in.
+    subfolders lie: the places :func:`.journal.sweep_temp_files` looks in.
     """
     seen: dict[str, tuple[Path, str]] = {}
     folders: set[str] = set()
@@ -233,17 +233,17 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
     channel = layer_target.channel if layer_target is not None else "none"
     for idx, path in zip(numbers, paths, strict=True):
         stem = safe_name(path.stem)
-        planned = [(_fill(input_template, idx=idx, stem=stem), "input picture")]
+        planned = [(fill_template(input_template, idx=idx, stem=stem), "input picture")]
         for method in methods:
             for rank in range(1, k + 1):
                 cls = _CLASS_PLACEHOLDER.format(rank=rank)
-                name = _fill(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
+                name = fill_template(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
                              label=cls, layer=layer, channel=channel, target=cls)
                 planned.append((name, f"{method} map"))
                 if save_raw:
                     planned.append((str(Path(name).with_suffix(".npy")), f"raw {method} map"))
         if panel:
-            planned.append((_fill(PANEL_NAME, idx=idx, stem=stem), "panel"))
+            planned.append((fill_template(PANEL_NAME, idx=idx, stem=stem), "panel"))
         for name, kind in planned:
             parent = os.path.dirname(os.path.normpath(name))
             if "\0" in parent:
@@ -267,7 +267,7 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
     return folders, class_folders
 
 
-def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) -> _Plan:
+def make_plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) -> Plan:
     """Resolve the config (model, preprocessing, target, names, fingerprint); nothing is written."""
     digests = Digests(out / STATE_DIR)
 
@@ -292,8 +292,8 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     notes, guidance = _notes(loaded, model_name, methods)
 
     map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)
-    used = _template_fields(map_template, MAP_NAME_FIELDS, "name")
-    in_used = _template_fields(cfg.input_name, INPUT_NAME_FIELDS, "input_name")
+    used = template_fields(map_template, MAP_NAME_FIELDS, "name")
+    in_used = template_fields(cfg.input_name, INPUT_NAME_FIELDS, "input_name")
     if not used & {"idx", "stem"}:
         raise GuidedBackpropError(f"name={map_template!r} must contain {{idx}} or {{stem}}, or every image "
                                   f"would write the same file", field="name")
@@ -336,7 +336,7 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
         model_source_sha256=_digest(digests, model_source_file(model_name)),
         output_key=cfg.output_key,
     )
-    return _Plan(loaded=loaded, device=device, preprocessing=pre, settings=settings, target=target, k=k,
+    return Plan(loaded=loaded, device=device, preprocessing=pre, settings=settings, target=target, k=k,
                  layer_target=layer_target, file_keys=file_keys, digests=digests,
                  folders=[out / f for f in sorted(folders)], class_folders=[out / f for f in sorted(class_folders)],
                  numbers=numbers, number_table=number_table, batch_size=int(cfg.batch_size),
