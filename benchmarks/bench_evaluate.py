@@ -20,7 +20,7 @@ with the load average, so that one moment's load cannot decide the ratio; beside
 time of the forward and backward passes MPRT needs (one forward and one backward per method, on each of
 the steps + 1 models), measured on the same model.
 
-    python benchmarks/bench_evaluate.py            # the published figures (docs/benchmarks.md)
+    python benchmarks/bench_evaluate.py --threads 2 --repeats 3 --no-smooth   # the published figures, idle machine
     python benchmarks/bench_evaluate.py --quick    # a tiny network, seconds (the smoke test)
 """
 
@@ -125,14 +125,23 @@ def quantus_order(model: nn.Module) -> list[str]:
 
 
 def ours_mprt(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], classes: torch.Tensor,
-              smoothing: Smoothing | None = None) -> tuple[Any, float]:
-    """Our cascading MPRT of every module (Quantus's steps and seeding), and its time."""
+              smoothing: Smoothing | None = None, *, reuse: bool = True) -> tuple[Any, float]:
+    """Our cascading MPRT of every module (Quantus's steps and seeding), and its time; ``reuse=False``
+    recomputes the unchanged bottom layers at every step instead of replaying them."""
     t0 = time.perf_counter()
     res = model_randomization(model, x, methods=methods, order="cascading", granularity="modules",
                               metrics=["spearman_abs"], seed=QUANTUS_SEED + 1, classes=classes,
                               keep_running_stats=False, reseed_each_module=True, batch_size=x.shape[0],
-                              maps_image=None, smoothing=smoothing)
+                              maps_image=None, smoothing=smoothing, reuse_bottom=reuse)
     return res, time.perf_counter() - t0
+
+
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
+    """``fn``'s result, wall-clock seconds and CPU seconds of the process (every thread): on a loaded machine
+    the CPU time moves less than the wall clock."""
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn(*args, **kwargs)
+    return out, time.perf_counter() - w0, time.process_time() - c0
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], classes: torch.Tensor,
@@ -219,13 +228,19 @@ def run_quantus(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], cla
 
 def floor_time(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], classes: torch.Tensor,
                models: int) -> float:
-    """The floor of MPRT: ``models`` x (one forward with gradients, one backward per method), plain autograd."""
+    """The floor of MPRT: ``models`` x (one full forward with gradients, and the full backwards the methods
+    need: one per distinct ReLU rule, Grad-CAM riding on the plain gradient's, or its own when no method has
+    the plain gradient), plain autograd. Replaying the unchanged bottom skips part of the forwards, so ours
+    can go below it."""
+    from guided_backprop.attribution import _backward_plan
+
+    backwards = len(_backward_plan(methods))
     t0 = time.perf_counter()
     xr = x.clone().requires_grad_()
     for _ in range(models):
         score = model(xr).gather(1, classes[:, None]).sum()
-        for k in range(len(methods)):
-            torch.autograd.grad(score, xr, retain_graph=k < len(methods) - 1)
+        for k in range(backwards):
+            torch.autograd.grad(score, xr, retain_graph=k < backwards - 1)
     return time.perf_counter() - t0
 
 
@@ -296,19 +311,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"Smooth MPRT ({SMOOTH_SAMPLES} SmoothGrad samples), {len(methods)} methods: ours "
               f"{ours['t_smprt']:.1f} s, Quantus {sum(q['t_smprt'].values()):.1f} s (given our smoothed maps)")
     repeats = args.repeats or (1 if args.quick else 2)
-    print(f"\nMPRT timed interleaved, {repeats} round(s): ours | floor | Quantus (load average 1/5/15 min)")
-    ratios, floors = [], []
+    print(f"\nMPRT timed interleaved, {repeats} round(s): ours (replaying the unchanged bottom) | ours recomputing "
+          f"it | floor | Quantus, wall-clock s (CPU s of the process); load average 1/5/15 min")
+    ratios, floors, saved, cpu_ratios = [], [], [], []
     for r in range(repeats):
-        _res, t_ours = ours_mprt(model, x, methods, classes)
-        t_floor = floor_time(model, x, methods, classes, len(steps) + 1)
-        _scores, times = quantus_mprt(model, x, methods, classes)
-        t_q = sum(times.values())
+        _res, t_ours, c_ours = _timed(ours_mprt, model, x, methods, classes)
+        _res, t_plain, c_plain = _timed(ours_mprt, model, x, methods, classes, reuse=False)
+        _t, t_floor, c_floor = _timed(floor_time, model, x, methods, classes, len(steps) + 1)
+        (_scores, _times), t_q, c_q = _timed(quantus_mprt, model, x, methods, classes)
         ratios.append(t_ours / t_q)
         floors.append(t_ours / t_floor)
-        print(f"round {r + 1}: ours {t_ours:.1f} s | floor {t_floor:.1f} s | Quantus {t_q:.1f} s -> ours/Quantus "
-              f"{t_ours / t_q:.2f}, ours/floor {t_ours / t_floor:.2f} (load {_load()})")
+        saved.append(t_ours / t_plain)
+        cpu_ratios.append((c_ours / c_floor, c_ours / c_q))
+        print(f"round {r + 1}: ours {t_ours:.1f} ({c_ours:.1f}) | recomputing {t_plain:.1f} ({c_plain:.1f}) | floor "
+              f"{t_floor:.1f} ({c_floor:.1f}) | Quantus {t_q:.1f} ({c_q:.1f}) -> ours/Quantus {t_ours / t_q:.2f}, "
+              f"ours/floor {t_ours / t_floor:.2f}, ours/recomputing {t_ours / t_plain:.2f} (load {_load()})")
     print(f"MPRT, {len(methods)} methods: ours/Quantus {min(ratios):.2f}-{max(ratios):.2f} (target <= 0.5), "
-          f"ours/floor {min(floors):.2f}-{max(floors):.2f} (target <= 1.1)")
+          f"ours/floor {min(floors):.2f}-{max(floors):.2f} (target <= 1.1), replaying/recomputing "
+          f"{min(saved):.2f}-{max(saved):.2f}; in CPU time ours/floor "
+          f"{min(c[0] for c in cpu_ratios):.2f}-{max(c[0] for c in cpu_ratios):.2f}, ours/Quantus "
+          f"{min(c[1] for c in cpu_ratios):.2f}-{max(c[1] for c in cpu_ratios):.2f}")
     last = {m: float(np.nanmean(ours["mprt"].values[m]["spearman_abs"][:, -1])) for m in methods}
     first = {m: float(np.nanmean(ours["mprt"].values[m]["spearman_abs"][:, 1])) for m in methods}
     print("mean Spearman |map| after the first step / after the last: " +

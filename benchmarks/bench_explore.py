@@ -6,13 +6,16 @@ default input size; Playwright clicks as a user does and the time is taken from 
 click to the moment the new panel is decoded in the page (its ``<img>`` carries the key of the
 choice it shows). Interactions cycle through three kinds:
 
-* ``new class``: a class of the top-5 not shown yet for this image (one forward and the backward
-  passes of every method: the maps of all methods are computed at once, and cached);
-* ``method``: a method switched on or off (the maps come from that cache, only the panel is drawn);
-* ``new image``: another photo (its picture, top-5, and the top class's maps).
+* ``new class``: a class of the top-5 not shown yet for this image (no forward pass: the image's
+  recorded forward serves it; the backward passes of the methods shown, unless the background
+  already computed them);
+* ``method``: a method switched on or off (from the cache, or one backward pass on the recorded
+  forward when the background has not reached it yet; then the panel is drawn);
+* ``new image``: another photo (its picture, top-5, and the top class's maps: one forward pass).
 
 It prints the median and the 95th percentile per kind and over all, with the machine's load
-average before and after (other work on the machine slows every figure down).
+average (1 min) before, after and during each kind's interactions (other work on the machine
+slows every figure down: figures taken at a load above the core count are not the explorer's).
 
     python benchmarks/bench_explore.py                      # 24 interactions, default model
     python benchmarks/bench_explore.py --interactions 60
@@ -38,6 +41,8 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--d
         "--no-first-run"]
 PHOTOS = ("chelsea", "coffee", "astronaut", "rocket")
 METHODS = ("guided_backprop", "gradcam", "guided_gradcam", "saliency", "deconvnet")
+STAGES: dict[str, list[float]] = {}  # the server's time per stage (ExploreService.timings) of the last run
+SLOWEST: list[tuple[float, str, dict[str, float]]] = []  # (seconds, kind, the server's seconds per stage meanwhile)
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -102,8 +107,8 @@ def _top(page: Any) -> list[int]:
     return [int(c) for c in page.locator("#classes button").evaluate_all("bs => bs.map(b => b.dataset.cls)")]
 
 
-def run(args: argparse.Namespace) -> dict[str, list[float]]:
-    """The timed interactions, by kind (seconds)."""
+def run(args: argparse.Namespace) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """The timed interactions, by kind (seconds), and the 1-minute load average at each."""
     from playwright.sync_api import sync_playwright
 
     from guided_backprop.explore import ExploreService, new_token
@@ -117,6 +122,7 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
         service = ExploreService(loaded, paths, names=[p.name for p in paths])
         token = new_token()
         times: dict[str, list[float]] = {"new class": [], "method": [], "new image": []}
+        loads: dict[str, list[float]] = {kind: [] for kind in times}
         with running(service, token=token, report=lambda message: print("error:", message, file=sys.stderr)) as base, \
                 sync_playwright() as p:
             browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
@@ -131,6 +137,9 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
             while done < n:
                 time.sleep(args.pause)
                 kind = ("new class", "method", "method", "new image")[done % 4]
+                load = os.getloadavg()[0]
+                before = {stage: len(values) for stage, values in service.timings.items()}
+                counts = {k: len(v) for k, v in times.items()}
                 if kind == "new class":
                     fresh = [c for c in classes if c not in shown]
                     if not fresh:
@@ -140,11 +149,13 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
                         shown.append(cls)
                         times[kind].append(_timed(page, f"#classes button[data-cls='{cls}']",
                                                   _key(image, cls, methods)))
+                        loads[kind].append(load)
                 if kind == "method":
                     method = METHODS[1 + (done // 4) % (len(METHODS) - 1)]
                     methods = [m for m in ORDER if m in methods or m == method] if method not in methods \
                         else [m for m in methods if m != method]  # in the page's order (the registry's)
                     times[kind].append(_timed(page, f"#methods input[value='{method}']", _key(image, cls, methods)))
+                    loads[kind].append(load)
                 if kind == "new image":
                     image = (image + 1) % len(paths)
                     start = time.perf_counter()
@@ -153,11 +164,19 @@ def run(args: argparse.Namespace) -> dict[str, list[float]]:
                                            "return i.dataset.key.startsWith(p) && i.complete && i.naturalWidth > 0; }",
                                            arg=f"image={image}&", timeout=120_000, polling=5)
                     times[kind].append(time.perf_counter() - start)
+                    loads[kind].append(load)
                     classes = _top(page)
                     cls, shown = classes[0], [classes[0]]
+                for k in (k for k in times if len(times[k]) > counts[k]):  # the click timed: the server meanwhile
+                    spent = {stage: sum(list(values)[before.get(stage, 0):])
+                             for stage, values in service.timings.items()}
+                    SLOWEST.append((times[k][-1], k, {st: v for st, v in spent.items() if v > 0.0005}))
                 done += 1
             browser.close()
-    return times
+        service.close()
+    global STAGES
+    STAGES = {stage: list(values) for stage, values in service.timings.items()}
+    return times, loads
 
 
 def _p95(values: list[float]) -> float:
@@ -170,7 +189,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     load_before = os.getloadavg()
     import torch
 
-    times = run(args)
+    times, loads = run(args)
     load_after = os.getloadavg()
     model = "tiny (quick)" if args.quick else (args.model or "default (efficientnet_lite0)")
     print(f"# explore click-to-picture latency: {model}, pause {args.pause:g} s, "
@@ -178,13 +197,24 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"with {torch.get_num_threads()} threads")
     print(f"load average (1, 5, 15 min) before: {' '.join(f'{v:.2f}' for v in load_before)}; "
           f"after: {' '.join(f'{v:.2f}' for v in load_after)}")
-    print("| interaction | n | median (s) | p95 (s) | max (s) |")
-    print("|---|---|---|---|---|")
+    print("| interaction | n | median (s) | p95 (s) | max (s) | load average during (min-max) |")
+    print("|---|---|---|---|---|---|")
     every = [t for values in times.values() for t in values]
     for kind, values in [*times.items(), ("all", every)]:
+        during = [v for values in loads.values() for v in values] if kind == "all" else loads[kind]
         if values:
             print(f"| {kind} | {len(values)} | {statistics.median(values):.3f} | {_p95(values):.3f} | "
-                  f"{max(values):.3f} |")
+                  f"{max(values):.3f} | {min(during):.2f}-{max(during):.2f} |")
+    print("\nWhere the server's time goes (every request of the run; the rest of a click's time is the browser's "
+          "requests, the network and decoding):")
+    print("| stage | n | median (s) | p95 (s) | total (s) |")
+    print("|---|---|---|---|---|")
+    for stage, values in STAGES.items():
+        print(f"| {stage} | {len(values)} | {statistics.median(values):.3f} | {_p95(values):.3f} | {sum(values):.2f} |")
+    print(f"clicks, total: {sum(every):.2f} s")
+    print("\nThe 3 slowest clicks, with the server's time per stage while each ran (the rest: browser, requests):")
+    for seconds, kind, spent in sorted(SLOWEST, key=lambda r: r[0], reverse=True)[:3]:
+        print(f"- {kind}: {seconds:.3f} s; " + ", ".join(f"{k} {v:.3f}" for k, v in spent.items()))
     return 0
 
 

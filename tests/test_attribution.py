@@ -317,7 +317,7 @@ def test_non_tensor_output_is_explained(x: torch.Tensor) -> None:
         def forward(self, t: torch.Tensor) -> tuple:
             return self.net(t), None
 
-    with pytest.raises(gbp.ModelError, match="returned tuple"):
+    with pytest.raises(gbp.ModelError, match="returned a tuple"):
         gbp.attribute(TupleOut(), x)
 
 

@@ -51,7 +51,7 @@ def test_evaluate_benchmark_quick_agrees_with_quantus_when_installed(capsys: pyt
     if have_quantus:  # same maps, steps and re-initialisation: the numbers agree to rounding
         assert "equals ours" in out and "within the tolerance" in out
         assert "| EfficientMPRT | saliency |" in out and "| SmoothMPRT | gradcam |" in out
-        assert "ours/Quantus" in out and "ours/floor" in out and "(load " in out
+        assert "ours/Quantus" in out and "ours/floor" in out and "ours/recomputing" in out and "(load " in out
 
 
 @pytest.mark.slow
@@ -64,3 +64,5 @@ def test_explore_benchmark_quick_times_every_kind_of_click(capsys: pytest.Captur
     rows = {line.split("|")[1].strip(): line for line in out.splitlines() if line.startswith("| ")}
     assert {"new class", "method", "new image", "all"} <= set(rows)
     assert rows["all"].split("|")[2].strip() == "6" and "load average" in out
+    assert {"forward (recorded)", "backward (click)", "PNG encoding", "panel (colour maps, layout)"} <= set(rows)
+    assert rows["forward (recorded)"].split("|")[2].strip() == "2"  # one forward per image shown (2 of 6 clicks)

@@ -16,6 +16,8 @@ from torch import nn
 
 from guided_backprop import ModelSpec
 from guided_backprop.evaluate import (
+    ComplexityResult,
+    CurveResult,
     Smoothing,
     discrete_entropy,
     efficient_mprt,
@@ -192,3 +194,38 @@ def test_efficient_mprt_costs_two_explanations_per_batch(tmp_path: Path, monkeyp
     run = evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
     assert run.evaluation.efficient_mprt is not None and len(run.evaluation.images) == 3
     assert calls == [2, 2, 1, 1]  # per batch (2 images, then 1): the trained maps, the randomised maps
+
+
+def test_worse_than_random_needs_a_margin_beyond_the_spread_over_images() -> None:
+    from guided_backprop.evaluate.figures import worse_than_random
+
+    fractions = np.array([0.0, 0.5, 1.0])
+
+    def deletion(method_middle: list[float], random_middle: list[float]) -> CurveResult:
+        return CurveResult(mode="deletion", fractions=fractions, classes=[0] * len(method_middle),
+                           curves={"m": np.array([[1, v, 0] for v in method_middle])},
+                           random=np.array([[1, v, 0] for v in random_middle]))
+
+    # means 0.01 apart in the middle point (AUC 0.005): within the margin, not a finding
+    assert not worse_than_random(deletion([0.51, 0.51], [0.50, 0.50]), "m")
+    # a mean above random by 0.1 in AUC, but the images disagree widely: within two standard errors
+    assert not worse_than_random(deletion([0.9, 0.1, 0.9, 0.1, 1.0], [0.5, 0.5, 0.5, 0.5, 0.1]), "m")
+    # every image worse by 0.2 in AUC: worse; and with one image, beyond the fixed margin: worse
+    assert worse_than_random(deletion([0.9, 0.9, 0.8], [0.5, 0.5, 0.4]), "m")
+    assert worse_than_random(deletion([0.9], [0.5]), "m")
+    insertion = CurveResult(mode="insertion", fractions=fractions, classes=[0, 0],
+                            curves={"m": np.array([[0, 0.1, 1], [0, 0.2, 1]])}, random=np.array([[0, 0.6, 1]] * 2))
+    assert worse_than_random(insertion, "m")
+
+
+def test_the_efficient_mprt_title_names_what_was_randomised_in_words() -> None:
+    from guided_backprop.evaluate.figures import emprt_title
+
+    def title(steps: int, granularity: str, images: int) -> str:
+        return emprt_title(ComplexityResult(methods=("saliency",), trained={}, randomized={},
+                                            steps=[f"s{i}" for i in range(steps)], classes=[0] * images,
+                                            granularity=granularity))
+
+    assert "(all 12 blocks)" in title(12, "blocks", 5) and "blocks steps" not in title(12, "blocks", 5)
+    assert "(all 99 modules)" in title(99, "modules", 1) and "mean over 1 image;" in title(99, "modules", 1)
+    assert "(all 1 named block)" in title(1, "named", 2)

@@ -8,6 +8,7 @@ as it was, concurrent requests not mixing maps, latest-wins, and the maps equal 
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import os
 import re
@@ -18,6 +19,8 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -510,54 +513,63 @@ def test_a_port_in_use_is_a_usage_error(inputs: list[Path]) -> None:
     assert "Traceback" not in result.output
 
 
-def test_other_top_classes_are_prefetched_while_idle(inputs: list[Path]) -> None:
+def finish_prefetch(service: ExploreService) -> None:
+    """Wait for the background worker to empty its queue."""
+    deadline = time.monotonic() + 120
+    while service._worker is not None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert service._worker is None
+
+
+def test_a_click_computes_its_methods_and_the_background_the_rest(inputs: list[Path]) -> None:
     service = ExploreService(tiny_loaded(), inputs, prefetch=False)
     top = [c["index"] for c in service.top_classes(0, 3)]
-    service.maps(0, top[0], ["guided_backprop"])
+    service.maps(0, top[0], ["deconvnet"])
     item = service._cache[0]
-    assert set(item.maps) == {(top[0], 0)} and not item.prefetched
+    assert set(item.maps) == {(top[0], 0)} and set(item.maps[(top[0], 0)]) == {"deconvnet", "gradcam"}
+    service.maps(0, top[0], ["guided_gradcam"])  # its passes also give guided backprop (and Grad-CAM, kept)
+    assert set(item.maps[(top[0], 0)]) == {"deconvnet", "gradcam", "guided_backprop", "guided_gradcam"}
+    assert service.maps(0, top[0], ["saliency"]).keys() == {"saliency"} and len(item.maps[(top[0], 0)]) == 5
+
+
+def test_other_methods_and_top_classes_are_prefetched_while_idle(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs)
     forwards: list[int] = []
-    handle = service._background().register_forward_hook(lambda *_: forwards.append(1))
+    handle = service.loaded.model.register_forward_pre_hook(lambda *_: forwards.append(1))
     try:
-        service._prefetch_run(item, top[1:])  # what the background thread runs
+        top = [c["index"] for c in service.top_classes(0, 3)]
+        service.maps(0, top[1], ["guided_backprop"])  # queues the rest of this class, then the other top-3
+        finish_prefetch(service)
     finally:
         handle.remove()
-    assert forwards == [1, 1]  # one forward pass per class for all five methods
+    item = service._cache[0]
+    assert forwards == [1]  # the image's recorded forward serves every class: backward passes only
+    assert item.prefetched and all(len(item.maps[(c, 0)]) == 5 for c in top)
     fresh = ExploreService(tiny_loaded(), inputs, prefetch=False)
-    for cls in top[1:]:
+    for cls in top:
         got = item.maps[(cls, 0)]
-        assert len(got) == 5
         want = fresh.maps(0, cls, list(got))
         for m in got:
-            np.testing.assert_allclose(got[m], want[m], atol=1e-6, err_msg=f"{m} of class {cls}")
-    assert not any(m._forward_hooks for m in service.loaded.model.modules())  # the user's model untouched
-
-    started = ExploreService(tiny_loaded(), inputs)  # prefetch on: maps() starts it, once per image
-    started.maps(1, 0, ["saliency"])
-    deadline = time.monotonic() + 60
-    while len(started._cache[1].maps) < 3 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert started._cache[1].prefetched and len(started._cache[1].maps) == 3
+            np.testing.assert_array_equal(got[m], want[m], err_msg=f"{m} of class {cls}")
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in service.loaded.model.modules())
 
 
 def test_prefetch_waits_while_a_request_is_under_way(inputs: list[Path]) -> None:
-    service = ExploreService(tiny_loaded(), inputs, prefetch=False)
+    service = ExploreService(tiny_loaded(), inputs)
     top = [c["index"] for c in service.top_classes(0, 3)]
-    service.maps(0, top[0], ["saliency"])
     item = service._cache[0]
     release = threading.Event()
     busy = threading.Thread(target=lambda: service.run(lambda: release.wait(30)))
     busy.start()  # a request under way (it holds the model)
     while not service._active:
         time.sleep(0.01)
-    prefetch = threading.Thread(target=service._prefetch_run, args=(item, top[1:]))
-    prefetch.start()
+    service._prefetch(item, top[0])  # as a click on the first class would leave it
     time.sleep(0.5)
-    assert set(item.maps) == {(top[0], 0)}  # nothing computed meanwhile
+    assert not item.maps and service._worker is not None  # nothing computed meanwhile
     release.set()
     busy.join()
-    prefetch.join(timeout=60)
-    assert {(c, 0) for c in top} <= set(item.maps)
+    finish_prefetch(service)
+    assert all(len(item.maps[(c, 0)]) == 5 for c in top)
 
 
 def test_terminal_lines_show_control_characters_as_escapes(capsys: pytest.CaptureFixture[str]) -> None:
@@ -574,3 +586,124 @@ def test_a_superseded_request_is_answered_with_no_content(service: ExploreServic
     late = client.get("/api/panel.png?image=0&class=0&client=page&seq=4")
     assert late.status_code == 204 and late.headers["x-superseded"] == "1" and late.content == b""
     png(client.get("/api/panel.png?image=0&class=0&client=page&seq=6"))
+
+
+def test_one_forward_per_image_serves_every_class_and_method(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs, names=[p.name for p in inputs], prefetch=False)
+    model = service.loaded.model
+    forwards: list[int] = []
+    handle = model.register_forward_pre_hook(lambda *_: forwards.append(1))  # counts every forward of the model
+    client = make_client(service)
+    asked = [(0, "guided_backprop"), (1, "deconvnet,saliency"), (2, "gradcam"), (0, "guided_gradcam"),
+             (1, "guided_backprop,gradcam"), (2, "deconvnet")]
+    try:
+        shown = {(cls, m): np.load(io.BytesIO(client.get(f"/api/map.npy?image=1&class={cls}&methods={m}").content))
+                 for cls, m in asked if "," not in m}
+        for cls, ms in asked:
+            png(client.get(f"/api/panel.png?image=1&class={cls}&methods={ms}"))
+        assert client.get("/api/images/1/classes").status_code == 200
+        assert client.get("/api/images/1/input.png").status_code == 200
+    finally:
+        handle.remove()
+    assert forwards == [1] and service.forwards == 1  # three classes, five methods: one forward
+    x = service.prepared(1).x
+    for (cls, method), got in shown.items():  # equal to a fresh call of the library, bit for bit
+        np.testing.assert_array_equal(got, attribute(model, x, cls, method)[0].numpy(), err_msg=f"{method} {cls}")
+
+
+def test_graphs_beyond_the_limit_are_freed_and_recorded_again(inputs: list[Path]) -> None:
+    service = ExploreService(tiny_loaded(), inputs, prefetch=False, graphs=1)
+    service.maps(0, 0, ["guided_backprop"])
+    first = service._cache[0]
+    graph = weakref.ref(first.recorded._logits)  # type: ignore[union-attr]  # the output node of its graph
+    service.maps(1, 0, ["guided_backprop"])  # the second image's graph pushes the first one out
+    gc.collect()
+    assert first.recorded is None and graph() is None and service.forwards == 2
+    assert list(service._graphs.values()) == [service._cache[1]]
+    got = service.maps(0, 1, ["deconvnet"])["deconvnet"]  # a new class of the first image: recorded again
+    assert service.forwards == 3 and service._cache[1].recorded is None
+    np.testing.assert_array_equal(got, attribute(service.loaded.model, first.x, 1, "deconvnet")[0].numpy())
+    assert service.maps(0, 0, ["guided_backprop"])["guided_backprop"] is first.maps[(0, 0)]["guided_backprop"]
+
+
+def test_layer_list_has_unit_layers_only_with_the_images_shapes(inputs: list[Path]) -> None:
+    from collections import OrderedDict
+
+    from guided_backprop.receptive import layer_table
+
+    torch.manual_seed(0)
+    net = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 4, 3, padding=1)), ("relu1", nn.ReLU()), ("skip", nn.Identity()),
+        ("drop", nn.Dropout2d(0.1)), ("pool", nn.MaxPool2d(2)), ("conv2", nn.Conv2d(4, 5, 3)), ("relu2", nn.ReLU()),
+        ("gap", nn.AdaptiveAvgPool2d(1)), ("flat", nn.Flatten()), ("fc", nn.Linear(5, 3))]))
+    service = ExploreService(tiny_loaded(net.eval(), crop=None), inputs, prefetch=False)  # 40x44 pictures as they are
+    client = make_client(service)
+    rows = client.get("/api/layers?image=0").json()
+    assert [r["name"] for r in rows] == ["conv1", "relu1", "pool", "conv2", "relu2"]  # no Identity, Dropout, 1x1
+    real = {r.name: r for r in layer_table(net, service.loaded.preprocessing, input_size=(40, 44))}
+    assert [r["shape"] for r in rows] == [real[r["name"]].shape_text for r in rows]
+    assert rows[0]["shape"] == "1x4x40x44" and rows[-1]["shape"] == "1x5x18x20"
+    assert [r["field"] for r in rows] == [real[r["name"]].field_text for r in rows]
+    nominal = client.get("/api/layers").json()  # before an image is chosen: the preprocessing's nominal size
+    assert [r["name"] for r in nominal] == [r["name"] for r in rows] and nominal[0]["shape"] == "1x4x224x224"
+    assert not any(m._forward_hooks for m in net.modules())
+
+
+def test_explore_shares_runs_gradcam_layer_and_noise_options() -> None:
+    from guided_backprop.cli import main
+
+    def option(command: str, name: str) -> dict[str, Any]:
+        found = next(p for p in main.commands[command].params if p.name == name)
+        info = found.to_info_dict()
+        return {k: info[k] for k in ("opts", "type", "default", "help")} | {"metavar": found.metavar}
+
+    for name in ("gradcam_layer", "noise"):
+        assert option("explore", name) == option("run", name), name
+    assert option("evaluate", "gradcam_layer") == option("run", "gradcam_layer")
+
+
+@pytest.mark.parametrize("shape", [(5, 7, 3), (1, 1, 3), (1, 9, 3), (8, 1, 3), (6, 4), (1, 1), (300, 451, 3)])
+def test_fast_png_decodes_to_the_same_pixels(shape: tuple[int, ...]) -> None:
+    from skimage import data
+
+    from guided_backprop.explore.service import png_bytes
+
+    rng = np.random.default_rng(sum(shape))
+    a = data.chelsea()[: shape[0], : shape[1]] if shape == (300, 451, 3) else rng.integers(0, 256, shape, np.uint8)
+    for picture in (a, Image.fromarray(a), a[::-1]):  # an array, a picture, a view with negative strides
+        data_ = png_bytes(picture)
+        back = Image.open(io.BytesIO(data_))
+        back.load()  # checks the CRCs and the zlib stream
+        assert back.mode == ("RGB" if len(shape) == 3 else "L")
+        np.testing.assert_array_equal(np.asarray(back), np.asarray(picture))
+        idat = data_[data_.index(b"IDAT") + 4:data_.index(b"IEND") - 8]  # one IDAT chunk: the zlib stream
+        rows = np.frombuffer(zlib.decompress(idat), np.uint8).reshape(shape[0], -1)
+        assert (rows[:, 0] == 1).all()  # every row "Sub"-filtered: one fixed filter, not Pillow's five tried per row
+    if shape == (300, 451, 3):  # about as small as Pillow's own encoder makes it
+        pil = io.BytesIO()
+        Image.fromarray(a).save(pil, format="PNG", compress_level=1)
+        assert len(png_bytes(a)) < 1.3 * len(pil.getvalue())
+    rgba = Image.fromarray(rng.integers(0, 256, (3, 4, 4), np.uint8), "RGBA")  # others: Pillow's encoder
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(png_bytes(rgba)))), np.asarray(rgba))
+
+
+def test_a_model_without_gradients_shows_its_classes_and_says_why_no_map(inputs: list[Path]) -> None:
+    class Frozen(nn.Module):  # its forward runs under no_grad: top classes yes, maps no
+        def __init__(self) -> None:
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                                     nn.Linear(4, 3))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                return self.net(x)
+
+    errors: list[str] = []
+    service = ExploreService(tiny_loaded(Frozen().eval()), inputs, prefetch=False)
+    client = make_client(service, errors)
+    assert len(client.get("/api/images/0/classes").json()) == 3 and service._cache[0].recorded is None
+    response = client.get("/api/panel.png?image=0&class=1&methods=saliency")  # the asked method's own message
+    assert response.status_code == 400 and "does not depend on the input" in response.json()["error"]
+    assert errors
+    assert client.get("/api/images/1/input.png").status_code == 200  # the app goes on

@@ -51,7 +51,8 @@ from .targets import (
     select_output,
 )
 
-__all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed"]
+__all__ = ["Explanation", "Explainer", "attribute", "find_layer", "layer_output", "model_state", "smoothgrad_seed",
+           "Recorded"]
 
 
 def smoothgrad_seed(seed: int, sample: int) -> int:
@@ -719,9 +720,10 @@ class Explainer:
     @staticmethod
     def _backward(
         scores: torch.Tensor, leaf: torch.Tensor, cam_act: torch.Tensor | None, plan: list[_Pass],
-        state: RuleState, size: Sequence[int],
+        state: RuleState, size: Sequence[int], keep_graph: bool = False,
     ) -> tuple[dict[Rule, list[torch.Tensor]], list[torch.Tensor]]:
-        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph."""
+        """Every pass of ``plan`` for each of the K targets, on the one recorded forward graph (kept after
+        the last pass with ``keep_graph``, for later passes: :class:`Recorded`)."""
         k = scores.shape[1]
         per_rule: dict[Rule, list[torch.Tensor]] = {p.rule: [] for p in plan if p.rule is not None}
         cams: list[torch.Tensor] = []
@@ -732,7 +734,7 @@ class Explainer:
                 state.method = step.rule if step.rule is not None else Rule.SALIENCY
                 wrt = ([leaf] if step.rule is not None else []) + ([cam_act] if step.with_cam and cam_act is not None
                                                                    else [])
-                last = j == k - 1 and i == len(plan) - 1
+                last = j == k - 1 and i == len(plan) - 1 and not keep_graph
                 try:
                     grads = torch.autograd.grad(scores, wrt, grad_outputs=grad_out, retain_graph=not last,
                                                 allow_unused=True)
@@ -861,3 +863,85 @@ def attribute(
     ):
         return maps[:, 0]
     return maps
+
+
+# ------------------------------------------------------------------------------------------- Recorded
+
+
+class Recorded:
+    """One forward pass of an input, kept with its graph, for the maps of any class and method later.
+
+    The forward runs once under the ReLU routing; each routed ReLU reads the rule when the backward
+    runs (:class:`~guided_backprop.rules.RuleState`), so the one graph serves guided backprop,
+    deconvnet and saliency, and Grad-CAM's layer gradient rides on the saliency pass, exactly as one
+    :meth:`Explainer.explain` call does. :meth:`explain` runs only the backward passes of the asked
+    methods for the asked classes (``retain_graph``), so the maps equal those of a fresh
+    ``Explainer(model).explain(x, classes, methods=...)``: the same forward, the same backward.
+
+    The graph holds the forward's activations (memory): :meth:`close` frees it. One :meth:`explain` at
+    a time (the rule state belongs to the graph; a lock serialises the calls).
+
+    Args:
+        explainer: the model's :class:`Explainer` (its ``eval_mode`` applies).
+        x: the input batch ``(N, C, H, W)``.
+        gradcam_layer: Grad-CAM's layer (default: the last spatial layer the logits depend on).
+        output: which part of a dict / tuple output holds the class logits (as ``explain``'s ``output``).
+    """
+
+    def __init__(self, explainer: Explainer, x: torch.Tensor, *, gradcam_layer: str | None = None,
+                 output: str | int | Callable[[Any], Any] | None = None) -> None:
+        x = explainer._check_input(x)
+        self.size = tuple(x.shape[2:])
+        self.dtype = x.dtype
+        self.device = x.device
+        self.lock = threading.RLock()
+        self._cam_error: TargetError | None = None
+        with explainer._lock, exact_cuda_math(x.device):
+            capture = _Capture(explainer.model, None, gradcam_layer, True, x.shape[0])
+            leaf, out, state = explainer._forward(x, capture)
+            logits = _logits(select_output(out, output), x.shape[0])
+            if not logits.requires_grad:
+                raise ModelError("the model's logits do not depend on the input through autograd "
+                                 "(is the model wrapped in torch.no_grad or built from detached tensors?)")
+            try:
+                self.gradcam_layer, cam = capture.gradcam_activation(logits)
+            except TargetError as err:  # raised when Grad-CAM is asked for, not before
+                self.gradcam_layer, cam, self._cam_error = None, None, err
+        self._leaf: torch.Tensor | None = leaf
+        self._logits: torch.Tensor | None = logits
+        self._cam: torch.Tensor | None = cam
+        self._state = state
+        self.logits = logits.detach()  # (N, classes)
+
+    @property
+    def closed(self) -> bool:
+        """Whether :meth:`close` freed the graph."""
+        return self._logits is None
+
+    def explain(self, target: Target = None, *, methods: str | Sequence[str] = ("guided_backprop",),
+                strict: bool = True) -> Explanation:
+        """Maps of ``methods`` for class targets (``None``: top-1, an int, N ints, ``(N, K)``, ``TopK``),
+        from the recorded forward: only backward passes run."""
+        names = parse_methods(methods)
+        if _target_list(target) is not None or isinstance(target, LAYER_TARGETS):
+            raise TargetError("a recorded forward explains classes only; use Explainer.explain for other targets",
+                              field="target")
+        plan = _backward_plan(names)
+        if any(p.with_cam for p in plan) and self._cam_error is not None:
+            raise self._cam_error
+        _check_relus(self._state, plan, strict)
+        with self.lock, exact_cuda_math(self.device):
+            if self._logits is None or self._leaf is None:
+                raise InputError("this recorded forward was closed (its graph freed); record the input again")
+            scores, classes, logits, _ = _score(self._logits, target, None, None)
+            per_rule, cams = Explainer._backward(scores, self._leaf, self._cam, plan, self._state, self.size,
+                                                 keep_graph=True)
+        return Explanation(maps=_assemble(names, per_rule, cams, self.dtype), scores=scores.detach(),
+                           targets=classes, logits=None if logits is None else logits.detach(),
+                           gradcam_layer=self.gradcam_layer if any(p.with_cam for p in plan) else None,
+                           relu_calls=self._state.calls)
+
+    def close(self) -> None:
+        """Free the graph (the forward's saved activations); later :meth:`explain` calls raise."""
+        with self.lock:
+            self._leaf = self._logits = self._cam = None

@@ -225,6 +225,14 @@ def main() -> None:
 # ---------------------------------------------------------------------------------------------- run
 
 
+#: Options of several commands, defined once (run, explore, evaluate).
+gradcam_layer_option = opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME",
+                           show_default="the last spatial layer",
+                           help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+noise_option = opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
+                   help="SmoothGrad noise std as a fraction of the input's value range.")
+
+
 @main.command("run", short_help="Compute the maps of every image in INPUTS (the default command).",
               **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
@@ -247,12 +255,10 @@ def main() -> None:
 @opt(TARGETS, "--channel", type=click.IntRange(min=0), default=None, help="Channel of --layer.")
 @opt(TARGETS, "--neuron", type=NeuronType(), default=None, show_default="the whole channel",
       help="With --layer/--channel: the most active unit ('max') or the unit at Y,X.")
-@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
-      help="Layer for gradcam and guided_gradcam ('guided-backprop layers' lists them).")
+@gradcam_layer_option
 @opt(TARGETS, "--smooth", type=click.IntRange(min=0), default=0, metavar="N",
       help="SmoothGrad: average over N noisy copies (0: off).")
-@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
-      help="SmoothGrad noise std as a fraction of the input's value range.")
+@noise_option
 @opt(TARGETS, "--seed", type=int, default=0, help="Random seed of the SmoothGrad noise.")
 @opt(OUTPUT, "--norm", type=click.Choice(NORMALIZATIONS), default="percentile",
       help="How maps become pictures: percentile (clip |value| at its 99.5th percentile), minmax (the seed's "
@@ -476,8 +482,7 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(PERF, "--batch-size", type=click.IntRange(min=1), default=16, help="Images per batch.")
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
-     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
+@gradcam_layer_option
 @opt(TARGETS, "--output-key", default=None, metavar="KEY",
      help="The entry of a dict or tuple output that holds the class logits (e.g. logits; an index for a tuple).")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
@@ -714,12 +719,10 @@ def _model_words(spec: ModelSpec) -> list[str]:
 @main.command("explore", short_help="A local web app: maps of IMAGES computed on demand.", **COMMAND_SETTINGS)
 @click.argument("inputs", nargs=-1, required=True, metavar="IMAGES...")
 @model_options
-@opt(TARGETS, "--gradcam-layer", default=None, metavar="NAME", show_default="the last spatial layer",
-     help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
-@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",
+@gradcam_layer_option
+@opt(TARGETS, "--smooth", type=click.IntRange(min=1), default=16, metavar="N",  # run's: 0 (off) by default
      help="Noisy copies when SmoothGrad is switched on in the page.")
-@opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
-     help="SmoothGrad noise std as a fraction of the input's value range.")
+@noise_option
 @opt(OUTPUT, "-o", "--output", type=click.Path(file_okay=False, path_type=Path), default=Path("out/units"),
      help="Folder where the channels' top images over IMAGES are kept (OUT/.unit-cache): "
           "'guided-backprop units IMAGES --channel C -o OUT' reuses them.")

@@ -22,8 +22,8 @@ import numpy as np
 
 from .results import ComplexityResult, CurveResult, RandomizationResult, summarize
 
-__all__ = ["complexity_figure", "faithfulness_figure", "randomization_figure", "similarity_figure",
-           "worse_than_random"]
+__all__ = ["WORSE_MARGIN", "complexity_figure", "emprt_title", "faithfulness_figure", "randomization_figure",
+           "similarity_figure", "worse_than_random"]
 
 _TITLES = {"guided_backprop": "Guided backprop", "deconvnet": "Deconvnet", "saliency": "Saliency (gradient)",
            "gradcam": "Grad-CAM", "guided_gradcam": "Guided Grad-CAM", "random": "random order"}
@@ -201,19 +201,39 @@ def complexity_figure(result: ComplexityResult) -> bytes:
     ax.set_ylabel(f"entropy of |map| histogram ({result.bins} bins)")
     ax.set_ylim(0, np.log(result.bins) * 1.15)
     ax.legend(fontsize=8, loc="lower right")
-    n = len(result.classes)
-    ax.set_title(f"Efficient MPRT (Hedström et al. 2023): complexity before and after randomising the whole "
-                 f"network ({len(result.steps)} {result.granularity} steps)\n"
-                 f"(mean over {n} image{'s' if n != 1 else ''}; a rise is what a "
-                 f"model-dependent map shows; dotted: the maximum)", fontsize=9)
+    ax.set_title(emprt_title(result), fontsize=9)
     fig.tight_layout()
     return _png(fig)
 
 
+#: How far (in area under the curve) a method's mean must be on the wrong side of the random order's before
+#: it is called worse than random, at the least; with several images also two standard errors of the mean
+#: per-image difference (a difference within the images' spread is not a finding).
+WORSE_MARGIN = 0.01
+
+
+def emprt_title(result: ComplexityResult) -> str:
+    """The Efficient MPRT figure's title: how much was randomised and over how many images."""
+    k, n = len(result.steps), len(result.classes)
+    noun = {"blocks": "block", "modules": "module"}.get(result.granularity, "named block")
+    return (f"Efficient MPRT (Hedström et al. 2023): complexity before and after randomising the whole "
+            f"network (all {k} {noun}{'s' if k != 1 else ''})\n"
+            f"(mean over {n} image{'s' if n != 1 else ''}; a rise is what a "
+            f"model-dependent map shows; dotted: the maximum)")
+
+
 def worse_than_random(result: CurveResult, method: str) -> bool:
-    """Whether ``method``'s mean area is on the wrong side of the random order's (deletion: above)."""
-    mine, chance = float(np.mean(result.auc[method])), float(np.mean(result.random_auc))
-    return mine > chance if result.mode == "deletion" else mine < chance
+    """Whether ``method``'s area is on the wrong side of the random order's (deletion: above) by more than
+    :data:`WORSE_MARGIN` and, with two images or more, by more than two standard errors of the mean of the
+    per-image differences (sample standard deviation / sqrt(n))."""
+    d = np.asarray(result.auc[method], dtype=np.float64) - np.asarray(result.random_auc, dtype=np.float64)
+    d = d[np.isfinite(d)]
+    if result.mode != "deletion":
+        d = -d
+    if d.size == 0:
+        return False
+    margin = WORSE_MARGIN if d.size < 2 else max(WORSE_MARGIN, 2 * float(np.std(d, ddof=1)) / np.sqrt(d.size))
+    return float(np.mean(d)) > margin
 
 
 def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:

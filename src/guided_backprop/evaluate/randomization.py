@@ -39,7 +39,8 @@ from torch import nn
 from ..attribution import Explainer
 from ..errors import InputError, ModelError, UnknownNameError
 from ..hooks import forward_hooks, logits_of, model_state
-from ..methods import parse_methods
+from ..methods import REGISTRY, parse_methods
+from .cascade import BottomReuse
 from .results import RandomizationResult
 from .similarity import METRICS, Reference, parse_metrics
 
@@ -264,6 +265,7 @@ def model_randomization(
     maps_image: int | None = 0,
     smoothing: Smoothing | None = None,
     trained_maps: dict[str, torch.Tensor] | None = None,
+    reuse_bottom: bool = True,
     progress: Progress | None = None,
 ) -> RandomizationResult:
     """The model-parameter randomisation test (Adebayo et al. 2018, arXiv:1810.03292).
@@ -284,7 +286,11 @@ def model_randomization(
         smoothing: SmoothGrad every map (Smooth MPRT, Hedström et al. 2023, arXiv:2401.06465).
         trained_maps: the trained model's maps ``{method: (N, C, H, W)}`` of ``classes``, when already
             computed (saves one explanation).
-        progress: called with ``(steps done, steps)`` after each step.
+        reuse_bottom: at each step, replay the trained outputs of the layers below the lowest randomised
+            block instead of recomputing them (:mod:`.cascade`; the same maps, bit for bit on CPU; not
+            with ``smoothing``). Grad-CAM then uses the trained model's layer at every step.
+        progress: called with ``(done, total)`` after each step of each batch of ``batch_size`` images
+            (``total`` = steps x batches).
 
     Returns:
         :class:`.results.RandomizationResult`; step 0 compares the trained model's maps with
@@ -313,26 +319,41 @@ def model_randomization(
     refs = {m: [Reference(original[m][i], wanted) for i in range(x.shape[0])] for m in names}
     values = {m: {k: np.full((x.shape[0], len(steps) + 1), np.nan) for k in wanted} for m in names}
     constant = {m: np.zeros((x.shape[0], len(steps) + 1), dtype=bool) for m in names}
-    kept: dict[str, list[torch.Tensor]] = {m: [] for m in names}
+    kept: dict[str, dict[int, torch.Tensor]] = {m: {} for m in names}
 
-    def record(j: int, maps: dict[str, torch.Tensor]) -> None:
+    def record(j: int, maps: dict[str, torch.Tensor], start: int = 0) -> None:
+        """Step ``j``'s maps of images ``start, start + 1, ...``."""
         for m in names:
-            for i, ref in enumerate(refs[m]):
-                constant[m][i, j] = is_constant(maps[m][i])
-                for k, v in ref.compare(maps[m][i]).items():
-                    values[m][k][i, j] = v
-            if maps_image is not None:
-                kept[m].append(maps[m][maps_image])
+            for i in range(maps[m].shape[0]):
+                constant[m][start + i, j] = is_constant(maps[m][i])
+                for k, v in refs[m][start + i].compare(maps[m][i]).items():
+                    values[m][k][start + i, j] = v
+            if maps_image is not None and 0 <= maps_image - start < maps[m].shape[0]:
+                kept[m][j] = maps[m][maps_image - start]
 
     record(0, original)
-    total = len(steps)
-    for j, (_name, net) in enumerate(randomized_models(model, steps, order=order, seed=seed,
-                                                       keep_running_stats=keep_running_stats,
-                                                       recurse=granularity != "modules",
-                                                       reseed_each_module=reseed_each_module), start=1):
-        record(j, maps_of(net))
-        if progress is not None:
-            progress(j, total)
+    recurse = granularity != "modules"
+    cascade: dict[str, Any] = {"order": order, "seed": seed, "keep_running_stats": keep_running_stats,
+                               "recurse": recurse, "reseed_each_module": reseed_each_module}
+    if reuse_bottom and smoothing is None:
+        cam = cam_layer if cam_layer is not None or not any(REGISTRY[m].gradcam for m in names) else \
+            Explainer(model).explain(x[:1], target[:1], methods=("gradcam",)).gradcam_layer
+        chunks = range(0, x.shape[0], batch_size)
+        done = 0
+        for s in chunks:
+            bottom = BottomReuse(model, x[s:s + batch_size], target[s:s + batch_size], names, cam)
+            for j, (name, net) in enumerate(randomized_models(model, steps, **cascade), start=1):
+                randomized = steps[:j] if order == "cascading" else [name]
+                record(j, bottom.explain(net, randomized, recurse=recurse), start=s)
+                done += 1
+                if progress is not None:
+                    progress(done, len(steps) * len(chunks))
+            del bottom  # frees the kept graph
+    else:
+        for j, (_name, net) in enumerate(randomized_models(model, steps, **cascade), start=1):
+            record(j, maps_of(net))
+            if progress is not None:
+                progress(j, len(steps))
     return RandomizationResult(
         order=order,
         granularity=granularity if isinstance(granularity, str) else "named",
@@ -341,7 +362,7 @@ def model_randomization(
         metrics=wanted,
         values=values,
         classes=[int(c) for c in target.tolist()],
-        maps={m: torch.stack(v) for m, v in kept.items()} if maps_image is not None else {},
+        maps={m: torch.stack([v[j] for j in sorted(v)]) for m, v in kept.items()} if maps_image is not None else {},
         maps_image=maps_image or 0,
         seed=seed,
         smooth={"samples": smoothing.samples, "noise": smoothing.noise} if smoothing is not None else {},

@@ -9,8 +9,9 @@ The readings use fixed thresholds on the mean over images (docs/evaluation.md st
   barely depends on the class (Nie et al. 2018);
 * Efficient MPRT -- a complexity rise at or below :data:`NO_RISE` (0.05, i.e. 5 %): randomising the
   whole network leaves the map as orderly as it was (Hedström et al. 2023);
-* deletion / insertion -- an area on the wrong side of the random pixel order's: the ranking is
-  worse than chance (Petsiuk et al. 2018).
+* deletion / insertion -- an area on the wrong side of the random pixel order's by more than
+  :data:`~.figures.WORSE_MARGIN` (0.01) and two standard errors of the per-image differences: the
+  ranking is worse than chance (Petsiuk et al. 2018).
 """
 
 from __future__ import annotations

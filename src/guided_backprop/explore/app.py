@@ -181,10 +181,16 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         return {"index": cls, "name": service.loaded.label(cls)}
 
     def panel(request: Request) -> Any:
-        index, methods, smooth = _int(request, "image"), methods_of(request), request.query_params.get("smooth") == "1"
-        cls = target_of(request)
-        picture = service.run(lambda: service.panel(index, cls, methods, smooth), **client(request))
-        return _png(png_bytes(picture))
+        with service.timed("panel request (all of the above)"):
+            index, methods = _int(request, "image"), methods_of(request)
+            cls, smooth = target_of(request), request.query_params.get("smooth") == "1"
+
+            def draw() -> bytes:  # encoded under the request too: the background waits until it is sent
+                picture = service.panel(index, cls, methods, smooth)
+                with service.timed("PNG encoding"):
+                    return png_bytes(picture)
+
+            return _png(service.run(draw, **client(request)))
 
     def map_npy(request: Request) -> Any:
         index, smooth = _int(request, "image"), request.query_params.get("smooth") == "1"
@@ -197,7 +203,8 @@ def create_app(service: ExploreService, *, token: str, hosts: Iterable[str] = ()
         return {"command": service.command(index, target_of(request), methods, smooth)}
 
     def layers(request: Request) -> Any:
-        rows = service.run(service.layers)
+        index = _int(request, "image") if request.query_params.get("image") else None
+        rows = service.run(lambda: service.unit_layers(index))
         return [{"name": r.name, "type": r.type, "shape": r.shape_text, "field": r.field_text, "spatial": r.spatial}
                 for r in rows]
 

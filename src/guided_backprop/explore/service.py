@@ -2,12 +2,15 @@
 
 One :class:`ExploreService` holds the loaded model, the list of inputs (served by index only: no
 path ever comes from a request) and small per-image caches: the input as the network sees it, its
-logits, and the maps of every method for each explained class, computed together by one
-:meth:`Explainer.explain` (one forward pass and one backward pass per rule), so that switching
-methods re-uses them. Once a class is shown, the other top-5 classes' maps are computed in the
-background (on a copy of the model, while no request is under way), ready for the next click. Every use
-of the model holds one lock, so concurrent requests never mix their maps, and every engine call
-restores the model as it found it (hooks, modes, train flags).
+logits, and the maps of every method for each explained class. One forward pass per image serves
+every class and method: it is recorded with its graph (:class:`~guided_backprop.attribution.Recorded`,
+the few most recent images' graphs are kept), so a new class or method costs backward passes only
+(one per ReLU rule): a click computes the passes of the methods shown (with those they bring for free:
+Grad-CAM's short pass, Guided Grad-CAM), and the maps are kept. The background then computes, from the
+same graph, the other methods of that class and the other top-5 classes' maps (one backward pass at a
+time, only while no request is under way), ready for the next click. Every use of the model holds one
+lock, so concurrent requests never mix their maps, and every engine call restores the model as it found
+it (hooks, modes, train flags).
 
 Requests of one client are "latest wins": a request whose sequence number is older than the
 client's latest is dropped (:class:`Superseded`) before it takes the model.
@@ -16,15 +19,19 @@ client's latest is dropped (:class:`Superseded`) before it takes the model.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import copy
+import dataclasses
 import io
 import os
 import shlex
+import struct
 import threading
 import time
 import weakref
-from collections import OrderedDict
-from collections.abc import Callable, Sequence
+import zlib
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,9 +42,9 @@ from PIL import Image, ImageDraw
 from torch import nn
 
 from .. import render
-from ..attribution import Explainer
+from ..attribution import Explainer, Recorded
 from ..errors import GuidedBackpropError, ImageError, InputError, NoReLUError, TargetError
-from ..hooks import find_layer, layer_output, logits_of, model_state
+from ..hooks import find_layer, forward_hooks, layer_output, logits_of, model_state
 from ..images import load_image
 from ..methods import METHODS, REGISTRY, method_title, parse_methods
 from ..panels import explanation_panel
@@ -50,6 +57,9 @@ __all__ = ["ExploreService", "Superseded", "UnitJob", "command_line", "png_bytes
 T = TypeVar("T")
 THUMB = 96  # thumbnail size (px, longer side)
 UNIT_METHODS = ("guided_backprop", "deconvnet")
+#: Seconds the background waits after the page's last request, so that the browser fetches and decodes
+#: its answer (and asks the next thing) with both cores to itself.
+GRACE = 0.15
 
 
 @dataclass
@@ -100,11 +110,36 @@ class _JobProgress(Reporter):
 
 
 def png_bytes(picture: np.ndarray | Image.Image) -> bytes:
-    """A picture as PNG bytes (fast compression, as the command writes them)."""
+    """A picture as PNG bytes, fast: 8-bit grey or RGB pictures by :func:`_png_sub` (about 2.5x faster than
+    Pillow's encoder, whose adaptive filters try five per row, for about the same size), others by Pillow;
+    compression at the command's level (fast)."""
+    a = np.asarray(picture) if not isinstance(picture, Image.Image) or picture.mode in ("L", "RGB") else None
+    if a is not None and a.dtype == np.uint8 and (a.ndim == 2 or (a.ndim == 3 and a.shape[2] == 3)) and a.size:
+        return _png_sub(a)
     image = picture if isinstance(picture, Image.Image) else Image.fromarray(picture)
     buf = io.BytesIO()
     image.save(buf, format="PNG", compress_level=render.PNG_COMPRESS_LEVEL)
     return buf.getvalue()
+
+
+def _png_sub(a: np.ndarray) -> bytes:
+    """An 8-bit grey ``(H, W)`` or RGB ``(H, W, 3)`` array as a PNG, every row with the "Sub" filter (each
+    byte minus the same channel of the pixel to its left: small numbers where pictures are smooth)."""
+    h, w = a.shape[:2]
+    channels = 1 if a.ndim == 2 else 3
+    pixels = a.reshape(h, w, channels)
+    rows = np.empty((h, 1 + w * channels), np.uint8)
+    rows[:, 0] = 1  # filter type 1: Sub
+    sub = rows[:, 1:].reshape(h, w, channels)
+    sub[:, :1] = pixels[:, :1]
+    np.subtract(pixels[:, 1:], pixels[:, :-1], out=sub[:, 1:])  # modulo 256, as PNG defines it
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", w, h, 8, 0 if channels == 1 else 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+            + chunk(b"IDAT", zlib.compress(rows.tobytes(), render.PNG_COMPRESS_LEVEL)) + chunk(b"IEND", b""))
 
 
 @dataclass
@@ -118,6 +153,7 @@ class _Prepared:
     maps: dict[tuple[int, int], dict[str, np.ndarray]] = field(default_factory=dict)  # (class, smooth) -> maps
     activations: dict[str, torch.Tensor] = field(default_factory=dict)  # layer -> (C, h, w)
     prefetched: bool = False  # the other top classes' maps were asked for in the background
+    recorded: Recorded | None = None  # the forward pass with its graph (None: freed, or not recordable)
 
 
 class ExploreService:
@@ -131,16 +167,19 @@ class ExploreService:
         smooth_samples, noise, seed: SmoothGrad when it is switched on.
         model_args: the model options as command-line words, for :meth:`command`.
         cache_images: how many prepared inputs are kept.
+        graphs: how many images keep their recorded forward graph (memory: the activations of one forward
+            each); an image whose graph was dropped is recorded again when a new class or method needs it.
         units_folder: where the top activations of channels over the images are kept on disk
             (``.unit-cache/``, as ``guided-backprop units -o`` the same folder reads them); ``None``: not kept.
-        prefetch: once a class of an image is shown, compute the maps of its other top-5 classes in the
-            background (on a copy of the model, while no request is under way).
+        prefetch: once a class of an image is shown, compute its other methods' maps and those of the image's
+            other top-5 classes in the background, from the image's recorded forward (one backward pass at a
+            time, while no request is under way).
     """
 
     def __init__(self, loaded: Any, paths: Sequence[str | Path], *, names: Sequence[str] | None = None,
                  gradcam_layer: str | None = None, smooth_samples: int = 16, noise: float = 0.15, seed: int = 0,
                  model_args: Sequence[str] = (), cache_images: int = 8, units_folder: str | Path | None = None,
-                 prefetch: bool = True) -> None:
+                 prefetch: bool = True, graphs: int = 3) -> None:
         self.loaded = loaded
         self.paths = [Path(p) for p in paths]
         self.names = [str(n) for n in names] if names is not None else [str(p) for p in self.paths]
@@ -155,21 +194,40 @@ class ExploreService:
         self.lock = threading.RLock()  # every use of the model
         self._cache: OrderedDict[int, _Prepared] = OrderedDict()
         self._cache_images = max(1, int(cache_images))
+        self._graphs: OrderedDict[int, _Prepared] = OrderedDict()  # the images whose graph is kept, oldest first
+        self._graph_count = max(1, int(graphs))
+        self.forwards = 0  # forward passes recorded (one per image while its graph is kept)
         self._latest: dict[str, int] = {}
         self._latest_lock = threading.Lock()
         self._active = 0  # requests under way (see run)
+        self._last_done = 0.0  # when the latest one ended (time.monotonic)
         self._layers: list[LayerRow] | None = None
+        self._shapes: dict[tuple[int, ...], dict[str, tuple[int, ...]]] = {}  # input size -> layer -> output shape
         self._fields: dict[tuple[str, tuple[int, int]], ReceptiveField] = {}
         self.units_folder = None if units_folder is None else Path(units_folder)
         self.prefetch = bool(prefetch)
         self._jobs: dict[tuple[str, int], UnitJob] = {}
         self._jobs_lock = threading.Lock()
         self._runner_lock = threading.Lock()
+        self._todo: list[tuple[_Prepared, int]] = []  # (image, class) whose maps the background computes
+        self._todo_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
         self._background_model: nn.Module | None = None
         self._threads: list[threading.Thread] = []
         self._threads_lock = threading.Lock()
         self._closing = False
+        self.timings: dict[str, deque[float]] = {}  # stage -> durations (s), the latest 10,000: see timed
         _OPEN.add(self)
+
+    @contextlib.contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Note the block's duration under ``stage`` in :attr:`timings` (where a click's time goes:
+        ``benchmarks/bench_explore.py`` prints them)."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.timings.setdefault(stage, deque(maxlen=10_000)).append(time.perf_counter() - start)
 
     # -- requests ---------------------------------------------------------------------------------
     def run(self, fn: Callable[[], T], *, client: str | None = None, seq: int | None = None) -> T:
@@ -180,13 +238,18 @@ class ExploreService:
             if client is not None and seq is not None:
                 self._latest[client] = max(self._latest.get(client, seq), seq)
         try:
-            with self.lock:
+            with self.timed("waiting for the model"):
+                self.lock.acquire()
+            try:
                 if client is not None and seq is not None and self._latest.get(client, seq) > seq:
                     raise Superseded(f"request {seq} of client {client!r} was superseded")
                 return fn()
+            finally:
+                self.lock.release()
         finally:
             with self._latest_lock:
                 self._active -= 1
+                self._last_done = time.monotonic()
 
     # -- images -----------------------------------------------------------------------------------
     def image(self, index: int) -> Path:
@@ -218,17 +281,72 @@ class ExploreService:
             pre = self.loaded.preprocessing
             tensor = pre(load_image(self.image(index)))
             x = tensor.unsqueeze(0).to(self.loaded.device)
+            size = tuple(int(v) for v in x.shape[2:])
+            shapes: dict[str, tuple[int, ...]] = {}  # every layer's output shape at this size
+            hooks = [] if size in self._shapes else self._shape_hooks(shapes)
             try:
-                with model_state(self.loaded.model), torch.no_grad():
-                    logits = logits_of(self.loaded.model(x))
-            except Exception as err:  # noqa: BLE001 - the user's forward: one message, the app goes on
-                raise InputError(f"the model's forward pass failed on {self.names[index]!r} (input shape "
-                                 f"{tuple(x.shape)}): {type(err).__name__}: {err}") from err
+                with forward_hooks(hooks):
+                    recorded: Recorded | None = self._record(x)
+                logits = recorded.logits  # type: ignore[union-attr]
+            except Exception:  # noqa: BLE001 - not recordable (e.g. no gradient): a plain forward says why
+                recorded = None
+                try:
+                    with model_state(self.loaded.model), torch.no_grad(), forward_hooks(hooks):
+                        logits = logits_of(self.loaded.model(x))
+                except Exception as err:  # noqa: BLE001 - the user's forward: one message, the app goes on
+                    raise InputError(f"the model's forward pass failed on {self.names[index]!r} (input shape "
+                                     f"{tuple(x.shape)}): {type(err).__name__}: {err}") from err
+            if shapes:
+                self._shapes.setdefault(size, shapes)
             item = _Prepared(x=x, picture=pre.invert(tensor), logits=logits[0].detach().float().cpu())
             self._cache[index] = item
             while len(self._cache) > self._cache_images:
-                self._cache.popitem(last=False)
+                self._free(self._cache.popitem(last=False)[1])
+            if recorded is not None:
+                self._keep_graph(item, recorded)
             return item
+
+    def _shape_hooks(self, shapes: dict[str, tuple[int, ...]]) -> list[tuple[nn.Module, Any]]:
+        """Forward hooks noting every layer's (first) output shape into ``shapes``."""
+        def keeper(name: str) -> Callable[..., None]:
+            def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+                if isinstance(out, torch.Tensor):
+                    shapes.setdefault(name, tuple(out.shape))
+            return hook
+
+        return [(m, keeper(n)) for n, m in self.loaded.model.named_modules() if n]
+
+    def _record(self, x: torch.Tensor) -> Recorded:
+        """One forward pass of ``x`` with its graph (counted in :attr:`forwards`)."""
+        with self.timed("forward (recorded)"):
+            recorded = Recorded(self.explainer, x, gradcam_layer=self.gradcam_layer)
+        self.forwards += 1
+        return recorded
+
+    def _keep_graph(self, item: _Prepared, recorded: Recorded) -> None:
+        """Keep ``item``'s graph, freeing the oldest kept ones beyond ``graphs``."""
+        item.recorded = recorded
+        self._graphs[id(item)] = item
+        self._graphs.move_to_end(id(item))
+        while len(self._graphs) > self._graph_count:
+            self._free(self._graphs.popitem(last=False)[1])
+
+    def _free(self, item: _Prepared) -> None:
+        """Free ``item``'s graph (its maps and logits stay)."""
+        self._graphs.pop(id(item), None)
+        if item.recorded is not None:
+            item.recorded.close()  # waits for a background pass on it to end
+            item.recorded = None
+
+    def _graph(self, item: _Prepared) -> Recorded:
+        """``item``'s recorded forward: the kept one, or a new one when it was freed."""
+        with self.lock:
+            if item.recorded is None or item.recorded.closed:
+                self._keep_graph(item, self._record(item.x))
+            else:
+                self._graphs.move_to_end(id(item))
+            assert item.recorded is not None
+            return item.recorded
 
     def warm_up(self) -> None:
         """Prepare the first readable image and its top class's maps, so that the page's first answers come
@@ -237,7 +355,7 @@ class ExploreService:
         for index in range(len(self.paths)):
             try:
                 top = self.top_classes(index, 1)
-                self.maps(index, top[0]["index"], ["guided_backprop"])
+                self.maps(index, top[0]["index"], METHODS)  # every method: the page opens meanwhile
                 return
             except Exception:  # noqa: BLE001 - said in the page when this image is chosen
                 continue
@@ -261,8 +379,9 @@ class ExploreService:
              ) -> dict[str, np.ndarray]:
         """Each method's map ``(C, H, W)`` (Grad-CAM ``(1, H, W)``) for one class of image ``index``.
 
-        Without SmoothGrad every method is computed at the first request of a class (one forward),
-        so the others come from the cache; with it only the asked ones (each costs the noisy copies).
+        Without SmoothGrad every method is computed at the first request of a class, by backward
+        passes on the image's recorded forward, so the others come from the cache; with SmoothGrad only
+        the asked ones (each costs the noisy copies' forward and backward passes).
         """
         names = parse_methods(methods)
         cls = self.class_index(class_index)
@@ -271,53 +390,102 @@ class ExploreService:
             samples = self.smooth_samples if smooth else 0
             have = item.maps.setdefault((cls, samples), {})
             missing = [m for m in names if m not in have]
-            if missing:
-                wanted = missing if samples else [m for m in METHODS if m not in have]
-                have.update(self._compute(item.x, cls, wanted, samples, fallback=missing))
+            if missing and samples:
+                have.update(self._compute(item.x, cls, missing, samples, fallback=missing))
+            elif missing:
+                have.update(self._from_graph(item, cls, missing))
             if not samples:
-                self._prefetch(item)
+                self._prefetch(item, cls)
             return {m: have[m] for m in names}
 
-    def _prefetch(self, item: _Prepared) -> None:
-        """Start computing, in the background and on the copy of the model, every method's maps for the
-        image's other top-5 classes, best first, one class at a time and only while no request of the
-        page is under way, so that a later click on one of them finds them ready."""
-        if not self.prefetch or item.prefetched:
-            return
-        item.prefetched = True
-        top = item.logits.topk(min(5, item.logits.shape[0])).indices.tolist()
-        classes = [int(c) for c in top if (int(c), 0) not in item.maps]
-        if classes:
-            self._start(self._prefetch_run, item, classes, name="explore-prefetch")
-
-    def _prefetch_run(self, item: _Prepared, classes: list[int]) -> None:
-        with self._runner_lock:  # one background computation at a time
+    def _from_graph(self, item: _Prepared, cls: int, asked: Sequence[str]) -> dict[str, np.ndarray]:
+        """The maps of ``asked`` for class ``cls``, by backward passes on the image's recorded forward, with
+        those that come with the same passes (:func:`_riders`); the background computes the others."""
+        try:
+            recorded = self._graph(item)
+        except Exception:  # noqa: BLE001 - not recordable: a fresh explain of the asked ones, or why it fails
+            return self._compute(item.x, cls, asked, 0, fallback=asked)
+        with self.timed("waiting for a background pass"):
+            recorded.lock.acquire()  # a background pass (one at most) finishes first; its maps are reused
+        try:
+            have = item.maps.get((cls, 0), {})
+            if all(m in have for m in asked):
+                return {}
+            todo = [m for m in _riders(asked, recorded) if m not in have]
             try:
-                explainer = Explainer(self._background())
-            except Exception:  # noqa: BLE001 - a model that cannot be copied: no prefetch
-                return
-            for cls in classes:
-                while self._active and not self._closing:  # the page's requests first: wait until answered
-                    time.sleep(0.01)
-                if self._closing:
-                    return
-                if len(item.maps.get((cls, 0), {})) == len(METHODS):
-                    continue
-                try:
-                    found = explainer.explain(item.x, cls, methods=METHODS, gradcam_layer=self.gradcam_layer)
-                except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
-                    return
-                with self.lock:
-                    have = item.maps.setdefault((cls, 0), {})
-                    for m, value in self._first_maps(found.maps).items():
-                        have.setdefault(m, value)
+                with self.timed("backward (click)"):
+                    found = recorded.explain(cls, methods=tuple(todo))
+            except NoReLUError:
+                if sorted(todo) == sorted(asked):
+                    raise
+                found = recorded.explain(cls, methods=tuple(asked))  # the asked ones alone say what is wrong
+            return self._first_maps(found.maps)
+        finally:
+            recorded.lock.release()
 
-    def _start(self, target: Callable[..., None], *args: Any, name: str) -> None:
+    def _prefetch(self, item: _Prepared, cls: int) -> None:
+        """Queue, for the background, the maps of ``cls`` not computed yet, then (once per image) those of
+        its other top-5 classes, best first; the newest click's work goes first."""
+        if not self.prefetch:
+            return
+        wanted = [(item, cls)]
+        if not item.prefetched:
+            item.prefetched = True
+            top = item.logits.topk(min(5, item.logits.shape[0])).indices.tolist()
+            wanted += [(item, int(c)) for c in top if int(c) != cls]
+        keys = {(id(it), c) for it, c in wanted}
+        with self._todo_lock:
+            self._todo = wanted + [(it, c) for it, c in self._todo if (id(it), c) not in keys]
+            if self._worker is None and not self._closing:
+                self._worker = self._start(self._prefetch_run, name="explore-prefetch")
+
+    def _prefetch_run(self) -> None:
+        """The background worker: one backward step at a time (:meth:`_prefetch_step`), only while no
+        request of the page is under way, so that a click waits for one pass at most."""
+        while not self._closing:
+            with self._todo_lock:
+                if not self._todo:
+                    self._worker = None
+                    return
+                item, cls = self._todo[0]
+            if self._active or time.monotonic() - self._last_done < GRACE:  # the page first: wait until answered
+                time.sleep(0.01)
+                continue
+            if self._prefetch_step(item, cls):
+                with self._todo_lock:
+                    self._todo = [(it, c) for it, c in self._todo if not (it is item and c == cls)]
+        with self._todo_lock:
+            self._worker = None
+
+    def _prefetch_step(self, item: _Prepared, cls: int) -> bool:
+        """Compute the next missing maps of class ``cls`` (the methods of one backward pass) from the image's
+        recorded forward; True when nothing is left to do for this class (or it cannot be done)."""
+        recorded = item.recorded
+        if recorded is None or recorded.closed:
+            return True  # its graph was freed: a click on it records the image again
+        with recorded.lock:  # the graph's own lock (not the model's): the page waits for one pass at most
+            have = item.maps.get((cls, 0), {})
+            missing = [m for m in METHODS if m not in have]
+            if not missing:
+                return True
+            step = [m for m in _riders(missing[:1], recorded) if m in missing]
+            try:
+                with self.timed("backward (background)"):
+                    found = recorded.explain(cls, methods=tuple(step))
+            except Exception:  # noqa: BLE001 - the page computes (and reports) them when they are asked for
+                return True
+            done = item.maps.setdefault((cls, 0), {})
+            for m, value in self._first_maps(found.maps).items():
+                done.setdefault(m, value)
+            return len(step) == len(missing)
+
+    def _start(self, target: Callable[..., None], *args: Any, name: str) -> threading.Thread:
         """Run ``target(*args)`` in a background thread that :meth:`close` waits for."""
         thread = threading.Thread(target=target, args=args, daemon=True, name=name)
         with self._threads_lock:  # not _jobs_lock: top_images holds it when it starts a job
             self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         thread.start()
+        return thread
 
     def close(self, timeout: float = 30.0) -> None:
         """Stop the background work (prefetch, top images) and wait for it: a thread killed inside a
@@ -368,18 +536,34 @@ class ExploreService:
         names = parse_methods(methods)
         cls = self.class_index(class_index)
         maps = self.maps(index, cls, names, smooth)
-        return explanation_panel(
-            self.prepared(index).picture, maps, class_name=self.loaded.label(cls),
-            probability=self.probability(index, cls), smooth=self.smooth_samples if smooth else 0,
-            noise=self.noise if smooth else None)
+        with self.timed("panel (colour maps, layout)"):
+            return explanation_panel(
+                self.prepared(index).picture, maps, class_name=self.loaded.label(cls),
+                probability=self.probability(index, cls), smooth=self.smooth_samples if smooth else 0,
+                noise=self.noise if smooth else None)
 
     # -- layers and units -------------------------------------------------------------------------
-    def layers(self) -> list[LayerRow]:
-        """Every layer with its output shape and receptive field, as ``guided-backprop layers`` lists them."""
+    def layers(self, index: int | None = None) -> list[LayerRow]:
+        """Every layer with its output shape and receptive field, as ``guided-backprop layers`` lists them,
+        with the output shapes of image ``index`` (seen during its forward pass; default: those of the
+        preprocessing's nominal size)."""
         with self.lock:
             if self._layers is None:
                 self._layers = layer_table(self.loaded.model, self.loaded.preprocessing)
-            return self._layers
+            if index is None:
+                return self._layers
+            size = tuple(int(v) for v in self.prepared(index).x.shape[2:])
+            shapes = self._shapes.get(size)
+            if not shapes:
+                return self._layers
+            return [dataclasses.replace(r, shape=shapes.get(r.name, r.shape), input_size=(size[0], size[1]))
+                    for r in self._layers]
+
+    def unit_layers(self, index: int | None = None) -> list[LayerRow]:
+        """The layers whose units and Grad-CAM make sense: a spatial ``(N, C, h, w)`` output, not an
+        identity, dropout or drop-path layer (:attr:`~.LayerRow.pass_through`), with their real output
+        shape and field for image ``index``."""
+        return [r for r in self.layers(index) if r.spatial and not r.pass_through]
 
     def activations(self, index: int, layer: str) -> torch.Tensor:
         """The output ``(C, h, w)`` of ``layer`` for image ``index`` (cached per image)."""
@@ -526,6 +710,16 @@ class ExploreService:
             "labels": list(self.loaded.labels),
             "smooth": self.smooth_samples,
         }
+
+
+def _riders(asked: Sequence[str], recorded: Recorded) -> list[str]:
+    """``asked`` and the methods that come with the same backward passes: those of the same ReLU rules, and
+    Grad-CAM (its gradient stops at its layer, a few layers from the output: cheap) with Guided Grad-CAM
+    where its rule is there, unless the model has no Grad-CAM layer. In the registry's order."""
+    rules = {REGISTRY[m].rule for m in asked} - {None}
+    cam = recorded.gradcam_layer is not None or any(REGISTRY[m].gradcam for m in asked)
+    return [m for m in METHODS if m in asked or ((REGISTRY[m].rule is None or REGISTRY[m].rule in rules)
+                                                 and (not REGISTRY[m].gradcam or cam))]
 
 
 def command_line(path: str | os.PathLike[str], *, methods: Sequence[str], target: int, smooth: int = 0,

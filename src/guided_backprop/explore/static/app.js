@@ -114,6 +114,7 @@ async function chooseImage(item) {
     list.append(li);
   }
   await chooseClass(top[0].index);
+  if (state.image === item.index) await loadLayers();  // their shapes for this image's size
   if (state.layer) await loadChannels();
 }
 
@@ -163,16 +164,19 @@ function buildMethods(methods) {
 
 // -- layers, channels, units ----------------------------------------------------------------------
 async function loadLayers() {
-  const rows = await json("/api/layers");
+  // The layers whose units and Grad-CAM make sense, with their output shapes for the image shown.
+  const rows = await json("/api/layers", state.image === null ? null : { image: state.image });
   if (!rows) return;
   const select = $("layer");
-  for (const r of rows.filter((r) => r.spatial)) {
+  const keep = select.value;
+  select.replaceChildren(...[...select.options].filter((o) => !o.value));
+  for (const r of rows) {
     const option = document.createElement("option");
     option.value = r.name;
     option.textContent = r.name + " — " + r.type + " " + r.shape + " — field " + r.field;
     select.append(option);
   }
-  select.addEventListener("change", () => { state.layer = select.value; state.channel = null; loadChannels(); });
+  select.value = keep;
 }
 
 async function loadChannels() {
@@ -289,6 +293,7 @@ async function start() {
   });
   $("unit-activation").addEventListener("click", pickPosition);
   $("top-button").addEventListener("click", topImages);
+  $("layer").addEventListener("change", () => { state.layer = $("layer").value; state.channel = null; loadChannels(); });
   await loadLayers();
   if (info.images.length) await chooseImage(info.images[0]);
   document.body.dataset.ready = "1";
