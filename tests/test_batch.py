@@ -18,7 +18,7 @@ from guided_backprop.batch import journal as batch_journal
 from guided_backprop.batch import writer as batch_writer
 from guided_backprop.batch.records import IndexRecord
 from guided_backprop.errors import GuidedBackpropError
-from guided_backprop.preprocessing import Preprocessing
+from guided_backprop.models.preprocessing import Preprocessing
 from guided_backprop.reporting import LineReporter, Reporter
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import config, index

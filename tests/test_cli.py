@@ -25,7 +25,7 @@ from PIL import Image
 import guided_backprop as gbp
 from guided_backprop import images, render
 from guided_backprop.cli import main
-from guided_backprop.preprocessing import Preprocessing
+from guided_backprop.models.preprocessing import Preprocessing
 from tests.fixtures.cli_images import BAD, BLUE, RED, write_plain, write_zoo
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import cli_process, invoke, rerun_to_the_end

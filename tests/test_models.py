@@ -453,8 +453,8 @@ def test_relu_support_table_matches_what_the_forward_applies(arch: str) -> None:
     from torch.overrides import TorchFunctionMode
     from torchvision import models as tvm
 
+    from guided_backprop.models.zoo import relu_support
     from guided_backprop.rules import ReLURouting, RuleState
-    from guided_backprop.zoo import relu_support
 
     other = {torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.hardswish}
     seen: set = set()
@@ -480,7 +480,7 @@ def test_timm_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> 
 
     import huggingface_hub
 
-    monkeypatch.setattr("guided_backprop.zoo._hub_reachable", lambda: False)
+    monkeypatch.setattr("guided_backprop.models.zoo._hub_reachable", lambda: False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     start = time.perf_counter()
     with pytest.raises(ModelError, match="huggingface.co is not reachable.*weights=PATH") as info:

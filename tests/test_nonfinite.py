@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_backprop import checkpoints
 from guided_backprop.batch.records import json_text
 from guided_backprop.errors import CheckpointError, ExitCode, ModelError
+from guided_backprop.models import checkpoints
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import MODELS, TINY, cli_process

@@ -48,7 +48,7 @@ from .cli_options import (
 )
 from .errors import ExitCode, GuidedBackpropError, exit_code, sigterm_as_interrupt
 from .methods import METHODS
-from .model_spec import DEFAULT_DEVICE, ModelSpec
+from .models.spec import DEFAULT_DEVICE, ModelSpec
 from .render import NORMALIZATIONS
 from .visible import visible
 

@@ -23,7 +23,7 @@ import click
 
 from .errors import ExitCode, GuidedBackpropError, TargetError, exit_code, stopped_in_words
 from .methods import parse_methods
-from .model_spec import ModelSpec
+from .models.spec import ModelSpec
 from .reporting import Reporter
 from .visible import passed_over_line, visible
 
@@ -220,7 +220,7 @@ class _Size(click.ParamType):
     name = "PIXELS|none"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .preprocessing import KEEP
+        from .models.preprocessing import KEEP
 
         if value is None or value is KEEP or isinstance(value, int):
             return value
@@ -344,7 +344,7 @@ def preprocessing_changes(*, input_size: int | None = None, resize: Any = "model
                           channels: int | None = None) -> dict[str, Any]:
     """The input flags as :meth:`Preprocessing.adjust` arguments: only those given (``--resize none`` is
     ``resize=None``; the default ``model`` keeps the model's own)."""
-    from .preprocessing import KEEP
+    from .models.preprocessing import KEEP
 
     changes = {"input_size": input_size, "resize": resize, "crop": crop, "mean": mean, "std": std,
                "channels": channels}

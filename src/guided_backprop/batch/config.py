@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ExitCode, GuidedBackpropError, Terminated, exit_code
 from ..images import PassedOver
-from ..model_spec import ModelSpec
+from ..models.spec import ModelSpec
 from .names import DEFAULT_INPUT_NAME
 
 # Kept as module names for code written against them; the one table is errors.ExitCode.

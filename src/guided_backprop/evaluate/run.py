@@ -32,7 +32,7 @@ from ..atomic import write_bytes
 from ..attribution import Explainer
 from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError, exit_code
 from ..methods import parse_methods
-from ..model_spec import ModelSpec
+from ..models.spec import ModelSpec
 from ..reporting import Reporter
 from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks, with_output
 from .results import Evaluation, merge

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Union
 if TYPE_CHECKING:
     import torch
 
-    from .models import LoadedModel
+    from . import LoadedModel
     from .preprocessing import Preprocessing
 
 __all__ = ["DEFAULT_DEVICE", "ModelSpec"]
@@ -54,7 +54,7 @@ class ModelSpec:
     @property
     def model_name(self) -> str:
         """``name``, or the default model's when none was given."""
-        from .model_build import DEFAULT_MODEL
+        from .builder import DEFAULT_MODEL
 
         return self.name or DEFAULT_MODEL
 
@@ -70,6 +70,6 @@ class ModelSpec:
     def load(self, device: torch.device | None = None) -> LoadedModel:
         """The :class:`~guided_backprop.models.LoadedModel`: built, weights loaded, preprocessing changed,
         in eval mode on ``device`` (already resolved, e.g. a torchrun rank's GPU) or on ``self.device``."""
-        from .models import load_spec
+        from .registry import load_spec
 
         return load_spec(self, device)

@@ -9,7 +9,7 @@ its class names and a description of where the weights came from. Names:
 * ``"vgg19"``: torchvision's VGG19 with ``VGG19_Weights.IMAGENET1K_V1`` (downloaded and cached by
   torchvision on first use), or ``weights=PATH`` for a local copy of that checkpoint.
 * ``"vgg19-caffe"``: the seed's network from machrisaa's ``vgg19.npy`` (``weights=PATH``), see
-  :mod:`guided_backprop.caffe_vgg`.
+  :mod:`guided_backprop.models.caffe_vgg`.
 * any torchvision classification model (``"resnet50"``, ``"densenet121"``...), with its weights
   enum (``weights="ResNet50_Weights.IMAGENET1K_V2"``, default ``DEFAULT``) or ``weights=PATH``;
 * ``"timm:<name>"``: any timm model (random weights unless ``weights=PATH`` or ``"pretrained"``);
@@ -37,14 +37,14 @@ import torch
 from PIL import Image
 from torch import nn
 
+from ..devices import resolve_device
+from ..errors import ModelError, TargetError, UnknownNameError
+from .builder import DEFAULT_MODEL, Built, Request
 from .checkpoints import check_finite
-from .devices import resolve_device
-from .errors import ModelError, TargetError, UnknownNameError
 from .factories import build_factory, output_classes
 from .labels import generic_labels, read_labels
-from .model_build import DEFAULT_MODEL, Built, Request
-from .model_spec import DEFAULT_DEVICE, ModelSpec
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from .spec import DEFAULT_DEVICE, ModelSpec
 from .zoo import (
     TASK_MODELS,
     VGG19_NPY_URL,
