@@ -64,7 +64,7 @@ def test_duplicate_stems_are_refused_when_the_name_has_no_idx(tmp_path: Path) ->
 )
 def test_input_size_follows_the_models_convention(model_pre: Preprocessing, size: int, resize: object,
                                                   crop: object) -> None:
-    from guided_backprop.cli_options import preprocessing_changes
+    from guided_backprop.cli.options import preprocessing_changes
 
     pre = model_pre.adjust(**preprocessing_changes(input_size=size))  # the flags, as the spec holds them
     assert (pre.resize, pre.crop) == (resize, crop)
@@ -270,7 +270,7 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
 
 def test_progress_bar_only_when_asked_and_only_by_the_command_line(tmp_path: Path,
                                                                      capsys: pytest.CaptureFixture[str]) -> None:
-    from guided_backprop.cli_options import ConsoleReporter
+    from guided_backprop.cli.options import ConsoleReporter
 
     write_plain(tmp_path / "in", 2)
     reporter = ConsoleReporter(bar=True)

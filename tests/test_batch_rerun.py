@@ -116,7 +116,7 @@ def test_a_full_or_read_only_disk_at_the_first_write_is_exit_4(tmp_path: Path, m
 
 def test_the_summary_time_counts_the_start_up(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
-    code = ("import sys, time; time.sleep(2.5); from guided_backprop.cli import main; "
+    code = ("import sys, time; time.sleep(2.5); from guided_backprop.cli.commands import main; "
             "sys.argv = ['guided-backprop', *sys.argv[1:]]; main()")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), "-o", str(tmp_path / "out"), *FAST],

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from guided_backprop.cli import cli_message
+from guided_backprop.cli.commands import cli_message
 from guided_backprop.errors import CheckpointError
 from guided_backprop.models.checkpoints import (
     convert_by_order,

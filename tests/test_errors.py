@@ -44,7 +44,8 @@ def test_one_mapping_from_how_a_run_ended_to_its_exit_code() -> None:
 def test_each_commands_exit_code_table_is_generated_from_the_one_enum() -> None:
     import re
 
-    from guided_backprop import cli, cli_options
+    from guided_backprop.cli import commands as cli
+    from guided_backprop.cli import options as cli_options
     from guided_backprop.errors import ExitCode
 
     for table in (cli_options.EXIT_CODES, cli.EVALUATE_EXIT_CODES, cli.UNITS_EXIT_CODES, cli.REPORT_EXIT_CODES):

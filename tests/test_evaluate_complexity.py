@@ -110,7 +110,7 @@ def test_smooth_mprt_with_one_noise_free_sample_is_mprt() -> None:
 
 
 def test_evaluate_writes_efficient_and_smooth_mprt(tmp_path: Path) -> None:
-    from guided_backprop.cli import main
+    from guided_backprop.cli.commands import main
 
     write_plain(tmp_path / "in", 2)
     out = tmp_path / "out"

@@ -504,8 +504,8 @@ def test_one_model_spec_behind_the_loader_the_configs_and_the_command_line() -> 
     import inspect
 
     from guided_backprop import ModelSpec, batch
-    from guided_backprop.cli import main
-    from guided_backprop.cli_options import model_spec
+    from guided_backprop.cli.commands import main
+    from guided_backprop.cli.options import model_spec
     from guided_backprop.evaluate.run import EvaluateConfig
 
     default = ModelSpec()

@@ -21,11 +21,11 @@ from typing import Any, TypeVar
 
 import click
 
-from .errors import ExitCode, GuidedBackpropError, TargetError, exit_code, stopped_in_words
-from .methods import parse_methods
-from .models.spec import ModelSpec
-from .reporting import Reporter
-from .visible import passed_over_line, visible
+from ..errors import ExitCode, GuidedBackpropError, TargetError, exit_code, stopped_in_words
+from ..methods import parse_methods
+from ..models.spec import ModelSpec
+from ..reporting import Reporter
+from ..visible import passed_over_line, visible
 
 __all__ = ["EXIT_CODES", "FLAGS", "PROG", "ConsoleReporter", "cli_message", "echo_skipped", "echo_unexpected",
            "echo_warnings", "model_options", "model_spec", "preprocessing_changes", "stopped_by"]
@@ -220,7 +220,7 @@ class _Size(click.ParamType):
     name = "PIXELS|none"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .models.preprocessing import KEEP
+        from ..models.preprocessing import KEEP
 
         if value is None or value is KEEP or isinstance(value, int):
             return value
@@ -271,7 +271,7 @@ class TargetType(click.ParamType):
     name = "topK|INDEX|NAME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .targets import parse_class_target
+        from ..targets import parse_class_target
 
         if isinstance(value, str) and not value.strip():
             self.fail("give top1, topK, a class index or a class name", param, ctx)
@@ -287,7 +287,7 @@ class NeuronType(click.ParamType):
     name = "max|Y,X"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .targets import parse_neuron
+        from ..targets import parse_neuron
 
         try:
             return parse_neuron(value)
@@ -344,7 +344,7 @@ def preprocessing_changes(*, input_size: int | None = None, resize: Any = "model
                           channels: int | None = None) -> dict[str, Any]:
     """The input flags as :meth:`Preprocessing.adjust` arguments: only those given (``--resize none`` is
     ``resize=None``; the default ``model`` keeps the model's own)."""
-    from .models.preprocessing import KEEP
+    from ..models.preprocessing import KEEP
 
     changes = {"input_size": input_size, "resize": resize, "crop": crop, "mean": mean, "std": std,
                "channels": channels}

@@ -20,8 +20,13 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .cli_options import (
+from .. import __version__
+from ..errors import ExitCode, GuidedBackpropError, exit_code, sigterm_as_interrupt
+from ..methods import METHODS
+from ..models.spec import DEFAULT_DEVICE, ModelSpec
+from ..render import NORMALIZATIONS
+from ..visible import visible
+from .options import (
     COMMAND_SETTINGS,
     EXIT_CODES,
     FLAGS,
@@ -46,11 +51,6 @@ from .cli_options import (
     plural,
     stopped_by,
 )
-from .errors import ExitCode, GuidedBackpropError, exit_code, sigterm_as_interrupt
-from .methods import METHODS
-from .models.spec import DEFAULT_DEVICE, ModelSpec
-from .render import NORMALIZATIONS
-from .visible import visible
 
 __all__ = ["cli_message", "main"]
 
@@ -300,8 +300,8 @@ def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods
     naming it and the reason, and the run goes on. Every file is written atomically; a killed run
     resumes where it stopped when the same command is run again.
     """
-    from . import batch
-    from .methods import get_method
+    from .. import batch
+    from ..methods import get_method
 
     _keep_freed_memory()
     if seed_look:
@@ -358,7 +358,7 @@ def _output_key(key: str | None) -> str | int | None:
 
 def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     try:
-        from . import report
+        from .. import report
     except ImportError as err:
         echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
@@ -394,7 +394,7 @@ def models_command(show_all: bool, verbose: bool) -> int:
     import shutil
     import textwrap
 
-    from . import models
+    from .. import models
 
     try:
         infos = list(models.available_models())
@@ -496,9 +496,9 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
     and the figures; unreadable images are reported and skipped (exit 1).
     """
-    from .evaluate import parse_checks
-    from .evaluate.run import EvaluateConfig, evaluate_folder
-    from .evaluate.verdict import summary_table
+    from ..evaluate import parse_checks
+    from ..evaluate.run import EvaluateConfig, evaluate_folder
+    from ..evaluate.verdict import summary_table
 
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
@@ -571,10 +571,10 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     tool's output (OUT among them), are passed over with a 'skipped:' line. Images are read in batches
     and grids written one at a time: memory does not grow with the number of images.
     """
-    from . import units
-    from .batch.config import RunStopped, check_writable
-    from .hooks import find_layer
-    from .images import search_images
+    from .. import units
+    from ..batch.config import RunStopped, check_writable
+    from ..hooks import find_layer
+    from ..images import search_images
 
     if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
         raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
@@ -597,7 +597,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
             check_writable(output, "rerun the same command")
             tops = None
             if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
-                from .unit_cache import cached_tops
+                from ..unit_cache import cached_tops
 
                 tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
                                             list(unit_channels), k, batch_size=batch_size, reporter=reporter)
@@ -645,7 +645,7 @@ def layers_command(model: ModelSpec, spatial: bool, show_all: bool, verbose: boo
     the picture: patches of such a layer show nothing more than the picture itself; pick an earlier
     layer for units.
     """
-    from .receptive import layer_table, screen_rows
+    from ..receptive import layer_table, screen_rows
 
     try:
         loaded = model.load()
@@ -679,7 +679,7 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
     """The layer Grad-CAM takes by default, found as the engine finds it: one forward of a blank input."""
     import torch
 
-    from .attribution import Explainer
+    from ..attribution import Explainer
 
     channels = int(getattr(loaded.preprocessing, "channels", 3) or 3)
     try:
@@ -739,8 +739,8 @@ def explore_command(inputs: tuple[str, ...], model: ModelSpec, gradcam_layer: st
     layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
     does) and opens it; Ctrl-C stops it. Only the given images are served.
     """
-    from .explore import ExploreService, serve
-    from .images import search_images
+    from ..explore import ExploreService, serve
+    from ..images import search_images
 
     try:
         found = search_images(list(inputs))
