@@ -50,7 +50,7 @@ class Reporter:
 
     def note(self, message: str) -> None:
         """Said before the work starts (partial guidance, random weights...)."""
-        self.line(f"note: {message}")
+        self.line(f"note: {visible(message)}")
 
     def info(self, message: str) -> None:
         """Any other line (a target with nothing to explain, earlier outputs removed...)."""

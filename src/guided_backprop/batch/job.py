@@ -123,7 +123,7 @@ class RankJob:
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
         smooth: dict[str, Any] = {"smooth": s.smooth, "noise": s.noise, "seed": s.seed,
                                   "sample_ids": [it.idx for it in items]} if s.smooth > 0 else {}
-        e = self.explainer.explain(x, _fit_masks(plan.target, x), methods=plan.methods,
+        e = self.explainer.explain(x, fit_masks(plan.target, x), methods=plan.methods,
                                    gradcam_layer=s.gradcam_layer, output=s.output_key,
                                    labels=self.labels or None, **smooth)
         logits = e.logits if e.logits is not None else self._predict(x)
@@ -413,7 +413,7 @@ def _mark(target: dict[str, Any], rank: int, region: np.ndarray | None) -> rende
     return None
 
 
-def _fit_masks(target: Any, x: torch.Tensor) -> Any:
+def fit_masks(target: Any, x: torch.Tensor) -> Any:
     """A --mask picture resized (nearest) to this batch's input size: inputs of several sizes share it."""
     if not isinstance(target, list):
         return target

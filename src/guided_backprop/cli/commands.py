@@ -55,9 +55,11 @@ from .options import (
 __all__ = ["cli_message", "main"]
 
 EVALUATE_EXIT_CODES = exit_code_help({
-    ExitCode.OK: "every image evaluated",
+    ExitCode.OK: "every image evaluated (an image on which --target has nothing to explain: a 'note:' line, no "
+                 "numbers)",
     ExitCode.SOME_FAILED: "some images could not be read (each named on stderr, the others evaluated)",
-    ExitCode.USAGE: "usage error (bad option, unknown model, block or check, no readable image)",
+    ExitCode.USAGE: "usage error (bad option, unknown model, block or check, a --target the model does not have, no "
+                    "readable image)",
     ExitCode.FAILED: "the evaluation failed unexpectedly (--verbose shows why)",
     ExitCode.DISK_FULL: "the output folder cannot be written (full or read-only disk; checked before computing, the "
                         "path named)",
@@ -485,12 +487,19 @@ def report_command(output: Path, verbose: bool) -> int:
 @gradcam_layer_option
 @opt(TARGETS, "--output-key", default=None, metavar="KEY",
      help="The entry of a dict or tuple output that holds the class logits (e.g. logits; an index for a tuple).")
+@opt(TARGETS, "--target", type=TargetType(), default=None, show_default="each image's predicted class",
+     help="What every check explains, as run's --target: a class; a segmenter's class (its pixels); detections:1 "
+          "or box:x0,y0,x1,y1[:label]; similar:REF.png; output:K. Deletion / insertion then follow its raw score.")
+@opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
+     help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
+@opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
+     help="detections:1 takes the most confident detection scoring at least F.")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
                      figure_steps: int, model: ModelSpec,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None,
-                     output_key: str | None) -> int:
+                     output_key: str | None, target: Any, mask: str | None, score_threshold: float) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
     Nie et al. 2018 / Sixt et al. 2020: class sensitivity) and faithfulness (Petsiuk et al. 2018:
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
@@ -502,7 +511,10 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
 
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
-        cfg = config_of(EvaluateConfig, click.get_current_context().params, model=model, checks=parse_checks(checks),
+        default_checks = click.get_current_context().get_parameter_source("checks") is \
+            click.core.ParameterSource.DEFAULT  # the defaults: class sensitivity only for a class target
+        cfg = config_of(EvaluateConfig, click.get_current_context().params, model=model,
+                        checks=None if default_checks else parse_checks(checks),
                         granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
                         output_key=_output_key(output_key))
         with sigterm_as_interrupt():
@@ -521,6 +533,10 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     if not quiet:
         for line in summary_table(result.evaluation):
             click.echo(line)
+        if result.evaluation.target is not None:
+            click.echo(f"explained: {visible(result.evaluation.target['explained'])} (target "
+                       f"{visible(str(result.evaluation.settings.get('target')))}); deletion and insertion follow "
+                       f"its raw score, not a softmax probability")
         n = len(result.evaluation.images)
         skipped = len(result.failed) + len(result.passed_over)  # the user reads both as "skipped"
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "

@@ -93,7 +93,9 @@ def _probabilities(model: nn.Module, batch: torch.Tensor, cls: int, batch_size: 
             t = target if isinstance(target, OUTPUT_TARGETS) else Score(target)
             ctx = Context(n=chunk.shape[0], input_size=tuple(chunk.shape[2:]), layers={})
             got = t.evaluate(output, ctx)
-            out.append(got.scores.detach().float().masked_fill(~got.found.to(got.scores.device), 0).cpu())
+            scores = got.scores.detach()
+            scores = scores.to(torch.promote_types(scores.dtype, torch.float32))  # float64 kept
+            out.append(scores.masked_fill(~got.found.to(scores.device), 0).cpu())
             continue
         logits = logits_of(output)
         logits = logits.to(torch.promote_types(logits.dtype, torch.float32))  # half -> float, float64 kept
@@ -129,7 +131,8 @@ def deletion_insertion(
             does not depend on the batch it came in.
         target: an output target (``gbp.Region(cls, mask)`` with an ``(H, W)`` mask, ``gbp.Box(box=..., label=...)``,
             ``gbp.Output(i)``, a ``gbp.Score`` or any ``fn(output) -> (N,)``): the curves then follow its raw
-            score, the one the maps explain, instead of a softmax probability.
+            score, the one the maps explain, instead of a softmax probability. A list gives one target per
+            image (as :func:`.checks.run_checks` does with a frozen region's pixels or detection's box).
     """
     if mode not in MODES:
         raise UnknownNameError("faithfulness mode", str(mode), MODES)
@@ -145,6 +148,9 @@ def deletion_insertion(
     fractions = counts / float(h * w)
     ids = range(n) if image_ids is None else image_ids
     random_orders = [torch.from_numpy(image_rng(seed, i).permutation(h * w)) for i in ids]
+    targets = list(target) if isinstance(target, list) else [target] * n
+    if len(targets) != n:
+        raise InputError(f"target: {len(targets)} per-image targets for {n} images", field="target")
     curves = {m: np.zeros((n, len(counts))) for m in maps}
     random_curve = np.zeros((n, len(counts)))
     with model_state(model), torch.no_grad():
@@ -160,7 +166,7 @@ def deletion_insertion(
             # the step images are made batch by batch: memory holds one batch whatever the number of steps
             probs = np.stack([
                 np.concatenate([_probabilities(model, _step_images(x[i], starts[i], o, counts[s:s + batch_size],
-                                                                   mode=mode), cls[i], batch_size, target)
+                                                                   mode=mode), cls[i], batch_size, targets[i])
                                 for s in range(0, len(counts), batch_size)])
                 for o in orders])
             for j, name in enumerate(maps):

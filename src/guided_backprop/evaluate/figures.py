@@ -252,9 +252,12 @@ def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:
         better = "lower is better" if res.mode == "deletion" else "higher is better"
         ax.set_title(f"{res.mode.capitalize()} ({better})", fontsize=10)
         ax.set_xlabel(f"fraction of pixels {verb}, most important first")
-        ax.set_ylabel("probability of the predicted class")
         ax.set_xlim(0, 1)
-        ax.set_ylim(0, None)
+        if res.follows == "score":  # an output target's raw score: any range
+            ax.set_ylabel("explained score (raw)")
+        else:
+            ax.set_ylabel("probability of the predicted class")
+            ax.set_ylim(0, None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     n = curves[0].random.shape[0]

@@ -134,7 +134,8 @@ class CurveResult:
 
     ``fractions`` are the shares of pixels removed (deletion) or inserted (insertion) at each step,
     0 to 1. ``curves[method]`` is ``(images, steps + 1)``: the softmax probability of the class the
-    model predicted on the intact image; ``random`` the same for a random pixel order. ``auc``:
+    model predicted on the intact image (or, ``classes`` all -1, an output target's raw score: see
+    :attr:`follows`); ``random`` the same for a random pixel order. ``auc``:
     the area under each curve (trapezoid rule over [0, 1]); low is good for deletion, high for
     insertion.
     """
@@ -145,6 +146,11 @@ class CurveResult:
     random: np.ndarray
     classes: list[int]
     seed: int = 0
+
+    @property
+    def follows(self) -> Literal["probability", "score"]:
+        """What the curves follow: a class's softmax ``"probability"`` or an output target's raw ``"score"``."""
+        return "score" if self.classes and all(c == -1 for c in self.classes) else "probability"
 
     @property
     def auc(self) -> dict[str, np.ndarray]:
@@ -162,6 +168,7 @@ class CurveResult:
                         for m, a in self.auc.items()},
             "random": {"auc": summarize(self.random_auc).to_json(), "curve": _per_step(self.random)},
             "fractions": [float(f) for f in self.fractions],
+            "follows": self.follows,
         }
 
 
@@ -236,6 +243,9 @@ class Evaluation:
     failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
     settings: dict[str, Any] = field(default_factory=dict)
+    #: what was explained when not a class: ``{"explained", "score", "details": [one dict per image]}``
+    target: dict[str, Any] | None = None
+    not_explained: dict[str, str] = field(default_factory=dict)  # images with nothing to explain, and why
 
     def to_json(self) -> dict[str, Any]:
         """The ``evaluation.json`` contract: checks not run are absent."""
@@ -251,6 +261,10 @@ class Evaluation:
             out["passed_over"] = dict(self.passed_over)
         if self.settings:
             out["settings"] = dict(self.settings)
+        if self.target is not None:
+            out["target"] = {**self.target, "details": dict(zip(self.images, self.target["details"]))}
+        if self.not_explained:
+            out["not_explained"] = dict(self.not_explained)
         return out
 
 
@@ -289,6 +303,9 @@ def merge(parts: list[tuple[list[int], Evaluation]]) -> Evaluation:
     evs = [ev for _pos, ev in parts]
     out = Evaluation(model=evs[0].model, images=[evs[0].images[0]], seed=evs[0].seed)
     out.images = _joined([list(ev.images) for ev in evs], perm)
+    if evs[0].target is not None:
+        out.target = {**evs[0].target, "details": _joined([list(ev.target["details"]) for ev in evs
+                                                           if ev.target is not None], perm)}
     for key in RESULT_KEYS:
         results = [getattr(ev, key) for ev in evs]
         if results[0] is None:

@@ -30,11 +30,22 @@ import torch
 
 from ..atomic import write_bytes
 from ..attribution import Explainer
-from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, UnknownNameError, exit_code
+from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, TargetError, UnknownNameError, exit_code
 from ..methods import parse_methods
 from ..models.spec import ModelSpec
 from ..reporting import Reporter
-from .checks import DEFAULT_CHECKS, SMOOTH_NOISE, SMOOTH_SAMPLES, parse_checks, run_checks, with_output
+from ..targets import TopK
+from .checks import (
+    DEFAULT_CHECKS,
+    SMOOTH_NOISE,
+    SMOOTH_SAMPLES,
+    ScoreOf,
+    explained_scores,
+    is_output_target,
+    parse_checks,
+    run_checks,
+    with_output,
+)
 from .results import Evaluation, merge
 from .similarity import METRICS
 
@@ -57,7 +68,7 @@ class EvaluateConfig:
 
     model: ModelSpec = field(default_factory=ModelSpec)  # which network, how pictures become its input
     methods: Sequence[str] = ("guided_backprop", "saliency", "gradcam")
-    checks: Sequence[str] = DEFAULT_CHECKS
+    checks: Sequence[str] | None = DEFAULT_CHECKS  # None: the defaults, class sensitivity only for a class target
     order: Literal["cascading", "independent"] = "cascading"
     granularity: str | Sequence[str] = "blocks"
     metrics: Sequence[str] = METRICS
@@ -70,6 +81,11 @@ class EvaluateConfig:
     smooth_noise: float = SMOOTH_NOISE  # ... and noise, a fraction of each input's value range
     gradcam_layer: str | None = None  # None: the model's own choice, else the last spatial layer
     output_key: str | int | None = None  # the entry of a dict / tuple output holding the class logits
+    # What is explained: None (each image's predicted class) or ``run``'s --target grammar (targets.parse_target):
+    # a class, a segmenter's class (its pixels, or ``mask``'s), detections:1 / box:..., similar:REF.png, output:K.
+    target: Any = None
+    mask: str | None = None  # a segmenter's region: a picture whose non-zero pixels are the region
+    score_threshold: float = 0.5  # detections:1 takes the most confident detection scoring at least this
 
 
 @dataclass
@@ -183,9 +199,10 @@ def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], b
 
 
 def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...], batch_size: int,
-                gradcam_layer: str | None) -> tuple[dict[int, str], dict[str, torch.Tensor] | None]:
+                gradcam_layer: str | None, cls: int | None = None
+                ) -> tuple[dict[int, str], dict[str, torch.Tensor] | None]:
     """Images of ``batch`` (by position) whose scores or trained-model maps are not finite, and why; and the
-    trained model's maps of the others (the checks reuse them)."""
+    trained model's maps of the others (the checks reuse them) for class ``cls`` (default: each one's prediction)."""
     from .randomization import _explain_all, model_logits
 
     logits = model_logits(model, batch.x, batch_size=batch_size)
@@ -195,7 +212,9 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
     maps: dict[str, torch.Tensor] | None = None
     if good:
         x = batch.x[good]
-        maps = _explain_all(Explainer(model), x, logits[good].argmax(dim=1), methods, batch_size, gradcam_layer)
+        classes = logits[good].argmax(dim=1) if cls is None else torch.full((len(good),), cls, dtype=torch.long,
+                                                                                device=logits.device)
+        maps = _explain_all(Explainer(model), x, classes, methods, batch_size, gradcam_layer)
         for m in methods:
             for k, i in enumerate(good):
                 if i not in bad and not bool(torch.isfinite(maps[m][k]).all()):
@@ -204,6 +223,33 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
             kept = [k for k, i in enumerate(good) if i not in bad]
             maps = {m: v[kept] for m, v in maps.items()}
     return bad, maps
+
+
+def evaluation_target(cfg: EvaluateConfig, loaded: LoadedModel) -> tuple[Any, str | None]:
+    """What ``cfg`` asks to explain on ``loaded``'s model, parsed by ``run``'s own code (one grammar): ``None``
+    (each image's predicted class), a class index, or one output target; and its description."""
+    if cfg.target is None and cfg.mask is None and getattr(loaded, "kind", "classifier") not in ("segmenter",
+                                                                                              "detector"):
+        return None, None  # the predicted class (of the logits --output-key picks, for a dict output)
+    from ..batch.config import BatchConfig
+    from ..batch.plan import _parse_target
+
+    spec, k, _layer, text = _parse_target(BatchConfig(target=cfg.target, mask=cfg.mask, output_key=cfg.output_key,
+                                                      score_threshold=float(cfg.score_threshold)), loaded)
+    items = spec if isinstance(spec, list) else [spec]
+    if k != 1 or len(items) != 1 or not (items[0] is None or isinstance(items[0], int) or is_output_target(items[0])):
+        given = f"top{cfg.target.k}" if isinstance(cfg.target, TopK) else cfg.target
+        raise TargetError(f"evaluate explains one target per image; target={given!r} gives {k} ({text}): "
+                          f"give one class, detections:1 or one box", field="target")
+    return items[0], text
+
+
+def _unexplained(model: torch.nn.Module, batch: _Batch, target: Any, output_key: Any) -> dict[int, str]:
+    """Images of ``batch`` (by position) on which ``target`` has nothing to explain, and why."""
+    scored = explained_scores(model, batch.x, target, output=output_key)
+    return {i: f"{batch.names[i]!r}: nothing to explain for {getattr(target, 'title', 'the target')}: "
+               f"{scored.details[i].get('reason', 'not found')}; no numbers for it"
+            for i, found in enumerate(scored.found.tolist()) if not found}
 
 
 def evaluate_folder(
@@ -225,16 +271,20 @@ def evaluate_folder(
     FIFO, a symbolic-link loop, the output folder's own files...) are told to
     ``reporter.passed_over(path, reason)`` and listed under ``"passed_over"``; the reporter is also
     told each check's progress (default: a :class:`~guided_backprop.reporting.Reporter` that keeps
-    it all). The output folder is checked
-    for writing before anything is computed (:class:`WriteError`). Raises
+    it all). The output folder is checked for writing before anything is computed (:class:`WriteError`).
+    ``config.target`` (``run``'s --target grammar) chooses what every check explains
+    (:func:`.checks.run_checks`); an image on which it has nothing to explain (no matching detection, an
+    empty region) gets no numbers: ``reporter.note(line)`` is told, and ``evaluation.json`` lists it
+    under ``"not_explained"``. Raises
     :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
     from ..images import search_images
     cfg = config or EvaluateConfig()
+    reporter = reporter if reporter is not None else Reporter()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     methods = parse_methods(list(cfg.methods))
-    checks = parse_checks(list(cfg.checks))
+    checks = parse_checks(list(DEFAULT_CHECKS if cfg.checks is None else cfg.checks))
     if isinstance(cfg.batch_size, bool) or int(cfg.batch_size) < 1:
         raise InputError(f"batch size must be a whole number >= 1, got {cfg.batch_size!r}", field="batch_size")
     if isinstance(cfg.steps, bool) or not 1 <= int(cfg.steps) <= MAX_STEPS:
@@ -242,19 +292,26 @@ def evaluate_folder(
                          f"image and order), got {cfg.steps!r}", field="steps")
     if loaded is None:
         loaded = cfg.model.load()
+    target, target_text = evaluation_target(cfg, loaded)
+    if is_output_target(target) and "class" in checks:
+        if cfg.checks is not None:
+            raise TargetError(f"class sensitivity compares the maps of classes; target={cfg.target!r} "
+                              f"({target_text}) is not a class: leave 'class' out of the checks", field="checks")
+        checks = tuple(c for c in checks if c != "class")
+        reporter.note(f"class sensitivity skipped: it compares classes' maps, and {target_text} is not a class")
     pre = loaded.preprocessing
     found = search_images([Path(p) for p in inputs], exclude=output)
     passed_over = {str(s.path): s.reason for s in found.passed_over}
     own = _inside_output([Path(p) for p in inputs], output, found.paths)
     for path in own:
         passed_over[path] = "in the output folder: evaluate's own output is no input"
-    reporter = reporter if reporter is not None else Reporter()
     for path, reason in passed_over.items():
         reporter.passed_over(path, reason)
     figure_path = _figure_path(found.paths, cfg.figure_image)
     folder = prepare_output(output)
 
     failed: dict[str, str] = {}
+    not_explained: dict[str, str] = {}
     if figure_path is not None:  # read it first: a figure image that cannot be read is a usage error
         from ..images import load_image
         try:
@@ -271,7 +328,22 @@ def evaluate_folder(
         for batch in _batches(found.paths, pre, int(cfg.batch_size), failed, reporter):
             batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
                                                                           batch.x.to(loaded.device))
-            bad, trained_maps = _non_finite(model, batch, methods, int(cfg.batch_size), cam_layer)
+            explained, explain_size, fitted = model, int(cfg.batch_size), target
+            if is_output_target(target):
+                from ..batch.job import fit_masks
+
+                fitted = fit_masks([target], batch.x)[0]  # a --mask picture at this batch's input size
+                for i, line in _unexplained(model, batch, fitted, None).items():
+                    not_explained[batch.names[i]] = line
+                    reporter.note(line)
+                keep = [i for i in range(len(batch.ids)) if batch.names[i] not in not_explained]
+                if not keep:
+                    continue
+                batch = _Batch([batch.ids[i] for i in keep], [batch.names[i] for i in keep], batch.x[keep])
+                explained = ScoreOf(model, None, explained_scores(model, batch.x, fitted).frozen)
+                explain_size = max(explain_size, len(batch.ids))  # one mask / box per image: one batch
+            bad, trained_maps = _non_finite(explained, batch, methods, explain_size, cam_layer,
+                                            target if isinstance(target, int) else None)
             for i, reason in bad.items():
                 failed[batch.names[i]] = reason
                 reporter.failed(reason)
@@ -287,23 +359,33 @@ def evaluate_folder(
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
                 image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,
-                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps,
+                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps, target=fitted,
                 progress=lambda check, done, total: reporter.progress(done, total, check))
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
     if not parts:
+        if not_explained and not failed:
+            raise ImageError(f"nothing to evaluate: {target_text} has nothing to explain on any image "
+                             f"({_count(len(not_explained), 'image')}, e.g. {next(iter(not_explained.values()))})")
         raise ImageError(_nothing_evaluated(failed, passed_over, own))
     evaluation = merge(parts)
     evaluation.failed = dict(failed)
     evaluation.passed_over = dict(passed_over)
+    evaluation.not_explained = dict(not_explained)
     figure_name = str(found.paths[figure_id]) if figure_id is not None else evaluation.images[0]
     evaluation.settings = {
         "methods": list(methods), "checks": list(checks), "weights": loaded.weights,
         "preprocessing": pre.describe(), "deletion_steps": cfg.steps, "figure_image": figure_name,
         "figure_steps": cfg.figure_steps, "batch_size": cfg.batch_size,
-        "class_labels": {str(c): loaded.label(c) for c in sorted(set(_classes(evaluation)))},
     }
+    if is_output_target(target):  # the checks explained a score, not classes: class_labels would mislead
+        evaluation.settings["target"] = cfg.target if cfg.mask is None else f"{cfg.target} --mask {cfg.mask}"
+        evaluation.settings["score_threshold"] = cfg.score_threshold
+    else:
+        evaluation.settings["class_labels"] = {str(c): loaded.label(c) for c in sorted(set(_classes(evaluation)))}
+        if target is not None:
+            evaluation.settings["target"] = target_text
     files = write_outputs(evaluation, folder, image=picture, figure_steps=cfg.figure_steps)
     return EvaluateRun(evaluation=evaluation, output=folder, files=files, failed=failed,
                        passed_over=passed_over)
@@ -415,11 +497,12 @@ def csv_rows(evaluation: Evaluation) -> list[dict[str, Any]]:
         if curve is None:
             continue
         series = {**curve.curves, "random": curve.random}
+        metric = curve.follows  # a class's softmax probability, or an output target's raw score
         aucs = {**curve.auc, "random": curve.random_auc}
         for m, c in series.items():
             for i in range(c.shape[0]):
                 for j, f in enumerate(curve.fractions):
-                    add(i, curve.mode, m, f"{f:.6g}", "probability", c[i, j])
+                    add(i, curve.mode, m, f"{f:.6g}", metric, c[i, j])
                 add(i, curve.mode, m, "all", "auc", aucs[m][i])
     return rows
 
