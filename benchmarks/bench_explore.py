@@ -80,7 +80,7 @@ def _loaded(args: argparse.Namespace) -> Any:
     from torch import nn
 
     from guided_backprop.models import LoadedModel
-    from guided_backprop.preprocessing import Preprocessing
+    from guided_backprop.models.preprocessing import Preprocessing
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),

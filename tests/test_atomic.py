@@ -34,7 +34,7 @@ def test_an_exception_keeps_the_old_file_and_removes_the_temp(tmp_path: Path) ->
 
 
 def test_the_temp_name_is_hidden_and_swept_by_the_batch_runner(tmp_path: Path) -> None:
-    from guided_backprop.batch.journal import _sweep_temp_files
+    from guided_backprop.batch.journal import sweep_temp_files
 
     target = tmp_path / "map.png"
     with atomic_file(target) as fh:
@@ -42,5 +42,5 @@ def test_the_temp_name_is_hidden_and_swept_by_the_batch_runner(tmp_path: Path) -
         (tmp_name,) = [p.name for p in tmp_path.iterdir()]
         assert tmp_name.startswith(".map.png.gbp.") and tmp_name.endswith(".tmp")
         (tmp_path / ".map.png.gbp.99999999.0123abcd.tmp").write_bytes(b"leftover of a killed run")
-    assert _sweep_temp_files(tmp_path) == 1
+    assert sweep_temp_files(tmp_path) == 1
     assert [p.name for p in tmp_path.iterdir()] == ["map.png"]

@@ -15,14 +15,14 @@ import pytest
 from guided_backprop import batch
 from guided_backprop.batch import job as batch_job
 from guided_backprop.batch import journal as batch_journal
-from guided_backprop.batch import plan as batch_plan
 from guided_backprop.batch import writer as batch_writer
 from guided_backprop.errors import ExitCode, GuidedBackpropError
+from guided_backprop.models.preprocessing import Preprocessing
 from guided_backprop.pictures import render
-from guided_backprop.preprocessing import Preprocessing
 from guided_backprop.records import IndexRecord
+from guided_backprop.reporting import LineReporter, Reporter
 from tests.fixtures.cli_images import write_plain
-from tests.fixtures.runs import TINY, config, index
+from tests.fixtures.runs import config, index
 
 
 def journal(out: Path) -> list[dict]:
@@ -65,9 +65,11 @@ def test_duplicate_stems_are_refused_when_the_name_has_no_idx(tmp_path: Path) ->
 )
 def test_input_size_follows_the_models_convention(model_pre: Preprocessing, size: int, resize: object,
                                                   crop: object) -> None:
-    pre = batch_plan._apply_preprocessing(model_pre, batch.BatchConfig(input_size=size))
+    from guided_backprop.cli.options import preprocessing_changes
+
+    pre = model_pre.adjust(**preprocessing_changes(input_size=size))  # the flags, as the spec holds them
     assert (pre.resize, pre.crop) == (resize, crop)
-    pre = batch_plan._apply_preprocessing(model_pre, batch.BatchConfig(resize=None, crop=20))
+    pre = model_pre.adjust(**preprocessing_changes(resize=None, crop=20))
     assert (pre.resize, pre.crop, pre.mean) == (None, 20, model_pre.mean)
 
 
@@ -78,7 +80,7 @@ def test_run_result_and_error_log(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 3)
     (tmp_path / "in" / "zz broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
     lines: list[str] = []
-    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), reporter=LineReporter(lines.append))
     assert (result.images, result.ok, result.failed, result.maps, result.computed) == (4, 3, 1, 3, 4)
     assert result.exit_code == ExitCode.SOME_FAILED and not result.interrupted
     assert len(lines) == 1 and "zz broken.png" in lines[0] and lines[0].startswith("error: ")
@@ -139,7 +141,7 @@ def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytes
 
     monkeypatch.setattr(render, "save_image", flaky)
     lines: list[str] = []
-    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), log=lines.append)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(), reporter=LineReporter(lines.append))
     assert result.exit_code == 1 and result.failed == 1 and result.ok == 2
     assert len(lines) == 1 and "cannot write the outputs of" in lines[0] and "img001.png" in lines[0]
     assert [r["status"] for r in index(tmp_path / "out")] == ["ok", "error", "ok"]
@@ -151,15 +153,15 @@ def test_a_failed_write_fails_that_input_only(tmp_path: Path, monkeypatch: pytes
 def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_plain(tmp_path / "in", 5)
     calls = {"n": 0}
-    compute = batch_job._Job.compute
+    compute = batch_job.RankJob.compute
 
-    def interrupted(self: batch_job._Job, items: list, writer: batch_writer._Writer) -> None:
+    def interrupted(self: batch_job.RankJob, items: list, writer: batch_writer.Writer) -> None:
         calls["n"] += 1
         if calls["n"] == 3:
             raise KeyboardInterrupt
         compute(self, items, writer)
 
-    monkeypatch.setattr(batch_job._Job, "compute", interrupted)
+    monkeypatch.setattr(batch_job.RankJob, "compute", interrupted)
     out = tmp_path / "out"
     first = batch.run([tmp_path / "in"], out, config(batch_size=1))
     # Images 0 and 1 were computed; a write still queued when Ctrl-C came is dropped, not half-done.
@@ -168,7 +170,7 @@ def test_interrupt_stops_cleanly_and_the_rerun_finishes(tmp_path: Path, monkeypa
     assert sorted(r["idx"] for r in journal(out)) == list(range(first.ok))
     assert not list(out.rglob("*.tmp")) and not (out / "index.jsonl").exists()
 
-    monkeypatch.setattr(batch_job._Job, "compute", compute)
+    monkeypatch.setattr(batch_job.RankJob, "compute", compute)
     second = batch.run([tmp_path / "in"], out, config(batch_size=1))
     assert second.exit_code == 0 and second.resumed == first.ok and second.computed == 5 - first.ok
     assert [r["status"] for r in index(out)] == ["ok"] * 5
@@ -192,11 +194,11 @@ def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path)
     path.write_text(json.dumps(old) + "\n" + json.dumps(other) + "\n" + json.dumps(foreign) + "\n"
                     + '{"idx": 1, "sta')  # killed mid-line
     (state / "journal-1.jsonl").write_text(json.dumps(new) + "\n")
-    j = batch_journal._Journal(path)
+    j = batch_journal.Journal(path)
     j.write(_entry(2, "ok", "f", 0.5))
     j.close()
     assert path.read_text().splitlines()[3] == '{"idx": 1, "sta'
-    records = batch_journal._read_journals(state, "f")
+    records = batch_journal.read_journals(state, "f")
     assert sorted(records) == [0, 2] and records[0].record.status == "ok"
     assert records[2] == _entry(2, "ok", "f", 0.5)  # what is written is read back
 
@@ -204,19 +206,19 @@ def test_journal_survives_a_cut_line_and_keeps_the_newest_record(tmp_path: Path)
 def test_a_record_is_complete_only_when_its_files_exist(tmp_path: Path) -> None:
     (tmp_path / "im_0.png").write_bytes(b"x")
     rec = _entry(0, "ok", "f", 1.0, files={"input": "im_0.png", "guided_backprop": "map_0.png"}, ident=[10, 123])
-    assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal.is_complete(rec, "/a.png", tmp_path, [10, 123])
     (tmp_path / "map_0.png").write_bytes(b"x")
-    assert batch_journal._complete(rec, "/a.png", tmp_path, [10, 123])
-    assert not batch_journal._complete(rec, "/b.png", tmp_path, [10, 123])  # another input now has this idx
+    assert batch_journal.is_complete(rec, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal.is_complete(rec, "/b.png", tmp_path, [10, 123])  # another input now has this idx
     failed = dataclasses.replace(rec, record=dataclasses.replace(rec.record, status="error"))
-    assert not batch_journal._complete(failed, "/a.png", tmp_path, [10, 123])
-    assert not batch_journal._complete(rec, "/a.png", tmp_path, [10, 124])  # the input file changed
-    assert not batch_journal._complete(rec, "/a.png", tmp_path, None)  # it cannot be examined
+    assert not batch_journal.is_complete(failed, "/a.png", tmp_path, [10, 123])
+    assert not batch_journal.is_complete(rec, "/a.png", tmp_path, [10, 124])  # the input file changed
+    assert not batch_journal.is_complete(rec, "/a.png", tmp_path, None)  # it cannot be examined
 
 
 def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
-    with batch_journal._folder_lock(tmp_path / "out" / batch.STATE_DIR):
+    with batch_journal.folder_lock(tmp_path / "out" / batch.STATE_DIR):
         with pytest.raises(GuidedBackpropError, match="another guided-backprop run is writing"):
             batch.run([tmp_path / "in"], tmp_path / "out", config())
 
@@ -226,7 +228,7 @@ def test_a_second_run_on_the_same_folder_is_refused(tmp_path: Path) -> None:
 
 def test_writer_backlog_is_bounded() -> None:
     """The compute loop blocks once ``backlog`` jobs wait for the writer: memory cannot grow."""
-    writer = batch_writer._Writer(threads=1, backlog=2)
+    writer = batch_writer.Writer(threads=1, backlog=2)
     release = threading.Event()
     third = threading.Thread(target=writer.submit, args=(lambda: None,), daemon=True)
     try:
@@ -246,9 +248,9 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
     write_plain(tmp_path / "in", 40, size=(20, 20))
     live = {"now": 0, "max": 0}
     lock = threading.Lock()
-    submit = batch_writer._Writer.submit
+    submit = batch_writer.Writer.submit
 
-    def counting(self: batch_writer._Writer, fn: object) -> None:
+    def counting(self: batch_writer.Writer, fn: object) -> None:
         def wrapped() -> None:
             time.sleep(0.01)  # a slow disk
             fn()  # type: ignore[operator]
@@ -260,30 +262,38 @@ def test_outstanding_work_stays_bounded_over_many_images(tmp_path: Path, monkeyp
             live["max"] = max(live["max"], live["now"])
         submit(self, wrapped)
 
-    monkeypatch.setattr(batch_writer._Writer, "submit", counting)
+    monkeypatch.setattr(batch_writer.Writer, "submit", counting)
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(input_size=16, batch_size=4, workers=1))
     assert result.exit_code == 0 and result.ok == 40
     threads = max(1, min(4, __import__("os").cpu_count() or 1))
     assert live["max"] <= 2 * 4 + threads + 1  # the backlog, plus the one being handed over
 
 
-def test_progress_bar_only_when_asked(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_progress_bar_only_when_asked_and_only_by_the_command_line(tmp_path: Path,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from guided_backprop.cli.options import ConsoleReporter
+
     write_plain(tmp_path / "in", 2)
-    batch.run([tmp_path / "in"], tmp_path / "a", config(), progress=True)
-    assert "img" in capsys.readouterr().err
-    batch.run([tmp_path / "in"], tmp_path / "b", config(), progress=False)
+    reporter = ConsoleReporter(bar=True)
+    batch.run([tmp_path / "in"], tmp_path / "a", config(), reporter=reporter)
+    reporter.close()
+    err = capsys.readouterr().err
+    assert "2/2" in err and "img" in err
+    batch.run([tmp_path / "in"], tmp_path / "b", config(), reporter=ConsoleReporter(bar=False))
+    assert capsys.readouterr().err == ""
+    batch.run([tmp_path / "in"], tmp_path / "c", config())  # the library draws no bar, prints nothing itself
     assert capsys.readouterr().err == ""
 
 
 def test_smoothgrad_maps_of_the_batch_job_are_the_apis_for_the_same_seed_and_index(tmp_path: Path) -> None:
     import guided_backprop as gbp
-    from guided_backprop import images, models
+    from guided_backprop import images
 
     write_plain(tmp_path / "in", 2)
     result = batch.run([tmp_path / "in"], tmp_path / "out", config(smooth=3, seed=5, save_raw=True))
     assert result.exit_code == 0
-    lm = models.load_model(TINY)
-    pre = batch_plan._apply_preprocessing(lm.preprocessing, config())
+    lm = config().model.load()  # the run's model, its preprocessing changed as the run's
+    pre = lm.preprocessing
     for row in index(tmp_path / "out"):
         x = pre(images.load_image(row["input"]))[None]
         e = gbp.SmoothGrad(gbp.Explainer(lm.model), samples=3, noise=0.15).explain(
@@ -312,3 +322,32 @@ def test_library_errors_name_the_field_not_a_command_line_flag(tmp_path: Path, c
         batch.run([tmp_path / "in"], tmp_path / "out", config(**changes))
     assert err.value.field == field, str(err.value)
     assert "--" not in str(err.value), "the library speaks Python; the CLI maps fields to flags"
+
+
+def test_one_typed_settings_record_feeds_job_json_and_run_json(tmp_path: Path) -> None:
+    from guided_backprop.batch.plan import RunSettings
+
+    write_plain(tmp_path / "in", 1)
+    batch.run([tmp_path / "in"], tmp_path / "out", config(smooth=2, seed=3, panel=True, norm="signed"),
+              reporter=Reporter())
+    job = json.loads((tmp_path / "out" / batch.STATE_DIR / "job.json").read_text(encoding="utf-8"))
+    settings = RunSettings(**{**job["settings"], "methods": tuple(job["settings"]["methods"])})
+    assert settings.to_json() == job["settings"] and job["fingerprint"] == settings.fingerprint
+    run = json.loads((tmp_path / "out" / "run.json").read_text(encoding="utf-8"))
+    assert (settings.smooth, settings.noise, settings.seed, settings.panel) == (2, 0.15, 3, True)
+    for key in ("model", "labels", "target", "smooth", "noise", "name", "input_name", "save_raw", "methods"):
+        assert run[key] == job["settings"][key], key
+    assert (run["normalization"], run["weights"]) == (settings.normalization, settings.weights_description)
+
+
+def test_no_private_name_of_the_batch_job_crosses_a_module() -> None:
+    import ast
+
+    root = Path(batch.__file__).parent.parent
+    crossing = []
+    for path in sorted([*root.glob("batch/*.py"), *root.glob("cli*.py"), *root.glob("cli/*.py")]):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("guided_backprop")):
+                crossing += [f"{path.relative_to(root)}: {a.name}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert crossing == []

@@ -24,6 +24,7 @@ from guided_backprop.batch import journal as batch_journal
 from guided_backprop.errors import ExitCode, GuidedBackpropError
 from guided_backprop.images import load_image
 from guided_backprop.pictures import render
+from guided_backprop.reporting import LineReporter
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import MODELS, SLOW, TINY, cli_process, config, index, invoke, rerun_to_the_end
@@ -140,8 +141,8 @@ def test_the_folder_lock_is_not_held_by_forked_children(tmp_path: Path) -> None:
     state = tmp_path / "out" / batch.STATE_DIR
     script = textwrap.dedent(f"""
         import os, sys, time
-        from guided_backprop.batch.journal import _folder_lock
-        with _folder_lock(__import__("pathlib").Path({str(state)!r})):
+        from guided_backprop.batch.journal import folder_lock
+        with folder_lock(__import__("pathlib").Path({str(state)!r})):
             if os.fork() == 0:
                 time.sleep(30)
                 os._exit(0)
@@ -153,12 +154,12 @@ def test_the_folder_lock_is_not_held_by_forked_children(tmp_path: Path) -> None:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "locked"
         (child,) = children(proc.pid)
         with pytest.raises(GuidedBackpropError, match="another guided-backprop run"):
-            with batch_journal._folder_lock(state):
+            with batch_journal.folder_lock(state):
                 pass
         proc.kill()
         proc.wait(timeout=10)
         assert alive(child)
-        with batch_journal._folder_lock(state):  # free at once
+        with batch_journal.folder_lock(state):  # free at once
             pass
     finally:
         proc.kill()
@@ -210,10 +211,10 @@ def test_a_fifo_named_like_an_image_is_skipped_never_opened(tmp_path: Path) -> N
     fifo = tmp_path / "in" / "x.png"
     os.mkfifo(fifo)
     lines: list[str] = []
-    result = batch.run([tmp_path / "in"], tmp_path / "out", config(workers=1), log=lines.append)
+    result = batch.run([tmp_path / "in"], tmp_path / "out", config(workers=1), reporter=LineReporter(lines.append))
     assert (result.images, result.ok, result.exit_code) == (2, 2, 0)
-    assert [s.path for s in result.skipped] == [fifo] and "FIFO" in result.skipped[0].reason
-    assert lines == [f"skipped: {str(fifo)!r}: {result.skipped[0].reason}"]
+    assert [s.path for s in result.passed_over] == [fifo] and "FIFO" in result.passed_over[0].reason
+    assert lines == [f"skipped: {str(fifo)!r}: {result.passed_over[0].reason}"]
     assert "1 passed over (not read)" in result.summary()
     with pytest.raises(GuidedBackpropError, match="FIFO"):  # a named FIFO: an error at once, no hang
         load_image(fifo)
@@ -226,7 +227,7 @@ def test_a_symlink_loop_is_one_skipped_input(tmp_path: Path) -> None:
     os.symlink("loop.png", tmp_path / "in" / "loop.png")
     result = batch.run([tmp_path / "in"], tmp_path / "out", config())
     assert (result.ok, result.exit_code) == (2, 0)
-    assert [s.reason for s in result.skipped] == ["a symbolic-link loop"]
+    assert [s.reason for s in result.passed_over] == ["a symbolic-link loop"]
 
 
 def test_hidden_unsupported_and_unreadable_are_listed_not_silent(tmp_path: Path) -> None:
@@ -242,7 +243,7 @@ def test_hidden_unsupported_and_unreadable_are_listed_not_silent(tmp_path: Path)
         result = batch.run([tmp_path / "in"], tmp_path / "out", config())
     finally:
         locked.chmod(0o755)
-    reasons = {s.path.name: s.reason for s in result.skipped}
+    reasons = {s.path.name: s.reason for s in result.passed_over}
     assert "..png" in reasons and "hidden" in reasons["..png"]
     assert "cannot be read here" in reasons["photo.heic"] and "cannot be read here" in reasons["logo.svg"]
     assert "notes.txt" not in reasons
@@ -331,7 +332,8 @@ def test_a_model_that_takes_one_channel_is_one_usage_error(tmp_path: Path) -> No
     write_plain(tmp_path / "in", 3)
     lines: list[str] = []
     with pytest.raises(GuidedBackpropError, match="takes 1-channel input but the images are given as 3-channel"):
-        batch.run([tmp_path / "in"], tmp_path / "out", config(model=f"{factory}:gray"), log=lines.append)
+        batch.run([tmp_path / "in"], tmp_path / "out", config(model=f"{factory}:gray"),
+                  reporter=LineReporter(lines.append))
     assert lines == []  # not one error line per image
     result = invoke(tmp_path / "in", "-o", tmp_path / "out2", "--model", f"{factory}:gray", "--input-size", "32")
     assert result.exit_code == ExitCode.USAGE and len(result.stderr.strip().splitlines()) == 1
@@ -353,7 +355,7 @@ def test_a_full_disk_stops_at_the_first_failure_with_exit_4(tmp_path: Path, monk
     lines: list[str] = []
     out = tmp_path / "out"
     with pytest.raises(batch.DiskFull, match=r"no space left on device at '.*': .*rerun the same command") as err:
-        batch.run([tmp_path / "in"], out, config(batch_size=1), log=lines.append)
+        batch.run([tmp_path / "in"], out, config(batch_size=1), reporter=LineReporter(lines.append))
     assert err.value.exit_code == ExitCode.DISK_FULL == 4
     assert lines == []  # no line per remaining input
     rows = index(out)  # the index of what is done could still be written

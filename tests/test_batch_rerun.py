@@ -20,6 +20,7 @@ from PIL import Image
 
 from guided_backprop import batch
 from guided_backprop.errors import ExitCode
+from guided_backprop.reporting import LineReporter
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.runs import MODELS, REPO, TINY, cli_process, config, index, invoke
 
@@ -116,7 +117,7 @@ def test_a_full_or_read_only_disk_at_the_first_write_is_exit_4(tmp_path: Path, m
 @pytest.mark.slow
 def test_the_summary_time_counts_the_start_up(tmp_path: Path) -> None:
     write_plain(tmp_path / "in", 1)
-    code = ("import sys, time; time.sleep(2.5); from guided_backprop.cli import main; "
+    code = ("import sys, time; time.sleep(2.5); from guided_backprop.cli.commands import main; "
             "sys.argv = ['guided-backprop', *sys.argv[1:]]; main()")
     t0 = time.monotonic()
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path / "in"), "-o", str(tmp_path / "out"), *FAST],
@@ -192,7 +193,8 @@ def test_files_no_input_has_any_more_are_removed_and_said(tmp_path: Path) -> Non
     paths[1].unlink()  # an input removed from the folder
     (out / "notes.txt").write_text("mine")  # not this tool's: kept
     lines: list[str] = []
-    batch.run([tmp_path / "in"], out, config(name="map_{idx}_{method}_{class_index}.png"), log=lines.append)
+    batch.run([tmp_path / "in"], out, config(name="map_{idx}_{method}_{class_index}.png"),
+              reporter=LineReporter(lines.append))
     assert not any((out / n).exists() for n in gone["files"].values())
     assert set(_maps(out)) == old - {gone["files"]["guided_backprop"]}
     assert (out / "notes.txt").read_text() == "mine"

@@ -17,10 +17,10 @@ from torchvision.models import vgg19
 from torchvision.models.vgg import make_layers
 
 from guided_backprop import attribute, find_layer
-from guided_backprop.caffe_vgg import load_caffe_vgg19
 from guided_backprop.errors import CheckpointError, InputError, ModelError
 from guided_backprop.models import load_model
-from guided_backprop.preprocessing import CAFFE_MEAN, Preprocessing
+from guided_backprop.models.caffe_vgg import load_caffe_vgg19
+from guided_backprop.models.preprocessing import CAFFE_MEAN, Preprocessing
 
 SEED_CONVS = [f"conv{block}_{i}" for block, n in enumerate([2, 2, 4, 4, 4], start=1) for i in range(1, n + 1)]
 # What torchvision's VGG19 would see for the same picture: RGB, 0-255, Caffe means, no resize.

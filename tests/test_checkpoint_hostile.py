@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from guided_backprop import checkpoints
-from guided_backprop.checkpoints import read_state_dict
 from guided_backprop.errors import CheckpointError, ExitCode
+from guided_backprop.models import checkpoints
+from guided_backprop.models.checkpoints import read_state_dict
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import TINY, invoke

@@ -12,15 +12,15 @@ import pytest
 import torch
 from torch import nn
 
-from guided_backprop.checkpoints import (
+from guided_backprop.cli.commands import cli_message
+from guided_backprop.errors import CheckpointError
+from guided_backprop.models.checkpoints import (
     convert_by_order,
     extract_state_dict,
     load_into,
     read_npy_dict,
     read_state_dict,
 )
-from guided_backprop.cli import cli_message
-from guided_backprop.errors import CheckpointError
 
 from .nets import conv_gap
 

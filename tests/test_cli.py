@@ -24,9 +24,9 @@ from PIL import Image
 
 import guided_backprop as gbp
 from guided_backprop import images
-from guided_backprop.cli import main
+from guided_backprop.cli.commands import main
+from guided_backprop.models.preprocessing import Preprocessing
 from guided_backprop.pictures import render
-from guided_backprop.preprocessing import Preprocessing
 from tests.fixtures.cli_images import BAD, BLUE, RED, write_plain, write_zoo
 from tests.fixtures.cli_models import tiny
 from tests.fixtures.runs import cli_process, invoke, rerun_to_the_end
@@ -674,7 +674,7 @@ def test_import_help_version_and_option_errors_answer_without_torch() -> None:
         "import sys\n"
         "import guided_backprop as gbp\n"
         "light = 'torch' not in sys.modules and gbp.parse_methods('gbp') == ('guided_backprop',)\n"
-        "from guided_backprop.cli import main\n"
+        "from guided_backprop.cli.commands import main\n"
         "calls = [['--help'], ['--version'], ['run', '--help'], ['layers', '--help'], ['evaluate', '--help'],\n"
         "         ['photos', '-o', 'out', '--bogus'], ['photos', '-o', 'out', '--methods', 'smoothgrad'],\n"
         "         ['photos', '-o', 'out', '--batch-size', '0']]\n"
@@ -730,7 +730,7 @@ def test_models_fit_a_screen_and_all_names_every_torchvision_model() -> None:
 
 
 def test_messages_name_flags_not_python() -> None:
-    from guided_backprop.cli import cli_message
+    from guided_backprop.cli.commands import cli_message
 
     assert cli_message("pass num_classes=N if it was trained for N classes") == \
         "pass --num-classes N if it was trained for N classes"

@@ -13,7 +13,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from guided_backprop.cli import main
+from guided_backprop import ModelSpec
+from guided_backprop.cli.commands import main
 from guided_backprop.errors import ExitCode
 from tests.fixtures.cli_images import write_plain
 
@@ -215,7 +216,8 @@ def test_evaluate_folder_loads_its_own_model_at_the_input_size_it_is_given(tmp_p
     from guided_backprop.evaluate.run import EvaluateConfig, evaluate_folder
 
     write_plain(tmp_path / "in", 2)
-    cfg = EvaluateConfig(model=TINY[1], input_size=24, methods=["saliency"], checks=["class"])
+    cfg = EvaluateConfig(model=ModelSpec(TINY[1], preprocessing={"input_size": 24}), methods=["saliency"],
+                         checks=["class"])
     evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
     doc = json.loads((tmp_path / "out" / "evaluation.json").read_text(encoding="utf-8"))
     assert doc["images"] == 2

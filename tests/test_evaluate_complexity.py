@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from torch import nn
 
+from guided_backprop import ModelSpec
 from guided_backprop.evaluate import (
     ComplexityResult,
     CurveResult,
@@ -110,7 +111,7 @@ def test_smooth_mprt_with_one_noise_free_sample_is_mprt() -> None:
 
 @pytest.mark.slow
 def test_evaluate_writes_efficient_and_smooth_mprt(tmp_path: Path) -> None:
-    from guided_backprop.cli import main
+    from guided_backprop.cli.commands import main
 
     write_plain(tmp_path / "in", 2)
     out = tmp_path / "out"
@@ -188,7 +189,8 @@ def test_efficient_mprt_costs_two_explanations_per_batch(tmp_path: Path, monkeyp
 
     monkeypatch.setattr(Explainer, "explain", counted)
     write_plain(tmp_path / "in", 3)
-    cfg = EvaluateConfig(model=f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny", input_size=32,
+    cfg = EvaluateConfig(model=ModelSpec(f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny",
+                                         preprocessing={"input_size": 32}),
                          methods=["saliency", "gradcam"], checks=["emprt", "deletion"], steps=2, batch_size=2)
     run = evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)
     assert run.evaluation.efficient_mprt is not None and len(run.evaluation.images) == 3

@@ -15,7 +15,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from guided_backprop.cli import main
+from guided_backprop.cli.commands import main
 from guided_backprop.errors import ExitCode
 from tests.fixtures.cli_images import write_plain
 

@@ -398,7 +398,7 @@ def test_another_host_needs_the_flag_and_warns(inputs: list[Path], tmp_path: Pat
 def test_command_without_images_is_a_usage_error(tmp_path: Path) -> None:
     from click.testing import CliRunner
 
-    from guided_backprop.cli import main
+    from guided_backprop.cli.commands import main
 
     result = CliRunner().invoke(main, ["explore", str(tmp_path / "missing"), "--no-browser"])
     assert result.exit_code == 2 and "missing" in result.output and "Traceback" not in result.output
@@ -418,12 +418,13 @@ def test_top_images_in_background_cached_and_reused_by_units(inputs: list[Path],
                                                               monkeypatch: pytest.MonkeyPatch) -> None:
     from click.testing import CliRunner
 
-    from guided_backprop.cli import main
-    from guided_backprop.cli_options import ModelOptions
+    from guided_backprop.cli.commands import main
+    from guided_backprop.cli.options import model_spec
     from guided_backprop.units import cache as unit_cache
     from guided_backprop.units import grids as units
 
-    loaded = ModelOptions(model=f"{MODELS}:tiny", input_size=32).load()  # as the command loads it
+    flags = ["x.png", "-o", "o", "--layer", "1", "--model", f"{MODELS}:tiny", "--input-size", "32"]
+    loaded = model_spec(dict(main.commands["units"].make_context("units", flags).params)).load()  # as the command
     out = tmp_path / "units"
     service = ExploreService(loaded, inputs, units_folder=out)
     client = make_client(service)
@@ -465,26 +466,28 @@ def test_top_images_of_an_unknown_layer_or_channel(service: ExploreService) -> N
 
 
 def test_reproducing_command_takes_the_model_options_back() -> None:
-    from guided_backprop.cli import _model_words, main
-    from guided_backprop.cli_options import _MODEL_FIELDS, ModelOptions
+    from guided_backprop import ModelSpec
+    from guided_backprop.cli.commands import _model_words, main
+    from guided_backprop.cli.options import model_spec
 
-    given = ModelOptions(model="my net.py:build", weights="w.pt", num_classes=7, trust_checkpoint=True,
-                         input_size=64, resize=None, crop=48, mean=(0.5,), std=(0.25,), channels=1, device="cpu")
+    given = ModelSpec("my net.py:build", weights="w.pt", num_classes=7, trust_checkpoint=True, device="cpu",
+                      preprocessing={"input_size": 64, "resize": None, "crop": 48, "mean": (0.5,), "std": (0.25,),
+                                     "channels": 1})
     words = _model_words(given)
     ctx = main.commands["run"].make_context("run", ["x.png", "-o", "out", *words])
-    parsed = {k: ctx.params[k] for k in _MODEL_FIELDS}
-    parsed["channels"] = int(parsed["channels"])
-    assert ModelOptions(**parsed) == given
-    assert _model_words(ModelOptions()) == []
+    assert model_spec(dict(ctx.params)) == given
+    assert _model_words(ModelSpec()) == []
 
 
 def test_reproducing_command_of_the_default_options_adds_no_word() -> None:
     # the command line's own defaults (--resize/--crop parse to the KEEP sentinel, not the string 'model')
-    from guided_backprop.cli import _model_words, main
-    from guided_backprop.cli_options import _MODEL_FIELDS, ModelOptions
+    from guided_backprop import ModelSpec
+    from guided_backprop.cli.commands import _model_words, main
+    from guided_backprop.cli.options import model_spec
 
     ctx = main.commands["explore"].make_context("explore", ["x.png"])
-    assert _model_words(ModelOptions(**{k: ctx.params[k] for k in _MODEL_FIELDS})) == []
+    assert model_spec(dict(ctx.params)) == ModelSpec()
+    assert _model_words(model_spec(dict(ctx.params))) == []
 
 
 def test_warm_up_fills_the_cache_of_the_first_readable_image(inputs: list[Path]) -> None:
@@ -498,7 +501,7 @@ def test_warm_up_fills_the_cache_of_the_first_readable_image(inputs: list[Path])
 def test_a_port_in_use_is_a_usage_error(inputs: list[Path]) -> None:
     from click.testing import CliRunner
 
-    from guided_backprop.cli import main
+    from guided_backprop.cli.commands import main
 
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -648,7 +651,7 @@ def test_layer_list_has_unit_layers_only_with_the_images_shapes(inputs: list[Pat
 
 
 def test_explore_shares_runs_gradcam_layer_and_noise_options() -> None:
-    from guided_backprop.cli import main
+    from guided_backprop.cli.commands import main
 
     def option(command: str, name: str) -> dict[str, Any]:
         found = next(p for p in main.commands[command].params if p.name == name)

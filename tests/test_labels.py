@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from guided_backprop.errors import ModelError
-from guided_backprop.labels import generic_labels, imagenet_labels, read_labels
+from guided_backprop.models.labels import generic_labels, imagenet_labels, read_labels
 
 
 def test_imagenet_labels_are_torchvisions_1000() -> None:

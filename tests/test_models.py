@@ -456,8 +456,8 @@ def test_relu_support_table_matches_what_the_forward_applies(arch: str) -> None:
     from torch.overrides import TorchFunctionMode
     from torchvision import models as tvm
 
+    from guided_backprop.models.zoo import relu_support
     from guided_backprop.rules import ReLURouting, RuleState
-    from guided_backprop.zoo import relu_support
 
     other = {torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.hardswish}
     seen: set = set()
@@ -483,7 +483,7 @@ def test_timm_pretrained_offline_fails_fast(monkeypatch: pytest.MonkeyPatch) -> 
 
     import huggingface_hub
 
-    monkeypatch.setattr("guided_backprop.zoo._hub_reachable", lambda: False)
+    monkeypatch.setattr("guided_backprop.models.zoo._hub_reachable", lambda: False)
     monkeypatch.setattr(huggingface_hub, "try_to_load_from_cache", lambda *a, **k: None)
     start = time.perf_counter()
     with pytest.raises(ModelError, match="huggingface.co is not reachable.*weights=PATH") as info:
@@ -498,3 +498,31 @@ def test_a_model_that_needs_another_size_fails_once_naming_the_shape(tmp_path: P
                                          r".*input_size=N"):
         load_model(f"{tmp_path / 'flat.py'}:flat")
     assert load_model(f"{tmp_path / 'flat.py'}:flat", preprocessing={"input_size": 8}).labels == ["class 0", "class 1"]
+
+
+# ------------------------------------------------------------------------------- one ModelSpec
+
+
+def test_one_model_spec_behind_the_loader_the_configs_and_the_command_line() -> None:
+    import inspect
+
+    from guided_backprop import ModelSpec, batch
+    from guided_backprop.cli.commands import main
+    from guided_backprop.cli.options import model_spec
+    from guided_backprop.evaluate.run import EvaluateConfig
+
+    default = ModelSpec()
+    assert batch.BatchConfig().model == default == EvaluateConfig().model  # one home, one default device
+    assert inspect.signature(load_model).parameters["device"].default == default.device
+    given = {"run": ["x.png", "-o", "o"], "evaluate": ["x.png", "-o", "o"],
+             "units": ["x.png", "-o", "o", "--layer", "1"], "layers": [], "explore": ["x.png"]}
+    for name, args in given.items():  # every command parses the flags into it
+        params = main.commands[name].make_context(name, args).params
+        assert model_spec(dict(params)) == default, name
+    tiny = f"{Path(__file__).parent / 'fixtures' / 'cli_models.py'}:tiny"
+    flags = ["x.png", "-o", "o", "--model", tiny, "--input-size", "24", "--crop", "none", "--std", "0.5"]
+    spec = model_spec(dict(main.commands["run"].make_context("run", flags).params))
+    assert spec == ModelSpec(tiny, preprocessing={"input_size": 24, "crop": None, "std": (0.5,)})
+    loaded = spec.load()
+    assert loaded.preprocessing == load_model(tiny, preprocessing=spec.changes()).preprocessing
+    assert (loaded.preprocessing.crop, loaded.preprocessing.std) == (None, (0.5, 0.5, 0.5))

@@ -11,8 +11,8 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_backprop import checkpoints
 from guided_backprop.errors import CheckpointError, ExitCode, ModelError
+from guided_backprop.models import checkpoints
 from guided_backprop.records import json_text
 from tests.fixtures.cli_images import write_plain
 from tests.fixtures.cli_models import tiny

@@ -25,7 +25,9 @@ from guided_backprop.records import (
     RunRecord,
     json_text,
 )
+from guided_backprop.reporting import Reporter
 from tests.fixtures.cli_images import write_plain
+from tests.fixtures.runs import config
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "output-folder.md"
@@ -122,8 +124,8 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     (root / "in" / "zz broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")  # a failed input: error written
     outs = {}
     for name, changes in RUNS.items():
-        cfg = batch.BatchConfig(**{"model": TINY, "input_size": 32, "workers": 0, "batch_size": 2, **changes})
-        result = batch.run([root / "in"], root / name, cfg, log=lambda _line: None)
+        cfg = config(**changes)
+        result = batch.run([root / "in"], root / name, cfg, reporter=Reporter())
         assert (result.ok, result.failed) == (3, 1), name
         outs[name] = root / name
     return outs

@@ -11,7 +11,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from guided_backprop.errors import ImageError, InputError, UnknownNameError
-from guided_backprop.preprocessing import CAFFE_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from guided_backprop.models.preprocessing import CAFFE_MEAN, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 
 def _picture(height: int, width: int, seed: int = 0) -> Image.Image:

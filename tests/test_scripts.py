@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from guided_backprop import ModelSpec
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -52,7 +54,8 @@ def test_evaluation_doc_section_is_written_from_a_run(tmp_path: Path) -> None:
     script = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(script)
     write_plain(tmp_path / "in", 2)
-    cfg = EvaluateConfig(model=f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny", input_size=32,
+    cfg = EvaluateConfig(model=ModelSpec(f"{REPO / 'tests' / 'fixtures' / 'cli_models.py'}:tiny",
+                                         preprocessing={"input_size": 32}),
                          methods=script.METHODS, steps=4, smooth_samples=2,
                          checks=["randomization", "emprt", "smprt", "class", "deletion", "insertion"])
     run = evaluate_folder(tmp_path / "in", tmp_path / "out", cfg)

@@ -33,7 +33,7 @@ def test_a_folder_walk_passes_over_every_kind_of_output_and_says_so(tmp_path: Pa
     folders = _tool_folders(tmp_path / "in")
     found = images.search_images([tmp_path / "in"])
     assert [p.name for p in found.paths] == ["img000.png", "img001.png"]
-    passed = {s.path: s.reason for s in found.skipped}
+    passed = {s.path: s.reason for s in found.passed_over}
     assert set(passed) == set(folders.values())
     assert "evaluate" in passed[folders["eval"]] and "units" in passed[folders["units"]]
     assert "report" in passed[folders["gallery"]] and "run" in passed[folders["maps"]]
@@ -43,7 +43,7 @@ def test_a_glob_passes_over_output_folders(tmp_path: Path) -> None:
     folders = _tool_folders(tmp_path / "in")
     found = images.search_images([str(tmp_path / "in" / "**" / "*.png")])
     assert [p.name for p in found.paths] == ["img000.png", "img001.png"]
-    assert {s.path for s in found.skipped} == set(folders.values())
+    assert {s.path for s in found.passed_over} == set(folders.values())
 
 
 def test_a_folder_of_our_output_given_by_name_is_one_clear_error(tmp_path: Path) -> None:

@@ -47,7 +47,7 @@ def test_units_run_twice_into_its_input_folder_never_reads_its_own_grids(tmp_pat
     assert sources == {str(p) for p in sorted(src.glob("*.png"))}  # the 3 photos, never a grid of units/
 
 
-def test_a_fifo_among_the_inputs_is_a_skipped_line_and_its_name_is_shown_safely(tmp_path: Path) -> None:
+def test_a_fifo_among_the_inputs_is_a_passed_over_line_and_its_name_is_shown_safely(tmp_path: Path) -> None:
     src = tmp_path / "in"
     write_plain(src, 2)
     os.mkfifo(src / "pipe\u202egnp.png")

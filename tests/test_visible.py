@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from guided_backprop.visible import skipped_line, visible
+from guided_backprop.visible import passed_over_line, visible
 
 from .fixtures.cli_images import write_plain
 from .fixtures.runs import TINY, invoke
@@ -29,8 +29,8 @@ def test_visible_spells_out_what_would_not_be_seen(text: str, shown: str) -> Non
     assert visible(text) == shown and visible(shown) == shown
 
 
-def test_skipped_line_names_the_path_safely() -> None:
-    assert skipped_line(Path(f"/in/a{RLO}gnp.png"), "a FIFO\n") == "skipped: '/in/a\\u202egnp.png': a FIFO\\n"
+def test_passed_over_line_names_the_path_safely() -> None:
+    assert passed_over_line(Path(f"/in/a{RLO}gnp.png"), "a FIFO\n") == "skipped: '/in/a\\u202egnp.png': a FIFO\\n"
 
 
 def _hidden(text: str) -> list[str]:

@@ -1,10 +1,15 @@
-"""Typed errors. Every error names the offending value and what would be valid."""
+"""Typed errors (every error names the offending value and what would be valid), the exit codes, and
+the one mapping from how a run ended to its exit code (:func:`exit_code`)."""
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import enum
-from collections.abc import Iterable
+import signal
+import threading
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 
 class ExitCode(enum.IntEnum):
@@ -24,9 +29,12 @@ class GuidedBackpropError(Exception):
 
     ``field`` names the setting at fault in the library's words (``"target"``, ``"layer"``,
     ``"weights"``...), so that a front end can name its own spelling of it (the CLI: ``--target``).
+    ``exit_code``: what a command that stops on it exits with (a usage error unless a subclass says
+    otherwise: a full disk, a failed peer process).
     """
 
     field: str | None = None
+    exit_code: int = ExitCode.USAGE
 
     def __init__(self, *args: object, field: str | None = None) -> None:
         super().__init__(*args)
@@ -75,6 +83,48 @@ class CheckpointError(ModelError):
 
 class ImageError(GuidedBackpropError):
     """An image file that cannot be read as an image."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (systemd, Slurm, ``kill``, torchrun): stops a run like Ctrl-C, with exit code 143."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """While inside, SIGTERM (sent by torchrun, systemd, Slurm, ``kill``) stops the run like Ctrl-C,
+    cleanly, as :class:`Terminated` (exit code 143). Only in the main thread (elsewhere: no change)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(_signum: int, _frame: Any) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def exit_code(stop: BaseException | None = None, *, failed: int = 0) -> ExitCode:
+    """The one mapping from how a run ended to its exit code: ``stop`` is what stopped it (``None``: it
+    finished, and ``failed`` inputs could not be done). Ctrl-C is 130, SIGTERM (:class:`Terminated`) 143,
+    an error of this package its ``exit_code`` (2, a usage error, unless it says otherwise), anything
+    else 3 (the run failed unexpectedly)."""
+    if stop is None:
+        return ExitCode.SOME_FAILED if failed else ExitCode.OK
+    if isinstance(stop, KeyboardInterrupt):
+        return ExitCode.TERMINATED if isinstance(stop, Terminated) else ExitCode.INTERRUPTED
+    if isinstance(stop, GuidedBackpropError):
+        return ExitCode(stop.exit_code)
+    return ExitCode.FAILED
+
+
+def stopped_in_words(stop: KeyboardInterrupt) -> str:
+    """What stopped a run, in the words a command prints: ``terminated (SIGTERM)`` or ``interrupted``."""
+    return "terminated (SIGTERM)" if isinstance(stop, Terminated) else "interrupted"
 
 
 def close_matches(value: str, choices: Iterable[str], n: int = 3) -> list[str]:

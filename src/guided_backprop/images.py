@@ -23,7 +23,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from .atomic import is_temp_name
 from .errors import ImageError
 
-__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_MARKERS", "ImageNotFoundError", "ImageSearch", "Skipped", "find_images",
+__all__ = ["IMAGE_EXTENSIONS", "OUTPUT_MARKERS", "ImageNotFoundError", "ImageSearch", "PassedOver", "find_images",
            "load_image", "search_images", "to_rgb", "tool_output_reason"]
 
 # Formats Pillow registers but cannot decode here: identification stubs (BUFR, GRIB, HDF5,
@@ -44,7 +44,7 @@ def _image_extensions() -> frozenset[str]:
 #: Lower-case extensions (with the dot) of every format Pillow can read: ``.jpg``, ``.png``, ``.webp``...
 IMAGE_EXTENSIONS: frozenset[str] = _image_extensions()
 
-#: Picture formats Pillow cannot read here: a folder walk lists such files as skipped (never silently).
+#: Picture formats Pillow cannot read here: a folder walk lists such files as passed over (never silently).
 _UNSUPPORTED_PICTURES = frozenset({
     ".heic", ".heif", ".svg", ".svgz", ".eps", ".ps", ".ai", ".wmf", ".emf", ".raw", ".cr2", ".cr3", ".nef",
     ".arw", ".dng", ".orf", ".rw2", ".raf", ".xcf", ".jxl", ".exr", ".hdr", ".kra",
@@ -58,7 +58,7 @@ class ImageNotFoundError(ImageError, FileNotFoundError):
     """An input of :func:`find_images` (path, folder or glob) that yields no image: a usage error."""
 
 
-class Skipped(NamedTuple):
+class PassedOver(NamedTuple):
     """A path that looked like an input but is not read, and why (one line)."""
 
     path: Path
@@ -70,7 +70,7 @@ class ImageSearch:
     """What :func:`search_images` found: the image paths, and every path it passed over with a reason."""
 
     paths: list[Path] = field(default_factory=list)
-    skipped: list[Skipped] = field(default_factory=list)
+    passed_over: list[PassedOver] = field(default_factory=list)
 
 
 def _is_image_name(path: Path) -> bool:
@@ -139,11 +139,11 @@ def tool_output_reason(folder: str | os.PathLike[str]) -> str | None:
     return None
 
 
-def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
+def _walk(folder: Path, passed_over: list[PassedOver]) -> list[Path]:
     """Image files under ``folder``, recursively, sorted by their path components.
 
     Hidden folders are not entered and symbolic links to folders are not followed. Passed over, and
-    listed in ``skipped`` with the reason: hidden files named like images (``._IMG.jpg``, ``..png``),
+    listed in ``passed_over`` with the reason: hidden files named like images (``._IMG.jpg``, ``..png``),
     pictures Pillow cannot read (``.heic``, ``.svg``, ``.eps``...), anything named like an image that
     is not a regular file (FIFO, socket, device, symbolic-link loop), folders that cannot be read and
     folders that hold this tool's output (:func:`tool_output_reason`).
@@ -152,13 +152,13 @@ def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
     found: list[Path] = []
 
     def unreadable(err: OSError) -> None:
-        skipped.append(Skipped(Path(err.filename or folder), f"folder cannot be read ({err.strerror or err})"))
+        passed_over.append(PassedOver(Path(err.filename or folder), f"folder cannot be read ({err.strerror or err})"))
 
     for root, dirs, files in os.walk(folder, onerror=unreadable):
         dirs[:] = [d for d in dirs if not _is_hidden(d)]
         ours = tool_output_reason(root)
         if ours is not None:
-            skipped.append(Skipped(Path(root), ours))
+            passed_over.append(PassedOver(Path(root), ours))
             dirs[:] = []
             continue
         for f in files:
@@ -166,27 +166,27 @@ def _walk(folder: Path, skipped: list[Skipped]) -> list[Path]:
             ext = path.suffix.lower()
             if _is_hidden(f):
                 if (ext in IMAGE_EXTENSIONS or ext in _UNSUPPORTED_PICTURES) and not is_temp_name(f):
-                    skipped.append(Skipped(path, "hidden file (the name starts with '.')"))
+                    passed_over.append(PassedOver(path, "hidden file (the name starts with '.')"))
             elif ext in _UNSUPPORTED_PICTURES:
-                skipped.append(Skipped(path, f"{ext} pictures cannot be read here (convert to PNG or JPEG)"))
+                passed_over.append(PassedOver(path, f"{ext} pictures cannot be read here (convert to PNG or JPEG)"))
             elif ext in IMAGE_EXTENSIONS:
                 reason = not_a_file_reason(path)
                 if reason is None:
                     found.append(path)
                 else:
-                    skipped.append(Skipped(path, reason))
+                    passed_over.append(PassedOver(path, reason))
     return sorted(found, key=lambda p: p.relative_to(folder).parts)
 
 
-def _expand(item: str | Path, skipped: list[Skipped]) -> list[Path]:
+def _expand(item: str | Path, passed_over: list[PassedOver]) -> list[Path]:
     """The image paths one input stands for; raises ImageNotFoundError when it stands for none."""
     text = os.fspath(item)
     path = Path(text).expanduser()
     if path.is_dir():
-        found = _walk(path, skipped)
+        found = _walk(path, passed_over)
         ours = tool_output_reason(path)
         if ours is not None:
-            skipped.pop()  # the error below says it
+            passed_over.pop()  # the error below says it
             raise ImageNotFoundError(f"folder {text!r} {ours}; give the folder of the pictures instead")
         if not found:
             raise ImageNotFoundError(
@@ -196,25 +196,25 @@ def _expand(item: str | Path, skipped: list[Skipped]) -> list[Path]:
     if path.exists() or path.is_symlink():  # a named file is taken whatever its extension
         reason = not_a_file_reason(path)
         if reason is not None:
-            skipped.append(Skipped(path, reason))
+            passed_over.append(PassedOver(path, reason))
             return []
         return [path]
     if _GLOB_CHARS & set(text):
         matches = sorted(glob.glob(os.path.expanduser(text), recursive=True))
         found = []
-        inside = _OutputFolders(_glob_base(text), skipped)
+        inside = _OutputFolders(_glob_base(text), passed_over)
         for match in matches:
             m = Path(match)
             if inside(m):
                 continue
             if m.is_dir():
-                found.extend(_walk(m, skipped))
+                found.extend(_walk(m, passed_over))
             elif _is_image_name(m):
                 reason = not_a_file_reason(m)
                 if reason is None:
                     found.append(m)
                 else:
-                    skipped.append(Skipped(m, reason))
+                    passed_over.append(PassedOver(m, reason))
         if not found:
             what = f"{len(matches)} path(s), none of them an image file" if matches else "nothing"
             raise ImageNotFoundError(
@@ -238,11 +238,11 @@ def _glob_base(pattern: str) -> str:
 
 class _OutputFolders:
     """Whether a glob's match lies in a folder holding this tool's output, between the match and the
-    pattern's fixed base (each such folder listed once in ``skipped``)."""
+    pattern's fixed base (each such folder listed once in ``passed_over``)."""
 
-    def __init__(self, base: str, skipped: list[Skipped]) -> None:
+    def __init__(self, base: str, passed_over: list[PassedOver]) -> None:
         self.base = os.path.abspath(base)
-        self.skipped = skipped
+        self.passed_over = passed_over
         self.known: dict[str, bool] = {}
 
     def __call__(self, match: Path) -> bool:
@@ -258,7 +258,7 @@ class _OutputFolders:
                 reason = tool_output_reason(f)
                 self.known[f] = reason is not None
                 if reason is not None:
-                    self.skipped.append(Skipped(Path(f), reason))
+                    self.passed_over.append(PassedOver(Path(f), reason))
             if self.known[f]:
                 return True
         return False
@@ -286,7 +286,7 @@ def search_images(inputs: Sequence[str | Path] | str | Path, *, exclude: str | o
 
     Inputs keep their order; a file reached twice (also through a symbolic link) is listed once,
     at its first place. What is passed over (not a regular file, a symbolic-link loop, an unreadable
-    folder, a hidden or unsupported picture in a walk) is listed in ``skipped`` with its reason.
+    folder, a hidden or unsupported picture in a walk) is listed in ``passed_over`` with its reason.
     Images inside the folder ``exclude`` (a command's own output folder: its pictures are no inputs
     on a rerun) are left out. Raises :class:`ImageNotFoundError` (a ``FileNotFoundError``) for no
     inputs, a missing path, an empty folder or a pattern that matches no image.
@@ -299,7 +299,7 @@ def search_images(inputs: Sequence[str | Path] | str | Path, *, exclude: str | o
     home = None if exclude is None else os.path.realpath(exclude)
     result = ImageSearch()
     for item in items:
-        for path in _expand(item, result.skipped):
+        for path in _expand(item, result.passed_over):
             key = os.path.realpath(path)
             if home is not None and (key == home or key.startswith(home.rstrip(os.sep) + os.sep)):
                 continue
@@ -307,7 +307,7 @@ def search_images(inputs: Sequence[str | Path] | str | Path, *, exclude: str | o
                 seen.add(key)
                 result.paths.append(Path(os.path.abspath(path)))
     if home is not None:  # the command's own output folder is left out without a word, as its files are
-        result.skipped = [s for s in result.skipped if os.path.realpath(s.path) != home]
+        result.passed_over = [s for s in result.passed_over if os.path.realpath(s.path) != home]
     return result
 
 

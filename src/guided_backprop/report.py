@@ -578,7 +578,7 @@ def _display_names(paths: Sequence[str]) -> list[str]:
 def _labels_in_use(rows: Sequence[IndexRecord]) -> str:
     """The "Class names" setting of a run without ``--labels``, in words: which names the model came with,
     read off the names its rows show (ImageNet's, numbered classes, or the model's own)."""
-    from .labels import generic_labels, imagenet_labels
+    from .models.labels import generic_labels, imagenet_labels
 
     pairs: set[tuple[int, str]] = {(c.class_index, c.class_name) for r in rows for c in r.top5
                                     if isinstance(c.class_index, int) and c.class_name is not None}

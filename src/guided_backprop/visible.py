@@ -9,7 +9,7 @@ spells each such character as its Python escape, so what is shown is what is the
 
 from __future__ import annotations
 
-__all__ = ["skipped_line", "visible"]
+__all__ = ["passed_over_line", "visible"]
 
 
 def visible(text: object) -> str:
@@ -21,6 +21,6 @@ def visible(text: object) -> str:
     return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in s)
 
 
-def skipped_line(path: object, reason: str) -> str:
+def passed_over_line(path: object, reason: str) -> str:
     """The one line every command prints for an input it passes over: ``skipped: 'PATH': REASON``."""
     return f"skipped: {visible(repr(str(path)))}: {visible(reason)}"

@@ -4,7 +4,7 @@ One process (or each ``torchrun`` rank, which takes every ``WORLD_SIZE``-th inpu
 whose stages overlap:
 
 1. **decode** in ``DataLoader`` worker processes (:func:`images.load_image` + the model's
-   :class:`~guided_backprop.preprocessing.Preprocessing`); a file that cannot be read becomes an
+   :class:`~guided_backprop.models.preprocessing.Preprocessing`); a file that cannot be read becomes an
    error record, never an exception;
 2. **compute** on the device in batches of same-size tensors (inputs of varying size, i.e. a
    preprocessing without a crop, are grouped by size), one forward pass for every method and target;

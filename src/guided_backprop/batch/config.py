@@ -11,43 +11,32 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExitCode, GuidedBackpropError
-from ..images import Skipped
+from ..errors import ExitCode, GuidedBackpropError, Terminated, exit_code
+from ..images import PassedOver
+from ..models.spec import ModelSpec
 from .names import DEFAULT_INPUT_NAME
 
 # Kept as module names for code written against them; the one table is errors.ExitCode.
 
 #: Hidden folder inside the output folder: resume journal, job settings, lock.
 STATE_DIR = ".guided-backprop"
-_TOP5 = 5  # classes listed per input in the index
+TOP5 = 5  # classes listed per input in the index
 
 
 @dataclass
 class BatchConfig:
     """Everything a batch run needs besides its inputs and output folder (the CLI's options).
 
-    ``target``: ``None`` (each image's predicted class), a :class:`~guided_backprop.TopK`, a class
+    ``model``: which network and how pictures become its input (:class:`~guided_backprop.ModelSpec`;
+    its ``device`` is where the run computes, each torchrun rank on its own GPU). ``target``:
+    ``None`` (each image's predicted class), a :class:`~guided_backprop.TopK`, a class
     index or a class name (the strings ``"top1"``/``"top<k>"`` are still read); or a layer target with
     ``layer`` + ``channel`` (``neuron``: ``None`` for the whole channel, ``"max"`` for its most active
     unit, ``(y, x)`` -- or the string ``"y,x"`` -- for one unit). ``name``: template of the
     map file names (fields :data:`MAP_NAME_FIELDS`; default :func:`default_map_name`).
-    ``input_size`` sets the crop to N and scales the resize like the model's (e.g. 256/224);
-    ``resize``/``crop`` (an int, or ``None`` for none) override the model's preprocessing;
-    ``mean``/``std`` (one number per channel, or one for all) and ``channels`` (1: grayscale) too,
-    see :meth:`~guided_backprop.Preprocessing.adjust`.
     """
 
-    model: str | None = None  # None: models.DEFAULT_MODEL
-    weights: str | None = None
-    labels: str | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
-    resize: int | None | str = "model"
-    crop: int | None | str = "model"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
-    channels: int | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)
     methods: Sequence[str] = ("guided_backprop",)
     target: Any = None  # None, TopK, int or str (also targets.parse_target's text: detections:5, box:..., output:K)
     mask: str | None = None  # a segmenter's region: a picture whose non-zero pixels are the region
@@ -65,7 +54,6 @@ class BatchConfig:
     input_name: str = DEFAULT_INPUT_NAME
     save_raw: bool = False
     panel: bool = False  # also write panel_{idx}.png: the input then every method's map, titled
-    device: str = "auto"
     batch_size: int = 8
     workers: int = 2
     overwrite: bool = False
@@ -82,14 +70,14 @@ class BatchResult:
     failed: int = 0
     maps: int = 0  # map files listed in the index
     computed: int = 0  # inputs processed by this invocation (the others were complete already)
-    resumed: int = 0  # inputs skipped because a previous run finished them
+    resumed: int = 0  # inputs already done: a previous run finished them (the summary says "skipped")
     seconds: float = 0.0
     interrupted: bool = False
     signal: str | None = None  # "SIGINT" or "SIGTERM" when interrupted
     rank: int = 0
     world_size: int = 1
     errors: list[str] = field(default_factory=list)  # this rank's error lines
-    skipped: list[Skipped] = field(default_factory=list)  # inputs passed over, never opened (and why)
+    passed_over: list[PassedOver] = field(default_factory=list)  # inputs never opened (and why)
     index: Path | None = None
     abandoned: int = 0  # writer jobs still running when an interrupted run stopped waiting for them
 
@@ -105,9 +93,8 @@ class BatchResult:
         Under torchrun only rank 0 returns 1: torchrun stops the other processes as soon as one
         exits non-zero, which must not happen while rank 0 is still writing the index.
         """
-        if self.interrupted:
-            return ExitCode.TERMINATED if self.signal == "SIGTERM" else ExitCode.INTERRUPTED
-        return ExitCode.SOME_FAILED if self.failed and self.rank == 0 else ExitCode.OK
+        stop = None if not self.interrupted else Terminated() if self.signal == "SIGTERM" else KeyboardInterrupt()
+        return exit_code(stop, failed=self.failed if self.rank == 0 else 0)
 
     def summary(self) -> str:
         """One line: ``N images: S skipped (already done), C computed, F failed in T s (X img/s) -> OUT``.
@@ -119,17 +106,13 @@ class BatchResult:
         from the start of the process when the command gives it (``run(started_at=...)``). The rate is
         left out when nothing was processed (a rerun of a finished folder).
         """
-        over = f", {len(self.skipped)} passed over (not read)" if self.skipped else ""
+        over = f", {len(self.passed_over)} passed over (not read)" if self.passed_over else ""
         images = "image" if self.images == 1 else "images"
         explained = max(0, self.computed - self.failed)
         rate = f" ({self.rate:.1f} img/s)" if self.computed else ""
         resumed = f"{self.resumed} skipped (already done), " if self.resumed else ""
         return (f"{self.images} {images}: {resumed}{explained} computed, "
                 f"{self.failed} failed{over} in {self.seconds:.1f} s{rate} -> {self.output}")
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (systemd, Slurm, ``kill``, torchrun): stops the run like Ctrl-C, with exit code 143."""
 
 
 class RunStopped(GuidedBackpropError):
@@ -142,7 +125,7 @@ class RunStopped(GuidedBackpropError):
 
     def __init__(self, message: str, exit_code: int = ExitCode.FAILED) -> None:
         super().__init__(message)
-        self.exit_code = int(exit_code)
+        self.exit_code = int(exit_code)  # 3, or 4 (DiskFull)
 
 
 class DiskFull(RunStopped):

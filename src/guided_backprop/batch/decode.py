@@ -20,7 +20,7 @@ from .config import BatchConfig, RunStopped
 from .identity import file_identity
 
 
-class _Decoded(NamedTuple):
+class Decoded(NamedTuple):
     idx: int
     path: str
     tensor: torch.Tensor | None
@@ -30,11 +30,11 @@ class _Decoded(NamedTuple):
 
 #: Default cap on an input's pixels after preprocessing (``max_pixels``, ``--max-pixels``): 2048 x 2048.
 MAX_PIXELS = BatchConfig.max_pixels
-#: Worker slots of :attr:`_DecodeDataset.reading` (more workers than this are not tracked).
+#: Worker slots of :attr:`DecodeDataset.reading` (more workers than this are not tracked).
 _SLOTS = 64
 
 
-class _DecodeDataset(torch.utils.data.Dataset):
+class DecodeDataset(torch.utils.data.Dataset):
     """(global idx, path) -> decoded, preprocessed tensor, or an error record (never raises).
 
     An input whose size after preprocessing (the resize, or the resize before a crop) would exceed
@@ -53,7 +53,7 @@ class _DecodeDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, i: int) -> _Decoded:
+    def __getitem__(self, i: int) -> Decoded:
         idx, path = self.items[i]
         info = torch.utils.data.get_worker_info()
         slot = info.id if info is not None and info.id < _SLOTS else None
@@ -66,20 +66,20 @@ class _DecodeDataset(torch.utils.data.Dataset):
             if slot is not None:
                 self.reading[2 * slot + 1] = 0
 
-    def _decode(self, idx: int, path: str) -> _Decoded:
+    def _decode(self, idx: int, path: str) -> Decoded:
         ident = file_identity(path)
         try:  # load_image opens only a regular file: a FIFO named x.png would block this worker forever
             image = images.load_image(path)
             too_big = self._too_big(path, image.height, image.width)
             if too_big is not None:
-                return _Decoded(idx, path, None, too_big, ident)
+                return Decoded(idx, path, None, too_big, ident)
             tensor = self.preprocessing(image)
         except ImageError as err:
-            return _Decoded(idx, path, None, _one_line(str(err)), ident)
+            return Decoded(idx, path, None, one_line(str(err)), ident)
         except Exception as err:  # preprocessing of a strange picture; report it, keep going
-            return _Decoded(idx, path, None, _one_line(f"cannot read image {path!r}: {type(err).__name__}: {err}"),
+            return Decoded(idx, path, None, one_line(f"cannot read image {path!r}: {type(err).__name__}: {err}"),
                             ident)
-        return _Decoded(idx, path, tensor, None, ident)
+        return Decoded(idx, path, tensor, None, ident)
 
     def _too_big(self, path: str, height: int, width: int) -> str | None:
         """Why the picture's preprocessed size is refused, or ``None`` (computed, not made)."""
@@ -130,12 +130,12 @@ def _init_worker(parent: int, _worker_id: int) -> None:
 _PR_SET_PDEATHSIG = 1
 
 
-def _pass_through(item: _Decoded) -> _Decoded:
+def pass_through(item: Decoded) -> Decoded:
     """The DataLoader's collate: items travel one by one, errors included (batched after decoding)."""
     return item
 
 
-def _one_line(text: str) -> str:
+def one_line(text: str) -> str:
     return " ".join(str(text).split())
 
 
@@ -163,7 +163,7 @@ def worker_died(err: BaseException, done: int, dead: Sequence[int] = (),
         return None
     pids = sorted(set(dead) | {int(p) for p in re.findall(r"\d+", " ".join(re.findall(r"pid\(?s?\)? ([\d, ]+)",
                                                                                         text)))})
-    cause = _one_line(str(err.__cause__ or err)) if "DataLoader worker" in text else f"pid {', '.join(map(str, pids))}"
+    cause = one_line(str(err.__cause__ or err)) if "DataLoader worker" in text else f"pid {', '.join(map(str, pids))}"
     if reading is not None:
         return WorkerDied(f"a decode worker process died while reading {reading[1]!r} ({cause}): it was killed, "
                           f"perhaps by the out-of-memory killer; that input is recorded as failed and a rerun passes "

@@ -9,8 +9,7 @@ from typing import NamedTuple
 
 import torch
 
-from ..errors import ExitCode, GuidedBackpropError
-from .config import RunStopped, Terminated
+from ..errors import ExitCode, GuidedBackpropError, exit_code
 
 
 class PeerFailed(GuidedBackpropError):
@@ -20,15 +19,7 @@ class PeerFailed(GuidedBackpropError):
 
     def __init__(self, message: str, exit_code: int = ExitCode.USAGE) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
-
-
-def _exit_code_of(error: BaseException) -> int:
-    if isinstance(error, KeyboardInterrupt):
-        return ExitCode.TERMINATED if isinstance(error, Terminated) else ExitCode.INTERRUPTED
-    if isinstance(error, (PeerFailed, RunStopped)):
-        return error.exit_code
-    return ExitCode.USAGE if isinstance(error, GuidedBackpropError) else ExitCode.FAILED
+        self.exit_code = exit_code  # the failed process's
 
 
 class TorchrunEnv(NamedTuple):
@@ -47,7 +38,7 @@ def torchrun_env() -> TorchrunEnv:
                        int(os.environ.get("LOCAL_WORLD_SIZE", world) or world))
 
 
-class _Dist:
+class Dist:
     """The process group of a ``torchrun`` job; collectives are no-ops for one process."""
 
     def __init__(self, device: torch.device, env: TorchrunEnv) -> None:
@@ -94,7 +85,7 @@ class _Dist:
         import torch.distributed as dist
 
         flags = torch.zeros(self.world, dtype=torch.int64, device=self.device)
-        flags[self.rank] = 0 if error is None else _exit_code_of(error)
+        flags[self.rank] = 0 if error is None else exit_code(error)
         dist.all_reduce(flags, op=dist.ReduceOp.SUM)
         failed = [(r, int(c)) for r, c in enumerate(flags.tolist()) if c]
         if not failed:

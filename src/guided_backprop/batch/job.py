@@ -7,6 +7,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,26 +20,39 @@ from ..errors import InputError, ModelError
 from ..pictures import panels, render
 from ..pictures.grid import Row, row_label, target_name
 from ..records import ClassScore, IndexRecord, LayerTargetRecord, NeuronValue
+from ..reporting import Reporter
 from ..targets import MaxNeuron, Neuron, Region, select_output
-from ..visible import visible
-from .config import _TOP5, DISK_ERRNOS, BatchConfig, DiskFull, RunStopped
-from .decode import _Decoded, _one_line, worker_died
-from .dist import _Dist
-from .journal import JournalEntry, _Journal
-from .names import PANEL_NAME, _fill
-from .plan import _Plan
-from .writer import _npy_bytes, _Writer
+from .config import DISK_ERRNOS, TOP5, DiskFull, RunStopped
+from .decode import Decoded, one_line, worker_died
+from .dist import Dist
+from .journal import Journal, JournalEntry
+from .names import PANEL_NAME, fill_template
+from .plan import Plan
+from .writer import Writer, npy_bytes
 
 
-class _Job:
+@dataclass
+class InputMaps:
+    """One input's results, from the compute step to its writer: the maps and what they explain."""
+
+    maps: dict[str, np.ndarray]  # per method, (K, C, H, W): one map per explained target
+    top5: list[tuple[int, float]]  # the best classes (index, probability); empty without class logits
+    targets: list[tuple[int, float]] | None  # the explained classes (index, probability), None for other targets
+    explained: list[dict[str, Any]]  # per explained target: what it is, its value, found, zero maps (index.jsonl)
+    scores: list[float]  # the explained scores
+    position: tuple[int, int] | None  # the unit a MaxNeuron target took, (y, x)
+    regions: dict[int, np.ndarray]  # per explained target (rank), the region a segmenter's map explains
+
+
+class RankJob:
     """One rank's work: compute batches, hand each input's writing to the pool, journal the results."""
 
-    def __init__(self, plan: _Plan, out: Path, cfg: BatchConfig, dist: _Dist, log: Callable[[str], None]) -> None:
+    def __init__(self, plan: Plan, out: Path, dist: Dist, reporter: Reporter) -> None:
         self.plan = plan
+        self.settings = plan.settings
         self.out = out
-        self.cfg = cfg
         self.dist = dist
-        self.log = log
+        self.reporter = reporter
         self.explainer = Explainer(plan.loaded.model)
         self.labels = list(plan.loaded.labels)
         self._lock = threading.Lock()
@@ -46,7 +60,7 @@ class _Job:
         self.failed = 0
         self.maps = 0
         self.errors: list[str] = []
-        self.journal: _Journal | None = None
+        self.journal: Journal | None = None
         self.fatal: BaseException | None = None
         self.stop: RunStopped | None = None  # set by a writer thread (disk full); raised by the pipeline
         self.gradcam_layer: str | None = None  # the layer Grad-CAM used (the engine's choice when not given)
@@ -62,10 +76,10 @@ class _Job:
     def fail(self, idx: int, path: str, reason: str, ident: list[int] | None = None, *, poison: bool = False) -> None:
         """Journal one input as failed, and say why in one line; ``poison``: a rerun does not retry it
         (reading it killed a decode worker), unless the file changes or ``overwrite`` is given."""
-        reason = _one_line(reason)
+        reason = one_line(reason)
         assert self.journal is not None
         try:
-            record = IndexRecord.failed(idx, path, reason, save_raw=self.cfg.save_raw)
+            record = IndexRecord.failed(idx, path, reason, save_raw=self.settings.save_raw)
             self.journal.write(self._entry(record, ident, poison))
         except OSError as err:
             if self._stop_if_disk(err, self.journal.path):
@@ -75,7 +89,7 @@ class _Job:
             self.failed += 1
             self.errors.append(reason)
         if not poison:  # the stop that follows names it
-            self.log(f"error: {visible(reason)}")
+            self.reporter.failed(reason)
 
     def _stop_if_disk(self, err: OSError, where: str | os.PathLike[str] | None) -> bool:
         """A write failure that will hit every input (disk full, over quota, read-only): stop the run.
@@ -95,7 +109,7 @@ class _Job:
     def _predict(self, x: torch.Tensor) -> torch.Tensor | None:
         """The class logits of a classifier; ``None`` for another kind of model (no top-5 to list)."""
         with torch.no_grad(), model_state(self.plan.loaded.model):
-            out = select_output(self.plan.loaded.model(x), self.cfg.output_key)
+            out = select_output(self.plan.loaded.model(x), self.settings.output_key)
         if not isinstance(out, torch.Tensor):
             out = getattr(out, "logits", None)
         if not isinstance(out, torch.Tensor) or out.ndim != 2:
@@ -104,17 +118,17 @@ class _Job:
             raise ModelError("the model does not return (N, classes) logits, so its predictions cannot be listed")
         return out
 
-    def _explain(self, items: list[_Decoded]) -> Any:
+    def _explain(self, items: list[Decoded]) -> Any:
         x = torch.stack([it.tensor for it in items]).to(self.plan.device, non_blocking=True)  # type: ignore[misc]
-        cfg, plan = self.cfg, self.plan
+        s, plan = self.settings, self.plan
         # SmoothGrad noise is seeded per input (its index), so maps do not depend on the batching.
-        e = SmoothGrad(self.explainer, samples=cfg.smooth, noise=cfg.noise).explain(
-            x, _fit_masks(plan.target, x), methods=plan.methods, gradcam_layer=plan.gradcam_layer,
-            output=cfg.output_key, labels=self.labels or None, seed=cfg.seed, sample_ids=[it.idx for it in items])
+        e = SmoothGrad(self.explainer, samples=s.smooth, noise=s.noise or 0.0).explain(  # noise: None without smoothing
+            x, fit_masks(plan.target, x), methods=plan.methods, gradcam_layer=s.gradcam_layer,
+            output=s.output_key, labels=self.labels or None, seed=s.seed, sample_ids=[it.idx for it in items])
         logits = e.logits if e.logits is not None else self._predict(x)
         return e, logits
 
-    def compute(self, items: list[_Decoded], writer: _Writer) -> None:
+    def compute(self, items: list[Decoded], writer: Writer) -> None:
         """One forward/backward for ``items`` (same-size tensors); each input's writing goes to ``writer``.
 
         A failing forward is split to find the input at fault, unless the fault is the model's
@@ -139,7 +153,7 @@ class _Job:
         if self.gradcam_layer is None:
             self.gradcam_layer = getattr(e, "gradcam_layer", None)
         probs = None if logits is None else logits.detach().float().softmax(dim=1).cpu()
-        top_p, top_i = probs.topk(min(_TOP5, probs.shape[1]), dim=1) if probs is not None else (None, None)
+        top_p, top_i = probs.topk(min(TOP5, probs.shape[1]), dim=1) if probs is not None else (None, None)
         maps = {m: v.detach().float().cpu().numpy() for m, v in e.maps.items()}  # (N, K, C, H, W)
         explained = self._explained(e)
         targets = None if e.targets is None else e.targets.cpu()
@@ -160,18 +174,18 @@ class _Job:
                                            f"values overflow, or the model divides by zero); no map is written",
                           it.ident)
                 continue
-            job = {
-                "maps": {m: v[i] for m, v in maps.items()},
-                "top5": [] if top_i is None or top_p is None else [
+            result = InputMaps(
+                maps={m: v[i] for m, v in maps.items()},
+                top5=[] if top_i is None or top_p is None else [
                     (int(c), float(p)) for c, p in zip(top_i[i].tolist(), top_p[i].tolist())],
-                "targets": None if targets is None or probs is None else [
+                targets=None if targets is None or probs is None else [
                     (int(c), float(probs[i, c])) for c in targets[i].tolist()],
-                "explained": explained[i],
-                "scores": scores[i].tolist(),
-                "position": None if positions is None else [int(v) for v in positions[i].tolist()],
-                "regions": {k: r[i].numpy() for k, r in getattr(e, "regions", {}).items()},
-            }
-            writer.submit(self._writer_job(it, job))
+                explained=explained[i],
+                scores=scores[i].tolist(),
+                position=None if positions is None else (int(positions[i][0]), int(positions[i][1])),
+                regions={k: r[i].numpy() for k, r in getattr(e, "regions", {}).items()},
+            )
+            writer.submit(self._writer_task(it, result))
 
     @staticmethod
     def _not_finite(logits_ok: bool, maps: dict[str, np.ndarray], scores: torch.Tensor) -> str | None:
@@ -211,7 +225,7 @@ class _Job:
             rows.append(row)
         return rows
 
-    def _model_fault(self, item: _Decoded, err: Exception) -> ModelError | None:
+    def _model_fault(self, item: Decoded, err: Exception) -> ModelError | None:
         """The model's fault, not the image's, when a forward fails: a first layer that takes another
         number of channels than the pictures have, or (with a fixed input size, where every tensor has
         the same shape) a failure before any batch went through. ``None``: look for the input at fault."""
@@ -227,18 +241,18 @@ class _Job:
                 f"its first layer's weights over 3 channels) or one whose factory converts the input", field="model")
         if getattr(self.plan.preprocessing, "fixed_size", None) and not self.computed_once:
             return ModelError(f"the model cannot take the images as preprocessed (tensors of shape {shape}): "
-                              f"{_one_line(str(err))}; check the preprocessing it needs (input size, resize, crop)",
+                              f"{one_line(str(err))}; check the preprocessing it needs (input size, resize, crop)",
                               field="model")
         return None
 
     # -- write ---------------------------------------------------------------------------------
-    def _writer_job(self, item: _Decoded, job: dict[str, Any]) -> Callable[[], None]:
+    def _writer_task(self, item: Decoded, result: InputMaps) -> Callable[[], None]:
         def write() -> None:
             if self.stop is not None:  # the disk is full: do not try every remaining input
                 return
             written: list[Path] = []
             try:
-                rec = self._write(item, job, written)
+                rec = self._write(item, result, written)
                 assert self.journal is not None
                 self.journal.write(self._entry(rec, item.ident))
             except Exception as err:  # a name too long, a bad picture...: this input failed, the run goes on
@@ -260,36 +274,36 @@ class _Job:
         render.save_image(picture, path)
         written.append(path)
 
-    def _write(self, item: _Decoded, job: dict[str, Any], written: list[Path]) -> IndexRecord:
+    def _write(self, item: Decoded, result: InputMaps, written: list[Path]) -> IndexRecord:
         """Save the input picture, every map (and the panel) of one input; return its index record."""
         plan = self.plan
-        top5 = [ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in job["top5"]]
+        top5 = [ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in result.top5]
         pred = top5[0].class_index if top5 else None
         stem = safe_name(Path(item.path).stem)
         picture = plan.preprocessing.invert(item.tensor)
-        input_name = _fill(plan.input_template, idx=item.idx, stem=stem)
+        input_name = fill_template(plan.settings.input_name, idx=item.idx, stem=stem)
         self._save(picture, input_name, written)
         files: dict[str, str] = {"input": input_name}
         raw: dict[str, str] = {}
-        classes = [c for c, _p in job["targets"]] if job["targets"] is not None else [pred]
+        classes: list[int | None] = [c for c, _p in result.targets] if result.targets is not None else [pred]
         if isinstance(plan.target, list):  # output targets: the class each one explains (a box's label...)
-            classes = [t["class_index"] for t in job["explained"]]
-        for t in job["explained"]:
+            classes = [t["class_index"] for t in result.explained]
+        for t in result.explained:
             if not t["found"]:
-                self.log(f"no map: {item.path!r}: {t['target']}: {t.get('reason', 'nothing to explain')}")
+                self.reporter.info(f"no map: {item.path!r}: {t['target']}: {t.get('reason', 'nothing to explain')}")
             elif t["zero_maps"]:
-                self.log(f"warning: {item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
+                self.reporter.warning(f"{item.path!r}: the {', '.join(t['zero_maps'])} map of {t['target']} is all "
                          f"zeros (an empty region, or every ReLU on its path gated off)")
-        found = [t["found"] for t in job["explained"]]
-        marks = [_mark(t, r, job["regions"].get(r)) for r, t in enumerate(job["explained"])]
-        ranked = self._save_maps(item.idx, stem, picture, job["maps"], classes, files, raw, written, found, marks,
-                                 [t["target"] for t in job["explained"]])
+        found = [t["found"] for t in result.explained]
+        marks = [_mark(t, r, result.regions.get(r)) for r, t in enumerate(result.explained)]
+        ranked = self._save_maps(item.idx, stem, picture, result.maps, classes, files, raw, written, found, marks,
+                                 [t["target"] for t in result.explained])
         marks = [m for m, f in zip(marks, found) if f]  # the panel's rows: the targets found
-        panel = (self._save_panel(item.idx, stem, picture, ranked, job, top5, written, marks) if self.cfg.panel
+        panel = (self._save_panel(item.idx, stem, picture, ranked, result, top5, written, marks) if self.settings.panel
                  else None)
         if panel is not None:
             files["panel"] = panel
-        return self._index_record(item, job, top5, files, raw)
+        return self._index_record(item, result, top5, files, raw)
 
     def _save_maps(self, idx: int, stem: str, picture: np.ndarray, maps: dict[str, np.ndarray],
                    classes: list[int | None], files: dict[str, str], raw: dict[str, str],
@@ -300,7 +314,7 @@ class _Job:
 
         Returns every method's maps in rank order (RGB), which the panel shows.
         """
-        plan, cfg = self.plan, self.cfg
+        plan, s = self.plan, self.settings
         lt = plan.layer_target
         bgr = bool(getattr(plan.preprocessing, "bgr", False))
         ranked: dict[str, list[np.ndarray]] = {m: [] for m in plan.methods}
@@ -310,7 +324,7 @@ class _Job:
                 if found is not None and r < len(found) and not found[r]:
                     continue  # nothing to explain (no matching detection): no map, never a zero map
                 cls = classes[r] if r < len(classes) else classes[0]
-                name = _fill(plan.map_template, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
+                name = fill_template(s.name, idx=idx, stem=stem, method=method, rank=r + 1, class_index=cls,
                              label=safe_name(plan.loaded.label(cls)) if cls is not None else "none",
                              layer=safe_name(lt.layer) if lt else "none", channel=lt.channel if lt else "none",
                              target=safe_name(titles[r]) if titles and r < len(titles) else "none")
@@ -318,71 +332,69 @@ class _Job:
                 if bgr and m.shape[0] == 3:
                     m = m[::-1]  # the network's BGR channels back to RGB
                 ranked[method].append(m)
-                shown = render.method_picture(method, m, image=picture, norm=cfg.norm)
+                shown = render.method_picture(method, m, image=picture, norm=s.normalization)
                 mark = marks[r] if marks is not None and r < len(marks) else None
                 if mark is not None:  # what the map explains: a detection's box, a region's outline
                     shown = mark.draw(shown)
                 self._save(shown, name, written)
                 key = method if r == 0 else f"{method}_top{r + 1}"
                 files[key] = name
-                if cfg.save_raw:
+                if s.save_raw:
                     raw_name = str(Path(name).with_suffix(".npy"))
-                    write_bytes(self.out / raw_name, _npy_bytes(m.astype(np.float32)))
+                    write_bytes(self.out / raw_name, npy_bytes(m.astype(np.float32)))
                     written.append(self.out / raw_name)
                     raw[key] = raw_name
         return ranked
 
     def _save_panel(self, idx: int, stem: str, picture: np.ndarray, ranked: dict[str, list[np.ndarray]],
-                    job: dict[str, Any], top5: list[ClassScore], written: list[Path],
+                    result: InputMaps, top5: list[ClassScore], written: list[Path],
                     marks: list[render.Mark | None] | None = None) -> str | None:
         """A class x method grid (one row per explained class, the input first), titled with what is
         explained, SmoothGrad and a neuron's position; returns its file name."""
-        plan, cfg = self.plan, self.cfg
+        plan, s = self.plan, self.settings
         classes: list[str | None]
         probabilities: list[float | None]
         rows: list[Row] | None = None
         if isinstance(plan.target, list):  # output targets: titled with their raw score, never a probability
-            shown = [t for t in job["explained"] if t["found"]]
+            shown = [t for t in result.explained if t["found"]]
             rows = [row_label(target_name(t["target"], t["class_name"]), score=t["value"]) for t in shown]
             classes, probabilities = [None] * len(shown), [None] * len(shown)
             if not shown:
                 return None  # nothing found to explain in this image: no panel
         elif plan.layer_target is not None:
             classes, probabilities = [f"{plan.layer_target.layer} channel {plan.layer_target.channel}"], [None]
-        elif job["targets"] is not None:
-            classes = [plan.loaded.label(c) for c, _p in job["targets"]]
-            probabilities = [p for _c, p in job["targets"]]
+        elif result.targets is not None:
+            classes = [plan.loaded.label(c) for c, _p in result.targets]
+            probabilities = [p for _c, p in result.targets]
         elif top5:
             classes, probabilities = [top5[0].class_name], [top5[0].probability]
         else:
             classes, probabilities = [None], [None]
-        position = tuple(job["position"]) if job.get("position") else None
-        pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=cfg.norm,
-                                 smooth=int(cfg.smooth), noise=float(cfg.noise) if cfg.smooth else None,
-                                 position=position, marks=marks, rows=rows)  # type: ignore[arg-type]
-        panel_name = _fill(PANEL_NAME, idx=idx, stem=stem)
+        pic = panels.class_panel(picture, ranked, classes=classes, probabilities=probabilities, norm=s.normalization,
+                                 smooth=s.smooth, noise=s.noise if s.smooth else None, position=result.position,
+                                 marks=marks, rows=rows)  # type: ignore[arg-type]
+        panel_name = fill_template(PANEL_NAME, idx=idx, stem=stem)
         self._save(pic, panel_name, written)
         return panel_name
 
-    def _index_record(self, item: _Decoded, job: dict[str, Any], top5: list[ClassScore], files: dict[str, str],
+    def _index_record(self, item: Decoded, result: InputMaps, top5: list[ClassScore], files: dict[str, str],
                       raw: dict[str, str]) -> IndexRecord:
         """The index record of one finished input: prediction, explained classes or unit, files."""
         plan = self.plan
         best = top5[0] if top5 else ClassScore(None, None, None)
-        targets = None if job["targets"] is None else [
-            ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in job["targets"]]
+        targets = None if result.targets is None else [
+            ClassScore(c, plan.loaded.label(c), round(p, 6)) for c, p in result.targets]
         layer_target = None
         if plan.layer_target is not None:
             lt = plan.layer_target
             neuron: NeuronValue = ("max" if isinstance(lt, MaxNeuron) else (lt.y, lt.x) if isinstance(lt, Neuron)
                                    else None)
-            position = None if job["position"] is None else (job["position"][0], job["position"][1])
-            layer_target = LayerTargetRecord(layer=lt.layer, channel=lt.channel, neuron=neuron, position=position,
-                                             score=job["scores"][0])
+            layer_target = LayerTargetRecord(layer=lt.layer, channel=lt.channel, neuron=neuron,
+                                             position=result.position, score=result.scores[0])
         return IndexRecord(idx=item.idx, input=item.path, status="ok", error=None, class_index=best.class_index,
                            class_name=best.class_name, probability=best.probability, top5=top5, targets=targets,
-                           layer_target=layer_target, files=files, raw=raw if self.cfg.save_raw else None,
-                           explained=job["explained"])
+                           layer_target=layer_target, files=files, raw=raw if self.settings.save_raw else None,
+                           explained=result.explained)
 
 
 def _mark(target: dict[str, Any], rank: int, region: np.ndarray | None) -> render.Mark | None:
@@ -400,7 +412,7 @@ def _mark(target: dict[str, Any], rank: int, region: np.ndarray | None) -> rende
     return None
 
 
-def _fit_masks(target: Any, x: torch.Tensor) -> Any:
+def fit_masks(target: Any, x: torch.Tensor) -> Any:
     """A --mask picture resized (nearest) to this batch's input size: inputs of several sizes share it."""
     if not isinstance(target, list):
         return target

@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING, Any
 from ..atomic import is_temp_name, write_bytes, write_text
 from ..errors import GuidedBackpropError
 from ..records import IndexRecord, RecordError, json_text
-from .config import STATE_DIR, BatchConfig
+from .config import STATE_DIR
 
 if TYPE_CHECKING:
-    from .plan import _Plan
+    from .plan import Plan
 
 
-def _sweep_temp_files(*folders: Path, recursive: Sequence[Path] = ()) -> int:
+def sweep_temp_files(*folders: Path, recursive: Sequence[Path] = ()) -> int:
     """Remove the temporary files a run killed mid-write left in the folders this tool writes.
 
     Only names of :func:`guided_backprop.atomic.atomic_file`'s own pattern
@@ -82,7 +82,7 @@ class JournalEntry:
         return cls(record, fp, ident, float(when), rank, data.get("_poison") is True)
 
 
-class _Journal:
+class Journal:
     """Append-only JSON lines, one per finished input; a line is written after the input's files."""
 
     def __init__(self, path: Path) -> None:
@@ -112,7 +112,7 @@ class _Journal:
                 self._fh.close()
 
 
-def _journal_entries(state: Path) -> Iterator[JournalEntry]:
+def journal_entries(state: Path) -> Iterator[JournalEntry]:
     """Every entry of every journal in ``state``, whatever its fingerprint, in file order.
 
     A line cut by a kill, or one that is not an entry of this version, is left out.
@@ -131,13 +131,13 @@ def _journal_entries(state: Path) -> Iterator[JournalEntry]:
                 continue
 
 
-def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
+def read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
     """The newest entry of each idx over every journal in ``state`` that matches ``fingerprint``.
 
     A line cut by a kill, or one that is not an entry of this version, is left out (its input is redone).
     """
     best: dict[int, JournalEntry] = {}
-    for entry in _journal_entries(state):
+    for entry in journal_entries(state):
         if entry.fingerprint != fingerprint:
             continue
         old = best.get(entry.record.idx)
@@ -146,7 +146,7 @@ def _read_journals(state: Path, fingerprint: str) -> dict[int, JournalEntry]:
     return best
 
 
-def _complete(entry: JournalEntry | None, path: str, out: Path, ident: list[int] | None) -> bool:
+def is_complete(entry: JournalEntry | None, path: str, out: Path, ident: list[int] | None) -> bool:
     """A journal entry that says this input is done, of this very file (``ident``: its size and
     modification time now, :func:`.identity.file_identity`), and whose files all exist; or that reading
     this very file killed a decode worker (its ``poison`` failure stands until the file changes)."""
@@ -165,7 +165,7 @@ _HELD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
-def _folder_lock(state: Path) -> Iterator[None]:
+def folder_lock(state: Path) -> Iterator[None]:
     """Refuse a second run writing into the same output folder at the same time.
 
     A POSIX record lock (``fcntl.lockf``) belongs to this process alone: the decode workers, which
@@ -202,7 +202,7 @@ def _folder_lock(state: Path) -> Iterator[None]:
             _HELD.discard(key)
 
 
-def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
+def prepare_folder(out: Path, plan: Plan) -> None:
     """Rank 0, before any image: check the folder holds no other job's computed inputs, write job.json.
 
     A folder whose journals hold no input (a run that failed before its first input) is no other job:
@@ -212,24 +212,25 @@ def _prepare_folder(out: Path, plan: _Plan, cfg: BatchConfig) -> None:
     job_path = state / "job.json"
     # --overwrite keeps the journals: they say which files are this tool's (removed once no input lists
     # them, numbering.remove_stale) and which number each input has; the run redoes every input anyway.
-    if not cfg.overwrite and job_path.is_file() and next(_journal_entries(state), None) is not None:
+    if not plan.overwrite and job_path.is_file() and next(journal_entries(state), None) is not None:
         try:
             old = json.loads(job_path.read_text(encoding="utf-8")).get("settings", {})
         except (OSError, ValueError, AttributeError):
             old = None
-        if old is not None and old != plan.settings:
-            diff = [k for k in sorted(set(old) | set(plan.settings)) if old.get(k) != plan.settings.get(k)]
-            shown = "; ".join(f"{k}: {old.get(k)!r} -> {plan.settings.get(k)!r}" for k in diff[:3])
+        settings = plan.settings.to_json()
+        if old is not None and old != settings:
+            diff = [k for k in sorted(set(old) | set(settings)) if old.get(k) != settings.get(k)]
+            shown = "; ".join(f"{k}: {old.get(k)!r} -> {settings.get(k)!r}" for k in diff[:3])
             raise GuidedBackpropError(
                 f"{str(out)!r} holds the output of a run with other settings ({shown}); rerun with overwrite=True "
                 f"to replace it, or choose another output folder", field="output"
             )
-    _sweep_temp_files(out, state, *plan.folders, recursive=plan.class_folders)
+    sweep_temp_files(out, state, *plan.folders, recursive=plan.class_folders)
     plan.digests.save()
-    write_text(job_path, json_text({"fingerprint": plan.fingerprint, "settings": plan.settings}, indent=1))
+    write_text(job_path, json_text({"fingerprint": plan.fingerprint, "settings": plan.settings.to_json()}, indent=1))
 
 
-class _FolderBefore:
+class FolderBefore:
     """What the output folder held before a run touched it, so that a run that computed nothing can
     leave it as it was (a refused model, a bad channel... must not lock the folder for the corrected
     command): :meth:`restore` puts back ``run.json`` and ``job.json``, and removes the state folder and
@@ -271,6 +272,6 @@ class _FolderBefore:
                 else:
                     write_bytes(path, data)
         if not self.out_existed:
-            _sweep_temp_files(self.out)
+            sweep_temp_files(self.out)
             with contextlib.suppress(OSError):
                 self.out.rmdir()  # only when empty

@@ -32,7 +32,7 @@ def default_map_name(methods: Sequence[str], k: int = 1, *, layer_target: bool =
     return stem + ".png"
 
 
-def _template_fields(template: str, allowed: Sequence[str], what: str) -> set[str]:
+def template_fields(template: str, allowed: Sequence[str], what: str) -> set[str]:
     """The fields a file-name template uses, checked. ``what`` is the setting's field name
     (``"name"`` or ``"input_name"``), which errors carry."""
     try:
@@ -56,7 +56,7 @@ def _template_fields(template: str, allowed: Sequence[str], what: str) -> set[st
     return used
 
 
-def _fill(template: str, **fields: Any) -> str:
+def fill_template(template: str, **fields: Any) -> str:
     """The template filled in; ``.png`` is added unless the template itself ends in an extension
     (a dotted ``{stem}`` such as ``holiday.2024`` is not one)."""
     name = template.format(**fields)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from ..atomic import write_text
 from ..records import IndexRecord, json_text
-from .journal import _journal_entries
+from .journal import journal_entries
 
 NUMBERS = "numbers.json"  # in the state folder
 
@@ -37,7 +37,7 @@ def _known_numbers(state: Path) -> dict[str, int]:
         data = {}
     if isinstance(data, dict):
         known.update({str(k): v for k, v in data.items() if isinstance(v, int) and not isinstance(v, bool) and v >= 0})
-    for entry in _journal_entries(state):
+    for entry in journal_entries(state):
         known.setdefault(entry.record.input, entry.record.idx)
     return known
 
@@ -87,7 +87,7 @@ def _previous_index(out: Path) -> list[IndexRecord]:
 
 def earlier_outputs(out: Path, state: Path) -> set[str]:
     """Every file name (relative to ``out``) this tool's journals and index have listed."""
-    return _listed_files([e.record for e in _journal_entries(state)]) | _listed_files(_previous_index(out))
+    return _listed_files([e.record for e in journal_entries(state)]) | _listed_files(_previous_index(out))
 
 
 def remove_stale(out: Path, earlier: set[str], rows: Sequence[IndexRecord]) -> list[str]:

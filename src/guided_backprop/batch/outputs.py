@@ -14,39 +14,39 @@ from typing import Any
 from .. import __version__
 from ..atomic import write_bytes, write_text
 from ..records import IndexRecord, RunRecord, json_text
-from .config import _TOP5, STATE_DIR, BatchConfig
-from .dist import _Dist
-from .journal import _read_journals
+from .config import STATE_DIR, TOP5
+from .dist import Dist
+from .journal import read_journals
 from .numbering import earlier_outputs, remove_stale
-from .plan import _Plan
+from .plan import Plan
 
 
-def _now() -> str:
+def local_time() -> str:
     return datetime.now().astimezone().isoformat(timespec="seconds")
 
 
-def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist, started: str,
+def run_json(plan: Plan, inputs: Sequence[str], dist: Dist, started: str,
               finished: str | None, counts: dict[str, int], gradcam_layer: str | None) -> str:
     """run.json: the settings in words, the counts, and the Grad-CAM layer the engine used."""
-    pre = plan.preprocessing
+    pre, settings = plan.preprocessing, plan.settings
     size = getattr(pre, "fixed_size", None)
     record = RunRecord(
         tool="guided-backprop",
         version=__version__,
-        model=plan.settings["model"],
-        weights=getattr(plan.loaded, "weights", None),
-        labels=plan.settings["labels"],
+        model=settings.model,
+        weights=settings.weights_description,
+        labels=settings.labels,
         preprocessing=pre.describe() if hasattr(pre, "describe") else repr(pre),
         input_size=(size[0], size[1]) if size else None,
-        methods=list(plan.methods),
-        normalization=cfg.norm,
-        target=plan.target_text,
-        gradcam_layer=gradcam_layer or plan.gradcam_layer,
-        smooth=int(cfg.smooth),
-        noise=float(cfg.noise) if cfg.smooth else None,
-        name=plan.map_template,
-        input_name=plan.input_template,
-        save_raw=bool(cfg.save_raw),
+        methods=list(settings.methods),
+        normalization=settings.normalization,
+        target=settings.target,
+        gradcam_layer=gradcam_layer or settings.gradcam_layer,
+        smooth=settings.smooth,
+        noise=settings.noise,
+        name=settings.name,
+        input_name=settings.input_name,
+        save_raw=settings.save_raw,
         device=str(plan.device),
         processes=dist.world,
         inputs=[str(i) for i in inputs],
@@ -63,7 +63,7 @@ def _run_json(plan: _Plan, cfg: BatchConfig, inputs: Sequence[str], dist: _Dist,
 def csv_columns(file_keys: Sequence[str], *, save_raw: bool) -> tuple[list[str], list[str]]:
     """``predictions.csv``'s header, and the ``raw`` keys it has columns for (files but input and panel)."""
     header = ["idx", "input", "status", "error", "class_index", "class_name", "probability"]
-    for r in range(1, _TOP5 + 1):
+    for r in range(1, TOP5 + 1):
         header += [f"top{r}_class_index", f"top{r}_class_name", f"top{r}_probability"]
     # What the first map explains, apart from the prediction above (--target person, detections:K...)
     header += ["explained_target", "explained_class_index", "explained_class_name", "explained_value",
@@ -82,7 +82,7 @@ def _csv_text(rows: list[IndexRecord], file_keys: list[str], save_raw: bool) -> 
     for row in rows:
         line = [row.idx, row.input, row.status, row.error or "", _blank(row.class_index), _blank(row.class_name),
                 _blank(row.probability)]
-        for r in range(_TOP5):
+        for r in range(TOP5):
             line += [_blank(v) for v in row.top5[r].to_json()] if r < len(row.top5) else ["", "", ""]
         first = (row.explained or [{}])[0]
         line += [_blank(first.get(k)) for k in ("target", "class_index", "class_name", "value", "value_kind")]
@@ -97,7 +97,7 @@ def _blank(value: Any) -> Any:
     return "" if value is None else value
 
 
-def _previous_gradcam_layer(path: Path) -> str | None:
+def previous_gradcam_layer(path: Path) -> str | None:
     """The Grad-CAM layer of an earlier run.json (``None`` when there is none): what a resumed run keeps."""
     try:
         return RunRecord.from_json(json.loads(path.read_text(encoding="utf-8"))).gradcam_layer
@@ -105,7 +105,7 @@ def _previous_gradcam_layer(path: Path) -> str | None:
         return None
 
 
-def _merge(out: Path, plan: _Plan, paths: list[Path], *, sweep: bool = True
+def merge_outputs(out: Path, plan: Plan, paths: list[Path], *, sweep: bool = True
            ) -> tuple[list[IndexRecord], dict[str, int], list[str]]:
     """Rank 0, after every rank is done: index.jsonl + predictions.csv from the journals; compact them.
 
@@ -114,8 +114,8 @@ def _merge(out: Path, plan: _Plan, paths: list[Path], *, sweep: bool = True
     """
     state = out / STATE_DIR
     earlier = earlier_outputs(out, state) if sweep else set()
-    entries = _read_journals(state, plan.fingerprint)
-    save_raw = bool(plan.settings["save_raw"])
+    entries = read_journals(state, plan.fingerprint)
+    save_raw = plan.settings.save_raw
     rows: list[IndexRecord] = []
     kept = []
     for idx, path in zip(plan.numbers, paths, strict=True):

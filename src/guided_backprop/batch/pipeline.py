@@ -4,66 +4,50 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
-from .config import RunStopped, Terminated
-from .decode import WorkerDied, _Decoded, _DecodeDataset, _pass_through, worker_died, worker_init
+from .config import RunStopped
+from .decode import Decoded, DecodeDataset, WorkerDied, pass_through, worker_died, worker_init
 from .identity import file_identity
-from .job import _Job
-from .writer import _Writer
+from .job import RankJob
+from .writer import Writer
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM (sent by torchrun, systemd, Slurm, ``kill``) stops the run like Ctrl-C, cleanly, as
-    :class:`.config.Terminated` (exit code 143)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(_signum: int, _frame: Any) -> None:
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut the clean stop short
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
-    """Decode ``todo`` in worker processes, compute in batches of ``batch_size`` same-size tensors, write."""
-    from tqdm import tqdm
-
-    cfg = job.cfg
-    batch_size = int(cfg.batch_size)
-    dataset = _DecodeDataset(todo, job.plan.preprocessing, int(cfg.max_pixels))
-    workers = min(int(cfg.workers), max(1, len(todo))) if todo else 0
+def run_pipeline(job: RankJob, todo: list[tuple[int, str]], progress: bool) -> None:
+    """Decode ``todo`` in worker processes, compute in batches of ``batch_size`` same-size tensors, write;
+    with ``progress``, the inputs done are told to the job's reporter."""
+    plan = job.plan
+    batch_size = plan.batch_size
+    dataset = DecodeDataset(todo, plan.preprocessing, plan.max_pixels)
+    workers = min(plan.workers, max(1, len(todo))) if todo else 0
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=None, shuffle=False, num_workers=workers,
-        collate_fn=_pass_through,  # type: ignore[arg-type]  # batch_size=None: items one by one, not lists
+        collate_fn=pass_through,  # type: ignore[arg-type]  # batch_size=None: items one by one, not lists
         pin_memory=job.plan.device.type == "cuda", prefetch_factor=max(2, batch_size) if workers else None,
         worker_init_fn=worker_init(os.getpid()) if workers else None,
     )
     threads = max(1, min(4, os.cpu_count() or 1))
-    writer = _Writer(threads, backlog=2 * batch_size + threads)
-    bar = tqdm(total=len(todo), unit="img", disable=not progress, file=sys.stderr, dynamic_ncols=True,
-               smoothing=0.05)
-    pending: dict[tuple[int, ...], list[_Decoded]] = {}
+    writer = Writer(threads, backlog=2 * batch_size + threads)
+    done = [0]
+
+    def advance(n: int) -> None:
+        done[0] += n
+        if progress:
+            job.reporter.progress(done[0], len(todo))
+
+    if progress:
+        job.reporter.progress(0, len(todo))
+    pending: dict[tuple[int, ...], list[Decoded]] = {}
 
     def flush(keys: list[tuple[int, ...]]) -> None:
         for key in keys:
             group = pending.pop(key)
             job.compute(group, writer)
-            bar.update(len(group))
+            advance(len(group))
 
     cancel = False
     it = iter(loader) if todo else iter(())
@@ -74,7 +58,7 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
                 raise job.stop
             if item.error is not None:
                 job.fail(item.idx, item.path, item.error, item.ident)
-                bar.update(1)
+                advance(1)
                 continue
             key = tuple(item.tensor.shape)  # type: ignore[union-attr]
             group = pending.setdefault(key, [])
@@ -100,8 +84,6 @@ def _pipeline(job: _Job, todo: list[tuple[int, str]], progress: bool) -> None:
         except KeyboardInterrupt:  # stopped while waiting for the last writes: wait no more than a stop does
             job.abandoned = writer.close(cancel=True)
             raise
-        finally:
-            bar.close()
     if job.stop is not None:  # the last writes filled the disk
         raise job.stop
 
@@ -121,7 +103,7 @@ def _dead_workers(workers: list[Any], wait: float = 2.0) -> list[int]:
         time.sleep(0.05)
 
 
-def stop_for_dead_worker(job: _Job, err: BaseException) -> BaseException:
+def stop_for_dead_worker(job: RankJob, err: BaseException) -> BaseException:
     """What stops the run when ``err`` escaped the pipeline: for a decode worker that died (however the
     loader showed it: its ``RuntimeError``, a lost queue item, a SIGCHLD raised anywhere), a
     :class:`.decode.WorkerDied` that names the file the worker was reading, which is journaled as a
@@ -144,7 +126,7 @@ def stop_for_dead_worker(job: _Job, err: BaseException) -> BaseException:
     return named
 
 
-def _decoded(it: Iterator[_Decoded], job: _Job) -> Iterator[_Decoded]:
+def _decoded(it: Iterator[Decoded], job: RankJob) -> Iterator[Decoded]:
     """The loader's items; a decode worker that died (the OOM killer's ``kill -9``) stops the run with
     one line that says so (exit code 3), not a traceback. The loader reports it as its own
     ``RuntimeError``, or as the failure to receive an item the dead worker had queued

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -19,7 +20,6 @@ from ..attribution import find_layer
 from ..errors import GuidedBackpropError, InputError, TargetError, UnknownNameError
 from ..methods import parse_methods
 from ..pictures import render
-from ..preprocessing import KEEP
 from ..targets import (
     Box,
     Channel,
@@ -34,51 +34,84 @@ from ..targets import (
 )
 from .config import STATE_DIR, BatchConfig
 from .identity import Digests, model_source_file
-from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, _fill, _template_fields, default_map_name
+from .names import INPUT_NAME_FIELDS, MAP_NAME_FIELDS, PANEL_NAME, default_map_name, fill_template, template_fields
 from .numbering import input_numbers
 
 
+@dataclass(frozen=True)
+class RunSettings:
+    """What a run's maps depend on, resolved once by planning: ``job.json``'s settings (a rerun whose
+    settings differ is refused, their :attr:`fingerprint` keys the journal), and the settings ``run.json``
+    states (:func:`.outputs.run_record`). The job reads them here, never from the config."""
+
+    model: str
+    weights: str | None  # a checkpoint's resolved path (or a weights name)
+    labels: str | None  # the label file's resolved path
+    num_classes: int | None
+    preprocessing: str  # repr(Preprocessing)
+    methods: tuple[str, ...]
+    target: str  # what the maps explain, in words
+    gradcam_layer: str | None  # as given (or the model's own); None: the engine's choice
+    smooth: int
+    noise: float | None  # None without SmoothGrad
+    seed: int | None  # None without SmoothGrad
+    normalization: str
+    name: str  # the map file name template
+    input_name: str
+    save_raw: bool
+    panel: bool
+    weights_description: str | None
+    # What the maps depend on besides the settings: the bytes of the files the model is made of.
+    weights_sha256: str | None
+    labels_sha256: str | None
+    model_source_sha256: str | None
+    output_key: str | int | None = None  # in job.json, not in the fingerprint
+
+    def to_json(self) -> dict[str, Any]:
+        """job.json's ``settings`` object (keys in this order)."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        out["methods"] = list(self.methods)
+        return out
+
+    @property
+    def fingerprint(self) -> str:
+        """What the journal's lines are keyed by: the settings but ``output_key``, hashed."""
+        keyed = {k: v for k, v in self.to_json().items() if k != "output_key"}
+        return hashlib.sha256(json.dumps(keyed, sort_keys=True).encode()).hexdigest()[:16]
+
+
 @dataclass
-class _Plan:
-    """Everything resolved from the config before any image is read."""
+class Plan:
+    """Everything resolved from the config before any image is read: nothing downstream reads the config."""
 
     loaded: Any
     device: torch.device
     preprocessing: Any
-    methods: tuple[str, ...]
+    settings: RunSettings
     target: Target
     k: int
     layer_target: Channel | Neuron | MaxNeuron | None
-    target_text: str
-    map_template: str
-    input_template: str
-    settings: dict[str, Any]
-    fingerprint: str
     file_keys: list[str]
-    gradcam_layer: str | None
     digests: Digests
     folders: list[Path]  # the subfolders the outputs are written in (swept of temporary files)
     class_folders: list[Path]  # folders below which the subfolders depend on the class (swept recursively)
     numbers: list[int]  # each input's number ({idx}), stable across reruns (numbering.py)
     number_table: dict[str, int]  # every number the folder has given, saved by rank 0
+    # how the work is done (not what the maps are): batches, decode processes, the input size limit, redo all
+    batch_size: int = 8
+    workers: int = 0
+    max_pixels: int = 2048 * 2048
+    overwrite: bool = False
     notes: list[str] = field(default_factory=list)  # said on the run's first lines (partial guidance, random weights)
     guidance: str = "yes"  # "yes": every activation is a ReLU; "partly"; "no"
 
+    @property
+    def methods(self) -> tuple[str, ...]:
+        return self.settings.methods
 
-def _preprocessing_changes(cfg: BatchConfig) -> dict[str, Any]:
-    """The config's changes to the model's preprocessing, as :meth:`Preprocessing.adjust` arguments."""
-    changes: dict[str, Any] = {k: getattr(cfg, k) for k in ("input_size", "mean", "std", "channels")
-                               if getattr(cfg, k) is not None}
-    for what in ("resize", "crop"):
-        value = getattr(cfg, what)
-        if value is not KEEP and value != "model":
-            changes[what] = None if value in (None, "none", 0) else int(value)
-    return changes
-
-
-def _apply_preprocessing(pre: Any, cfg: BatchConfig) -> Any:
-    """The model's preprocessing with ``--input-size`` / ``--resize`` / ``--crop`` / ``--mean`` ... applied."""
-    return pre.adjust(**_preprocessing_changes(cfg))
+    @property
+    def fingerprint(self) -> str:
+        return self.settings.fingerprint
 
 
 def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
@@ -155,21 +188,21 @@ def _read_mask(path: str) -> torch.Tensor:
     return torch.from_numpy(arr > 0).float()
 
 
-def _input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.Skipped]]:
+def input_paths(inputs: Sequence[str], out: Path) -> tuple[list[Path], list[images.PassedOver]]:
     """:func:`images.search_images`, minus what lies in the output folder (our own maps, on a rerun).
 
     Returns the paths and what was passed over (with the reason of each).
     """
     found = images.search_images(inputs, exclude=out)
     paths = found.paths
-    if not paths and found.skipped:
-        first = found.skipped[0]
-        raise InputError(f"no image can be read: {len(found.skipped)} input(s) passed over, e.g. "
+    if not paths and found.passed_over:
+        first = found.passed_over[0]
+        raise InputError(f"no image can be read: {len(found.passed_over)} input(s) passed over, e.g. "
                          f"{str(first.path)!r}: {first.reason}", field="inputs")
     if not paths:
         raise InputError(f"every image found is inside the output folder {str(out)!r} (earlier outputs are not "
                          f"inputs); give other inputs or another output folder", field="output")
-    return paths, found.skipped
+    return paths, found.passed_over
 
 
 def _digest(digests: Digests, path: str | os.PathLike[str] | None) -> str | None:
@@ -192,7 +225,7 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
     before the forward pass); names are compared case-insensitively (macOS, Windows).
 
     Returns the folders (relative) the names lie in, and the folders below which class-dependent
-    subfolders lie: the places :func:`.journal._sweep_temp_files` looks in.
+    subfolders lie: the places :func:`.journal.sweep_temp_files` looks in.
     """
     seen: dict[str, tuple[Path, str]] = {}
     folders: set[str] = set()
@@ -201,17 +234,17 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
     channel = layer_target.channel if layer_target is not None else "none"
     for idx, path in zip(numbers, paths, strict=True):
         stem = safe_name(path.stem)
-        planned = [(_fill(input_template, idx=idx, stem=stem), "input picture")]
+        planned = [(fill_template(input_template, idx=idx, stem=stem), "input picture")]
         for method in methods:
             for rank in range(1, k + 1):
                 cls = _CLASS_PLACEHOLDER.format(rank=rank)
-                name = _fill(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
+                name = fill_template(map_template, idx=idx, stem=stem, method=method, rank=rank, class_index=cls,
                              label=cls, layer=layer, channel=channel, target=cls)
                 planned.append((name, f"{method} map"))
                 if save_raw:
                     planned.append((str(Path(name).with_suffix(".npy")), f"raw {method} map"))
         if panel:
-            planned.append((_fill(PANEL_NAME, idx=idx, stem=stem), "panel"))
+            planned.append((fill_template(PANEL_NAME, idx=idx, stem=stem), "panel"))
         for name, kind in planned:
             parent = os.path.dirname(os.path.normpath(name))
             if "\0" in parent:
@@ -235,10 +268,8 @@ def _check_unique_outputs(paths: list[Path], numbers: Sequence[int], map_templat
     return folders, class_folders
 
 
-def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) -> _Plan:
+def make_plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) -> Plan:
     """Resolve the config (model, preprocessing, target, names, fingerprint); nothing is written."""
-    from .. import models
-
     digests = Digests(out / STATE_DIR)
 
     if cfg.batch_size < 1:
@@ -251,13 +282,10 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     if cfg.norm not in render.NORMALIZATIONS:
         raise UnknownNameError("normalization", cfg.norm, render.NORMALIZATIONS, field="norm")
     methods = parse_methods(list(cfg.methods))
-    model_name = cfg.model or models.DEFAULT_MODEL
-    loaded = models.load_model(
-        model_name, weights=cfg.weights, labels=cfg.labels, num_classes=cfg.num_classes,
-        trust_checkpoint=cfg.trust_checkpoint, device=device,
-        preprocessing=_preprocessing_changes(cfg) or None,
-    )
-    pre = loaded.preprocessing  # the config's changes applied by load_model, which tries the model on them
+    spec = cfg.model
+    model_name = spec.model_name
+    loaded = spec.load(device)
+    pre = loaded.preprocessing  # the spec's changes applied by the loader, which tries the model on them
     gradcam_layer = cfg.gradcam_layer or getattr(loaded, "gradcam_layer", None)
     if gradcam_layer is not None:
         find_layer(loaded.model, gradcam_layer, field="gradcam_layer")
@@ -265,8 +293,8 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     notes, guidance = _notes(loaded, model_name, methods)
 
     map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)
-    used = _template_fields(map_template, MAP_NAME_FIELDS, "name")
-    in_used = _template_fields(cfg.input_name, INPUT_NAME_FIELDS, "input_name")
+    used = template_fields(map_template, MAP_NAME_FIELDS, "name")
+    in_used = template_fields(cfg.input_name, INPUT_NAME_FIELDS, "input_name")
     if not used & {"idx", "stem"}:
         raise GuidedBackpropError(f"name={map_template!r} must contain {{idx}} or {{stem}}, or every image "
                                   f"would write the same file", field="name")
@@ -286,36 +314,35 @@ def _plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Path) 
     file_keys = ["input"] + [m if r == 1 else f"{m}_top{r}" for m in methods for r in range(1, k + 1)]
     if cfg.panel:
         file_keys.append("panel")
-    weights_text = getattr(loaded, "weights", None)
-    settings = {
-        "model": model_name,
-        "weights": None if cfg.weights is None else str(Path(cfg.weights).expanduser().resolve()),
-        "labels": None if cfg.labels is None else str(Path(cfg.labels).expanduser().resolve()),
-        "num_classes": cfg.num_classes,
-        "preprocessing": repr(pre),
-        "methods": list(methods),
-        "target": target_text,
-        "gradcam_layer": gradcam_layer,
-        "smooth": int(cfg.smooth),
-        "noise": float(cfg.noise) if cfg.smooth else None,
-        "seed": int(cfg.seed) if cfg.smooth else None,
-        "normalization": cfg.norm,
-        "name": map_template,
-        "input_name": cfg.input_name,
-        "save_raw": bool(cfg.save_raw),
-        "panel": bool(cfg.panel),
-        "weights_description": weights_text,
-        # What the maps depend on besides the settings: the bytes of the files the model is made of.
-        "weights_sha256": _digest(digests, cfg.weights),
-        "labels_sha256": _digest(digests, cfg.labels),
-        "model_source_sha256": _digest(digests, model_source_file(model_name)),
-    }
-    fingerprint = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-    settings["output_key"] = cfg.output_key
-    return _Plan(loaded, device, pre, methods, target, k, layer_target, target_text, map_template,
-                 cfg.input_name, settings, fingerprint, file_keys, gradcam_layer, digests,
-                 [out / f for f in sorted(folders)], [out / f for f in sorted(class_folders)],
-                 numbers, number_table, notes, guidance)
+    settings = RunSettings(
+        model=model_name,
+        weights=None if spec.weights is None else str(Path(spec.weights).expanduser().resolve()),
+        labels=None if spec.labels is None else str(Path(spec.labels).expanduser().resolve()),
+        num_classes=spec.num_classes,
+        preprocessing=repr(pre),
+        methods=tuple(methods),
+        target=target_text,
+        gradcam_layer=gradcam_layer,
+        smooth=int(cfg.smooth),
+        noise=float(cfg.noise) if cfg.smooth else None,
+        seed=int(cfg.seed) if cfg.smooth else None,
+        normalization=cfg.norm,
+        name=map_template,
+        input_name=cfg.input_name,
+        save_raw=bool(cfg.save_raw),
+        panel=bool(cfg.panel),
+        weights_description=getattr(loaded, "weights", None),
+        weights_sha256=_digest(digests, spec.weights),
+        labels_sha256=_digest(digests, spec.labels),
+        model_source_sha256=_digest(digests, model_source_file(model_name)),
+        output_key=cfg.output_key,
+    )
+    return Plan(loaded=loaded, device=device, preprocessing=pre, settings=settings, target=target, k=k,
+                 layer_target=layer_target, file_keys=file_keys, digests=digests,
+                 folders=[out / f for f in sorted(folders)], class_folders=[out / f for f in sorted(class_folders)],
+                 numbers=numbers, number_table=number_table, batch_size=int(cfg.batch_size),
+                 workers=int(cfg.workers), max_pixels=int(cfg.max_pixels), overwrite=bool(cfg.overwrite),
+                 notes=notes, guidance=guidance)
 
 
 def _notes(loaded: Any, model_name: str, methods: Sequence[str]) -> tuple[list[str], str]:

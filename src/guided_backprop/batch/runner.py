@@ -5,31 +5,24 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
-import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..atomic import write_text
 from ..devices import resolve_device
-from ..errors import GuidedBackpropError
-from ..images import Skipped
-from ..visible import skipped_line
-from .config import DISK_ERRNOS, STATE_DIR, BatchConfig, BatchResult, DiskFull, RunStopped, Terminated
-from .dist import _Dist, torchrun_env
+from ..errors import GuidedBackpropError, Terminated, sigterm_as_interrupt
+from ..images import PassedOver
+from ..reporting import LineReporter, Reporter
+from .config import DISK_ERRNOS, STATE_DIR, BatchConfig, BatchResult, DiskFull, RunStopped
+from .dist import Dist, torchrun_env
 from .identity import file_identity
-from .job import _Job
-from .journal import _complete, _folder_lock, _FolderBefore, _Journal, _prepare_folder, _read_journals
+from .job import RankJob
+from .journal import FolderBefore, Journal, folder_lock, is_complete, prepare_folder, read_journals
 from .numbering import save_numbers
-from .outputs import _merge, _now, _previous_gradcam_layer, _run_json
-from .pipeline import _pipeline, _sigterm_as_interrupt, stop_for_dead_worker
-from .plan import _input_paths, _Plan, _plan
-
-
-def _default_log(line: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(line, file=sys.stderr)
+from .outputs import local_time, merge_outputs, previous_gradcam_layer, run_json
+from .pipeline import run_pipeline, stop_for_dead_worker
+from .plan import Plan, input_paths, make_plan
 
 
 def run(
@@ -37,8 +30,7 @@ def run(
     output: str | Path,
     config: BatchConfig | None = None,
     *,
-    progress: bool = False,
-    log: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
     started_at: float | None = None,
 ) -> BatchResult:
     """Compute and save the maps of every image in ``inputs`` (files, folders, globs) into ``output``.
@@ -52,40 +44,43 @@ def run(
     Run under ``torchrun``, each rank takes every ``WORLD_SIZE``-th input; rank 0 writes the index
     of all of them. ``started_at`` (a :func:`time.perf_counter` value) is when the time in
     :attr:`BatchResult.seconds` starts: the command passes its process's start, so that start-up counts.
+    ``reporter`` is told the progress, the notes, the inputs passed over and those that failed, and
+    warnings (default: :class:`~guided_backprop.reporting.LineReporter`, lines to the ``guided_backprop``
+    logger).
     """
     cfg = config or BatchConfig()
-    log = log or _default_log
+    reporter = reporter if reporter is not None else LineReporter()
     out = Path(output).expanduser()
     t0 = time.perf_counter() if started_at is None else started_at
-    started = _now()
+    started = local_time()
     inputs_text = [os.fspath(i) for i in inputs]
 
     env = torchrun_env()
-    device = resolve_device(cfg.device, local_rank=env.local_rank, world=env.world)
-    dist = _Dist(device, env)
+    device = resolve_device(cfg.model.device, local_rank=env.local_rank, world=env.world)
+    dist = Dist(device, env)
     try:
-        with _sigterm_as_interrupt():
+        with sigterm_as_interrupt():
             # Setup errors on any rank stop every rank (the collectives below always run).
             error: BaseException | None = None
             plan = paths = None
-            skipped: list[Skipped] = []
+            passed_over: list[PassedOver] = []
             try:
                 if out.exists() and not out.is_dir():
                     raise GuidedBackpropError(f"the output {str(out)!r} is a file, not a folder; give a folder",
                                               field="output")
-                paths, skipped = _input_paths(inputs_text, out)
-                plan = _plan(paths, cfg, device, out)
+                paths, passed_over = input_paths(inputs_text, out)
+                plan = make_plan(paths, cfg, device, out)
             except BaseException as err:  # noqa: BLE001 - re-raised after the ranks agree
                 error = err
             dist.agree(error)
             assert plan is not None and paths is not None
             if dist.rank == 0:
                 for note in plan.notes:
-                    log(f"note: {note}")
-                for s in skipped:
-                    log(skipped_line(s.path, s.reason))
-            result = _run_planned(plan, paths, out, cfg, dist, inputs_text, started, t0, progress, log)
-            result.skipped = skipped
+                    reporter.note(note)
+                for s in passed_over:
+                    reporter.passed_over(s.path, s.reason)
+            result = _run_planned(plan, paths, out, dist, inputs_text, started, t0, reporter)
+            result.passed_over = passed_over
             return result
     finally:
         dist.close()
@@ -104,22 +99,21 @@ def _disk_error(err: OSError, out: Path) -> BaseException:
                     f"{fix}, then rerun")
 
 
-def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, dist: _Dist,
-                 inputs_text: list[str], started: str, t0: float, progress: bool,
-                 log: Callable[[str], None]) -> BatchResult:
+def _run_planned(plan: Plan, paths: list[Path], out: Path, dist: Dist,
+                 inputs_text: list[str], started: str, t0: float, reporter: Reporter) -> BatchResult:
     state = out / STATE_DIR
     previous_cam = None
-    before = _FolderBefore(out) if dist.rank == 0 else None
+    before = FolderBefore(out) if dist.rank == 0 else None
     with contextlib.ExitStack() as stack:
         error: BaseException | None = None
         if dist.rank == 0:
             try:
                 out.mkdir(parents=True, exist_ok=True)
-                stack.enter_context(_folder_lock(state))
-                _prepare_folder(out, plan, cfg)
+                stack.enter_context(folder_lock(state))
+                prepare_folder(out, plan)
                 save_numbers(state, plan.number_table)
-                previous_cam = None if cfg.overwrite else _previous_gradcam_layer(out / "run.json")
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, None, {}, None))
+                previous_cam = None if plan.overwrite else previous_gradcam_layer(out / "run.json")
+                write_text(out / "run.json", run_json(plan, inputs_text, dist, started, None, {}, None))
             except OSError as err:
                 error = _disk_error(err, out)
             except BaseException as err:  # noqa: BLE001
@@ -130,15 +124,15 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
 
         numbered = list(zip(plan.numbers, paths, strict=True))
         mine = [(i, str(p)) for pos, (i, p) in enumerate(numbered) if pos % dist.world == dist.rank]
-        done = _read_journals(state, plan.fingerprint) if not cfg.overwrite else {}
-        todo = [(i, p) for i, p in mine if not _complete(done.get(i), p, out, file_identity(p))]
+        done = read_journals(state, plan.fingerprint) if not plan.overwrite else {}
+        todo = [(i, p) for i, p in mine if not is_complete(done.get(i), p, out, file_identity(p))]
         result = BatchResult(output=out, rank=dist.rank, world_size=dist.world)
         result.resumed = len(mine) - len(todo)
 
-        job = _Job(plan, out, cfg, dist, log)
-        job.journal = _Journal(state / f"journal-{dist.rank}.jsonl")
+        job = RankJob(plan, out, dist, reporter)
+        job.journal = Journal(state / f"journal-{dist.rank}.jsonl")
         try:
-            _pipeline(job, todo, progress and dist.rank == 0)
+            run_pipeline(job, todo, dist.rank == 0)
         except KeyboardInterrupt as err:
             result.interrupted = True
             result.signal = "SIGTERM" if isinstance(err, Terminated) else "SIGINT"
@@ -159,8 +153,8 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
             return result
         if isinstance(job.fatal, RunStopped) and dist.world == 1:  # list what is done, if the disk lets us
             with contextlib.suppress(Exception):
-                _rows, counts, _ = _merge(out, plan, paths, sweep=False)
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
+                _rows, counts, _ = merge_outputs(out, plan, paths, sweep=False)
+                write_text(out / "run.json", run_json(plan, inputs_text, dist, started, local_time(), counts,
                                                        job.gradcam_layer or previous_cam))
         # A usage error met at the first batch (no ReLU, a channel out of range...) before any input was
         # journaled on any rank: the folder is put back as it was, so the corrected command is not refused.
@@ -175,13 +169,14 @@ def _run_planned(plan: _Plan, paths: list[Path], out: Path, cfg: BatchConfig, di
         error = None
         if dist.rank == 0:
             try:
-                _rows, counts, removed = _merge(out, plan, paths)
-                write_text(out / "run.json", _run_json(plan, cfg, inputs_text, dist, started, _now(), counts,
+                _rows, counts, removed = merge_outputs(out, plan, paths)
+                write_text(out / "run.json", run_json(plan, inputs_text, dist, started, local_time(), counts,
                                                        job.gradcam_layer or previous_cam))
                 result.index = out / "index.jsonl"
                 if removed:
                     shown = ", ".join(repr(n) for n in removed[:3]) + (", ..." if len(removed) > 3 else "")
-                    log(f"removed {len(removed)} file(s) of earlier outputs that no input of this run has: {shown}")
+                    reporter.info(f"removed {len(removed)} file(s) of earlier outputs that no input of this run has: "
+                                  f"{shown}")
             except OSError as err:
                 error = _disk_error(err, out)
             except BaseException as err:  # noqa: BLE001 - after the ranks agree

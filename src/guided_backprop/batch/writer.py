@@ -10,13 +10,13 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 import numpy as np
 
 
-def _npy_bytes(array: np.ndarray) -> bytes:
+def npy_bytes(array: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
     return buf.getvalue()
 
 
-class _Writer:
+class Writer:
     """Background threads that render, encode and save; at most ``backlog`` jobs wait."""
 
     #: Seconds a stop (Ctrl-C, SIGTERM) waits for the writes under way before leaving them behind.

@@ -30,9 +30,11 @@ import torch
 
 from ..atomic import write_bytes
 from ..attribution import Explainer
-from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, TargetError, UnknownNameError
+from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, TargetError, UnknownNameError, exit_code
 from ..methods import parse_methods
+from ..models.spec import ModelSpec
 from ..records import finite_json
+from ..reporting import Reporter
 from ..targets import TopK
 from .checks import (
     DEFAULT_CHECKS,
@@ -65,11 +67,7 @@ FIGURES = {"randomization": "evaluation_randomization.png", "similarity": "evalu
 class EvaluateConfig:
     """What to evaluate, as :func:`evaluate_folder` takes it (the command's options, typed)."""
 
-    model: str | None = None
-    weights: str | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
+    model: ModelSpec = field(default_factory=ModelSpec)  # which network, how pictures become its input
     methods: Sequence[str] = ("guided_backprop", "saliency", "gradcam")
     checks: Sequence[str] | None = DEFAULT_CHECKS  # None: the defaults, class sensitivity only for a class target
     order: Literal["cascading", "independent"] = "cascading"
@@ -77,7 +75,6 @@ class EvaluateConfig:
     metrics: Sequence[str] = METRICS
     seed: int = 0
     steps: int = 32
-    device: str = "cpu"
     batch_size: int = 16
     figure_image: int | str | None = None  # an index or a name among the inputs; None: the first readable
     figure_steps: int = 10  # randomisation steps shown in the figure-2 layout
@@ -94,22 +91,25 @@ class EvaluateConfig:
 
 @dataclass
 class EvaluateRun:
-    """What :func:`evaluate_folder` did: the results, the files written and the images skipped."""
+    """What :func:`evaluate_folder` did: the results, the files written, the images that could not be
+    evaluated (``failed``: unreadable, not finite) and those never opened (``passed_over``), by path."""
 
     evaluation: Evaluation
     output: Path
     files: list[Path] = field(default_factory=list)
-    skipped: dict[str, str] = field(default_factory=dict)
+    failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # never opened: FIFOs, link loops, ...
 
     @property
     def exit_code(self) -> ExitCode:
         """``OK`` when every image was evaluated, ``SOME_FAILED`` when some could not be read."""
-        return ExitCode.SOME_FAILED if self.skipped else ExitCode.OK
+        return exit_code(failed=len(self.failed))
 
 
 class WriteError(GuidedBackpropError):
     """The output folder cannot be written (full disk, read-only folder, ...): ``path`` is where."""
+
+    exit_code = ExitCode.DISK_FULL
 
     def __init__(self, path: str | os.PathLike[str], err: OSError) -> None:
         self.path = str(path)
@@ -165,13 +165,13 @@ class _Batch:
 
 
 def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], batch_size: int,
-             skipped: dict[str, str], on_skip: Callable[[str, str], None] | None = None) -> Iterator[_Batch]:
+             failed: dict[str, str], reporter: Reporter | None = None) -> Iterator[_Batch]:
     """The readable images of ``paths`` in batches of one input size, at most ``batch_size`` each.
 
     Pictures are read one at a time and wait in one pending group per size; a group is evaluated
     when it is full, or (the largest group) when the pending images reach ``batch_size`` in all, so
     that memory holds at most about two batches whatever the number of images and sizes. A folder
-    of one size gives the batches of a plain cut. Unreadable images go to ``skipped`` (and ``on_skip``, at once).
+    of one size gives the batches of a plain cut. Unreadable images go to ``failed`` (and the reporter, at once).
     """
     from ..images import load_image
 
@@ -185,9 +185,9 @@ def _batches(paths: Sequence[Path], preprocess: Callable[[Any], torch.Tensor], b
         try:
             tensor = preprocess(load_image(path))
         except (ImageError, InputError) as err:
-            skipped[str(path)] = str(err)
-            if on_skip is not None:
-                on_skip(str(path), str(err))
+            failed[str(path)] = str(err)
+            if reporter is not None:
+                reporter.failed(str(err))
             continue
         shape = tuple(tensor.shape)
         pending.setdefault(shape, []).append((index, str(path), tensor))
@@ -259,30 +259,29 @@ def evaluate_folder(
     config: EvaluateConfig | None = None,
     *,
     loaded: LoadedModel | None = None,
-    progress: Callable[[str, int, int], None] | None = None,
-    on_skip: Callable[[str, str], None] | None = None,
-    on_pass_over: Callable[[str, str], None] | None = None,
-    on_note: Callable[[str], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> EvaluateRun:
     """Evaluate every image of ``inputs`` (files, folders, globs) and write the outputs to ``output``.
 
     ``loaded`` is the model to evaluate, with its preprocessing (:func:`guided_backprop.load_model`);
-    without it the model is loaded from ``config``'s model fields. Images may have different sizes:
+    without it ``config.model`` (a :class:`~guided_backprop.ModelSpec`) is loaded. Images may have different sizes:
     they are evaluated in batches of one size (at most ``config.batch_size`` images, so memory does
     not grow with their number), and every image gets the numbers it would get alone. Unreadable
-    images, and images whose scores or maps are not finite, are skipped (``on_skip(path, reason)``
+    images, and images whose scores or maps are not finite, are left out (``reporter.failed(reason)``
     is told) and listed under ``"failed"`` in ``evaluation.json``; inputs that are never opened (a
     FIFO, a symbolic-link loop, the output folder's own files...) are told to
-    ``on_pass_over(path, reason)`` and listed under ``"passed_over"``. The output folder is checked
-    for writing before anything is computed (:class:`WriteError`). ``config.target`` (``run``'s --target
-    grammar) chooses what every check explains (:func:`.checks.run_checks`); an image on which it has nothing
-    to explain (no matching detection, an empty region) gets no numbers: ``on_note(line)`` is told, and
-    ``evaluation.json`` lists it under ``"not_explained"``. Raises
+    ``reporter.passed_over(path, reason)`` and listed under ``"passed_over"``; the reporter is also
+    told each check's progress (default: a :class:`~guided_backprop.reporting.Reporter` that keeps
+    it all). The output folder is checked for writing before anything is computed (:class:`WriteError`).
+    ``config.target`` (``run``'s --target grammar) chooses what every check explains
+    (:func:`.checks.run_checks`); an image on which it has nothing to explain (no matching detection, an
+    empty region) gets no numbers: ``reporter.note(line)`` is told, and ``evaluation.json`` lists it
+    under ``"not_explained"``. Raises
     :class:`~guided_backprop.errors.GuidedBackpropError` subclasses for unusable models, options or inputs.
     """
     from ..images import search_images
-    from ..models import DEFAULT_MODEL, load_model
     cfg = config or EvaluateConfig()
+    reporter = reporter if reporter is not None else Reporter()
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
     methods = parse_methods(list(cfg.methods))
@@ -293,31 +292,26 @@ def evaluate_folder(
         raise InputError(f"deletion / insertion steps must be 1 to {MAX_STEPS} (each step is one forward pass per "
                          f"image and order), got {cfg.steps!r}", field="steps")
     if loaded is None:
-        loaded = load_model(cfg.model or DEFAULT_MODEL, weights=cfg.weights, num_classes=cfg.num_classes,
-                            trust_checkpoint=cfg.trust_checkpoint, device=cfg.device)
+        loaded = cfg.model.load()
     target, target_text = evaluation_target(cfg, loaded)
     if is_output_target(target) and "class" in checks:
         if cfg.checks is not None:
             raise TargetError(f"class sensitivity compares the maps of classes; target={cfg.target!r} "
                               f"({target_text}) is not a class: leave 'class' out of the checks", field="checks")
         checks = tuple(c for c in checks if c != "class")
-        if on_note is not None:
-            on_note(f"class sensitivity skipped: it compares classes' maps, and {target_text} is not a class")
+        reporter.note(f"class sensitivity skipped: it compares classes' maps, and {target_text} is not a class")
     pre = loaded.preprocessing
-    if cfg.input_size is not None:
-        pre = pre.adjust(input_size=int(cfg.input_size))
     found = search_images([Path(p) for p in inputs], exclude=output)
-    passed_over = {str(s.path): s.reason for s in found.skipped}
+    passed_over = {str(s.path): s.reason for s in found.passed_over}
     own = _inside_output([Path(p) for p in inputs], output, found.paths)
     for path in own:
         passed_over[path] = "in the output folder: evaluate's own output is no input"
     for path, reason in passed_over.items():
-        if on_pass_over is not None:
-            on_pass_over(path, reason)
+        reporter.passed_over(path, reason)
     figure_path = _figure_path(found.paths, cfg.figure_image)
     folder = prepare_output(output)
 
-    skipped: dict[str, str] = {}
+    failed: dict[str, str] = {}
     not_explained: dict[str, str] = {}
     if figure_path is not None:  # read it first: a figure image that cannot be read is a usage error
         from ..images import load_image
@@ -332,18 +326,17 @@ def evaluate_folder(
     cam_layer = cfg.gradcam_layer or loaded.gradcam_layer
     model = with_output(loaded.model, cfg.output_key)  # the checks read the class logits
     with np.errstate(all="ignore"):
-        for batch in _batches(found.paths, pre, int(cfg.batch_size), skipped, on_skip):
+        for batch in _batches(found.paths, pre, int(cfg.batch_size), failed, reporter):
             batch = batch if batch.x.device == loaded.device else _Batch(batch.ids, batch.names,
                                                                           batch.x.to(loaded.device))
             explained, explain_size, fitted = model, int(cfg.batch_size), target
             if is_output_target(target):
-                from ..batch.job import _fit_masks
+                from ..batch.job import fit_masks
 
-                fitted = _fit_masks([target], batch.x)[0]  # a --mask picture at this batch's input size
+                fitted = fit_masks([target], batch.x)[0]  # a --mask picture at this batch's input size
                 for i, line in _unexplained(model, batch, fitted, None).items():
                     not_explained[batch.names[i]] = line
-                    if on_note is not None:
-                        on_note(line)
+                    reporter.note(line)
                 keep = [i for i in range(len(batch.ids)) if batch.names[i] not in not_explained]
                 if not keep:
                     continue
@@ -353,9 +346,8 @@ def evaluate_folder(
             bad, trained_maps = _non_finite(explained, batch, methods, explain_size, cam_layer,
                                             target if isinstance(target, int) else None)
             for i, reason in bad.items():
-                skipped[batch.names[i]] = reason
-                if on_skip is not None:
-                    on_skip(batch.names[i], reason)
+                failed[batch.names[i]] = reason
+                reporter.failed(reason)
             keep = [i for i in range(len(batch.ids)) if i not in bad]
             if not keep:
                 continue
@@ -368,17 +360,18 @@ def evaluate_folder(
                 metrics=cfg.metrics, seed=cfg.seed, steps=cfg.steps, batch_size=cfg.batch_size,
                 gradcam_layer=cam_layer, model_name=loaded.name, image_names=batch.names, maps_image=local,
                 image_ids=[image_id(n) for n in batch.names], smooth_samples=cfg.smooth_samples,
-                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps, progress=progress, target=fitted)
+                smooth_noise=cfg.smooth_noise, trained_maps=trained_maps, target=fitted,
+                progress=lambda check, done, total: reporter.progress(done, total, check))
             if local is not None:
                 picture = pre.invert(batch.x[local])
             parts.append((batch.ids, part))
     if not parts:
-        if not_explained and not skipped:
+        if not_explained and not failed:
             raise ImageError(f"nothing to evaluate: {target_text} has nothing to explain on any image "
                              f"({_count(len(not_explained), 'image')}, e.g. {next(iter(not_explained.values()))})")
-        raise ImageError(_nothing_evaluated(skipped, passed_over, own))
+        raise ImageError(_nothing_evaluated(failed, passed_over, own))
     evaluation = merge(parts)
-    evaluation.failed = dict(skipped)
+    evaluation.failed = dict(failed)
     evaluation.passed_over = dict(passed_over)
     evaluation.not_explained = dict(not_explained)
     figure_name = str(found.paths[figure_id]) if figure_id is not None else evaluation.images[0]
@@ -395,7 +388,7 @@ def evaluate_folder(
         if target is not None:
             evaluation.settings["target"] = target_text
     files = write_outputs(evaluation, folder, image=picture, figure_steps=cfg.figure_steps)
-    return EvaluateRun(evaluation=evaluation, output=folder, files=files, skipped=skipped,
+    return EvaluateRun(evaluation=evaluation, output=folder, files=files, failed=failed,
                        passed_over=passed_over)
 
 

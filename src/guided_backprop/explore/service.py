@@ -28,7 +28,6 @@ import shlex
 import struct
 import threading
 import time
-import warnings
 import weakref
 import zlib
 from collections import OrderedDict, deque
@@ -49,6 +48,7 @@ from ..images import load_image
 from ..methods import METHODS, REGISTRY, method_title, parse_methods
 from ..pictures import render
 from ..pictures.panels import explanation_panel
+from ..reporting import Reporter
 from ..targets import Channel, Neuron
 from ..units.receptive import LayerRow, ReceptiveField, layer_table, receptive_field
 
@@ -94,6 +94,19 @@ def _close_all() -> None:
 
 class Superseded(Exception):
     """A request overtaken by a newer one of the same client before it started."""
+
+
+class _JobProgress(Reporter):
+    """A unit job's progress (shown by the page); a stopped explorer stops the job. Unreadable images are
+    not told here: the page says so when one is chosen."""
+
+    def __init__(self, job: UnitJob, service: ExploreService) -> None:
+        self.job, self.service = job, service
+
+    def progress(self, done: int, total: int, task: str = "") -> None:
+        if self.service._closing:
+            raise InputError("the explorer was stopped")
+        self.job.done, self.job.total = done, total
 
 
 def png_bytes(picture: np.ndarray | Image.Image) -> bytes:
@@ -663,22 +676,16 @@ class ExploreService:
             try:
                 model, pre = self._background(), self.loaded.preprocessing
 
-                def progress(done: int, total: int) -> None:
-                    if self._closing:
-                        raise InputError("the explorer was stopped")
-                    job.done, job.total = done, total
-
+                progress = _JobProgress(job, self)  # unreadable images: said when they are chosen
                 if self.units_folder is not None:
                     tops, reused = cached_tops(self.units_folder, model, self.paths, job.layer, pre, [job.channel],
-                                               job.k, progress=progress)
+                                               job.k, reporter=progress)
                     job.reused = bool(reused)
                 else:
                     tops = None
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", UserWarning)  # unreadable images: said when they are chosen
-                    grid = unit_grids(model, ImageFiles(self.paths, pre), job.layer, [job.channel], k=job.k,
-                                      display=pre, sources=self.names, on_error="skip", tops=tops,
-                                      progress=progress)[0]
+                grid = unit_grids(model, ImageFiles(self.paths, pre), job.layer, [job.channel], k=job.k,
+                                  display=pre, sources=self.names, on_error="skip", tops=tops,
+                                  reporter=progress)[0]
                 job.top = [{**t.to_dict(), "name": t.source} for t in grid.top]
                 job.picture = png_bytes(grid.picture)
                 job.done = job.total

@@ -15,7 +15,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from torch import nn
 
 from ..atomic import safe_name, write_text
 from ..batch.identity import file_identity
+from ..reporting import Reporter
 from .grids import ImageFiles, TopActivation, UnitTop, top_activations
 
 __all__ = ["CACHE_FOLDER", "cached_tops", "model_digest", "tops_key"]
@@ -79,12 +80,13 @@ def _write(path: Path, key: str, layer: str, unit: UnitTop, sources: Sequence[st
 
 def cached_tops(folder: str | Path, model: nn.Module, paths: Sequence[str | Path], layer: str, preprocessing: Any,
                 channels: Sequence[int], k: int = 9, *, batch_size: int = 16,
-                progress: Callable[[int, int], None] | None = None) -> tuple[list[UnitTop], list[int]]:
+                reporter: Reporter | None = None) -> tuple[list[UnitTop], list[int]]:
     """The top ``k`` activations of each of ``channels`` of ``layer`` over the image files ``paths``
     (see :func:`guided_backprop.units.grids.top_activations`), read from ``folder/.unit-cache`` where a
-    previous run left them, the others computed in one pass (unreadable images skipped with a
-    warning, also when read from the cache) and stored. Returns the tops in the order of ``channels``
-    and the channels read from the cache."""
+    previous run left them, the others computed in one pass (its progress told to ``reporter``;
+    unreadable images skipped and told to ``reporter``, without one as a ``UserWarning``, also when
+    read from the cache) and stored. Returns the tops in the order of ``channels`` and the channels
+    read from the cache."""
     folder = Path(folder)
     files = [Path(p) for p in paths]
     key = tops_key(model, files, preprocessing, layer, k)
@@ -100,14 +102,31 @@ def cached_tops(folder: str | Path, model: nn.Module, paths: Sequence[str | Path
     reused = list(found)
     missing = [int(c) for c in channels if int(c) not in found]
     if missing:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always", UserWarning)
-            tops = top_activations(model, ImageFiles(files, preprocessing), layer, missing, k=k,
-                                   batch_size=batch_size, on_error="skip", progress=progress)
-        skipped = [str(w.message) for w in caught if issubclass(w.category, UserWarning)]
+        caught = _Unreadable(reporter)
+        tops = top_activations(model, ImageFiles(files, preprocessing), layer, missing, k=k,
+                               batch_size=batch_size, on_error="skip", reporter=caught)
+        skipped = caught.messages
         for unit in tops:
             found[unit.channel] = unit
             _write(_file(folder, layer, unit.channel, key), key, layer, unit, sources, skipped)
     for message in skipped:  # the unreadable images, said again whether the pass ran or not
-        warnings.warn(message, UserWarning, stacklevel=2)
+        if reporter is not None:
+            reporter.failed(message)
+        else:
+            warnings.warn(message, UserWarning, stacklevel=2)
     return [found[int(c)] for c in channels], reused
+
+
+class _Unreadable(Reporter):
+    """Keeps the images a pass skipped (to store them with the tops); passes its progress on."""
+
+    def __init__(self, reporter: Reporter | None) -> None:
+        self.reporter = reporter
+        self.messages: list[str] = []
+
+    def progress(self, done: int, total: int, task: str = "") -> None:
+        if self.reporter is not None:
+            self.reporter.progress(done, total, task)
+
+    def failed(self, reason: str) -> None:
+        self.messages.append(reason)

@@ -36,6 +36,7 @@ from ..hooks import find_layer, layer_output
 from ..methods import method_title, parse_methods
 from ..pictures import render
 from ..pictures.panels import panel
+from ..reporting import Reporter
 from ..targets import Neuron
 from .receptive import ReceptiveField, receptive_field
 
@@ -249,9 +250,10 @@ class _RunningTop:
 
 
 def _batches(
-    images: Sequence[torch.Tensor], batch_size: int, on_error: str
+    images: Sequence[torch.Tensor], batch_size: int, on_error: str, reporter: Reporter | None = None
 ) -> Iterator[tuple[list[int], torch.Tensor]]:
-    """Consecutive images of one size, up to ``batch_size`` at a time, as ``(indices, (B, C, H, W))``."""
+    """Consecutive images of one size, up to ``batch_size`` at a time, as ``(indices, (B, C, H, W))``;
+    an unreadable image is told to ``reporter`` (without one: a ``UserWarning``) when skipped."""
     idx: list[int] = []
     items: list[torch.Tensor] = []
     for i in range(len(images)):
@@ -260,7 +262,10 @@ def _batches(
         except ImageError as err:
             if on_error == "raise":
                 raise
-            warnings.warn(f"skipped: {err}", stacklevel=4)
+            if reporter is not None:
+                reporter.failed(f"skipped: {err}")
+            else:
+                warnings.warn(f"skipped: {err}", stacklevel=4)
             continue
         if items and (t.shape != items[0].shape or len(items) >= batch_size):
             yield idx, torch.stack(items)
@@ -282,7 +287,7 @@ def top_activations(
     rank_by: RankBy = "mean",
     batch_size: int = 16,
     on_error: Literal["raise", "skip"] = "raise",
-    progress: Callable[[int, int], None] | None = None,
+    reporter: Reporter | None = None,
 ) -> list[UnitTop]:
     """Where the units of ``layer`` fire most, from one streamed pass over ``images``.
 
@@ -291,9 +296,9 @@ def top_activations(
     next best positions. ``channels`` picks the units; by default the ``top_channels`` channels
     with the highest mean activation (``rank_by="mean"``: mean over images of the spatial mean)
     or maximum activation (``"max"``), and ``score`` is that value. Only the running top ``k`` per
-    unit is kept, never the activations of past batches. ``progress(done, total)`` is called after
+    unit is kept, never the activations of past batches. ``reporter`` is told the progress after
     every batch. Unreadable images (:class:`~guided_backprop.ImageError`) raise, or with
-    ``on_error="skip"`` are skipped with a warning.
+    ``on_error="skip"`` are skipped and told to ``reporter`` (without one: a ``UserWarning``).
     """
     if rank_by not in _RANKS:
         raise UnknownNameError("ranking", str(rank_by), _RANKS)
@@ -320,7 +325,7 @@ def top_activations(
     sums = torch.zeros(0, dtype=torch.float64)
     maxes = torch.zeros(0, dtype=torch.float64)
     seen = 0
-    for idx, xb in _batches(images, int(batch_size), on_error):
+    for idx, xb in _batches(images, int(batch_size), on_error, reporter):
         acts = _layer_output(model, xb.to(device=device, dtype=dtype or xb.dtype), layer)
         n_ch = acts.shape[1]
         if tops is None:
@@ -337,8 +342,8 @@ def top_activations(
         maxes = torch.maximum(maxes, a64.amax(dim=(0, 2, 3)))
         tops.update(acts if chosen is None else acts[:, chosen], idx)
         seen += len(idx)
-        if progress is not None:
-            progress(idx[-1] + 1, total)
+        if reporter is not None:
+            reporter.progress(idx[-1] + 1, total)
     if tops is None:
         raise InputError(f"none of the {total} images could be read")
     if chosen is None:
@@ -485,7 +490,7 @@ def iter_unit_grids(
     include_global: bool = False,
     on_error: Literal["raise", "skip"] = "raise",
     sources: Sequence[str] | None = None,
-    progress: Callable[[int, int], None] | None = None,
+    reporter: Reporter | None = None,
     tops: Sequence[UnitTop] | None = None,
 ) -> Iterator[UnitGrid]:
     """What units of ``layer`` respond to, as in Springenberg et al. 2014 (arXiv:1412.6806), fig. 3.
@@ -508,6 +513,7 @@ def iter_unit_grids(
         min_cell: grid cells smaller than this many pixels are enlarged by an integer factor.
         include_global: count inputs broadcast over space (squeeze-excitation gates) in the field.
         sources: a name per image (e.g. its file), copied into :attr:`TopActivation.source`.
+        reporter: told the pass's progress and the images skipped (:func:`top_activations`).
         tops: the units' top activations when already known (e.g. :func:`guided_backprop.units.cache.cached_tops`):
             the pass over ``images`` is skipped.
 
@@ -529,7 +535,7 @@ def iter_unit_grids(
         channels = [channels]
     units = list(tops) if tops is not None else top_activations(
         model, images, layer, channels, top_channels, k, rank_by=rank_by, batch_size=batch_size, on_error=on_error,
-        progress=progress)
+        reporter=reporter)
     device, dtype = _model_device_dtype(model)
     explainer = Explainer(model)
     fields: dict[tuple[int, ...], ReceptiveField] = {}

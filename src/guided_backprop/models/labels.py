@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from .errors import ModelError
+from ..errors import ModelError
 
 __all__ = ["generic_labels", "imagenet_labels", "read_labels"]
 

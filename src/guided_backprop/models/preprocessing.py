@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .errors import ImageError, InputError, UnknownNameError
+from ..errors import ImageError, InputError, UnknownNameError
 
 __all__ = [
     "CAFFE_MEAN",

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, ModelError
 from .checkpoints import read_state_dict
-from .errors import CheckpointError, ModelError
 from .labels import generic_labels, imagenet_labels
 from .preprocessing import Preprocessing
 

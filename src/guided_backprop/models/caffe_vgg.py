@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..errors import CheckpointError, InputError
 from .checkpoints import read_npy_dict
-from .errors import CheckpointError, InputError
 
 __all__ = ["CONV_LAYERS", "LAYERS", "CaffeVGG19", "caffe_vgg19_from_dict", "load_caffe_vgg19"]
 

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = [
     "check_finite",
@@ -237,7 +237,7 @@ def check_finite(model: nn.Module, *, source: str, checkpoint: bool) -> None:
     :class:`CheckpointError` for weights read from a ``checkpoint`` file, else a
     :class:`~guided_backprop.errors.ModelError` (weights a model or factory made itself).
     """
-    from .errors import ModelError
+    from ..errors import ModelError
 
     bad = []
     for name, tensor in model.state_dict().items():

@@ -14,51 +14,58 @@ import math
 import os
 import sys
 import time
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from . import __version__
-from .cli_options import (
+from .. import __version__
+from ..errors import ExitCode, GuidedBackpropError, exit_code, sigterm_as_interrupt
+from ..methods import METHODS
+from ..models.spec import DEFAULT_DEVICE, ModelSpec
+from ..pictures.render import NORMALIZATIONS
+from ..visible import visible
+from .options import (
     COMMAND_SETTINGS,
     EXIT_CODES,
+    FLAGS,
     OUTPUT,
     PERF,
     PROG,
     RESUME,
     TARGETS,
+    ConsoleReporter,
     MethodsType,
-    ModelOptions,
     NeuronType,
     TargetType,
     cli_message,
+    config_of,
     echo_error,
     echo_skipped,
     echo_unexpected,
     echo_warnings,
+    exit_code_help,
     model_options,
     opt,
     plural,
     stopped_by,
 )
-from .errors import ExitCode, GuidedBackpropError
-from .methods import METHODS
-from .pictures.render import NORMALIZATIONS
-from .visible import visible
 
 __all__ = ["cli_message", "main"]
 
-EVALUATE_EXIT_CODES = (
-    "Exit codes: 0 every image evaluated (an image on which --target has nothing to explain: a 'note:' line, no "
-    "numbers); 1 some images could not be read (each named on stderr, the others evaluated); 2 usage error (bad "
-    "option, unknown model, block or check, a --target the model does not have, no readable image); "
-    "3 the evaluation failed unexpectedly (--verbose shows why); 4 the output folder cannot be written (full or "
-    "read-only disk; checked before computing, the path named); 130 interrupted (Ctrl-C), 143 "
-    "terminated (SIGTERM): the evaluation did not finish, a rerun starts over."
-)
+EVALUATE_EXIT_CODES = exit_code_help({
+    ExitCode.OK: "every image evaluated (an image on which --target has nothing to explain: a 'note:' line, no "
+                 "numbers)",
+    ExitCode.SOME_FAILED: "some images could not be read (each named on stderr, the others evaluated)",
+    ExitCode.USAGE: "usage error (bad option, unknown model, block or check, a --target the model does not have, no "
+                    "readable image)",
+    ExitCode.FAILED: "the evaluation failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "the output folder cannot be written (full or read-only disk; checked before computing, the "
+                        "path named)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}, "After 130 or 143 the evaluation did not finish: a rerun starts over.")
 
 def _keep_freed_memory() -> None:
     """Ask glibc to serve large buffers from the heap and keep freed memory for reuse.
@@ -184,7 +191,7 @@ class _DefaultGroup(click.Group):
             code = err.exit_code
         except GuidedBackpropError as err:
             echo_error(err)
-            code = ExitCode.USAGE
+            code = exit_code(err)
         if standalone_mode:
             sys.exit(int(code))
         return code
@@ -282,7 +289,7 @@ noise_option = opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar and no summary (errors are still printed).")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 @click.version_option(__version__, "--version", prog_name=PROG, message="%(prog)s %(version)s")
-def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptions, methods: tuple[str, ...],
+def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods: tuple[str, ...],
                 target: Any, mask: str | None, score_threshold: float, output_key: str | None, layer: str | None,
                 channel: int | None, neuron: Any, gradcam_layer: str | None, smooth: int, noise: float, seed: int,
                 norm: str, seed_look: bool, name_template: str | None,
@@ -295,8 +302,8 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
     naming it and the reason, and the run goes on. Every file is written atomically; a killed run
     resumes where it stopped when the same command is run again.
     """
-    from . import batch
-    from .methods import get_method
+    from .. import batch
+    from ..methods import get_method
 
     _keep_freed_memory()
     if seed_look:
@@ -307,29 +314,19 @@ def run_command(inputs: tuple[str, ...], output: Path, model_options: ModelOptio
     if gradcam_layer is not None and not any(get_method(m).gradcam or m == "gradcam" for m in methods):
         click.echo(f"warning: --gradcam-layer {gradcam_layer} is not used: none of --methods {','.join(methods)} "
                    f"is gradcam or guided_gradcam", err=True)
-    mo = model_options
-    cfg = batch.BatchConfig(
-        model=mo.model, weights=mo.weights, labels=None if mo.labels is None else str(mo.labels),
-        num_classes=mo.num_classes, trust_checkpoint=mo.trust_checkpoint, input_size=mo.input_size,
-        resize=mo.resize, crop=mo.crop, mean=mo.mean, std=mo.std, channels=mo.channels, methods=methods,
-        target=target, mask=mask, score_threshold=score_threshold,
-        output_key=_output_key(output_key),
-        layer=layer, channel=channel, neuron=neuron, gradcam_layer=gradcam_layer, smooth=smooth,
-        noise=noise, seed=seed, norm=norm, name=name_template, input_name=input_name, panel=panel,
-        save_raw=save_raw, device=mo.device, batch_size=batch_size, workers=workers, overwrite=overwrite,
-        max_pixels=max_pixels,
-    )
-    progress = not quiet and sys.stderr.isatty()
+    cfg = config_of(batch.BatchConfig, click.get_current_context().params, model=model, norm=norm, name=name_template,
+                    output_key=_output_key(output_key))
+    reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty())
     try:
-        result = batch.run(list(inputs), output, cfg, progress=progress, started_at=_started_at())
+        try:
+            result = batch.run(list(inputs), output, cfg, reporter=reporter, started_at=_started_at())
+        finally:
+            reporter.close()  # the bar goes before any line below
     except batch.PeerFailed as err:  # another torchrun process failed and said why
-        return err.exit_code
-    except batch.RunStopped as err:  # disk full, a decode worker killed: what is done stays, a rerun resumes
-        echo_error(str(err), verbose=verbose, err=err)
-        return err.exit_code
-    except GuidedBackpropError as err:
+        return exit_code(err)
+    except GuidedBackpropError as err:  # a usage error (2); disk full (4), a decode worker killed (3): a rerun resumes
         echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except KeyboardInterrupt as err:
         what, code = stopped_by(err)
         click.echo(f"{what}; rerun the same command to finish ({visible(str(output))})", err=True)
@@ -363,21 +360,17 @@ def _output_key(key: str | None) -> str | int | None:
 
 def _write_report(output: Path, *, quiet: bool, verbose: bool) -> int:
     try:
-        from . import report
+        from .. import report
     except ImportError as err:
         echo_error(f"--report: the report module is not available ({err})", verbose=verbose, err=err)
         return ExitCode.FAILED
-    from .batch.config import RunStopped
 
     try:
         with echo_warnings(report.log):
             page = report.write_report(output)
-    except RunStopped as err:  # the folder or thumbs/ cannot be written: 4, with the path
+    except GuidedBackpropError as err:  # not a run's folder (2); the folder or thumbs/ cannot be written (4)
         echo_error(err, verbose=verbose, err=err)
-        return err.exit_code
-    except GuidedBackpropError as err:
-        echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except Exception as err:  # noqa: BLE001
         echo_error(f"writing the report failed: {type(err).__name__}: {err}", verbose=verbose, err=err)
         return ExitCode.FAILED
@@ -403,7 +396,7 @@ def models_command(show_all: bool, verbose: bool) -> int:
     import shutil
     import textwrap
 
-    from . import models
+    from .. import models
 
     try:
         infos = list(models.available_models())
@@ -444,12 +437,13 @@ def models_command(show_all: bool, verbose: bool) -> int:
     return ExitCode.OK
 
 
-REPORT_EXIT_CODES = (
-    "Exit codes: 0 written (pictures that are missing or unreadable are counted on 'warning:' lines); 2 OUT is "
-    "not a run's folder (an evaluate or units folder is named as such); 3 failed unexpectedly (--verbose shows "
-    "why); 4 OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the previous "
-    "page is kept). The page and each thumbnail are written atomically: rerun at any time."
-)
+REPORT_EXIT_CODES = exit_code_help({
+    ExitCode.OK: "written (pictures that are missing or unreadable are counted on 'warning:' lines)",
+    ExitCode.USAGE: "OUT is not a run's folder (an evaluate or units folder is named as such)",
+    ExitCode.FAILED: "failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "OUT or OUT/thumbs cannot be written (full, read-only: checked before any thumbnail; the "
+                        "previous page is kept)",
+}, "The page and each thumbnail are written atomically: rerun at any time.")
 
 
 @main.command("report", short_help="Write the HTML gallery OUT/index.html of an output folder.",
@@ -503,7 +497,7 @@ def report_command(output: Path, verbose: bool) -> int:
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,
                      granularity: str, blocks: str | None, seed: int, steps: int, smooth_samples: int,
                      figure_image: str | None,
-                     figure_steps: int, model_options: ModelOptions,
+                     figure_steps: int, model: ModelSpec,
                      batch_size: int, quiet: bool, verbose: bool, gradcam_layer: str | None,
                      output_key: str | None, target: Any, mask: str | None, score_threshold: float) -> int:
     """Can these maps be trusted? Sanity checks (Adebayo et al. 2018: model-parameter randomisation;
@@ -511,50 +505,31 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     deletion, insertion) of each method's maps on IMAGES. Writes OUT/evaluation.json, evaluation.csv
     and the figures; unreadable images are reported and skipped (exit 1).
     """
-    from tqdm import tqdm
+    from ..evaluate import parse_checks
+    from ..evaluate.run import EvaluateConfig, evaluate_folder
+    from ..evaluate.verdict import summary_table
 
-    from .batch.pipeline import _sigterm_as_interrupt
-    from .evaluate import parse_checks
-    from .evaluate.run import EvaluateConfig, WriteError, evaluate_folder
-    from .evaluate.verdict import summary_table
-
-    bar = None if quiet or not sys.stderr.isatty() else tqdm(desc="evaluate", unit="step")
-
-    def progress(check: str, done: int, total: int) -> None:
-        if bar is not None:
-            bar.set_description(check)
-            bar.total, bar.n = total, done
-            bar.refresh()
-
+    reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
-        cfg = EvaluateConfig(
-            methods=methods, order=order,  # type: ignore[arg-type]
-            checks=None if click.get_current_context().get_parameter_source("checks")
-            is click.core.ParameterSource.DEFAULT else parse_checks(checks),
-            target=target, mask=mask, score_threshold=score_threshold,
-            granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
-            seed=seed, steps=steps, batch_size=batch_size, gradcam_layer=gradcam_layer, figure_image=figure_image,
-            figure_steps=figure_steps, smooth_samples=smooth_samples, output_key=_output_key(output_key))
-        with _sigterm_as_interrupt():
-            result = evaluate_folder(list(inputs), output, cfg, loaded=model_options.load(), progress=progress,
-                                     on_skip=lambda path, reason: echo_error(reason),
-                                     on_pass_over=echo_skipped,
-                                     on_note=lambda line: click.echo(f"note: {visible(line)}", err=True))
+        default_checks = click.get_current_context().get_parameter_source("checks") is \
+            click.core.ParameterSource.DEFAULT  # the defaults: class sensitivity only for a class target
+        cfg = config_of(EvaluateConfig, click.get_current_context().params, model=model,
+                        checks=None if default_checks else parse_checks(checks),
+                        granularity=[b.strip() for b in blocks.split(",") if b.strip()] if blocks else granularity,
+                        output_key=_output_key(output_key))
+        with sigterm_as_interrupt():
+            result = evaluate_folder(list(inputs), output, cfg, reporter=reporter)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the evaluation did not finish; a rerun starts over", err=True)
         return code
-    except WriteError as err:
+    except GuidedBackpropError as err:  # a usage error (2), the output folder cannot be written (WriteError: 4)
         echo_error(err, verbose=verbose, err=err)
-        return ExitCode.DISK_FULL
-    except GuidedBackpropError as err:
-        echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     finally:
-        if bar is not None:
-            bar.close()
+        reporter.close()
     if not quiet:
         for line in summary_table(result.evaluation):
             click.echo(line)
@@ -563,20 +538,24 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
                        f"{visible(str(result.evaluation.settings.get('target')))}); deletion and insertion follow "
                        f"its raw score, not a softmax probability")
         n = len(result.evaluation.images)
-        skipped = len(result.skipped) + len(result.passed_over)
+        skipped = len(result.failed) + len(result.passed_over)  # the user reads both as "skipped"
         click.echo(f"{n} image{'s' if n != 1 else ''} evaluated ({skipped} skipped) -> "
                    f"{visible(str(result.output / 'evaluation.json'))}")
     return result.exit_code
 
 
-UNITS_EXIT_CODES = (
-    "Exit codes: 0 every image read; 1 some images could not be read (each named on stderr, the others used); "
-    "2 usage error (bad option, unknown model or layer, channel out of range, no readable image): nothing "
-    "written; 3 failed unexpectedly (--verbose shows why); 4 OUT cannot be written (full, read-only: checked "
-    "before computing); 130 interrupted (Ctrl-C), 143 terminated (SIGTERM). Each grid and units.json is "
-    "written atomically (whole or not at all), units.json last, listing the grids of the run that wrote it; "
-    "units does not resume: after 130 or 143 the grids already written are kept, and a rerun starts over."
-)
+UNITS_EXIT_CODES = exit_code_help({
+    ExitCode.OK: "every image read",
+    ExitCode.SOME_FAILED: "some images could not be read (each named on stderr, the others used)",
+    ExitCode.USAGE: "usage error (bad option, unknown model or layer, channel out of range, no readable image): "
+                    "nothing written",
+    ExitCode.FAILED: "failed unexpectedly (--verbose shows why)",
+    ExitCode.DISK_FULL: "OUT cannot be written (full, read-only: checked before computing)",
+    ExitCode.INTERRUPTED: "interrupted (Ctrl-C)",
+    ExitCode.TERMINATED: "terminated (SIGTERM)",
+}, "Each grid and units.json is written atomically (whole or not at all), units.json last, listing the grids of "
+   "the run that wrote it; units does not resume: after 130 or 143 the grids already written are kept, and a "
+   "rerun starts over.")
 
 
 @main.command("units", short_help="What units of a higher layer respond to: top-9 grids.",
@@ -599,7 +578,7 @@ UNITS_EXIT_CODES = (
 @opt(OUTPUT, "-q", "--quiet", is_flag=True, help="No progress bar.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
 def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channels: tuple[int, ...], top_channels: int,
-                  k: int, model_options: ModelOptions, norm: str, batch_size: int, quiet: bool,
+                  k: int, model: ModelSpec, norm: str, batch_size: int, quiet: bool,
                   verbose: bool) -> int:
     """What units of a higher layer respond to (Springenberg et al. 2014, fig. 3): for each channel,
     the images and positions where it fires most, shown as the image patch in the unit's receptive
@@ -608,79 +587,63 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     tool's output (OUT among them), are passed over with a 'skipped:' line. Images are read in batches
     and grids written one at a time: memory does not grow with the number of images.
     """
-    from tqdm import tqdm
-
-    from .batch.config import RunStopped, check_writable
-    from .batch.pipeline import _sigterm_as_interrupt
-    from .hooks import find_layer
-    from .images import search_images
-    from .units import grids as units
+    from ..batch.config import RunStopped, check_writable
+    from ..hooks import find_layer
+    from ..images import search_images
+    from ..units import grids as units
 
     if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
         raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
                                f"{math.isqrt(units.MAX_TOP)}x{math.isqrt(units.MAX_TOP)} grid); give --top "
                                f"{units.MAX_TOP} or fewer")
-    bar = None
+    reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="units", flag_words=True,
+                               defer_failures=True)  # unreadable images: one line each, once done
     created = False
     try:
-        with _sigterm_as_interrupt():
-            loaded = model_options.load()
+        with sigterm_as_interrupt():
+            loaded = model.load()
             found = search_images(list(inputs), exclude=output)
-            for passed in found.skipped:
-                echo_skipped(passed.path, passed.reason)
+            for passed in found.passed_over:
+                reporter.passed_over(passed.path, passed.reason)
             if not found.paths:
                 raise GuidedBackpropError(f"no image to read among {', '.join(map(repr, inputs))} (every path was "
                                           f"passed over, see the skipped: lines)")
             find_layer(loaded.model, layer)  # an unknown layer is a usage error before the folder is made
             created = not output.exists()
             check_writable(output, "rerun the same command")
-            bar = None if quiet or not sys.stderr.isatty() else tqdm(unit="img", desc="units")
+            tops = None
+            if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
+                from ..units.cache import cached_tops
 
-            def progress(done: int, total: int) -> None:
-                if bar is not None:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
-
-            with warnings.catch_warnings(record=True) as skipped:  # unreadable images: one line each, below
-                warnings.simplefilter("always", UserWarning)
-                tops = None
-                if unit_channels:  # where they fire, as the explorer (or an earlier run) left it in OUT/.unit-cache
-                    from .units.cache import cached_tops
-
-                    tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
-                                                list(unit_channels), k, batch_size=batch_size, progress=progress)
-                grids = units.iter_unit_grids(
-                    loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
-                    channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
-                    display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
-                    sources=[str(p) for p in found.paths], progress=progress, tops=tops,
-                )
-                written = units.save_unit_grids(grids, output)
+                tops, _reused = cached_tops(output, loaded.model, found.paths, layer, loaded.preprocessing,
+                                            list(unit_channels), k, batch_size=batch_size, reporter=reporter)
+            grids = units.iter_unit_grids(
+                loaded.model, units.ImageFiles(found.paths, loaded.preprocessing), layer,
+                channels=list(unit_channels) or None, top_channels=top_channels, k=k, norm=norm,
+                display=loaded.preprocessing, batch_size=batch_size, on_error="skip",
+                sources=[str(p) for p in found.paths], reporter=reporter, tops=tops,
+            )
+            written = units.save_unit_grids(grids, output)
     except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM (systemd, Slurm, kill): one line, its own code
         what, code = stopped_by(err)
         click.echo(f"{what}: the unit grids did not finish; those already written are kept, units.json is not "
                    f"updated; a rerun starts over ({visible(str(output))})", err=True)
         return code
-    except RunStopped as err:  # OUT cannot be written: 4, with the path
-        echo_error(err, verbose=verbose, err=err)
-        return err.exit_code
-    except GuidedBackpropError as err:  # a channel out of range, no readable image: the folder is left as it was
-        if created:
+    except GuidedBackpropError as err:  # OUT cannot be written (RunStopped: 4, with the path); a channel out of
+        if created and not isinstance(err, RunStopped):  # range, no readable image (2): the folder is left as it was
             with contextlib.suppress(OSError):
                 output.rmdir()  # only if still empty
         echo_error(err, verbose=verbose, err=err)
-        return ExitCode.USAGE
+        return exit_code(err)
     except Exception as err:  # noqa: BLE001 - one line, the traceback with --verbose
         return echo_unexpected(err, verbose=verbose)
     finally:
-        if bar is not None:
-            bar.close()
-    for w in skipped:
-        echo_error(str(w.message))
+        reporter.close()
+    for reason in reporter.failures:
+        echo_error(reason)
     if not quiet:
         click.echo(f"{plural(len(written), 'unit grid')} of layer {layer} -> {visible(str(output))}")
-    return ExitCode.SOME_FAILED if skipped else ExitCode.OK
+    return exit_code(failed=len(reporter.failures))
 
 
 @main.command("layers", short_help="The model's layers: type, output shape, receptive field.",
@@ -690,7 +653,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
 @opt(OUTPUT, "--all", "show_all", is_flag=True,
      help="Every layer, at every depth, Identity and dropout included (default: what fits a screen).")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, verbose: bool) -> int:
+def layers_command(model: ModelSpec, spatial: bool, show_all: bool, verbose: bool) -> int:
     """The model's layers with their type, output shape and receptive field for the model's input
     size (--input-size changes it): the names --layer, --gradcam-layer and 'units --layer' take.
     By default the list fits a screen: no Identity or dropout layers, and names only as deep as
@@ -698,10 +661,10 @@ def layers_command(model_options: ModelOptions, spatial: bool, show_all: bool, v
     the picture: patches of such a layer show nothing more than the picture itself; pick an earlier
     layer for units.
     """
-    from .units.receptive import layer_table, screen_rows
+    from ..units.receptive import layer_table, screen_rows
 
     try:
-        loaded = model_options.load()
+        loaded = model.load()
         rows = layer_table(loaded.model, loaded.preprocessing)
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
@@ -732,7 +695,7 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
     """The layer Grad-CAM takes by default, found as the engine finds it: one forward of a blank input."""
     import torch
 
-    from .attribution import Explainer
+    from ..attribution import Explainer
 
     channels = int(getattr(loaded.preprocessing, "channels", 3) or 3)
     try:
@@ -745,28 +708,27 @@ def _default_gradcam_layer(loaded: Any, size: tuple[int, int]) -> str | None:
 # ------------------------------------------------------------------------------------------- explore
 
 
-def _model_words(mo: ModelOptions) -> list[str]:
+def _model_words(spec: ModelSpec) -> list[str]:
     """The model options as given, back as command-line words (for the explorer's reproducing command)."""
     words: list[str] = []
-    for key, flag in (("model", "--model"), ("weights", "--weights"), ("labels", "--labels"),
-                      ("num_classes", "--num-classes"), ("input_size", "--input-size"), ("channels", "--channels")):
-        value = getattr(mo, key)
+    for value, flag in ((spec.name, "--model"), (spec.weights, "--weights"), (spec.labels, "--labels"),
+                        (spec.num_classes, "--num-classes")):
         if value is not None:
             words += [flag, str(value)]
-    from .preprocessing import KEEP
-
+    changes = spec.changes()
+    for key in ("input_size", "channels"):
+        if changes.get(key) is not None:
+            words += [FLAGS[key], str(changes[key])]
     for key in ("resize", "crop"):
-        value = getattr(mo, key)
-        if value != "model" and value is not KEEP:  # the parsed default is the KEEP sentinel
-            words += [f"--{key}", "none" if value is None else str(value)]
+        if key in changes:
+            words += [FLAGS[key], "none" if changes[key] is None else str(changes[key])]
     for key in ("mean", "std"):
-        value = getattr(mo, key)
-        if value is not None:
-            words += [f"--{key}", ",".join(f"{v:g}" for v in value)]
-    if mo.trust_checkpoint:
+        if changes.get(key) is not None:
+            words += [FLAGS[key], ",".join(f"{v:g}" for v in changes[key])]
+    if spec.trust_checkpoint:
         words.append("--trust-checkpoint")
-    if mo.device != "auto":
-        words += ["--device", mo.device]
+    if spec.device != DEFAULT_DEVICE:
+        words += ["--device", str(spec.device)]
     return words
 
 
@@ -787,29 +749,29 @@ def _model_words(mo: ModelOptions) -> list[str]:
      help="Port to listen on.")
 @opt(OUTPUT, "--no-browser", is_flag=True, help="Print the URL only; do not open a browser.")
 @opt(OUTPUT, "-v", "--verbose", is_flag=True, help="Show tracebacks of errors.")
-def explore_command(inputs: tuple[str, ...], model_options: ModelOptions, gradcam_layer: str | None, smooth: int,
+def explore_command(inputs: tuple[str, ...], model: ModelSpec, gradcam_layer: str | None, smooth: int,
                     noise: float, output: Path, host: str, port: int, no_browser: bool, verbose: bool) -> int:
     """A local web app that computes maps on demand: pick an image of IMAGES, a class, methods, a
     layer, a channel or a unit, and see its maps. Prints one URL with an access token (as Jupyter
     does) and opens it; Ctrl-C stops it. Only the given images are served.
     """
-    from .explore import ExploreService, serve
-    from .images import search_images
+    from ..explore import ExploreService, serve
+    from ..images import search_images
 
     try:
         found = search_images(list(inputs))
         if not found.paths:
             raise click.UsageError("no image files found in IMAGES")
-        loaded = model_options.load()
+        loaded = model.load()
         names = _display_names(found.paths)
         service = ExploreService(loaded, found.paths, names=names, gradcam_layer=gradcam_layer,
-                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model_options),
+                                 smooth_samples=smooth, noise=noise, model_args=_model_words(model),
                                  units_folder=output)
     except GuidedBackpropError as err:
         echo_error(err, verbose=verbose, err=err)
         return ExitCode.USAGE
-    for skipped in found.skipped:
-        echo_skipped(skipped.path, skipped.reason)
+    for passed in found.passed_over:
+        echo_skipped(passed.path, passed.reason)
     if host not in ("127.0.0.1", "localhost"):
         click.echo(f"warning: --host {host}: the explorer is reachable from other machines on this network "
                    "(the token still guards it; use it only on a network you trust)", err=True)

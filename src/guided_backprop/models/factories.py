@@ -23,11 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import GuidedBackpropError, ModelError, UnknownNameError
+from ..hooks import logits_of, model_state
+from .builder import Built, Request, bad_weights, read_checkpoint, weights_kind
 from .checkpoints import load_into
-from .errors import GuidedBackpropError, ModelError, UnknownNameError
-from .hooks import logits_of, model_state
 from .labels import read_labels
-from .model_build import Built, Request, bad_weights, read_checkpoint, weights_kind
 from .preprocessing import Preprocessing
 
 __all__ = ["build_factory", "output_classes"]
@@ -255,7 +255,7 @@ def output_classes(model: nn.Module, pre: Preprocessing, device: torch.device, n
             f"input_size=N", field="preprocessing",
         ) from err
     if kind is not None:
-        from .targets import output_kind
+        from ..targets import output_kind
 
         kind.append(output_kind(out))
     if isinstance(out, dict) and isinstance(out.get("out"), torch.Tensor):
