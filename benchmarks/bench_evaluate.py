@@ -235,9 +235,9 @@ def floor_time(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], clas
     need: one per distinct ReLU rule, Grad-CAM riding on the plain gradient's, or its own when no method has
     the plain gradient), plain autograd. Replaying the unchanged bottom skips part of the forwards, so ours
     can go below it."""
-    from guided_backprop.attribution import _backward_plan
+    from guided_backprop.attribution import backward_plan
 
-    backwards = len(_backward_plan(methods))
+    backwards = len(backward_plan(methods))
     t0 = time.perf_counter()
     xr = x.clone().requires_grad_()
     for _ in range(models):

@@ -5,6 +5,8 @@ module, those inside functions included, parsed with ``ast``; imports for type c
   the engine: no pictures, no file reading or writing, no report, no command line.
 * No import circles anywhere in the package (a lazy import inside a function counts: it is a circle
   in spirit, and the next refactoring turns it into an ImportError).
+* No private (underscore) name is imported from one module into another: what another module needs is a
+  door, named as one.
 """
 
 from __future__ import annotations
@@ -124,6 +126,16 @@ def test_no_import_circles() -> None:
 
 
 @pytest.mark.slow
+def test_no_private_name_crosses_a_module() -> None:
+    crossing = []
+    for module, path in MODULES.items():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith(NAME)):
+                crossing += [f"{module}: {a.name} from {'.' * node.level}{node.module or ''}" for a in node.names
+                             if a.name.startswith("_") and not a.name.startswith("__")]
+    assert crossing == [], f"private names imported across modules: {crossing}"
+
+
 def test_dir_lists_every_public_name_and_the_import_stays_light() -> None:
     """Tab completion (``gbp.load_<TAB>``) offers every name of ``__all__``, each of which resolves, while
     ``import guided_backprop`` itself loads no torch (the names load on first use)."""

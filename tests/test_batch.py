@@ -340,14 +340,3 @@ def test_one_typed_settings_record_feeds_job_json_and_run_json(tmp_path: Path) -
     assert (run["normalization"], run["weights"]) == (settings.normalization, settings.weights_description)
 
 
-def test_no_private_name_of_the_batch_job_crosses_a_module() -> None:
-    import ast
-
-    root = Path(batch.__file__).parent.parent
-    crossing = []
-    for path in sorted([*root.glob("batch/*.py"), *root.glob("cli*.py"), *root.glob("cli/*.py")]):
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("guided_backprop")):
-                crossing += [f"{path.relative_to(root)}: {a.name}" for a in node.names
-                             if a.name.startswith("_") and not a.name.startswith("__")]
-    assert crossing == []

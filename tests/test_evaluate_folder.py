@@ -134,7 +134,7 @@ def test_a_model_with_non_finite_scores_fails_each_image_with_its_reason(tmp_pat
 def test_a_map_that_is_not_finite_fails_that_image_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import guided_backprop.evaluate.randomization as rnd
 
-    real = rnd._explain_all
+    real = rnd.explain_all
 
     def poisoned(explainer: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         maps = real(explainer, x, *args, **kwargs)
@@ -142,7 +142,7 @@ def test_a_map_that_is_not_finite_fails_that_image_only(tmp_path: Path, monkeypa
             v[x.flatten(1).min(dim=1).values > 900] = float("nan")
         return maps
 
-    monkeypatch.setattr(rnd, "_explain_all", poisoned)
+    monkeypatch.setattr(rnd, "explain_all", poisoned)
     write_plain(tmp_path / "in", 2)
     x_bad = tmp_path / "in" / "zz_bad.png"
     Image.new("RGB", (48, 40), (255, 255, 255)).save(x_bad)

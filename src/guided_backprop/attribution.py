@@ -12,10 +12,10 @@ Gradient methods (all exact on any ReLU network, see :mod:`.rules`; the registry
 SmoothGrad (Smilkov et al. 2017, arXiv:1706.03825), :class:`SmoothGrad`, wraps an :class:`Explainer`
 and averages any of them over noisy copies.
 
-An explanation runs in four steps, each a function of its own: :class:`_Capture` records what the
-forward pass produces (the explained layer, the Grad-CAM layer), :func:`_score` turns the output
-into the explained scores, :func:`_backward_plan` lists the backward passes the methods need,
-:func:`_assemble` builds each method's map from their gradients.
+An explanation runs in four steps, each a function of its own: :class:`Capture` records what the
+forward pass produces (the explained layer, the Grad-CAM layer), :func:`score_targets` turns the output
+into the explained scores, :func:`backward_plan` lists the backward passes the methods need,
+:func:`assemble_maps` builds each method's map from their gradients.
 """
 
 from __future__ import annotations
@@ -162,7 +162,7 @@ class Explanation:
 # --------------------------------------------------------------------------------------------- steps
 
 
-class _Capture:
+class Capture:
     """Forward hooks that record the explained layer's output and the Grad-CAM layer's.
 
     A layer target stops the forward at its layer (nothing after it is needed). Without a named
@@ -295,7 +295,7 @@ def _spatial_hint(model: nn.Module, skip: str) -> str:
     return ", e.g. " + ", ".join(repr(n) for n in reversed(names)) if names else ""
 
 
-def _score(
+def score_targets(
     out: Any, target: Target, layer_target: LayerTarget | None, positions: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     """(scores (N, K), class indices or None, logits or None, unit positions or None)."""
@@ -347,7 +347,7 @@ def _target_list(target: Target) -> list[Any] | None:
     return None
 
 
-def _logits(out: Any, n: int) -> torch.Tensor:
+def class_logits(out: Any, n: int) -> torch.Tensor:
     """The class logits of a (selected) output, whose first dimension must be the batch."""
     if isinstance(out, dict) and not hasattr(out, "logits"):
         raise ModelError(f"the model returned a dict with keys {list(out)}, not a logits tensor; choose the logits "
@@ -364,7 +364,7 @@ def _evaluate(t: Any, output: Any, ctx: Context) -> _Column:
     """One item of a target list scored on the output (or a recorded layer), checked."""
     n = ctx.n
     if isinstance(t, (int, TopK)) and not isinstance(t, bool) or isinstance(t, _Classes):
-        logits = _logits(output, n)
+        logits = class_logits(output, n)
         idx = t.index if isinstance(t, _Classes) else resolve_classes(t, logits)
         titles = ["class"] * idx.shape[1] if isinstance(t, TopK) else [f"class {int(idx[0, j])}" for j in
                                                                        range(idx.shape[1])]
@@ -436,7 +436,7 @@ def _frozen_rows(t: Any, rows: torch.Tensor, n: int) -> Any:
     return t
 
 
-def _check_relus(state: RuleState, plan: list[_Pass], strict: bool) -> None:
+def check_relus(state: RuleState, plan: list[_Pass], strict: bool) -> None:
     ruled = [p.rule for p in plan if p.rule not in (None, Rule.SALIENCY)]
     if state.calls == 0 and ruled and strict:
         raise NoReLUError(
@@ -454,7 +454,7 @@ class _Pass:
     with_cam: bool
 
 
-def _backward_plan(methods: Sequence[str]) -> list[_Pass]:
+def backward_plan(methods: Sequence[str]) -> list[_Pass]:
     """The backward passes the methods need, per target: one per distinct rule, Grad-CAM riding on
     the saliency pass (plain gradients) or, without one, on a cheap pass that stops at its layer."""
     want_cam = any(REGISTRY[m].gradcam for m in methods)
@@ -465,7 +465,7 @@ def _backward_plan(methods: Sequence[str]) -> list[_Pass]:
     return plan
 
 
-def _assemble(methods: Sequence[str], per_rule: dict[Rule, list[torch.Tensor]], cams: list[torch.Tensor],
+def assemble_maps(methods: Sequence[str], per_rule: dict[Rule, list[torch.Tensor]], cams: list[torch.Tensor],
               dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """Each method's maps ``(N, K, ...)`` from the gradients of the backward passes."""
     maps: dict[str, torch.Tensor] = {}
@@ -573,7 +573,7 @@ class Explainer:
                 )
         return x
 
-    def _forward(self, x: torch.Tensor, capture: _Capture) -> tuple[torch.Tensor, Any, RuleState]:
+    def _forward(self, x: torch.Tensor, capture: Capture) -> tuple[torch.Tensor, Any, RuleState]:
         """One forward under the routing mode: (input leaf, output or None when stopped, rule state)."""
         state = RuleState()
         leaf = x.detach().clone().requires_grad_(True)
@@ -603,7 +603,7 @@ class Explainer:
             shaped = isinstance(ref, torch.Tensor) and ref.is_floating_point() and (
                 tuple(ref.shape) == tuple(x.shape[1:]) or tuple(ref.shape) == (1, *x.shape[1:]))
             if isinstance(ref, torch.Tensor) and (t.is_input or (t.is_input is None and shaped)):
-                capture = _Capture(self.model, None, None, False, 1, keep=[t.layer] if t.layer else [])
+                capture = Capture(self.model, None, None, False, 1, keep=[t.layer] if t.layer else [])
                 with model_state(self.model, eval_mode=self.eval_mode), forward_hooks(capture.hooks()), \
                         torch.no_grad():
                     out = self.model((ref if ref.ndim == x.ndim else ref[None]).to(x.device, x.dtype))
@@ -629,25 +629,25 @@ class Explainer:
         if items is not None:
             return self._explain_many(x, items, methods, cam_layer, strict=strict)[0]
         layer_target = target if isinstance(target, (Channel, Neuron, MaxNeuron)) else None
-        plan = _backward_plan(methods)
+        plan = backward_plan(methods)
         want_cam = any(p.with_cam for p in plan)
-        capture = _Capture(self.model, layer_target, cam_layer, want_cam, x.shape[0])
+        capture = Capture(self.model, layer_target, cam_layer, want_cam, x.shape[0])
         leaf, output, state = self._forward(x, capture)
         if layer_target is not None:
             out = capture.layer_activation()
         else:
-            out = _logits(select_output(output, self._how.output), x.shape[0])
-        scores, classes, logits, positions = _score(out, target, layer_target, positions)
+            out = class_logits(select_output(output, self._how.output), x.shape[0])
+        scores, classes, logits, positions = score_targets(out, target, layer_target, positions)
         cam_name, cam_act = capture.gradcam_activation(scores)
 
-        _check_relus(state, plan, strict)
+        check_relus(state, plan, strict)
         if not scores.requires_grad:
             raise ModelError("the explained score does not depend on the input through autograd "
                              "(is the model wrapped in torch.no_grad or built from detached tensors?)")
 
         per_rule, cams = self._backward(scores, leaf, cam_act, plan, state, x.shape[2:])
         return Explanation(
-            maps=_assemble(methods, per_rule, cams, x.dtype),
+            maps=assemble_maps(methods, per_rule, cams, x.dtype),
             scores=scores.detach(),
             targets=classes,
             logits=None if logits is None else logits.detach(),
@@ -660,10 +660,10 @@ class Explainer:
                       *, strict: bool = True) -> tuple[Explanation, list[Any]]:
         """Any targets, from one forward pass: (the explanation, the targets frozen for SmoothGrad)."""
         n = x.shape[0]
-        plan = _backward_plan(methods)
+        plan = backward_plan(methods)
         keep = [t.layer for t in items if isinstance(t, LAYER_TARGETS)] + [
             t.layer for t in items if isinstance(t, Similarity) and t.layer]
-        capture = _Capture(self.model, None, cam_layer, any(p.with_cam for p in plan), n, keep=keep)
+        capture = Capture(self.model, None, cam_layer, any(p.with_cam for p in plan), n, keep=keep)
         leaf, output, state = self._forward(x, capture)
         selected = select_output(output, self._how.output)
         ctx = Context(n=n, input_size=tuple(x.shape[2:]), layers=capture.kept, labels=self._how.labels)
@@ -673,14 +673,14 @@ class Explainer:
         found = torch.cat([c.found for c in columns], dim=1).to(scores.device)
         idx = [c.classes for c in columns if c.classes is not None]
         classes = torch.cat(idx, 1) if len(idx) == len(columns) else None
-        logits = _logits(selected, n).detach() if classes is not None else None
+        logits = class_logits(selected, n).detach() if classes is not None else None
         # Nothing found anywhere (no detection): every map is NaN, any candidate layer will do.
         cam_name, cam_act = capture.gradcam_activation(scores if bool(found.any()) else None)
-        _check_relus(state, plan, strict)
+        check_relus(state, plan, strict)
         if not scores.requires_grad:  # nothing found anywhere (no detection): no backward, no maps
             scores = scores + 0 * leaf.sum()  # keeps the shapes flowing; every map is NaN below
         per_rule, cams = self._backward(scores.masked_fill(~found, 0), leaf, cam_act, plan, state, x.shape[2:])
-        maps = _assemble(methods, per_rule, cams, x.dtype)
+        maps = assemble_maps(methods, per_rule, cams, x.dtype)
         for v in maps.values():
             v[~found.to(v.device)] = float("nan")  # no detection: no map, never a zero map
         explanation = Explanation(
@@ -947,9 +947,9 @@ class Recorded:
         self.lock = threading.RLock()
         self._cam_error: TargetError | None = None
         with explainer._lock, exact_cuda_math(x.device):
-            capture = _Capture(explainer.model, None, gradcam_layer, True, x.shape[0])
+            capture = Capture(explainer.model, None, gradcam_layer, True, x.shape[0])
             leaf, out, state = explainer._forward(x, capture)
-            logits = _logits(select_output(out, output), x.shape[0])
+            logits = class_logits(select_output(out, output), x.shape[0])
             if not logits.requires_grad:
                 raise ModelError("the model's logits do not depend on the input through autograd "
                                  "(is the model wrapped in torch.no_grad or built from detached tensors?)")
@@ -976,17 +976,17 @@ class Recorded:
         if _target_list(target) is not None or isinstance(target, LAYER_TARGETS):
             raise TargetError("a recorded forward explains classes only; use Explainer.explain for other targets",
                               field="target")
-        plan = _backward_plan(names)
+        plan = backward_plan(names)
         if any(p.with_cam for p in plan) and self._cam_error is not None:
             raise self._cam_error
-        _check_relus(self._state, plan, strict)
+        check_relus(self._state, plan, strict)
         with self.lock, exact_cuda_math(self.device):
             if self._logits is None or self._leaf is None:
                 raise InputError("this recorded forward was closed (its graph freed); record the input again")
-            scores, classes, logits, _ = _score(self._logits, target, None, None)
+            scores, classes, logits, _ = score_targets(self._logits, target, None, None)
             per_rule, cams = Explainer._backward(scores, self._leaf, self._cam, plan, self._state, self.size,
                                                  keep_graph=True)
-        return Explanation(maps=_assemble(names, per_rule, cams, self.dtype), scores=scores.detach(),
+        return Explanation(maps=assemble_maps(names, per_rule, cams, self.dtype), scores=scores.detach(),
                            targets=classes, logits=None if logits is None else logits.detach(),
                            gradcam_layer=self.gradcam_layer if any(p.with_cam for p in plan) else None,
                            relu_calls=self._state.calls)

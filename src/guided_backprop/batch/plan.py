@@ -114,7 +114,7 @@ class Plan:
         return self.settings.fingerprint
 
 
-def _parse_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
+def plan_target(cfg: BatchConfig, loaded: Any) -> tuple[Target, int, Any, str]:
     """(engine target, classes per image, layer target or None, description)."""
     model = loaded.model
     if cfg.layer is not None or cfg.channel is not None or cfg.neuron is not None:
@@ -289,7 +289,7 @@ def make_plan(paths: list[Path], cfg: BatchConfig, device: torch.device, out: Pa
     gradcam_layer = cfg.gradcam_layer or getattr(loaded, "gradcam_layer", None)
     if gradcam_layer is not None:
         find_layer(loaded.model, gradcam_layer, field="gradcam_layer")
-    target, k, layer_target, target_text = _parse_target(cfg, loaded)
+    target, k, layer_target, target_text = plan_target(cfg, loaded)
     notes, guidance = _notes(loaded, model_name, methods)
 
     map_template = cfg.name or default_map_name(methods, k, layer_target=layer_target is not None)

@@ -233,6 +233,9 @@ gradcam_layer_option = opt(TARGETS, "--gradcam-layer", default=None, metavar="NA
                            help="Layer for gradcam and guided_gradcam ('guided-backprop layers --spatial' lists them).")
 noise_option = opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0.15, metavar="F",
                    help="SmoothGrad noise std as a fraction of the input's value range.")
+mask_option = opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
+                  help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted "
+                       "ones.")
 
 
 @main.command("run", short_help="Compute the maps of every image in INPUTS (the default command).",
@@ -246,8 +249,7 @@ noise_option = opt(TARGETS, "--noise", type=click.FloatRange(min=0.0), default=0
 @opt(TARGETS, "--target", type=TargetType(), default="top1",
       help="What each map explains: top1, topK, a class index or name ('Egyptian cat'; a segmenter's: its "
            "pixels); detections:K or box:x0,y0,x1,y1[:label] (detectors); similar:REF.png; output:K.")
-@opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
-      help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
+@mask_option
 @opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
       help="detections:K counts the detections scoring at least F.")
 @opt(TARGETS, "--output-key", default=None, metavar="KEY",
@@ -490,8 +492,7 @@ def report_command(output: Path, verbose: bool) -> int:
 @opt(TARGETS, "--target", type=TargetType(), default=None, show_default="each image's predicted class",
      help="What every check explains, as run's --target: a class; a segmenter's class (its pixels); detections:1 "
           "or box:x0,y0,x1,y1[:label]; similar:REF.png; output:K. Deletion / insertion then follow its raw score.")
-@opt(TARGETS, "--mask", type=click.Path(exists=True, dir_okay=False), default=None, metavar="PNG",
-     help="With a segmenter's class: the region is this picture's non-zero pixels, not the predicted ones.")
+@mask_option
 @opt(TARGETS, "--score-threshold", type=click.FloatRange(min=0.0), default=0.5, metavar="F",
      help="detections:1 takes the most confident detection scoring at least F.")
 def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, ...], checks: str, order: str,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..attribution import Explainer, _assemble, _backward_plan, _Capture, _check_relus, _logits, _score
+from ..attribution import Capture, Explainer, assemble_maps, backward_plan, check_relus, class_logits, score_targets
 from ..errors import InputError
 from ..hooks import exact_cuda_math, forward_hooks, model_state
 from ..rules import ReLURouting, RuleState
@@ -142,7 +142,7 @@ class BottomReuse:
     def __init__(self, model: nn.Module, x: torch.Tensor, classes: torch.Tensor, methods: tuple[str, ...],
                  gradcam_layer: str | None) -> None:
         self.methods = methods
-        self.plan = _backward_plan(methods)
+        self.plan = backward_plan(methods)
         self.want_cam = any(p.with_cam for p in self.plan)
         self.cam_layer = gradcam_layer
         self.classes = classes
@@ -194,15 +194,15 @@ class BottomReuse:
         modules ``randomized`` re-initialised (``recurse=False``: their own parameters only)."""
         replay = self.replayed(net, randomized, recurse=recurse)
         n = self.x.shape[0]
-        capture = _Capture(net, None, self.cam_layer, self.want_cam, n)
+        capture = Capture(net, None, self.cam_layer, self.want_cam, n)
         with model_state(net), exact_cuda_math(self.x.device), _replaying(net, self.calls, replay), \
                 forward_hooks(capture.hooks()), ReLURouting(self.state), torch.enable_grad():
             output = net(self.leaf.clone())
-        scores, _classes, _logit, _pos = _score(_logits(output, n), self.classes, None, None)
+        scores, _classes, _logit, _pos = score_targets(class_logits(output, n), self.classes, None, None)
         _cam_name, cam_act = capture.gradcam_activation(scores)
-        _check_relus(self.state, self.plan, True)
+        check_relus(self.state, self.plan, True)
         # keep_graph: the kept bottom graph serves every later step
         per_rule, cams = Explainer._backward(scores, self.leaf, cam_act, self.plan, self.state, self.x.shape[2:],
                                              keep_graph=True)
-        maps = _assemble(self.methods, per_rule, cams, self.x.dtype)
+        maps = assemble_maps(self.methods, per_rule, cams, self.x.dtype)
         return {m: v[:, 0].cpu() for m, v in maps.items()}

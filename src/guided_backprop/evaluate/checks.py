@@ -15,7 +15,7 @@ from ..targets import OUTPUT_TARGETS, Box, Context, Region, Score, Scored, Simil
 from .class_sensitivity import class_sensitivity
 from .complexity import efficient_mprt
 from .faithfulness import deletion_insertion
-from .randomization import Smoothing, _explain_all, model_logits, model_randomization
+from .randomization import Smoothing, explain_all, model_logits, model_randomization
 from .results import Evaluation
 from .similarity import METRICS, parse_metrics
 
@@ -306,5 +306,5 @@ def _explain_all_from(model: nn.Module, x: torch.Tensor, classes: torch.Tensor, 
                       batch_size: int, gradcam_layer: str | None) -> dict[str, torch.Tensor]:
     from ..attribution import Explainer
 
-    maps = _explain_all(Explainer(model), x, classes.to(x.device), methods, batch_size, gradcam_layer)
+    maps = explain_all(Explainer(model), x, classes.to(x.device), methods, batch_size, gradcam_layer)
     return {m: v.to(x.device) for m, v in maps.items()}

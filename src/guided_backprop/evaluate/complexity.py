@@ -22,7 +22,7 @@ from torch import nn
 from ..attribution import Explainer
 from ..errors import InputError
 from ..methods import parse_methods
-from .randomization import _explain_all, predicted_classes, randomization_steps, randomized_models
+from .randomization import explain_all, predicted_classes, randomization_steps, randomized_models
 from .results import ComplexityResult
 
 __all__ = ["BINS", "discrete_entropy", "efficient_mprt"]
@@ -86,12 +86,12 @@ def efficient_mprt(
         target = torch.as_tensor(classes, dtype=torch.long).reshape(-1)
     target = target.to(x.device)
     trained = trained_maps if trained_maps is not None else \
-        _explain_all(Explainer(model), x, target, names, batch_size, gradcam_layer)
+        explain_all(Explainer(model), x, target, names, batch_size, gradcam_layer)
     # re-initialise every step (the same generator as MPRT's); only the end is explained
     *_before, (_name, net) = randomized_models(model, steps, order=order, seed=seed,
                                                keep_running_stats=keep_running_stats,
                                                recurse=granularity != "modules", reseed_each_module=reseed_each_module)
-    randomized = _explain_all(Explainer(net), x, target, names, batch_size, gradcam_layer)
+    randomized = explain_all(Explainer(net), x, target, names, batch_size, gradcam_layer)
 
     def entropies(maps: dict[str, torch.Tensor]) -> dict[str, np.ndarray]:
         return {m: np.array([discrete_entropy(v, bins) for v in maps[m]]) for m in names}

@@ -213,7 +213,7 @@ class Smoothing:
     ids: tuple[int, ...] | None = None
 
 
-def _explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, methods: tuple[str, ...],
+def explain_all(explainer: Explainer, x: torch.Tensor, classes: torch.Tensor, methods: tuple[str, ...],
                  batch_size: int, gradcam_layer: str | None, smoothing: Smoothing | None = None
                  ) -> dict[str, torch.Tensor]:
     """Maps ``(N, C, H, W)`` of every method for one class per sample; one forward per batch."""
@@ -314,7 +314,7 @@ def model_randomization(
     cam_layer = gradcam_layer
 
     def maps_of(net: nn.Module) -> dict[str, torch.Tensor]:
-        return _explain_all(Explainer(net), x, target, names, batch_size, cam_layer, smoothing)
+        return explain_all(Explainer(net), x, target, names, batch_size, cam_layer, smoothing)
 
     original = {m: v.cpu() for m, v in trained_maps.items()} if trained_maps is not None else maps_of(model)
     refs = {m: [Reference(original[m][i], wanted) for i in range(x.shape[0])] for m in names}

@@ -204,7 +204,7 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
                 ) -> tuple[dict[int, str], dict[str, torch.Tensor] | None]:
     """Images of ``batch`` (by position) whose scores or trained-model maps are not finite, and why; and the
     trained model's maps of the others (the checks reuse them) for class ``cls`` (default: each one's prediction)."""
-    from .randomization import _explain_all, model_logits
+    from .randomization import explain_all, model_logits
 
     logits = model_logits(model, batch.x, batch_size=batch_size)
     bad = {i: f"{batch.names[i]!r}: the model's scores are not finite (NaN or inf): check the weights"
@@ -215,7 +215,7 @@ def _non_finite(model: torch.nn.Module, batch: _Batch, methods: tuple[str, ...],
         x = batch.x[good]
         classes = logits[good].argmax(dim=1) if cls is None else torch.full((len(good),), cls, dtype=torch.long,
                                                                                 device=logits.device)
-        maps = _explain_all(Explainer(model), x, classes, methods, batch_size, gradcam_layer)
+        maps = explain_all(Explainer(model), x, classes, methods, batch_size, gradcam_layer)
         for m in methods:
             for k, i in enumerate(good):
                 if i not in bad and not bool(torch.isfinite(maps[m][k]).all()):
@@ -233,9 +233,9 @@ def evaluation_target(cfg: EvaluateConfig, loaded: LoadedModel) -> tuple[Any, st
                                                                                               "detector"):
         return None, None  # the predicted class (of the logits --output-key picks, for a dict output)
     from ..batch.config import BatchConfig
-    from ..batch.plan import _parse_target
+    from ..batch.plan import plan_target
 
-    spec, k, _layer, text = _parse_target(BatchConfig(target=cfg.target, mask=cfg.mask, output_key=cfg.output_key,
+    spec, k, _layer, text = plan_target(BatchConfig(target=cfg.target, mask=cfg.mask, output_key=cfg.output_key,
                                                       score_threshold=float(cfg.score_threshold)), loaded)
     items = spec if isinstance(spec, list) else [spec]
     if k != 1 or len(items) != 1 or not (items[0] is None or isinstance(items[0], int) or is_output_target(items[0])):

@@ -28,9 +28,9 @@ from .render import (
     ArrayLike,
     Mark,
     Picture,
-    _colorize,
-    _heat2d,
-    _image_array,
+    colorize,
+    heat2d,
+    image_array,
     method_picture,
     value_range,
 )
@@ -143,7 +143,7 @@ def colorbar(
     if width < 2 or height < 1:
         raise InputError(f"colour bar needs width >= 2 and height >= 1, got {width}x{height}")
     t = np.linspace(0.0, 1.0, width)[None, :].repeat(height, axis=0)
-    strip = _colorize(t, cmap, odd=diverging)
+    strip = colorize(t, cmap, odd=diverging)
     lo, hi = f"{vmin:.3g}", f"{vmax:.3g}"
     measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     font = load_font(font_size)
@@ -191,13 +191,13 @@ def panel(
 
     Long titles are shortened with an ellipsis. Returns an RGB ``PIL.Image``.
     """
-    base = Image.fromarray(_image_array(image))
+    base = Image.fromarray(image_array(image))
     factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
     tile_w, tile_h = base.width * factor, base.height * factor
     tiles: list[tuple[str | None, Image.Image, Image.Image | None]] = []
     tiles.append((input_title, base.resize((tile_w, tile_h), Image.Resampling.NEAREST), None))
     for key, pic in maps.items():
-        tile = _to_tile(Image.fromarray(_image_array(pic, what=f"picture {key!r}")), tile_w, tile_h)
+        tile = _to_tile(Image.fromarray(image_array(pic, what=f"picture {key!r}")), tile_w, tile_h)
         bar = (colorbars or {}).get(key)
         if bar is not None and bar.width != tile_w:
             bar = bar.resize((tile_w, bar.height), Image.Resampling.BILINEAR)
@@ -292,7 +292,7 @@ def class_panel(
         raise InputError(f"got {k} maps per method but {len(rows)} row labels; give one per row")
     grid = Grid(methods=tuple(stacks), rows=tuple(rows), note=panel_note(smooth=smooth, noise=noise))
 
-    base = Image.fromarray(_image_array(image))
+    base = Image.fromarray(image_array(image))
     factor = max(1, math.ceil(min_tile / max(1, min(base.size))))
     tile_w, tile_h = base.width * factor, base.height * factor
     seen = base.resize((tile_w, tile_h), Image.Resampling.NEAREST)
@@ -309,7 +309,7 @@ def class_panel(
 
     cells: list[list[tuple[Image.Image, Image.Image | None]]] = []
     for r in range(k):
-        own = seen if marked[r] is None else _to_tile(Image.fromarray(drawn(_image_array(image), r)), tile_w, tile_h)
+        own = seen if marked[r] is None else _to_tile(Image.fromarray(drawn(image_array(image), r)), tile_w, tile_h)
         row: list[tuple[Image.Image, Image.Image | None]] = [(own, None)]
         for method, stack in stacks.items():
             m = stack[r]
@@ -373,7 +373,7 @@ def _to_tile(pic: Image.Image, tile_w: int, tile_h: int) -> Image.Image:
 def _bar(method: str, m: ArrayLike, norm: str, percentile: float, width: int) -> Image.Image | None:
     """The colour bar a method's tile gets (Grad-CAM heat, or a ``signed`` map), ``width`` px wide; else None."""
     if get_method(method).drawing is Drawing.HEATMAP:
-        return colorbar(HEAT_CMAP, 0.0, float(np.max(_heat2d(m), initial=0.0)), width=width, height=8)
+        return colorbar(HEAT_CMAP, 0.0, float(np.max(heat2d(m), initial=0.0)), width=width, height=8)
     if norm == "signed":
         lo, hi = value_range(m, norm=norm, percentile=percentile)
         return colorbar(SIGNED_CMAP, lo, hi, width=width, height=8, label="0", diverging=True)

@@ -25,14 +25,14 @@ from .render import (
     DEFAULT_PERCENTILE,
     HEAT_CMAP,
     SIGNED_CMAP,
-    _check_norm,
-    _chw,
-    _finite,
-    _heat2d,
-    _image_array,
-    _region_at,
-    _resize_float,
+    check_norm,
+    chw,
+    finite_copy,
+    heat2d,
+    image_array,
     map_to_image,
+    region_at,
+    resize_float,
     value_range,
 )
 
@@ -78,7 +78,7 @@ def show(
     SmoothGrad (samples, noise) is named in the figure's title. Returns a ``matplotlib.figure.Figure``
     that a notebook displays as the cell's value (it renders itself as a PNG), and ``savefig`` saves.
     """
-    _check_norm(norm)
+    check_norm(norm)
     names = list(explanation.maps) if methods is None else [get_method(m).name for m in methods]
     missing = [m for m in names if m not in explanation.maps]
     if missing:
@@ -152,11 +152,11 @@ def __getattr__(name: str) -> Any:
 def _picture(image: Any, index: int, preprocessing: Any) -> np.ndarray:
     """The picture to show, uint8 (H, W, 3), from a batch, one input tensor, an array or a PIL image."""
     if isinstance(image, Image.Image):
-        return _image_array(image)
+        return image_array(image)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3) and (
         image.ndim == 2 or image.shape[2] in (3, 4)
     ):
-        return _image_array(image)
+        return image_array(image)
     t = image if isinstance(image, torch.Tensor) else torch.as_tensor(np.asarray(image))
     if t.ndim == 4:
         if not 0 <= index < t.shape[0]:
@@ -167,7 +167,7 @@ def _picture(image: Any, index: int, preprocessing: Any) -> np.ndarray:
                          f"got shape {tuple(t.shape)}")
     pre = getattr(preprocessing, "preprocessing", preprocessing)  # a LoadedModel carries its preprocessing
     if pre is not None:
-        return _image_array(pre.invert(t.detach().cpu()), what="preprocessing.invert(image)")
+        return image_array(pre.invert(t.detach().cpu()), what="preprocessing.invert(image)")
     a = t.detach().cpu().double()
     if a.shape[0] not in (1, 3):
         a = a.mean(0, keepdim=True)
@@ -201,7 +201,7 @@ def _draw_mark(axes: list[Any], explanation: Explanation, index: int, r: int, la
         text, corner = (f"{name} {score:.2f}" if score is not None else name).strip(), (x0, y0)
     else:
         assert region is not None
-        mask = _region_at(region[index].numpy(), size)
+        mask = region_at(region[index].numpy(), size)
         ys, xs = np.nonzero(mask)
         text, corner = name, ((float(xs.min()), float(ys.min())) if len(xs) else None)
     for ax in axes:
@@ -228,7 +228,7 @@ def _draw_column(axes: list[Any], method: str, maps: list[torch.Tensor], picture
     from matplotlib.colors import Normalize
 
     if get_method(method).drawing is Drawing.HEATMAP:
-        heats = [_resize_float(_heat2d(m), (picture.shape[1], picture.shape[0])) for m in maps]
+        heats = [resize_float(heat2d(m), (picture.shape[1], picture.shape[0])) for m in maps]
         scale = ScalarMappable(Normalize(0.0, max(max(float(h.max()) for h in heats), 1e-12)), HEAT_CMAP)
         for ax, heat in zip(axes, heats):
             if overlay:
@@ -239,7 +239,7 @@ def _draw_column(axes: list[Any], method: str, maps: list[torch.Tensor], picture
         values = []
         lo, hi = np.inf, -np.inf
         for m in maps:
-            a = _finite(_chw(m))
+            a = finite_copy(chw(m))
             values.append(np.abs(a).max(axis=0) if norm == "abs" else a.sum(axis=0))
             low, high = value_range(m, norm=norm, percentile=percentile)
             lo, hi = min(lo, low), max(hi, high)

@@ -73,14 +73,14 @@ def _to_numpy(m: Any) -> np.ndarray:
     return np.asarray(m)
 
 
-def _finite(a: np.ndarray, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
+def finite_copy(a: np.ndarray, dtype: npt.DTypeLike = np.float64) -> np.ndarray:
     """A float copy with NaN and +-inf replaced by 0 (a map with them would otherwise be all NaN)."""
     out: np.ndarray = np.array(a, dtype=dtype)
     out[~np.isfinite(out)] = 0
     return out
 
 
-def _chw(m: Any, *, what: str = "map") -> np.ndarray:
+def chw(m: Any, *, what: str = "map") -> np.ndarray:
     """A map of shape (C, H, W) or (H, W) -> numpy (C, H, W), same dtype."""
     a = _to_numpy(m)
     if a.ndim == 2:
@@ -99,7 +99,7 @@ def _check_percentile(percentile: float) -> float:
     return float(percentile)
 
 
-def _check_norm(norm: str) -> str:
+def check_norm(norm: str) -> str:
     if norm not in NORMALIZATIONS:
         raise UnknownNameError("normalization", str(norm), NORMALIZATIONS)
     return norm
@@ -135,7 +135,7 @@ def _lut(name: str, n: int = 256) -> np.ndarray:
     return lut
 
 
-def _colorize(t: np.ndarray, cmap: str, *, odd: bool = False) -> np.ndarray:
+def colorize(t: np.ndarray, cmap: str, *, odd: bool = False) -> np.ndarray:
     """Values ``t`` in [0, 1] (H, W) -> (H, W, 3) uint8 through colour map ``cmap``.
 
     With ``odd`` the table has 255 entries, so t = 0.5 lands exactly on the colour map's centre
@@ -190,9 +190,9 @@ def value_range(
     percentile / signed: (-p, p); abs: (0, p); minmax: (min, max) of the whole map. ``p`` is the
     clip value described in :func:`map_to_image`.
     """
-    _check_norm(norm)
+    check_norm(norm)
     percentile = _check_percentile(percentile)
-    a = _finite(_chw(m))
+    a = finite_copy(chw(m))
     if norm == "minmax":
         return float(a.min()), float(a.max())
     if norm == "abs":
@@ -232,9 +232,9 @@ def map_to_image(
     ``cmap`` (any ``matplotlib.colormaps`` name) colours single-channel pictures: ``abs``,
     ``signed``, and ``percentile``/``minmax`` of a one-channel map.
     """
-    _check_norm(norm)
+    check_norm(norm)
     percentile = _check_percentile(percentile)
-    raw = _chw(m)
+    raw = chw(m)
     channels = raw.shape[0]
     if norm in ("percentile", "minmax") and channels not in (1, 3):
         hint = " (channels first: transpose an (H, W, C) array)" if raw.shape[2] in (1, 3) else ""
@@ -250,16 +250,16 @@ def map_to_image(
 
     if norm == "minmax":
         dtype = raw.dtype if raw.dtype in (np.float32, np.float64) else np.float64
-        data = raw if raw.dtype == np.uint8 else _finite(raw, dtype)
+        data = raw if raw.dtype == np.uint8 else finite_copy(raw, dtype)
         hwc = bytescale(np.ascontiguousarray(data.transpose(1, 2, 0)))
         return hwc if channels == 3 else _grey_or_cmap(hwc[..., 0], cmap)
 
-    a = _finite(raw)
+    a = finite_copy(raw)
     if norm == "percentile":
         p = _clip_value(np.abs(a), percentile)
         v = np.clip(a / p, -1.0, 1.0) if p > 0 else np.zeros_like(a)
         if channels == 1 and cmap is not None:
-            return _colorize((v[0] + 1.0) / 2.0, cmap)
+            return colorize((v[0] + 1.0) / 2.0, cmap)
         out = _round_byte((v + 1.0) * 127.5).transpose(1, 2, 0)
         return np.ascontiguousarray(np.repeat(out, 3, axis=2) if channels == 1 else out)
     if norm == "abs":
@@ -271,7 +271,7 @@ def map_to_image(
     s = a.sum(axis=0)
     p = _clip_value(np.abs(s), percentile)
     v = np.clip(s / p, -1.0, 1.0) if p > 0 else np.zeros_like(s)
-    return _colorize((v + 1.0) / 2.0, cmap or SIGNED_CMAP, odd=True)
+    return colorize((v + 1.0) / 2.0, cmap or SIGNED_CMAP, odd=True)
 
 
 def to_pil(m: ArrayLike, **options: Any) -> Image.Image:
@@ -279,7 +279,7 @@ def to_pil(m: ArrayLike, **options: Any) -> Image.Image:
     return Image.fromarray(map_to_image(m, **options))
 
 
-def _image_array(image: Picture, *, what: str = "image") -> np.ndarray:
+def image_array(image: Picture, *, what: str = "image") -> np.ndarray:
     """An RGB picture (PIL, or uint8 (H, W, 3) / (H, W)) -> uint8 (H, W, 3)."""
     if isinstance(image, Image.Image):
         return np.asarray(image.convert("RGB"))
@@ -294,17 +294,17 @@ def _image_array(image: Picture, *, what: str = "image") -> np.ndarray:
     return a[..., :3]
 
 
-def _heat2d(heat: ArrayLike) -> np.ndarray:
+def heat2d(heat: ArrayLike) -> np.ndarray:
     """A heat map (H, W), (1, H, W) or (1, 1, H, W) -> float64 (H, W), finite, >= 0."""
     h = _to_numpy(heat)
     while h.ndim > 2 and h.shape[0] == 1:
         h = h[0]
     if h.ndim != 2 or h.size == 0:
         raise InputError(f"heat map must have shape (H, W) or (1, H, W), got {tuple(_to_numpy(heat).shape)}")
-    return _finite(h).clip(min=0.0)
+    return finite_copy(h).clip(min=0.0)
 
 
-def _resize_float(h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_float(h: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a float (H, W) array to ``size`` = (width, height)."""
     if (h.shape[1], h.shape[0]) == size:
         return h
@@ -318,11 +318,11 @@ def heatmap(heat: ArrayLike, *, cmap: str = HEAT_CMAP, size: tuple[int, int] | N
     Grad-CAM convention: negative values count as 0, the maximum maps to the top of the colour
     map; an all-zero map gives the bottom colour. ``size`` = (width, height) resizes (bilinear).
     """
-    h = _heat2d(heat)
+    h = heat2d(heat)
     if size is not None:
-        h = _resize_float(h, size)
+        h = resize_float(h, size)
     top = float(h.max())
-    return _colorize(h / top if top > 0 else np.zeros_like(h), cmap)
+    return colorize(h / top if top > 0 else np.zeros_like(h), cmap)
 
 
 def heatmap_overlay(image: Picture, heat: ArrayLike, *, cmap: str = HEAT_CMAP, alpha: float = 0.5) -> np.ndarray:
@@ -333,7 +333,7 @@ def heatmap_overlay(image: Picture, heat: ArrayLike, *, cmap: str = HEAT_CMAP, a
     """
     if not 0.0 <= alpha <= 1.0:
         raise InputError(f"alpha must be in [0, 1], got {alpha!r}")
-    base = _image_array(image)
+    base = image_array(image)
     colours = heatmap(heat, cmap=cmap, size=(base.shape[1], base.shape[0]))
     mixed = (1.0 - alpha) * base.astype(np.float64) + alpha * colours.astype(np.float64)
     return _round_byte(mixed)
@@ -440,7 +440,7 @@ def _thin(mask: np.ndarray) -> np.ndarray:
     return inner
 
 
-def _region_at(mask: ArrayLike, size: tuple[int, int]) -> np.ndarray:
+def region_at(mask: ArrayLike, size: tuple[int, int]) -> np.ndarray:
     """``mask`` (``(h, w)``, bool or float) as a bool array of ``size`` (H, W), resized nearest."""
     m = np.asarray(_to_numpy(mask)) > 0.5
     if m.shape != size:
@@ -454,7 +454,7 @@ def outline_region(picture: np.ndarray, mask: ArrayLike, colour: Sequence[int] =
     resized to the picture's, nearest) drawn ``width`` pixels wide inside the region: what a region map
     explains, drawn on it."""
     out = np.array(picture, copy=True)
-    m = _region_at(mask, out.shape[:2])
+    m = region_at(mask, out.shape[:2])
     inner = m
     for _ in range(width):
         inner = _thin(inner)
@@ -496,7 +496,7 @@ class Mark:
         corner = None
         if self.mask is not None:
             out = outline_region(out, self.mask, self.colour)
-            ys, xs = np.nonzero(_region_at(self.mask, out.shape[:2]))
+            ys, xs = np.nonzero(region_at(self.mask, out.shape[:2]))
             corner = (int(xs.min()), int(ys.min())) if len(xs) else None
         if self.box is not None:
             out = outline_box(out, self.box, self.colour)

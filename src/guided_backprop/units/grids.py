@@ -600,17 +600,17 @@ def unit_grids_from_paths(
 
 # -- saving -----------------------------------------------------------------------------------------------
 def _write_json(data: Any, path: Path) -> None:
-    write_text(path, json.dumps(_finite(data), indent=2, allow_nan=False) + "\n")
+    write_text(path, json.dumps(finite_copy(data), indent=2, allow_nan=False) + "\n")
 
 
-def _finite(value: Any) -> Any:
+def finite_copy(value: Any) -> Any:
     """``value`` with every non-finite float as ``None``: the file stays JSON (``NaN`` is not)."""
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite_copy(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite_copy(v) for v in value]
     return value
 
 
