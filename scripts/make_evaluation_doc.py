@@ -91,8 +91,8 @@ def results_section(ev: Any, *, command: str, seconds: float, smooth_samples: in
              f"`{command}`", "",
              f"on the {n_img} sample photos (`python scripts/sample_images.py samples`: {', '.join(names)}; "
              f"different sizes, evaluated as they are) with the offline {ev.model} and its own preprocessing "
-             f"({ev.settings['preprocessing']}): cascading randomisation, `{rnd.granularity}` granularity "
-             f"({len(rnd.steps) - 1} steps), seed {ev.seed}, {ev.settings['deletion_steps']} deletion / insertion "
+             f"({ev.settings.preprocessing}): cascading randomisation, `{rnd.granularity}` granularity "
+             f"({len(rnd.steps) - 1} steps), seed {ev.seed}, {ev.settings.deletion_steps} deletion / insertion "
              f"steps, BatchNorm running statistics kept" +
              (f", Smooth MPRT with {smooth_samples} SmoothGrad samples. " if ev.smooth_mprt is not None else
               " (Smooth MPRT not run here: it costs its SmoothGrad samples at every step). ") +
@@ -102,7 +102,7 @@ def results_section(ev: Any, *, command: str, seconds: float, smooth_samples: in
              f"are the run's.", "",
              "What the command printed at the end (the thresholds of the readings are stated above):", "", "```",
              *summary_table(ev), "```", "",
-             f"![figure 2 layout for {Path(ev.settings['figure_image']).name}: rows are methods, columns the "
+             f"![figure 2 layout for {Path(ev.settings.figure_image).name}: rows are methods, columns the "
              f"input, the trained map, then the maps after cascading steps](figures/evaluation_randomization.png)",
              "",
              "![similarity to the trained map along the cascading steps, four metrics, mean over the photos where "

@@ -355,6 +355,8 @@ def test_the_report_shows_the_evaluation_record(evaluation: tuple[Path, Any], ca
     (lambda d: d["deletion"]["random"]["auc"].update(mean="x"), "deletion.random.auc.mean is 'x'"),
     (lambda d: d["randomization"]["methods"]["gradcam"].update(ssim=3), "randomization.methods.gradcam.ssim is 3"),
     (lambda d: d["class_sensitivity"].pop("classes"), "class_sensitivity: missing key 'classes'"),
+    (lambda d: d["settings"].update(deletion_steps="32"), "settings.deletion_steps is '32'"),
+    (lambda d: d["settings"].update(normalisation="x"), "settings: unknown key 'normalisation'"),
 ])
 def test_evaluation_from_json_names_the_part_that_is_wrong(evaluation: tuple[Path, Any], change: Any,
                                                             message: str) -> None:

@@ -705,6 +705,63 @@ _CHECK_READERS: dict[str, Any] = {"randomization": RandomizationRecord.read, "sm
 
 
 @dataclass(frozen=True)
+class EvaluationSettings:
+    """``evaluation.json``'s ``settings``: how the evaluation ran, in words (shown by the report and the docs).
+
+    ``target`` is what the checks explained when given (``--target``); an output target (a region, a box...)
+    comes with its ``score_threshold`` and no ``class_labels`` (the checks followed a score, not classes)."""
+
+    methods: list[str]
+    checks: list[str]
+    weights: str | None
+    preprocessing: str | None
+    deletion_steps: int | None
+    figure_image: str | None
+    figure_steps: int | None
+    batch_size: int | None
+    target: str | None = None
+    score_threshold: float | None = None
+    class_labels: dict[str, str] | None = None
+
+    KEYS: ClassVar[tuple[str, ...]] = ("methods", "checks", "weights", "preprocessing", "deletion_steps",
+                                       "figure_image", "figure_steps", "batch_size", "target", "score_threshold",
+                                       "class_labels")
+    OPTIONAL: ClassVar[tuple[str, ...]] = ("target", "score_threshold", "class_labels")
+
+    def to_json(self) -> Json:
+        out: Json = {"methods": list(self.methods), "checks": list(self.checks), "weights": self.weights,
+                     "preprocessing": self.preprocessing, "deletion_steps": self.deletion_steps,
+                     "figure_image": self.figure_image, "figure_steps": self.figure_steps,
+                     "batch_size": self.batch_size}
+        if self.score_threshold is not None:  # an output target
+            out.update(target=self.target, score_threshold=self.score_threshold)
+        else:
+            if self.class_labels is not None:
+                out["class_labels"] = dict(self.class_labels)
+            if self.target is not None:
+                out["target"] = self.target
+        return out
+
+    @classmethod
+    def read(cls, doc: _Doc, value: Any, where: str) -> EvaluationSettings:
+        d = doc.obj(value, where, cls.KEYS, optional=cls.OPTIONAL)
+        return cls(
+            methods=doc.texts(d.get("methods"), f"{where}.methods"),
+            checks=doc.texts(d.get("checks"), f"{where}.checks"),
+            weights=doc.text(d["weights"], f"{where}.weights") if d.get("weights") is not None else None,
+            preprocessing=doc.text(d.get("preprocessing"), f"{where}.preprocessing"),
+            deletion_steps=doc.integer(d.get("deletion_steps"), f"{where}.deletion_steps"),
+            figure_image=doc.text(d.get("figure_image"), f"{where}.figure_image"),
+            figure_steps=doc.integer(d.get("figure_steps"), f"{where}.figure_steps"),
+            batch_size=doc.integer(d.get("batch_size"), f"{where}.batch_size"),
+            target=doc.text(d["target"], f"{where}.target") if "target" in d else None,
+            score_threshold=doc.number(d["score_threshold"], f"{where}.score_threshold")
+            if "score_threshold" in d else None,
+            class_labels=doc.names(d["class_labels"], f"{where}.class_labels") if "class_labels" in d else None,
+        )
+
+
+@dataclass(frozen=True)
 class EvaluationRecord:
     """``evaluation.json`` (``docs/evaluation.md``): what ``guided-backprop evaluate`` found, summarised
     over images. ``images`` counts ``inputs``; checks not run are ``None`` (absent from the file);
@@ -723,7 +780,7 @@ class EvaluationRecord:
     insertion: CurveRecord | None = None
     failed: dict[str, str] = dataclasses.field(default_factory=dict)
     passed_over: dict[str, str] = dataclasses.field(default_factory=dict)
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
+    settings: EvaluationSettings | None = None
     #: What was explained when not a class: ``{"explained", "score", "details": {image: its details}}``.
     target: dict[str, Any] | None = None
     #: Images with nothing to explain (no matching detection, an empty region), and why.
@@ -744,9 +801,11 @@ class EvaluationRecord:
     def to_json(self) -> Json:
         out: Json = {"model": self.model, "images": self.images, "seed": self.seed, "inputs": list(self.inputs)}
         out.update({k: c.to_json() for k, c in self.checks.items()})
-        for key in ("failed", "passed_over", "settings"):
+        for key in ("failed", "passed_over"):
             if getattr(self, key):
                 out[key] = dict(getattr(self, key))
+        if self.settings is not None:
+            out["settings"] = self.settings.to_json()
         if self.target is not None:
             out["target"] = dict(self.target)
         if self.not_explained:
@@ -777,7 +836,7 @@ class EvaluationRecord:
             seed=doc.integer(d.get("seed"), "seed"), inputs=doc.texts(d.get("inputs"), "inputs"), **checks,
             failed=doc.names(d["failed"], "failed") if "failed" in d else {},
             passed_over=doc.names(d["passed_over"], "passed_over") if "passed_over" in d else {},
-            settings=dict(doc.obj(d["settings"], "settings")) if "settings" in d else {},
+            settings=EvaluationSettings.read(doc, d["settings"], "settings") if "settings" in d else None,
             target=dict(doc.obj(d["target"], "target")) if "target" in d else None,
             not_explained=doc.names(d["not_explained"], "not_explained") if "not_explained" in d else {},
             figures=doc.names(d.get("figures"), "figures"),

@@ -535,8 +535,9 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
         for line in summary_table(result.evaluation):
             click.echo(line)
         if result.evaluation.target is not None:
+            settings = result.evaluation.settings
             click.echo(f"explained: {visible(result.evaluation.target['explained'])} (target "
-                       f"{visible(str(result.evaluation.settings.get('target')))}); deletion and insertion follow "
+                       f"{visible(str(settings.target if settings else None))}); deletion and insertion follow "
                        f"its raw score, not a softmax probability")
         n = len(result.evaluation.images)
         skipped = len(result.failed) + len(result.passed_over)  # the user reads both as "skipped"

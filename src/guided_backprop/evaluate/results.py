@@ -25,6 +25,7 @@ from ..records import (
     CurveRecord,
     CurveStats,
     EvaluationRecord,
+    EvaluationSettings,
     RandomizationRecord,
     Stat,
     StepStats,
@@ -256,7 +257,7 @@ class Evaluation:
     smooth_mprt: RandomizationResult | None = None
     failed: dict[str, str] = field(default_factory=dict)
     passed_over: dict[str, str] = field(default_factory=dict)  # inputs never opened, and why
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: EvaluationSettings | None = None  # how the run went, in words (evaluate_folder sets it)
     #: what was explained when not a class: ``{"explained", "score", "details": [one dict per image]}``
     target: dict[str, Any] | None = None
     not_explained: dict[str, str] = field(default_factory=dict)  # images with nothing to explain, and why
@@ -266,7 +267,7 @@ class Evaluation:
         checks = {key: getattr(self, key).to_record() for key in EVALUATION_CHECKS if getattr(self, key) is not None}
         return EvaluationRecord(model=self.model, images=len(self.images), seed=self.seed, inputs=list(self.images),
                                 **checks, failed=dict(self.failed), passed_over=dict(self.passed_over),
-                                settings=dict(self.settings),
+                                settings=self.settings,
                                 target=None if self.target is None else {
                                     **self.target, "details": dict(zip(self.images, self.target["details"]))},
                                 not_explained=dict(self.not_explained), figures=dict(figures or {}))

@@ -33,7 +33,7 @@ from ..attribution import Explainer
 from ..errors import ExitCode, GuidedBackpropError, ImageError, InputError, TargetError, UnknownNameError, exit_code
 from ..methods import parse_methods
 from ..models.spec import ModelSpec
-from ..records import finite_json
+from ..records import EvaluationSettings, finite_json
 from ..reporting import Reporter
 from ..targets import TopK
 from .checks import (
@@ -375,18 +375,15 @@ def evaluate_folder(
     evaluation.passed_over = dict(passed_over)
     evaluation.not_explained = dict(not_explained)
     figure_name = str(found.paths[figure_id]) if figure_id is not None else evaluation.images[0]
-    evaluation.settings = {
-        "methods": list(methods), "checks": list(checks), "weights": loaded.weights,
-        "preprocessing": pre.describe(), "deletion_steps": cfg.steps, "figure_image": figure_name,
-        "figure_steps": cfg.figure_steps, "batch_size": cfg.batch_size,
-    }
-    if is_output_target(target):  # the checks explained a score, not classes: class_labels would mislead
-        evaluation.settings["target"] = cfg.target if cfg.mask is None else f"{cfg.target} --mask {cfg.mask}"
-        evaluation.settings["score_threshold"] = cfg.score_threshold
-    else:
-        evaluation.settings["class_labels"] = {str(c): loaded.label(c) for c in sorted(set(_classes(evaluation)))}
-        if target is not None:
-            evaluation.settings["target"] = target_text
+    output_target = is_output_target(target)  # the checks explained a score, not classes: no class_labels
+    evaluation.settings = EvaluationSettings(
+        methods=list(methods), checks=list(checks), weights=loaded.weights, preprocessing=pre.describe(),
+        deletion_steps=cfg.steps, figure_image=figure_name, figure_steps=cfg.figure_steps, batch_size=cfg.batch_size,
+        target=(cfg.target if cfg.mask is None else f"{cfg.target} --mask {cfg.mask}") if output_target
+        else target_text if target is not None else None,
+        score_threshold=cfg.score_threshold if output_target else None,
+        class_labels=None if output_target else {str(c): loaded.label(c) for c in sorted(set(_classes(evaluation)))},
+    )
     files = write_outputs(evaluation, folder, image=picture, figure_steps=cfg.figure_steps)
     return EvaluateRun(evaluation=evaluation, output=folder, files=files, failed=failed,
                        passed_over=passed_over)
