@@ -72,7 +72,8 @@ def _constant_sentence(rnd: Any, names: list[str]) -> list[str]:
         if not hit:
             continue
         parts = [f"{names[i]} from `{rnd.steps[int(np.argmax(c[i]))]}` on" if c[i, int(np.argmax(c[i])):].all()
-                 else f"{names[i]} at {int(c[i].sum())} step(s)" for i in hit]
+                 else f"{names[i]} at " + ", ".join(f"`{rnd.steps[j]}`" for j in np.flatnonzero(c[i])) + " only"
+                 for i in hit]
         out.append(f"{TITLES[m]}'s map became constant (all zero: Spearman undefined, left out of the means and "
                    f"drawn hollow with its n) for {len(hit)} of the {c.shape[0]} photos: {', '.join(parts)}.")
     return out

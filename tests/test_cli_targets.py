@@ -260,6 +260,7 @@ def test_the_report_says_partial_guidance_the_explained_targets_and_all_zero_map
     assert invoke("report", seg).exit_code == 0
     html, _page, data = _parse(seg / "index.html")
     assert f"<li>{notes[0]}</li>" in html  # said above the gallery
+    assert "no input explained yet" not in html  # the class names row reads the region's class
     (row,) = data["rows"]
     (explained,) = _index(seg)[0]["explained"]
     said = f"region 2: dog, score {explained['value']:.4g}, {explained['pixels']:g} px"

@@ -49,6 +49,23 @@ def test_spearman_matches_scipy_with_ties_and_sign() -> None:
     assert spearman(a, -a) == pytest.approx(-1.0)
 
 
+def test_ranks_equal_scipys_average_ranks_bit_for_bit() -> None:
+    """rank_of (NumPy's quicksort, ties averaged) gives scipy.stats.rankdata's values exactly: many ties,
+    runs at both ends, one value, rows of a batch, and NaN (the row becomes NaN, as scipy propagates)."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        n = int(rng.integers(1, 200))
+        a = rng.integers(0, int(rng.integers(1, 12)), size=(3, n)).astype(np.float64) * 0.1
+        assert np.array_equal(similarity.rank_of(a), rankdata(a, axis=-1))
+    assert np.array_equal(similarity.rank_of(np.array([2.0, 2.0, 2.0])), [2.0, 2.0, 2.0])
+    assert np.array_equal(similarity.rank_of(np.array([5.0])), [1.0])
+    with_nan = np.array([[1.0, np.nan, 0.0], [3.0, 1.0, 1.0]])
+    got = similarity.rank_of(with_nan)
+    assert np.isnan(got[0]).all() and np.array_equal(got[1], [3.0, 1.5, 1.5])
+
+
 def test_ssim_is_blind_to_scale_and_offset_of_the_magnitude() -> None:
     m = _map(5)
     assert ssim(m, 10 * m) == pytest.approx(1.0)

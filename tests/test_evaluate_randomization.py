@@ -177,3 +177,29 @@ def test_a_net_built_under_the_same_seed_still_changes_at_every_step() -> None:
     # Quantus's scheme reseeds every module with the seed: the conv built first comes back unchanged
     same = next(randomized_models(net, ["0"], seed=0, reseed_each_module=True))[1]
     assert torch.equal(same[0].weight, net[0].weight)
+
+
+def test_class_sensitivity_of_a_given_class_compares_that_class_map() -> None:
+    """classes= (a class index as the target): the map compared is that class's, checked against plain
+    autograd saliency; the random class avoids it and "second" is the highest-ranked class other than it."""
+    from guided_backprop.evaluate.similarity import spearman_abs
+
+    net, x = _net(), _x(2)
+    logits = net(x).detach()
+    low = [int(c) for c in logits.argmin(dim=1)]  # never the predicted class
+    res = class_sensitivity(net, x, methods=["saliency"], metrics=["spearman_abs"], seed=3, classes=low)
+    assert res.explained == low and res.predicted == [int(c) for c in logits.argmax(dim=1)]
+    assert res.second_classes == res.predicted  # the top class is the highest-ranked one other than the lowest
+    assert all(r != c for r, c in zip(res.random_classes, low))
+
+    def grad(i: int, c: int) -> torch.Tensor:
+        xi = x[i:i + 1].clone().requires_grad_()
+        net(xi)[0, c].backward()
+        return xi.grad[0]
+
+    for i in range(2):
+        want = spearman_abs(grad(i, low[i]), grad(i, res.random_classes[i]))
+        assert res.values["random"]["saliency"]["spearman_abs"][i] == pytest.approx(want, abs=1e-9)
+    assert res.to_record().classes["explained"] == low
+    with pytest.raises(Exception, match="one class index"):
+        class_sensitivity(net, x, methods=["saliency"], classes=[0])

@@ -97,6 +97,20 @@ def test_class_sensitivity_needs_a_class() -> None:
     assert err.value.field == "checks"
 
 
+def test_a_class_index_target_is_the_class_sensitivity_compares() -> None:
+    """run_checks(target=K): class sensitivity compares class K's map (not the predicted class's)."""
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.ReLU(), torch.nn.AdaptiveAvgPool2d(1),
+                              torch.nn.Flatten(), torch.nn.Linear(4, 6)).double().eval()
+    x = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    predicted = net(x).argmax(dim=1).tolist()
+    k = next(c for c in range(6) if c not in predicted)
+    ev = run_checks(net, x, checks="class", methods="saliency", target=k)
+    cs = ev.class_sensitivity
+    assert cs.explained == [k, k] and cs.predicted == predicted and k not in cs.random_classes
+    assert run_checks(net, x, checks="class", methods="saliency").class_sensitivity.explained is None
+
+
 def test_detector_without_a_matching_detection_is_an_error() -> None:
     torch.manual_seed(0)
     det = _Detector().eval()

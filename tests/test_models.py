@@ -207,8 +207,22 @@ def test_download_failure_without_network_says_what_to_do(empty_torch_cache: Pat
 
 def test_random_torchvision_model_has_preset_and_labels() -> None:
     loaded = load_model("mobilenet_v3_small", weights="random")
-    assert loaded.weights == "random initialisation" and loaded.labels[285] == "Egyptian cat"
+    assert loaded.weights == "random initialisation (seed 0)" and loaded.labels[285] == "Egyptian cat"
     assert _eval_everywhere(loaded.model)
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_small", "timm:resnet18", "efficientnet_lite0"])
+def test_random_weights_are_seeded_and_leave_the_callers_random_state(name: str) -> None:
+    """weights='random' twice gives the same network (a resumed run explains the same random model), and
+    the caller's random stream is not moved."""
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    first = load_model(name, weights="random")
+    assert torch.equal(torch.rand(3), expected)
+    again = load_model(name, weights="random")
+    assert "seed 0" in first.weights
+    assert all(torch.equal(a, b) for a, b in zip(first.model.state_dict().values(), again.model.state_dict().values()))
 
 
 # -- timm -----------------------------------------------------------------------------------

@@ -50,10 +50,14 @@ def model_state(model: nn.Module, *, eval_mode: bool = True) -> Iterator[nn.Modu
 
 
 @contextlib.contextmanager
-def forward_hooks(hooks: Sequence[tuple[nn.Module, Any]]) -> Iterator[None]:
-    """Register ``(module, hook)`` forward hooks for the block; all removed on exit, also on errors."""
+def forward_hooks(hooks: Sequence[tuple[nn.Module, Any]],
+                  pre: Sequence[tuple[nn.Module, Any]] = ()) -> Iterator[None]:
+    """Register ``(module, hook)`` forward hooks (and ``pre``: forward pre-hooks) for the block; all removed
+    on exit, also on errors."""
     handles = []
     try:
+        for module, fn in pre:
+            handles.append(module.register_forward_pre_hook(fn))
         for module, fn in hooks:
             handles.append(module.register_forward_hook(fn))
         yield

@@ -586,7 +586,8 @@ class RandomizationRecord:
 class ClassSensitivityRecord:
     """``class_sensitivity``: each image's map for its predicted class against its map for a random
     other class (``methods[method][metric]``) and for the second-ranked class (``second_ranked``);
-    ``classes``: ``{"predicted", "random", "second"}``, one class per image."""
+    ``classes``: ``{"predicted", "random", "second"}``, one class per image, and ``"explained"`` when a
+    class index other than the predicted one was the target (then "second" is the highest-ranked other)."""
 
     against: str
     methods: dict[str, dict[str, Stat]]

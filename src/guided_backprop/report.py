@@ -584,7 +584,12 @@ def _labels_in_use(rows: Sequence[IndexRecord]) -> str:
                                     if isinstance(c.class_index, int) and c.class_name is not None}
     pairs |= {(r.class_index, r.class_name) for r in rows
               if isinstance(r.class_index, int) and r.class_name is not None}
+    # a segmenter's region, a detector's box: the class named in what each map explains
+    pairs |= {(e["class_index"], e["class_name"]) for r in rows for e in r.explained or []
+              if isinstance(e.get("class_index"), int) and isinstance(e.get("class_name"), str)}
     if not pairs:
+        if any(r.status == "ok" for r in rows):  # explained, but no class named (an embedding, a raw output)
+            return "none used: the maps explain no class"
         return "the model's own (no input explained yet)"
     top = max(i for i, _ in pairs)
     imagenet = imagenet_labels()

@@ -79,15 +79,10 @@ def _call_hooks(model: nn.Module, calls: list[_Call]) -> Iterator[None]:
             return out.clone()  # later in-place ops (ReLU(inplace=True), +=) act on the clone
         return None
 
-    handles = []
-    try:
-        for name, module in model.named_modules():
-            handles.append(module.register_forward_pre_hook(pre(name)))
-            handles.append(module.register_forward_hook(post))
+    modules = list(model.named_modules())
+    with forward_hooks([(module, post) for _name, module in modules],
+                       pre=[(module, pre(name)) for name, module in modules]):
         yield
-    finally:
-        for h in handles:
-            h.remove()
 
 
 @contextlib.contextmanager

@@ -284,7 +284,8 @@ def run_checks(
     if "class" in wanted:
         result.class_sensitivity = class_sensitivity(model, x, methods=names, metrics=kept_metrics, seed=seed,
                                                      logits=logits, batch_size=batch_size,
-                                                     gradcam_layer=gradcam_layer, image_ids=ids)
+                                                     gradcam_layer=gradcam_layer, image_ids=ids,
+                                                     classes=classes if scored is None and target is not None else None)
         if progress is not None:
             progress("class", 1, 1)
     faithfulness = [c for c in wanted if c in ("deletion", "insertion")]

@@ -58,8 +58,10 @@ def class_sensitivity(
     batch_size: int = 16,
     gradcam_layer: str | None = None,
     image_ids: Sequence[int] | None = None,
+    classes: torch.Tensor | Sequence[int] | None = None,
 ) -> ClassSensitivityResult:
-    """Similarity of each image's map for its predicted class with its maps for two other classes.
+    """Similarity of each image's map for its predicted class (or ``classes``) with its maps for two other
+    classes.
 
     Args:
         model: the network (never modified).
@@ -71,6 +73,9 @@ def class_sensitivity(
             another tool's draw).
         logits: the model's ``(N, classes)`` logits for ``x``, when already known (saves a forward).
         image_ids: each image's id for its random draw (:func:`random_other_classes`).
+        classes: the class whose map is compared, one per image, when it is not the predicted one (e.g. a
+            class index given as the evaluation's target); the random class is drawn from the others and
+            the "second" is then the highest-ranked class other than it.
     """
     names = parse_methods(methods)
     wanted = parse_metrics(metrics)
@@ -83,14 +88,23 @@ def class_sensitivity(
                           f"got shape {tuple(logits.shape)}")
     top2 = logits.topk(2, dim=1).indices.cpu()
     predicted = [int(c) for c in top2[:, 0]]
-    second = [int(c) for c in top2[:, 1]]
+    if classes is None:
+        explained, second = predicted, [int(c) for c in top2[:, 1]]
+    else:
+        explained = [int(c) for c in torch.as_tensor(classes).reshape(-1).tolist()]
+        if len(explained) != x.shape[0] or not all(0 <= c < logits.shape[1] for c in explained):
+            raise TargetError(f"classes must hold one class index in [0, {logits.shape[1]}) per image "
+                              f"({x.shape[0]}), got {explained[:5]}")
+        rest = logits.detach().float().cpu().clone()
+        rest[torch.arange(len(explained)), torch.tensor(explained)] = -float("inf")
+        second = [int(c) for c in rest.argmax(dim=1)]  # the highest-ranked class other than the explained one
     if random_classes is None:
-        others = random_other_classes(predicted, logits.shape[1], seed=seed, image_ids=image_ids)
+        others = random_other_classes(explained, logits.shape[1], seed=seed, image_ids=image_ids)
     else:
         others = [int(c) for c in random_classes]
         if len(others) != x.shape[0]:
             raise TargetError(f"got {len(others)} random_classes for {x.shape[0]} images; give one per image")
-    targets = torch.tensor([predicted, others, second], dtype=torch.long).T.to(x.device)  # (N, 3)
+    targets = torch.tensor([explained, others, second], dtype=torch.long).T.to(x.device)  # (N, 3)
 
     explainer = Explainer(model)
     values = {kind: {m: {k: np.full(x.shape[0], np.nan) for k in wanted} for m in names}
@@ -105,4 +119,5 @@ def class_sensitivity(
                     for k, v in ref.compare(maps[m][i, col]).items():
                         values[kind][m][k][s + i] = v
     return ClassSensitivityResult(methods=names, metrics=wanted, predicted=predicted, random_classes=others,
-                                  second_classes=second, values=values, seed=seed)
+                                  second_classes=second, values=values, seed=seed,
+                                  explained=None if classes is None else explained)

@@ -256,7 +256,7 @@ def faithfulness_figure(curves: Sequence[CurveResult]) -> bytes:
         if res.follows == "score":  # an output target's raw score: any range
             ax.set_ylabel("explained score (raw)")
         else:
-            ax.set_ylabel("probability of the predicted class")
+            ax.set_ylabel("probability of the explained class")
             ax.set_ylim(0, None)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)

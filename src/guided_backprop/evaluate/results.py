@@ -121,7 +121,9 @@ class ClassSensitivityResult:
 
     The similarity of each image's map for its predicted class with its map for another class:
     ``values["random"][method][metric]`` (a random other class, seeded) and
-    ``values["second"][method][metric]`` (the second-ranked class), each ``(images,)``.
+    ``values["second"][method][metric]`` (the second-ranked class), each ``(images,)``. ``explained``: the
+    class whose map was compared when it is not the predicted one (a class index as the target), and
+    then "second" is the highest-ranked class other than it.
     """
 
     methods: tuple[str, ...]
@@ -131,6 +133,7 @@ class ClassSensitivityResult:
     second_classes: list[int]
     values: dict[str, dict[str, dict[str, np.ndarray]]]
     seed: int = 0
+    explained: list[int] | None = None
 
     def to_record(self) -> ClassSensitivityRecord:
         def block(kind: str) -> dict[str, dict[str, Stat]]:
@@ -139,7 +142,8 @@ class ClassSensitivityResult:
         return ClassSensitivityRecord(
             against="random", methods=block("random"), second_ranked=block("second"),
             classes={"predicted": list(self.predicted), "random": list(self.random_classes),
-                     "second": list(self.second_classes)})
+                     "second": list(self.second_classes),
+                     **({} if self.explained is None else {"explained": list(self.explained)})})
 
     def to_json(self) -> dict[str, Any]:
         return self.to_record().to_json()
@@ -293,7 +297,7 @@ def _joined(values: list[Any], perm: np.ndarray) -> Any:
 
 
 _PER_IMAGE = {RandomizationResult: ("values", "constant", "classes"),
-              ClassSensitivityResult: ("values", "predicted", "random_classes", "second_classes"),
+              ClassSensitivityResult: ("values", "predicted", "random_classes", "second_classes", "explained"),
               CurveResult: ("curves", "random", "classes"),
               ComplexityResult: ("trained", "randomized", "classes")}
 

