@@ -64,6 +64,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--repeats", type=int, default=0, help="interleaved MPRT timings of each tool (0: 1 quick, 2 full)")
     p.add_argument("--no-smooth", action="store_true", help="skip Smooth MPRT (SmoothGrad at every step: slow)")
+    p.add_argument("--malloc", choices=("default", "no-mmap"), default="default",
+                   help="no-mmap: re-run this script with glibc's mmap and trimming off (MALLOC_MMAP_MAX_=0, "
+                        "MALLOC_TRIM_THRESHOLD_), the same for every tool: freed memory is reused instead of "
+                        "faulted in again")
     return p.parse_args(argv)
 
 
@@ -72,6 +76,14 @@ def _peak_rss_mib() -> float:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _faults() -> tuple[int, float]:
+    """Minor page faults and system CPU seconds of this process so far."""
+    import resource
+
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_minflt, r.ru_stime
 
 
 def _load() -> str:
@@ -139,12 +151,20 @@ def ours_mprt(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], class
     return res, time.perf_counter() - t0
 
 
+#: Page faults and system seconds of each timed call, in order (printed with the rounds).
+FAULTS: list[tuple[int, float]] = []
+
+
 def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
     """``fn``'s result, wall-clock seconds and CPU seconds of the process (every thread): on a loaded machine
-    the CPU time moves less than the wall clock."""
+    the CPU time moves less than the wall clock. Its page faults and system seconds go to :data:`FAULTS`."""
+    f0, s0 = _faults()
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
-    return out, time.perf_counter() - w0, time.process_time() - c0
+    wall, cpu = time.perf_counter() - w0, time.process_time() - c0
+    f1, s1 = _faults()
+    FAULTS.append((f1 - f0, s1 - s0))
+    return out, wall, cpu
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], classes: torch.Tensor,
@@ -258,6 +278,9 @@ def _gap(a: Any, b: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    no_mmap = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 * 2**30)}  # read at process start
+    if args.malloc == "no-mmap" and any(os.environ.get(k) != v for k, v in no_mmap.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **no_mmap})
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = gbp.parse_methods(args.methods.split(","))
@@ -266,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     steps = randomization_steps(model, x, "modules")
     print(f"# bench_evaluate: {what}; {len(steps)} steps (modules, top-down cascading); methods {', '.join(methods)}; "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load average "
-          f"{_load()} at the start")
+          f"{_load()} at the start; glibc malloc {args.malloc}")
     smoothing = None if args.no_smooth else Smoothing(samples=SMOOTH_SAMPLES, noise=SMOOTH_NOISE, seed=0)
     ours = run_ours(model, x, methods, classes, smoothing)
     have_quantus = importlib.util.find_spec("quantus") is not None and not args.no_quantus
@@ -329,8 +352,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"round {r + 1}: ours {t_ours:.1f} ({c_ours:.1f}) | recomputing {t_plain:.1f} ({c_plain:.1f}) | floor "
               f"{t_floor:.1f} ({c_floor:.1f}) | Quantus {t_q:.1f} ({c_q:.1f}) -> ours/Quantus {t_ours / t_q:.2f}, "
               f"ours/floor {t_ours / t_floor:.2f}, ours/recomputing {t_ours / t_plain:.2f} (load {_load()})")
-    print(f"MPRT, {len(methods)} methods: ours/Quantus {min(ratios):.2f}-{max(ratios):.2f} (target <= 0.5), "
-          f"ours/floor {min(floors):.2f}-{max(floors):.2f} (target <= 1.1), replaying/recomputing "
+        print("  page faults (system s): " + ", ".join(f"{name} {f:,} ({sy:.1f})" for name, (f, sy) in
+              zip(("ours", "recomputing", "floor", "Quantus"), FAULTS[-4:])))
+    print(f"MPRT, {len(methods)} methods: ours/Quantus {min(ratios):.2f}-{max(ratios):.2f}, median "
+          f"{np.median(ratios):.2f} (target <= 0.5), ours/floor {min(floors):.2f}-{max(floors):.2f}, median "
+          f"{np.median(floors):.2f} (target <= 1.1), replaying/recomputing "
           f"{min(saved):.2f}-{max(saved):.2f}; in CPU time ours/floor "
           f"{min(c[0] for c in cpu_ratios):.2f}-{max(c[0] for c in cpu_ratios):.2f}, ours/Quantus "
           f"{min(c[1] for c in cpu_ratios):.2f}-{max(c[1] for c in cpu_ratios):.2f}")
