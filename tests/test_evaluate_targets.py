@@ -108,6 +108,7 @@ def test_a_class_index_target_is_the_class_sensitivity_compares() -> None:
     ev = run_checks(net, x, checks="class", methods="saliency", target=k)
     cs = ev.class_sensitivity
     assert cs.explained == [k, k] and cs.predicted == predicted and k not in cs.random_classes
+    assert ev.to_json()["class_sensitivity"]["classes"]["explained"] == [k, k]  # evaluation.json says so
     assert run_checks(net, x, checks="class", methods="saliency").class_sensitivity.explained is None
 
 

@@ -95,7 +95,7 @@ def class_sensitivity(
         if len(explained) != x.shape[0] or not all(0 <= c < logits.shape[1] for c in explained):
             raise TargetError(f"classes must hold one class index in [0, {logits.shape[1]}) per image "
                               f"({x.shape[0]}), got {explained[:5]}")
-        rest = logits.detach().float().cpu().clone()
+        rest = logits.detach().cpu().clone()  # its own dtype: a cast could tie two close scores
         rest[torch.arange(len(explained)), torch.tensor(explained)] = -float("inf")
         second = [int(c) for c in rest.argmax(dim=1)]  # the highest-ranked class other than the explained one
     if random_classes is None:
