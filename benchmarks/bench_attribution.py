@@ -554,14 +554,21 @@ def _quiet() -> Iterator[None]:
         yield
 
 
-#: glibc settings of ``--malloc no-mmap``; they must be in the environment when the process starts.
+#: glibc settings of ``--malloc no-mmap``: every allocation served from the heap and freed memory kept (no
+#: mmap/munmap and no page faults per large tensor). Read when the process starts.
 NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 * 2**30)}
+
+
+def rerun_without_mmap() -> None:
+    """Re-run this script with :data:`NO_MMAP_ENV` (glibc reads it only at start-up), unless already set."""
+    if any(os.environ.get(k) != v for k, v in NO_MMAP_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **NO_MMAP_ENV})
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    if args.malloc == "no-mmap" and any(os.environ.get(k) != v for k, v in NO_MMAP_ENV.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **NO_MMAP_ENV})
+    if args.malloc == "no-mmap":
+        rerun_without_mmap()
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)

@@ -46,13 +46,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))  # run from a source tree too
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_attribution import cpu_model  # noqa: E402
+from bench_attribution import NO_MMAP_ENV, cpu_model  # noqa: E402
 
 import guided_backprop as gbp  # noqa: E402
-
-#: Environment that makes glibc serve every allocation from its heap and keep freed memory:
-#: no mmap/munmap (and no page faults) per large tensor. Set before the process starts.
-NO_MMAP_ENV = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 * 2**30)}
 
 
 # --------------------------------------------------------------------------------------------

@@ -151,20 +151,15 @@ def ours_mprt(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], class
     return res, time.perf_counter() - t0
 
 
-#: Page faults and system seconds of each timed call, in order (printed with the rounds).
-FAULTS: list[tuple[int, float]] = []
-
-
-def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float, float]:
-    """``fn``'s result, wall-clock seconds and CPU seconds of the process (every thread): on a loaded machine
-    the CPU time moves less than the wall clock. Its page faults and system seconds go to :data:`FAULTS`."""
+def _timed(fn: Any, *args: Any, **kwargs: Any) -> tuple[Any, float, float, tuple[int, float]]:
+    """``fn``'s result, wall-clock seconds, CPU seconds of the process (every thread: on a loaded machine
+    the CPU time moves less than the wall clock) and (minor page faults, system seconds) of the call."""
     f0, s0 = _faults()
     w0, c0 = time.perf_counter(), time.process_time()
     out = fn(*args, **kwargs)
     wall, cpu = time.perf_counter() - w0, time.process_time() - c0
     f1, s1 = _faults()
-    FAULTS.append((f1 - f0, s1 - s0))
-    return out, wall, cpu
+    return out, wall, cpu, (f1 - f0, s1 - s0)
 
 
 def run_ours(model: nn.Module, x: torch.Tensor, methods: tuple[str, ...], classes: torch.Tensor,
@@ -278,9 +273,10 @@ def _gap(a: Any, b: Any) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    no_mmap = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(64 * 2**30)}  # read at process start
-    if args.malloc == "no-mmap" and any(os.environ.get(k) != v for k, v in no_mmap.items()):
-        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **no_mmap})
+    if args.malloc == "no-mmap":
+        from bench_attribution import rerun_without_mmap  # the script's own folder is on sys.path
+
+        rerun_without_mmap()
     if args.threads:
         torch.set_num_threads(args.threads)
     methods = gbp.parse_methods(args.methods.split(","))
@@ -341,10 +337,10 @@ def main(argv: list[str] | None = None) -> int:
           f"it | floor | Quantus, wall-clock s (CPU s of the process); load average 1/5/15 min")
     ratios, floors, saved, cpu_ratios = [], [], [], []
     for r in range(repeats):
-        _res, t_ours, c_ours = _timed(ours_mprt, model, x, methods, classes)
-        _res, t_plain, c_plain = _timed(ours_mprt, model, x, methods, classes, reuse=False)
-        _t, t_floor, c_floor = _timed(floor_time, model, x, methods, classes, len(steps) + 1)
-        (_scores, _times), t_q, c_q = _timed(quantus_mprt, model, x, methods, classes)
+        _res, t_ours, c_ours, f_ours = _timed(ours_mprt, model, x, methods, classes)
+        _res, t_plain, c_plain, f_plain = _timed(ours_mprt, model, x, methods, classes, reuse=False)
+        _t, t_floor, c_floor, f_floor = _timed(floor_time, model, x, methods, classes, len(steps) + 1)
+        (_scores, _times), t_q, c_q, f_q = _timed(quantus_mprt, model, x, methods, classes)
         ratios.append(t_ours / t_q)
         floors.append(t_ours / t_floor)
         saved.append(t_ours / t_plain)
@@ -353,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
               f"{t_floor:.1f} ({c_floor:.1f}) | Quantus {t_q:.1f} ({c_q:.1f}) -> ours/Quantus {t_ours / t_q:.2f}, "
               f"ours/floor {t_ours / t_floor:.2f}, ours/recomputing {t_ours / t_plain:.2f} (load {_load()})")
         print("  page faults (system s): " + ", ".join(f"{name} {f:,} ({sy:.1f})" for name, (f, sy) in
-              zip(("ours", "recomputing", "floor", "Quantus"), FAULTS[-4:])))
+              zip(("ours", "recomputing", "floor", "Quantus"), (f_ours, f_plain, f_floor, f_q))))
     print(f"MPRT, {len(methods)} methods: ours/Quantus {min(ratios):.2f}-{max(ratios):.2f}, median "
           f"{np.median(ratios):.2f} (target <= 0.5), ours/floor {min(floors):.2f}-{max(floors):.2f}, median "
           f"{np.median(floors):.2f} (target <= 1.1), replaying/recomputing "
