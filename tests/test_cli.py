@@ -784,7 +784,7 @@ def test_help_lists_options_in_sections_with_no_bare_arguments() -> None:
 _ALLOCATOR_PROBE = """
 import resource, sys
 import torch
-sys.argv = [sys.argv[1], "--version"]  # the command's own process (or, with 'x.py', a Python program)
+sys.argv = [sys.argv[1], "--version"]  # the command's own process, or (notebook.py) a Python program
 from guided_backprop.cli import main
 try:
     main()

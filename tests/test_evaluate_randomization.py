@@ -17,7 +17,9 @@ from guided_backprop.evaluate import (
     randomization_steps,
     randomized_models,
     reinitialize,
+    similarities,
 )
+from guided_backprop.evaluate.randomization import is_constant
 
 
 class Net(nn.Module):
@@ -203,3 +205,27 @@ def test_class_sensitivity_of_a_given_class_compares_that_class_map() -> None:
     assert res.to_record().classes["explained"] == low
     with pytest.raises(Exception, match="one class index"):
         class_sensitivity(net, x, methods=["saliency"], classes=[0])
+
+
+def test_comparisons_on_threads_land_where_one_by_one_would_put_them() -> None:
+    """With two torch threads a step's comparisons run on a thread pool: each image's and method's values must
+    be those of :func:`similarities` on that image's maps, at that step (kept with ``maps_image``), in its own
+    row; two batches of images."""
+    net, x = _net(), _x(3)
+    metrics = ["spearman_abs", "ssim", "hog"]
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        runs = [model_randomization(net, x, methods=["guided_backprop", "saliency", "gradcam"], metrics=metrics,
+                                    seed=5, batch_size=2, maps_image=i) for i in range(x.shape[0])]
+    finally:
+        torch.set_num_threads(threads)
+    for i, res in enumerate(runs):
+        for m in res.methods:
+            maps = res.maps[m]
+            for j in range(len(res.steps)):
+                assert res.constant[m][i, j] == is_constant(maps[j])
+                expected = similarities(maps[0], maps[j], metrics)
+                for k in metrics:
+                    np.testing.assert_array_equal(res.values[m][k][i, j], expected[k])
+    assert not np.isnan(runs[0].values["saliency"]["spearman_abs"]).all()
