@@ -41,7 +41,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_attribution.py
 	$(PY) benchmarks/bench_floor.py
 	$(PY) benchmarks/bench_cli.py --model efficientnet_lite0 --weights ''
-	$(PY) benchmarks/bench_evaluate.py
+	$(PY) benchmarks/bench_evaluate.py --malloc no-mmap
 
 figure: $(STAMP)
 	$(PY) scripts/make_readme_figure.py docs/figures/readme.png  # and docs/figures/topk.png beside it
