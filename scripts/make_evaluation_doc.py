@@ -186,8 +186,10 @@ def main(argv: list[str] | None = None) -> int:
         command = (f"guided-backprop evaluate samples -o eval --methods {','.join(METHODS)} --checks "
                    f"{','.join(checks)}" + (f" --smooth-samples {args.smooth_samples}" if "smprt" in checks else ""))
         (docs / "bench").mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(out / "evaluation.json", docs / "bench" / "evaluation-samples.json")
-        doc = json.loads((out / "evaluation.json").read_text(encoding="utf-8"))
+        # the inputs as the command above names them (samples/...), not under this run's temporary folder
+        text = (out / "evaluation.json").read_text(encoding="utf-8").replace(json.dumps(tmp + "/")[1:-1], "")
+        doc = json.loads(text)
+        (docs / "bench" / "evaluation-samples.json").write_text(text, encoding="utf-8")
         for name in doc["figures"].values():
             shutil.copyfile(out / name, docs / "figures" / name)
         stale = set(FIGURES.values()) - set(doc["figures"].values())

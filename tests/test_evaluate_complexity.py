@@ -174,6 +174,8 @@ def test_the_readings_say_what_fails_with_the_stated_thresholds() -> None:
                                          steps=["top", "bottom"], classes=[0, 0])
     fell = " ".join(readings(ev, "guided_backprop"))
     assert "a 50% fall in complexity" in fell and "no rise" not in fell
+    ev.efficient_mprt.randomized = {m: np.array([0.28, 0.28]) for m in methods}  # an 86% fall: "an", as it is read
+    assert "an 86% fall in complexity" in " ".join(readings(ev, "guided_backprop"))
 
 
 def test_efficient_mprt_costs_two_explanations_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

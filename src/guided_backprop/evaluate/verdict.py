@@ -56,6 +56,12 @@ def _columns(ev: Evaluation, method: str) -> dict[str, float]:
     return out
 
 
+def _article(number: str) -> str:
+    """"a" or "an" before a number read aloud: an 8%, an 11%, an 18%, an 80-89% (eight..., eleven, eighteen)."""
+    digits = number.rstrip("%")
+    return "an" if digits.startswith("8") or digits in ("11", "18") else "a"
+
+
 def readings(ev: Evaluation, method: str) -> list[str]:
     """What the checks say of ``method``, in words (empty when nothing was found wrong)."""
     c = _columns(ev, method)
@@ -72,7 +78,8 @@ def readings(ev: Evaluation, method: str) -> list[str]:
         said.append("maps of another class look the same: not class-sensitive")
     if math.isfinite(c.get("rise", math.nan)) and c["rise"] <= NO_RISE:
         # a fall is worded as a fall: "no rise" would undersell a map that got much simpler
-        change = "no rise" if c["rise"] >= 0 else f"a {-c['rise']:.0%} fall"
+        fall = f"{-c['rise']:.0%}"
+        change = "no rise" if c["rise"] >= 0 else f"{_article(fall)} {fall} fall"
         said.append(f"{change} in complexity when the network is randomised (Efficient MPRT fails)")
     for curve in (ev.deletion, ev.insertion):
         if curve is not None and worse_than_random(curve, method):
