@@ -188,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
         (docs / "bench").mkdir(parents=True, exist_ok=True)
         # the inputs as the command above names them (samples/...), not under this run's temporary folder
         text = (out / "evaluation.json").read_text(encoding="utf-8").replace(json.dumps(tmp + "/")[1:-1], "")
+        if tmp in text:  # written in another form (a resolved symlink): stop rather than publish it
+            raise SystemExit(f"evaluation.json names the temporary folder {tmp} in a form not replaced")
         doc = json.loads(text)
         (docs / "bench" / "evaluation-samples.json").write_text(text, encoding="utf-8")
         for name in doc["figures"].values():

@@ -74,12 +74,14 @@ def _keep_freed_memory() -> None:
     batch page-faults its activations anew (measured: ~0.5 M faults and 15-20% of the time of a
     VGG19 batch of 8 on 2 cores), and it hands the top of its heap back whenever a backward pass
     frees it (a cascading MPRT on the default model: ~4 M faults, 13 s of system time in 45 s).
-    A command run as its own process (never ``main`` called from Python: a setting for the
-    whole process cannot be undone) sets what the environment variables MALLOC_MMAP_MAX_=0 /
-    MALLOC_TRIM_THRESHOLD_ would; memory then stays at the run's peak instead of going up and
-    down. GUIDED_BACKPROP_MALLOC=default keeps glibc's defaults.
+    The batch commands (run, evaluate, units) run as their own process (never ``main`` called from
+    Python: a setting for the whole process cannot be undone) set what the environment variables
+    MALLOC_MMAP_MAX_=0 / MALLOC_TRIM_THRESHOLD_ would; memory then stays at the run's peak instead
+    of going up and down, which a long-lived server (explore) should not do.
+    GUIDED_BACKPROP_MALLOC=default keeps glibc's defaults.
     """
-    if not sys.platform.startswith("linux") or os.environ.get("GUIDED_BACKPROP_MALLOC", "") == "default":
+    if not sys.platform.startswith("linux") or os.environ.get("GUIDED_BACKPROP_MALLOC", "") == "default" \
+            or not _own_process():
         return
     try:
         import ctypes
@@ -117,7 +119,10 @@ _ENTERED: list[float] = []  # when _DefaultGroup.main was entered (the last call
 def _own_process() -> bool:
     """Whether this process was started to run the command (``guided-backprop``, ``python -m
     guided_backprop``, torchrun), not a Python program calling ``main`` (tests, notebooks)."""
-    return Path(sys.argv[0] if sys.argv else "").name in (PROG, "__main__.py")
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)  # python -m: the module run as __main__
+    if spec is not None:
+        return bool(spec.name == "guided_backprop.__main__")  # not python -m pytest, IPython...
+    return Path(sys.argv[0] if sys.argv else "").name == PROG
 
 
 def _default_workers() -> int:
@@ -176,8 +181,6 @@ class _DefaultGroup(click.Group):
         **extra: Any,
     ) -> Any:
         _ENTERED[:] = [time.perf_counter()]
-        if _own_process():
-            _keep_freed_memory()
         try:
             rv = super().main(args, prog_name or PROG, complete_var, standalone_mode=False, **extra)
             code = rv if isinstance(rv, int) else 0
@@ -312,6 +315,7 @@ def run_command(inputs: tuple[str, ...], output: Path, model: ModelSpec, methods
     from .. import batch
     from ..methods import get_method
 
+    _keep_freed_memory()
     if seed_look:
         given = click.get_current_context().get_parameter_source("norm") is not click.core.ParameterSource.DEFAULT
         if given and norm != "minmax":
@@ -514,6 +518,7 @@ def evaluate_command(inputs: tuple[str, ...], output: Path, methods: tuple[str, 
     from ..evaluate.run import EvaluateConfig, evaluate_folder
     from ..evaluate.verdict import summary_table
 
+    _keep_freed_memory()
     reporter = ConsoleReporter(bar=not quiet and sys.stderr.isatty(), desc="evaluate", unit="step", flag_words=True)
     try:
         default_checks = click.get_current_context().get_parameter_source("checks") is \
@@ -598,6 +603,7 @@ def units_command(inputs: tuple[str, ...], output: Path, layer: str, unit_channe
     from ..images import search_images
     from ..units import grids as units
 
+    _keep_freed_memory()
     if k > units.MAX_TOP:  # every one is explained and drawn: a grid that cannot fit in memory is refused
         raise click.UsageError(f"--top {k}: a unit grid shows at most {units.MAX_TOP} activations (a "
                                f"{math.isqrt(units.MAX_TOP)}x{math.isqrt(units.MAX_TOP)} grid); give --top "

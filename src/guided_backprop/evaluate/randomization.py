@@ -323,15 +323,18 @@ def model_randomization(
     constant = {m: np.zeros((x.shape[0], len(steps) + 1), dtype=bool) for m in names}
     kept: dict[str, dict[int, torch.Tensor]] = {m: {} for m in names}
 
-    def compare(job: tuple[str, int, torch.Tensor]) -> tuple[bool, dict[str, float]]:
+    def compare(job: tuple[str, int, np.ndarray]) -> dict[str, float]:
         m, i, image_map = job
-        return is_constant(image_map), refs[m][i].compare(image_map)
+        return refs[m][i].compare(image_map)
 
     def record(j: int, maps: dict[str, torch.Tensor], start: int = 0) -> None:
         """Step ``j``'s maps of images ``start, start + 1, ...``."""
-        jobs = [(m, start + i, maps[m][i]) for m in names for i in range(maps[m].shape[0])]
-        for (m, i, _map), (flat, found) in zip(jobs, each(compare, jobs)):
-            constant[m][i, j] = flat
+        # torch work stays on this thread (in a worker it would start a team of threads of its own); the
+        # workers get float64 arrays, the values the metrics would make of the tensors
+        planes = {m: maps[m].detach().cpu().double().numpy() for m in names}
+        jobs = [(m, start + i, planes[m][i]) for m in names for i in range(maps[m].shape[0])]
+        for (m, i, _map), found in zip(jobs, each(compare, jobs)):
+            constant[m][i, j] = is_constant(maps[m][i - start])
             for k, v in found.items():
                 values[m][k][i, j] = v
         for m in names:
@@ -382,7 +385,8 @@ def model_randomization(
 def _comparing(per_step: int) -> Iterator[Callable[..., Iterator[Any]]]:
     """A ``map`` for the ``per_step`` comparisons of a step, in order: on as many threads as torch uses
     (idle between a step's passes; ranking a map is a NumPy sort, which releases the GIL: 1.4-1.7x faster
-    on 2 cores), or the builtin ``map`` when there is one thread or one comparison a step."""
+    on 2 cores), or the builtin ``map`` when there is one thread or one comparison a step. The jobs must
+    not call torch (each worker would start torch's threads anew)."""
     threads = torch.get_num_threads()
     if threads < 2 or per_step < 2:
         yield map
