@@ -323,18 +323,18 @@ def model_randomization(
     constant = {m: np.zeros((x.shape[0], len(steps) + 1), dtype=bool) for m in names}
     kept: dict[str, dict[int, torch.Tensor]] = {m: {} for m in names}
 
-    def compare(job: tuple[str, int, np.ndarray]) -> dict[str, float]:
+    def compare(job: tuple[str, int, np.ndarray]) -> tuple[bool, dict[str, float]]:
         m, i, image_map = job
-        return refs[m][i].compare(image_map)
+        return is_constant(image_map), refs[m][i].compare(image_map)
 
     def record(j: int, maps: dict[str, torch.Tensor], start: int = 0) -> None:
         """Step ``j``'s maps of images ``start, start + 1, ...``."""
-        # torch work stays on this thread (in a worker it would start a team of threads of its own); the
-        # workers get float64 arrays, the values the metrics would make of the tensors
-        planes = {m: maps[m].detach().cpu().double().numpy() for m in names}
-        jobs = [(m, start + i, planes[m][i]) for m in names for i in range(maps[m].shape[0])]
-        for (m, i, _map), found in zip(jobs, each(compare, jobs)):
-            constant[m][i, j] = is_constant(maps[m][i - start])
+        # the workers get NumPy views of the (CPU) maps and never call torch, which would start a team of
+        # threads of its own in each; the metrics make the same float64 values of an array as of a tensor
+        arrays = {m: _numpy(maps[m]) for m in names}
+        jobs = [(m, start + i, arrays[m][i]) for m in names for i in range(maps[m].shape[0])]
+        for (m, i, _map), (flat, found) in zip(jobs, each(compare, jobs)):
+            constant[m][i, j] = flat
             for k, v in found.items():
                 values[m][k][i, j] = v
         for m in names:
@@ -395,7 +395,14 @@ def _comparing(per_step: int) -> Iterator[Callable[..., Iterator[Any]]]:
         yield pool.map
 
 
-def is_constant(m: torch.Tensor) -> bool:
-    """True when every value of the map is the same (e.g. all zero): it ranks nothing."""
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A CPU tensor's values as an array (a view where NumPy has the dtype; bfloat16, which it lacks, goes to
+    float32 exactly)."""
+    t = t.detach().cpu()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+
+
+def is_constant(m: torch.Tensor | np.ndarray) -> bool:
+    """True when every value of the map (a tensor or an array) is the same (e.g. all zero): it ranks nothing."""
     flat = m.reshape(-1)
-    return bool(flat.numel() == 0 or (flat == flat[0]).all())
+    return bool(flat.shape[0] == 0 or (flat == flat[0]).all())
