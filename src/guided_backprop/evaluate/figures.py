@@ -22,6 +22,7 @@ import numpy as np
 
 from ..methods import method_title
 from .results import ComplexityResult, CurveResult, RandomizationResult, summarize
+from .similarity import is_constant
 
 __all__ = ["WORSE_MARGIN", "complexity_figure", "emprt_title", "faithfulness_figure", "randomization_figure",
            "similarity_figure", "worse_than_random"]
@@ -90,7 +91,7 @@ def randomization_figure(result: RandomizationResult, image: np.ndarray | None =
                 ax.imshow(image)
             else:
                 ax.imshow(_magnitude(result.maps[m][j]), cmap="gray", vmin=0, vmax=1)
-                if _is_constant(result.maps[m][j]):  # black would read "no evidence": say what it is
+                if is_constant(result.maps[m][j]):  # black would read "no evidence": say what it is
                     ax.text(0.5, 0.5, "constant\nmap", transform=ax.transAxes, ha="center", va="center",
                             fontsize=7, color="#d62728", fontweight="bold")
             ax.set_xticks([])
@@ -106,11 +107,6 @@ def randomization_figure(result: RandomizationResult, image: np.ndarray | None =
     fig.suptitle(f"{order}   ({which}, {result.granularity}; |map| per step)", fontsize=10)
     fig.tight_layout()
     return _png(fig)
-
-
-def _is_constant(m: Any) -> bool:
-    flat = m.reshape(-1)
-    return bool(flat.numel() == 0 or (flat == flat[0]).all()) if hasattr(flat, "numel") else bool(np.ptp(flat) == 0)
 
 
 def _tick_positions(n: int, most: int = 14) -> list[int]:

@@ -43,7 +43,7 @@ from ..hooks import forward_hooks, logits_of, model_state
 from ..methods import REGISTRY, parse_methods
 from .cascade import BottomReuse
 from .results import RandomizationResult
-from .similarity import METRICS, Reference, parse_metrics
+from .similarity import METRICS, Reference, is_constant, parse_metrics
 
 __all__ = ["GRANULARITIES", "ORDERS", "Smoothing", "is_constant", "model_randomization", "randomization_steps",
            "randomized_models", "reinitialize"]
@@ -400,9 +400,3 @@ def _numpy(t: torch.Tensor) -> np.ndarray:
     float32 exactly)."""
     t = t.detach().cpu()
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
-
-
-def is_constant(m: torch.Tensor | np.ndarray) -> bool:
-    """True when every value of the map (a tensor or an array) is the same (e.g. all zero): it ranks nothing."""
-    flat = m.reshape(-1)
-    return bool(flat.shape[0] == 0 or (flat == flat[0]).all())

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import InputError, UnknownNameError
 
-__all__ = ["METRICS", "hog", "parse_metrics", "rank_of", "similarities", "spearman", "spearman_abs",
+__all__ = ["METRICS", "hog", "is_constant", "parse_metrics", "rank_of", "similarities", "spearman", "spearman_abs",
            "spearman_of_ranks", "ssim"]
 
 #: Every similarity metric, in the paper's order.
@@ -68,6 +68,12 @@ def _unit(plane: np.ndarray) -> np.ndarray:
     """``plane`` scaled to [0, 1] by its own range (a constant plane becomes zeros)."""
     lo, hi = float(plane.min()), float(plane.max())
     return (plane - lo) / (hi - lo) if hi > lo else np.zeros_like(plane)
+
+
+def is_constant(m: torch.Tensor | np.ndarray) -> bool:
+    """True when every value of the map (a tensor or an array) is the same (e.g. all zero): it ranks nothing."""
+    flat = m.reshape(-1)
+    return bool(flat.shape[0] == 0 or (flat == flat[0]).all())
 
 
 def rank_of(values: np.ndarray) -> np.ndarray:
